@@ -1,0 +1,36 @@
+"""netspec: Caffe-style network specs (prototxt or YAML), checked statically, run with PyTorch.
+
+    net = netspec.load("models/lenet.yaml")            # parse, build the graph, infer shapes (no torch)
+    module = netspec.compile(net)                       # a torch.nn.Module
+    outputs = module(data=torch.randn(64, 1, 28, 28))   # {"prob": tensor(...)}
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from netspec.errors import NetspecError
+from netspec.net import Net, load
+
+if TYPE_CHECKING:
+    from netspec.lower.module import NetModule
+
+__version__ = "0.1.0"
+__all__ = ["Net", "NetspecError", "__version__", "compile", "load"]
+
+
+def compile(net_or_path: Net | str, phase: str | None = None) -> NetModule:  # noqa: A001 (netspec's verb)
+    """A net as a torch.nn.Module computing what Caffe computes.
+
+    Args:
+        net_or_path: a Net from `load`, or the path of a spec.
+        phase: TRAIN or TEST. By default a Net keeps its own phase and a path is compiled for TEST.
+
+    Returns:
+        A module whose call takes the input blobs as keyword tensors and returns the output blobs as a
+        dict; `module.blobs(**inputs)` returns every blob, and `module.caffe_params()` each layer's
+        parameter blobs in Caffe's order and shapes.
+    """
+    from netspec.lower.module import compile_net
+
+    return compile_net(net_or_path, phase)

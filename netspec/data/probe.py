@@ -1,0 +1,109 @@
+"""Finds the shape of one record of a data source without loading the data set.
+
+Caffe learns a data layer's top shapes by reading the first record when the net is set up; netspec's
+static checks do the same, reading as little as they can (one LMDB record, one image's header, one
+HDF5 dataset's shape). Paths are resolved as Caffe resolves them (from the working directory), and then
+from the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from netspec.errors import DataError
+
+
+def resolve(path: str, base_dir: str, what: str) -> Path:
+    """The file a spec names: from the working directory first, then from the spec's folder."""
+    if not path:
+        raise DataError(f"{what} is not set", field="source")
+    for candidate in (Path(path), Path(base_dir) / path):
+        if candidate.exists():
+            return candidate
+    raise DataError(f"{what} '{path}' does not exist", field="source",
+                    hint=f"paths are read from the working directory ({os.getcwd()}) or the spec's folder; to check "
+                    "the net without its data, give its top shapes: netspec check --shape BLOB=N,C,H,W")
+
+
+def read_list(path: Path, what: str) -> list[str]:
+    """The non-empty, non-comment lines of a list file (Caffe's HDF5Data and ImageData sources)."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what} '{path}': {e}", field="source") from None
+    out = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not out:
+        raise DataError(f"{what} '{path}' lists no files", field="source")
+    return out
+
+
+def read_list_raw(path: Path, what: str) -> list[str]:
+    """Every stripped line of a text file, comments included (window files start entries with '#')."""
+    try:
+        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what} '{path}': {e}", field="source") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("reading images needs Pillow: pip install pillow") from None
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image '{path}': {e}", field="source") from None
+    return h, w
+
+
+def hdf5_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every dataset in an HDF5 file."""
+    try:
+        import h5py
+    except ImportError:
+        raise DataError("reading HDF5 files needs h5py: pip install h5py") from None
+    try:
+        with h5py.File(path, "r") as f:
+            return {name: tuple(int(d) for d in ds.shape) for name, ds in f.items()
+                    if isinstance(ds, h5py.Dataset)}
+    except OSError as e:
+        raise DataError(f"cannot read HDF5 file '{path}': {e}", field="source") from None
+
+
+def leveldb_first_record(path: Path) -> bytes:
+    """The value of the first record of a LevelDB database."""
+    try:
+        import plyvel
+    except ImportError:
+        raise DataError("reading LevelDB sources needs the plyvel package: pip install plyvel") from None
+    try:
+        db = plyvel.DB(str(path), create_if_missing=False)
+    except plyvel.Error as e:
+        raise DataError(f"cannot open LevelDB '{path}': {e}", field="source") from None
+    try:
+        for _, value in db.iterator():
+            return bytes(value)
+    finally:
+        db.close()
+    raise DataError(f"LevelDB '{path}' has no records", field="source")
+
+
+def lmdb_first_record(path: Path) -> bytes:
+    """The value of the first record of an LMDB database."""
+    try:
+        import lmdb
+    except ImportError:
+        raise DataError("reading LMDB sources needs the lmdb package: pip install lmdb") from None
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=path.is_dir())
+    except lmdb.Error as e:
+        raise DataError(f"cannot open LMDB '{path}': {e}", field="source") from None
+    with env, env.begin() as txn:
+        cursor = txn.cursor()
+        if not cursor.first():
+            raise DataError(f"LMDB '{path}' has no records", field="source")
+        return bytes(cursor.value())

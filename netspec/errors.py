@@ -1,0 +1,122 @@
+"""The errors netspec reports to users, and where in a spec they point.
+
+Every mistake a user can make (in a spec, a data file, a weights file, a request) is a `NetspecError`:
+the command line prints `str(error)` and exits 1, without a traceback. Layer code raises errors with
+only the message; the drivers that walk the graph add the file, line and layer with `at()`, so that
+context is attached in one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Self
+
+
+@dataclass(frozen=True)
+class SourceLoc:
+    """A place in a spec file; line and column are 1-based."""
+
+    file: str
+    line: int
+    col: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" + (f":{self.col}" if self.col else "")
+
+
+class NetspecError(Exception):
+    """A problem with the user's input; printed as `FILE:LINE: layer 'NAME' (Type): message`."""
+
+    def __init__(
+        self,
+        msg: str,
+        *,
+        loc: SourceLoc | None = None,
+        layer: str | None = None,
+        layer_type: str | None = None,
+        hint: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.loc = loc
+        self.layer = layer
+        self.layer_type = layer_type
+        self.hint = hint
+        self.field = field
+
+    def at(
+        self,
+        loc: SourceLoc | None = None,
+        layer: str | None = None,
+        layer_type: str | None = None,
+    ) -> Self:
+        """Fills in the location and layer where they are not known yet."""
+        self.loc = self.loc or loc
+        self.layer = self.layer if self.layer is not None else layer
+        self.layer_type = self.layer_type or layer_type
+        return self
+
+    def __str__(self) -> str:
+        where = f"{self.loc}: " if self.loc else ""
+        if self.layer is not None:
+            kind = f" ({self.layer_type})" if self.layer_type else ""
+            where += f"layer '{self.layer}'{kind}: "
+        text = where + self.msg
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class SpecSyntaxError(NetspecError):
+    """The file is not valid prototxt or YAML (unbalanced braces, bad indentation, a stray token)."""
+
+
+class SpecFieldError(NetspecError):
+    """A field the schema does not have, or a value of the wrong kind for its field."""
+
+
+class UnknownLayerTypeError(NetspecError):
+    """A layer `type` that netspec does not know."""
+
+
+class ParamError(NetspecError):
+    """A layer's parameters are individually well-formed but break one of its rules."""
+
+
+class GraphError(NetspecError):
+    """The layers do not connect: an unknown bottom, a top produced twice, a wrong number of blobs."""
+
+
+class ShapeError(NetspecError):
+    """A layer cannot accept the shapes of its bottoms."""
+
+
+class DataError(NetspecError):
+    """A data source (file, dataset, array) is missing, unreadable or of the wrong shape."""
+
+
+class SolverError(NetspecError):
+    """Solver settings that cannot be honoured."""
+
+
+class WeightsError(NetspecError):
+    """A weights file or snapshot that is corrupt or does not match the net."""
+
+
+class ExportError(NetspecError):
+    """An export whose result fails its checks."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], what: str = "") -> str | None:
+    """A hint naming the closest of `choices` to a misspelt `word`, or None."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        if word.lower() in lowered:
+            close = [lowered[word.lower()]]
+    if not close:
+        return None
+    return f"did you mean {what}'{close[0]}'?" if what else f"did you mean '{close[0]}'?"

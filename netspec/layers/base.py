@@ -1,0 +1,205 @@
+"""The contract every layer type fulfils, and helpers its rules share.
+
+A layer type is one `LayerDef` subclass in one module: its parameters (a message of the schema), its
+arity, its shape rule (`infer`, pure Python), its parameter blobs (`blobs`, shapes in Caffe's order),
+its cost (`macs`) and its lowering to PyTorch (`lower`, the only method that imports torch). Layer code
+raises `ParamError`/`ShapeError` with the message alone; the driver adds file, line and layer name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from netspec._proto import netspec_pb2 as pb
+from netspec.errors import ParamError, ShapeError
+
+if TYPE_CHECKING:
+    import torch
+
+Shape = tuple[int, ...]
+# params (in blob order), bottoms -> tops
+Forward = Callable[[Sequence["torch.Tensor"], Sequence["torch.Tensor"]], list["torch.Tensor"]]
+
+
+@dataclass(frozen=True)
+class Arity:
+    """How many bottoms or tops a layer takes: from `min` to `max` (None: no upper bound)."""
+
+    min: int
+    max: int | None
+
+    def accepts(self, n: int) -> bool:
+        return n >= self.min and (self.max is None or n <= self.max)
+
+    def __str__(self) -> str:
+        if self.max == self.min:
+            return str(self.min)
+        if self.max is None:
+            return f"at least {self.min}"
+        return f"{self.min} to {self.max}"
+
+
+ONE = Arity(1, 1)
+NONE = Arity(0, 0)
+
+
+@dataclass(frozen=True)
+class BlobDef:
+    """One parameter blob: its role, its shape (Caffe's), how it starts, whether the solver updates it."""
+
+    role: str
+    shape: Shape
+    filler: pb.FillerParameter
+    learnable: bool = True
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a LayerDef sees of one layer: the layer message, its own parameter message and the phase."""
+
+    lp: pb.LayerParameter
+    p: Any
+    phase: int
+    base_dir: str = "."
+
+    @property
+    def num_bottoms(self) -> int:
+        return len(self.lp.bottom)
+
+    @property
+    def num_tops(self) -> int:
+        return len(self.lp.top)
+
+    @property
+    def train(self) -> bool:
+        return self.phase == pb.TRAIN
+
+
+@dataclass(frozen=True)
+class In:
+    """An example input. kind: float, positive, label (ints in [0, high)), binary, prob, index."""
+
+    shape: Shape
+    kind: str = "float"
+    high: int = 0
+
+
+@dataclass(frozen=True)
+class Example:
+    """A layer configuration that the contract tests run: fields of the layer (prototxt text) and inputs."""
+
+    fields: str
+    inputs: tuple[In, ...]
+    tops: int = 1
+    phase: str = "TEST"
+    gradcheck: bool = True
+
+
+class LayerDef:
+    """Base of every layer type. Subclasses set the class attributes and override the rules they need."""
+
+    type: ClassVar[str]
+    param_field: ClassVar[str | None] = None
+    category: ClassVar[str] = "utility"
+    origin: ClassVar[str] = "caffe"  # or "netspec" for netspec's additions
+    bottoms: ClassVar[Arity] = ONE
+    tops: ClassVar[Arity] = ONE
+    # A loss: its first top's loss_weight defaults to 1.
+    loss: ClassVar[bool] = False
+    # A data layer: its tops are fed from outside the module (by the caller or the solver's data).
+    feeds: ClassVar[bool] = False
+    # Caffe forbids computing this layer in place (top == bottom).
+    no_in_place: ClassVar[bool] = False
+    # The size of some top depends on the data (Filter); its inferred shape is an upper bound.
+    data_dependent: ClassVar[bool] = False
+    # What the layer computes is unknowable (Caffe's Python layer): its tops' shapes are unknown.
+    opaque: ClassVar[bool] = False
+    examples: ClassVar[tuple[Example, ...]] = ()
+
+    def params(self, lp: pb.LayerParameter) -> Any:
+        """This layer's own parameter message (the default message when the spec leaves it out)."""
+        return getattr(lp, self.param_field) if self.param_field else None
+
+    def check(self, s: LayerSpec) -> None:
+        """Rules on the parameters alone, before any shape is known."""
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        """The shapes of the tops. Pure Python: never imports torch."""
+        raise NotImplementedError
+
+    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
+        """The parameter blobs, in Caffe's order and shapes."""
+        return []
+
+    def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
+        """Multiply-accumulates of one forward pass."""
+        return 0
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        """A function computing the tops from the parameter blobs and the bottoms, with torch."""
+        raise NotImplementedError(f"{self.type} has no lowering")
+
+
+# ---- helpers shared by the shape rules --------------------------------------------------------------
+
+
+def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
+    """The number of elements in shape[start:end]."""
+    return math.prod(shape[start:end])
+
+
+def canonical_axis(axis: int, ndim: int, what: str = "axis") -> int:
+    """Caffe's CanonicalAxisIndex: a negative axis counts from the end; out of range is an error."""
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"{what} {axis} is out of range for a {ndim}-axis bottom "
+                         f"(valid: {-ndim} to {ndim - 1})", field=what)
+    return axis + ndim if axis < 0 else axis
+
+
+def expect_axes(shape: Shape, n: int, what: str = "bottom") -> Shape:
+    if len(shape) != n:
+        raise ShapeError(f"{what} must have {n} axes, got shape {fmt(shape)}")
+    return shape
+
+
+def fmt(shape: Sequence[int]) -> str:
+    """A shape as users read it: (64, 1, 28, 28)."""
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def shape_of(bs: pb.BlobShape, field: str) -> Shape:
+    """A BlobShape from a spec as a tuple; negative dims are errors."""
+    dims = tuple(int(d) for d in bs.dim)
+    if any(d < 0 for d in dims):
+        raise ParamError(f"shape {fmt(dims)} has a negative dimension", field=field)
+    return dims
+
+
+def filler_or(f: pb.FillerParameter, present: bool, default_type: str = "constant",
+              value: float = 0.0) -> pb.FillerParameter:
+    """The filler a spec gives, or Caffe's default for that blob when the spec gives none."""
+    if present:
+        return f
+    return pb.FillerParameter(type=default_type, value=value)
+
+
+def require(cond: bool, msg: str, field: str | None = None) -> None:
+    """Raises ParamError(msg) unless cond."""
+    if not cond:
+        raise ParamError(msg, field=field)
+
+
+@dataclass
+class Registry:
+    """Layer types by name; `register` refuses a second definition of a type."""
+
+    types: dict[str, LayerDef] = field(default_factory=dict)
+
+    def register(self, cls: type[LayerDef]) -> type[LayerDef]:
+        if cls.type in self.types:
+            raise ValueError(f"layer type {cls.type} is registered twice")
+        self.types[cls.type] = cls()
+        return cls

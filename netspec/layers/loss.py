@@ -1,0 +1,444 @@
+"""Loss layers and Accuracy, with Caffe's normalisations and ignore_label.
+
+Each loss's first top is a scalar whose loss_weight defaults to 1. Where Caffe's gradient is not the
+exact derivative of its loss (ContrastiveLoss's 1e-4, the clamped logarithms), the lowering keeps
+Caffe's gradient, so training matches Caffe step for step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from netspec._proto import netspec_pb2 as pb
+from netspec.data import probe
+from netspec.errors import DataError, ShapeError
+from netspec.layers.base import (
+    Arity,
+    Example,
+    Forward,
+    In,
+    LayerDef,
+    LayerSpec,
+    Shape,
+    canonical_axis,
+    count,
+    fmt,
+    require,
+)
+from netspec.layers.registry import register
+
+if TYPE_CHECKING:
+    import torch
+
+FLT_MIN = 1.1754943508222875e-38  # Caffe clamps probabilities before log() to these
+LOG_THRESHOLD = 1e-20
+SCALAR: Shape = ()
+L = pb.LossParameter
+
+
+def normalization(s: LayerSpec, default: int = L.VALID) -> int:
+    """The normalisation mode, honouring the deprecated `normalize` flag as Caffe does."""
+    lp = s.lp.loss_param
+    if lp.HasField("normalization"):
+        return int(lp.normalization)
+    if lp.HasField("normalize"):
+        return L.VALID if lp.normalize else L.BATCH_SIZE
+    return default
+
+
+def normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor | None) -> torch.Tensor | float:
+    """What Caffe divides a summed loss by (never less than 1)."""
+    if mode == L.FULL or (mode == L.VALID and valid is None):
+        return float(max(1, outer * inner))
+    if mode == L.VALID:
+        return valid.clamp_min(1)  # type: ignore[union-attr]
+    if mode == L.BATCH_SIZE:
+        return float(max(1, outer))
+    return 1.0
+
+
+def caffe_grad_clamp(x: torch.Tensor, lo: float) -> torch.Tensor:
+    """max(x, lo) in value, but with the gradient of x everywhere (Caffe differentiates the clamped
+    log as if it were not clamped)."""
+    return x + (x.clamp_min(lo) - x).detach()
+
+
+def _label_axis(s: LayerSpec, scores: Shape, labels: Shape, axis_value: int) -> tuple[int, int, int]:
+    axis = canonical_axis(axis_value, len(scores))
+    outer, inner = count(scores, 0, axis), count(scores, axis + 1)
+    if count(labels) != outer * inner:
+        raise ShapeError(f"{count(labels)} labels for {outer * inner} predictions: scores {fmt(scores)} with "
+                         f"classes on axis {axis} need {outer * inner} labels, got {fmt(labels)}",
+                         hint=f"bottom '{s.lp.bottom[1]}' should have shape ({outer * inner},) or "
+                         f"{fmt((*scores[:axis], *scores[axis + 1:]))}")
+    return axis, outer, inner
+
+
+def _labels_moved(labels: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
+    return labels.reshape(outer, inner).long()
+
+
+class _Loss(LayerDef):
+    category = "loss"
+    loss = True
+    bottoms = Arity(2, 2)
+
+
+@register
+class SoftmaxWithLoss(_Loss):
+    """Softmax over `softmax_param.axis` followed by the multinomial logistic loss of the labels;
+    the optional second top is the probabilities.
+
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+    """
+
+    type = "SoftmaxWithLoss"
+    param_field = "softmax_param"
+    tops = Arity(1, 2)
+    examples = (
+        Example("", (In((4, 5)), In((4,), "label", 5))),
+        Example("loss_param { ignore_label: 1 normalization: FULL }", (In((2, 3, 2, 2)), In((2, 2, 2), "label", 3))),
+        Example("loss_param { normalization: BATCH_SIZE } loss_weight: 2 loss_weight: 0",
+                (In((3, 4)), In((3,), "label", 4)), tops=2),
+    )
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
+        return [SCALAR, bottoms[0]][: s.num_tops]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        axis, outer, inner = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
+        mode = normalization(s)
+        ignore = s.lp.loss_param.ignore_label if s.lp.loss_param.HasField("ignore_label") else None
+        with_prob = s.num_tops == 2
+        classes = bottoms[0][axis]
+        log_min = math.log(FLT_MIN)
+
+        def forward(params, xs):
+            scores, labels = xs[0], xs[1]
+            logp = torch.log_softmax(scores, axis)
+            logp = caffe_grad_clamp(logp, log_min).reshape(outer, classes, inner)
+            y = _labels_moved(labels.detach(), outer, inner)
+            valid = None
+            if ignore is not None:
+                keep = y != ignore
+                y = torch.where(keep, y, torch.zeros_like(y))
+                picked = logp.gather(1, y.unsqueeze(1)).squeeze(1) * keep
+                valid = keep.sum().to(scores.dtype)
+            else:
+                picked = logp.gather(1, y.unsqueeze(1)).squeeze(1)
+            loss = -picked.sum() / normalizer(mode, outer, inner, valid)
+            return [loss, torch.exp(logp).reshape(scores.shape)] if with_prob else [loss]
+
+        return forward
+
+
+@register
+class MultinomialLogisticLoss(_Loss):
+    """-log(p[label]) averaged over the batch, for bottoms that are already probabilities.
+
+    layer { name: "loss" type: "MultinomialLogisticLoss" bottom: "prob" bottom: "label" top: "loss" }
+    """
+
+    type = "MultinomialLogisticLoss"
+    examples = (Example("", (In((4, 5), "prob"), In((4,), "label", 5))),)
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        probs, labels = bottoms
+        if count(labels) != probs[0]:
+            raise ShapeError(f"{count(labels)} labels for a batch of {probs[0]}: one label per item "
+                             f"({fmt(probs)})")
+        return [SCALAR]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        num = bottoms[0][0]
+
+        def forward(params, xs):
+            p = xs[0].reshape(num, -1)
+            y = xs[1].detach().reshape(num, 1).long()
+            picked = caffe_grad_clamp(p.gather(1, y), LOG_THRESHOLD)
+            return [-torch.log(picked).sum() / num]
+
+        return forward
+
+
+@register
+class InfogainLoss(_Loss):
+    """The multinomial logistic loss weighted by an infogain matrix H: -sum_k H[label, k] log p_k
+    averaged over the batch, for bottoms that are probabilities (one row of classes per item). H comes
+    from `source` (a .binaryproto) or a third bottom; with H the identity this is
+    MultinomialLogisticLoss. (The reference Caffe takes probabilities here; later BVLC sources apply a
+    softmax first, so feed them Softmax's output to get the same loss.)
+
+    layer { name: "loss" type: "InfogainLoss" bottom: "prob" bottom: "label" top: "loss"
+            infogain_loss_param { source: "H.binaryproto" } }
+    """
+
+    type = "InfogainLoss"
+    param_field = "infogain_loss_param"
+    bottoms = Arity(2, 3)
+    examples = (Example("", (In((4, 3), "prob"), In((4,), "label", 3), In((3, 3), "positive"))),)
+
+    def check(self, s: LayerSpec) -> None:
+        if s.num_bottoms == 2:
+            require(bool(s.p.source), "give the infogain matrix: infogain_loss_param.source or a third bottom",
+                    "source")
+        require(s.p.axis == 1, "InfogainLoss takes one row of class probabilities per item (axis 1)", "axis")
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        probs, labels = bottoms[0], bottoms[1]
+        if count(labels) != probs[0]:
+            raise ShapeError(f"{count(labels)} labels for a batch of {probs[0]}: one label per item ({fmt(probs)})")
+        classes = count(probs, 1)
+        h = bottoms[2] if len(bottoms) == 3 else self._matrix_shape(s)
+        if count(h) != classes * classes:
+            raise ShapeError(f"the infogain matrix has {count(h)} values; {classes} classes need "
+                             f"{classes}x{classes}")
+        return [SCALAR]
+
+    def _read_matrix(self, s: LayerSpec) -> pb.BlobProto:
+        path = probe.resolve(s.p.source, s.base_dir, "infogain_loss_param.source")
+        blob = pb.BlobProto()
+        try:
+            blob.ParseFromString(Path(path).read_bytes())
+        except Exception as e:  # noqa: BLE001 (any decoding failure means the same to the user)
+            raise DataError(f"'{path}' is not a Caffe .binaryproto blob: {e}", field="source") from None
+        return blob
+
+    def _matrix_shape(self, s: LayerSpec) -> Shape:
+        blob = self._read_matrix(s)
+        return (len(blob.data) or len(blob.double_data),)
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        num, classes = bottoms[0][0], count(bottoms[0], 1)
+        fixed = None
+        if len(bottoms) == 2:
+            blob = self._read_matrix(s)
+            fixed = torch.tensor(list(blob.data) or list(blob.double_data), dtype=torch.float32)
+
+        def forward(params, xs):
+            p = xs[0].reshape(num, classes)
+            h = (xs[2].detach() if fixed is None else fixed.to(p.device, p.dtype)).reshape(classes, classes)
+            rows = h[xs[1].detach().reshape(num).long()]  # H[label, k]
+            return [-(rows * torch.log(caffe_grad_clamp(p, LOG_THRESHOLD))).sum() / num]
+
+        return forward
+
+
+@register
+class EuclideanLoss(_Loss):
+    """sum((a - b)^2) / (2N), N the size of axis 0.
+
+    layer { name: "loss" type: "EuclideanLoss" bottom: "pred" bottom: "target" top: "loss" }
+    """
+
+    type = "EuclideanLoss"
+    examples = (Example("", (In((4, 3)), In((4, 3)))),)
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        a, b = bottoms
+        if count(a, 1) != count(b, 1) or a[:1] != b[:1]:
+            raise ShapeError(f"the two bottoms need the same shape, got {fmt(a)} and {fmt(b)}",
+                             hint=_describe(s, bottoms))
+        return [SCALAR]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        n = bottoms[0][0]
+
+        def forward(params, xs):
+            diff = xs[0] - xs[1].reshape(xs[0].shape)
+            return [(diff * diff).sum() / (2 * n)]
+
+        return forward
+
+
+def _describe(s: LayerSpec, bottoms: Sequence[Shape]) -> str:
+    return ", ".join(f"'{name}' is {fmt(b)}" for name, b in zip(s.lp.bottom, bottoms, strict=False))
+
+
+@register
+class HingeLoss(_Loss):
+    """One-versus-all hinge loss: for each class, max(0, 1 - s) for the label's score and max(0, 1 + s)
+    for every other score, summed (L1) or squared and summed (L2), divided by the batch size.
+
+    layer { name: "loss" type: "HingeLoss" bottom: "ip2" bottom: "label" top: "loss"
+            hinge_loss_param { norm: L2 } }
+    """
+
+    type = "HingeLoss"
+    param_field = "hinge_loss_param"
+    examples = (Example("", (In((4, 5)), In((4,), "label", 5))),
+                Example("hinge_loss_param { norm: L2 }", (In((4, 5)), In((4,), "label", 5))))
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        scores, labels = bottoms
+        if count(labels) != scores[0]:
+            raise ShapeError(f"{count(labels)} labels for a batch of {scores[0]} ({fmt(scores)})")
+        return [SCALAR]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+        import torch.nn.functional as F
+
+        num = bottoms[0][0]
+        squared = s.p.norm == s.p.L2
+
+        def forward(params, xs):
+            scores = xs[0].reshape(num, -1)
+            y = xs[1].detach().reshape(num).long()
+            sign = 1 - 2 * F.one_hot(y, scores.shape[1]).to(scores.dtype)
+            margin = torch.relu(1 + scores * sign)
+            return [((margin * margin) if squared else margin).sum() / num]
+
+        return forward
+
+
+@register
+class SigmoidCrossEntropyLoss(_Loss):
+    """Binary cross-entropy of sigmoid(x) against targets in [0, 1], computed stably; divided by the
+    batch size unless loss_param says otherwise.
+
+    layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "logits" bottom: "targets" top: "loss" }
+    """
+
+    type = "SigmoidCrossEntropyLoss"
+    examples = (Example("", (In((4, 3)), In((4, 3), "binary"))),
+                Example("loss_param { ignore_label: -1 normalization: VALID }",
+                        (In((4, 3)), In((4, 3), "binary"))))
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        a, b = bottoms
+        if count(a) != count(b):
+            raise ShapeError(f"scores {fmt(a)} and targets {fmt(b)} need the same number of values")
+        return [SCALAR]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+        import torch.nn.functional as F
+
+        outer = bottoms[0][0]
+        inner = count(bottoms[0]) // outer if outer else 0
+        mode = normalization(s, L.BATCH_SIZE)
+        ignore = s.lp.loss_param.ignore_label if s.lp.loss_param.HasField("ignore_label") else None
+
+        def forward(params, xs):
+            x, t = xs[0], xs[1].reshape(xs[0].shape)
+            if ignore is None:
+                total = F.binary_cross_entropy_with_logits(x, t, reduction="sum")
+                return [total / normalizer(mode, outer, inner, None)]
+            keep = t.detach().to(torch.int64) != ignore
+            per = F.binary_cross_entropy_with_logits(x, torch.where(keep, t, torch.zeros_like(t)),
+                                                     reduction="none")
+            valid = keep.sum().to(x.dtype)
+            return [(per * keep).sum() / normalizer(mode, outer, inner, valid)]
+
+        return forward
+
+
+@register
+class ContrastiveLoss(_Loss):
+    """For pairs (a, b) with a similarity label y: d^2 for similar pairs (y != 0) and
+    max(margin - d, 0)^2 for dissimilar ones (max(margin - d^2, 0) with legacy_version), over 2N.
+
+    layer { name: "loss" type: "ContrastiveLoss" bottom: "feat" bottom: "feat_p" bottom: "sim"
+            top: "loss" contrastive_loss_param { margin: 1 } }
+    """
+
+    type = "ContrastiveLoss"
+    param_field = "contrastive_loss_param"
+    bottoms = Arity(3, 3)
+    examples = (Example("contrastive_loss_param { margin: 2 }", (In((4, 3)), In((4, 3)), In((4,), "binary"))),
+                Example("contrastive_loss_param { margin: 2 legacy_version: true }",
+                        (In((4, 3)), In((4, 3)), In((4,), "binary"))))
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        a, b, y = bottoms
+        if a != b:
+            raise ShapeError(f"the two feature bottoms differ: {fmt(a)} and {fmt(b)}")
+        if count(y) != a[0]:
+            raise ShapeError(f"{count(y)} similarity labels for {a[0]} pairs")
+        return [SCALAR]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        num = bottoms[0][0]
+        margin, legacy = s.p.margin, s.p.legacy_version
+
+        def forward(params, xs):
+            diff = (xs[0] - xs[1]).reshape(num, -1)
+            dist_sq = (diff * diff).sum(1)
+            similar = xs[2].detach().reshape(num).to(torch.int64) != 0
+            if legacy:
+                dissimilar = torch.relu(margin - dist_sq)
+            else:
+                # Caffe's gradient of max(margin - d, 0)^2 with respect to d^2 is -(margin - d)/(d + 1e-4)
+                dist = torch.sqrt(dist_sq.detach())
+                gap = torch.relu(margin - dist)
+                slope = -gap / (dist + 1e-4)
+                dissimilar = gap * gap + slope * (dist_sq - dist_sq.detach())
+            per_pair = torch.where(similar, dist_sq, dissimilar)
+            return [per_pair.sum() / (2 * num)]
+
+        return forward
+
+
+@register
+class Accuracy(LayerDef):
+    """The fraction of predictions whose label is among the top_k scores (ties count against it);
+    the optional second top holds the accuracy of each class. No gradient.
+
+    layer { name: "accuracy" type: "Accuracy" bottom: "ip2" bottom: "label" top: "accuracy"
+            include { phase: TEST } }
+    """
+
+    type = "Accuracy"
+    param_field = "accuracy_param"
+    category = "loss"
+    bottoms = Arity(2, 2)
+    tops = Arity(1, 2)
+    examples = (Example("accuracy_param { top_k: 2 }", (In((6, 4)), In((6,), "label", 4)), gradcheck=False),
+                Example("accuracy_param { ignore_label: 0 }", (In((2, 3, 2)), In((2, 2), "label", 3)), tops=2,
+                        gradcheck=False))
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        axis, _, _ = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
+        classes = bottoms[0][axis]
+        require(s.p.top_k <= classes, f"top_k {s.p.top_k} exceeds the {classes} classes", "top_k")
+        return [SCALAR, (classes,)][: s.num_tops]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        axis, outer, inner = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
+        classes, top_k = bottoms[0][axis], s.p.top_k
+        ignore = s.p.ignore_label if s.p.HasField("ignore_label") else None
+        per_class = s.num_tops == 2
+
+        def forward(params, xs):
+            scores = xs[0].detach().reshape(outer, classes, inner)
+            y = _labels_moved(xs[1].detach(), outer, inner)
+            keep = y != ignore if ignore is not None else torch.ones_like(y, dtype=torch.bool)
+            safe = torch.where(keep, y, torch.zeros_like(y))
+            true_score = scores.gather(1, safe.unsqueeze(1))
+            right = ((scores >= true_score).sum(1) <= top_k) & keep
+            total = keep.sum().clamp_min(1).to(scores.dtype)
+            out = [right.sum().to(scores.dtype) / total]  # 0 when every label is ignored, as Caffe
+            if per_class:
+                hits = torch.zeros(classes, dtype=scores.dtype, device=scores.device)
+                seen = torch.zeros(classes, dtype=scores.dtype, device=scores.device)
+                hits.index_add_(0, safe[keep], right[keep].to(scores.dtype))
+                seen.index_add_(0, safe[keep], torch.ones_like(safe[keep], dtype=scores.dtype))
+                out.append(torch.where(seen > 0, hits / seen.clamp_min(1), torch.zeros_like(seen)))
+            return out
+
+        return forward

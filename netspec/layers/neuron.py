@@ -1,0 +1,437 @@
+"""Neuron layers: elementwise functions of one bottom, shape preserved, computable in place."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from netspec.errors import ShapeError
+from netspec.layers.base import (
+    BlobDef,
+    Example,
+    Forward,
+    In,
+    LayerDef,
+    LayerSpec,
+    Shape,
+    filler_or,
+    fmt,
+    require,
+)
+from netspec.layers.registry import register
+
+if TYPE_CHECKING:
+    import torch
+
+_X = (In((2, 3, 4, 5)),)
+
+
+Grad = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
+class Neuron(LayerDef):
+    """One bottom, one top of the same shape.
+
+    Caffe's backward pass of most neurons reads the blob values (bottom or top) as they are when
+    backward runs. When a later layer overwrites the blob in place, Caffe computes the gradient from the
+    overwritten values (BVLC/caffe#2015). netspec reproduces that, so training matches Caffe: a neuron
+    with a `caffe_backward` formula is run with it whenever the blob it reads has changed by then.
+    """
+
+    category = "neuron"
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        return [bottoms[0]]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad | None:
+        """Caffe's gradient formula: (input at forward, bottom data, top data, top diff) -> bottom diff,
+        with bottom and top data as Caffe reads them at backward time. None: reads no blob data."""
+        return None
+
+    def inplace_exact(self, s: LayerSpec) -> bool:
+        """Whether reading its own in-place output in backward still gives the true gradient."""
+        return True
+
+    @classmethod
+    def reads_blobs_in_backward(cls) -> bool:
+        return cls.caffe_backward is not Neuron.caffe_backward
+
+    def reads_only_sign(self, s: LayerSpec) -> bool:
+        """Whether Caffe's backward uses only where the blob is > 0 (so a later layer that keeps the
+        sign does not change the gradient)."""
+        return False
+
+    def keeps_sign(self, s: LayerSpec) -> bool:
+        """Whether, wherever its gradient is not zero, the output is > 0 exactly where the input is."""
+        return False
+
+    def keeps_values(self, s: LayerSpec) -> bool:
+        """Whether the output equals the input (so overwriting a blob with it changes nothing)."""
+        return False
+
+
+@register
+class ReLU(Neuron):
+    """max(x, 0), or a leaky ReLU with negative_slope * x for x <= 0.
+
+    layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+    """
+
+    type = "ReLU"
+    param_field = "relu_param"
+    examples = (Example("", _X), Example("relu_param { negative_slope: 0.1 }", _X))
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch.nn.functional as F
+
+        slope = s.p.negative_slope
+        if slope == 0:
+            return lambda params, xs: [F.relu(xs[0])]
+        return lambda params, xs: [F.leaky_relu(xs[0], slope)]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        slope = s.p.negative_slope
+        return lambda x, b, t, g: g * ((b > 0).to(g.dtype) + slope * (b <= 0).to(g.dtype))
+
+    def inplace_exact(self, s: LayerSpec) -> bool:
+        return s.p.negative_slope >= 0
+
+    def reads_only_sign(self, s: LayerSpec) -> bool:
+        return True
+
+    def keeps_sign(self, s: LayerSpec) -> bool:
+        return s.p.negative_slope >= 0
+
+
+@register
+class PReLU(Neuron):
+    """A leaky ReLU whose slopes are learned, one per channel (axis 1) or one shared.
+
+    layer { name: "prelu1" type: "PReLU" bottom: "conv1" top: "conv1" }
+    """
+
+    type = "PReLU"
+    param_field = "prelu_param"
+    examples = (Example("", _X), Example("prelu_param { channel_shared: true }", _X))
+
+    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
+        b = bottoms[0]
+        if len(b) < 2:
+            raise ShapeError(f"PReLU needs a bottom with at least 2 axes (N, C, ...), got {fmt(b)}")
+        n = 1 if s.p.channel_shared else b[1]
+        return [BlobDef("slope", (n,), filler_or(s.p.filler, s.p.HasField("filler"), value=0.25))]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch.nn.functional as F
+
+        return lambda params, xs: [F.prelu(xs[0], params[0])]
+
+
+@register
+class ELU(Neuron):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise.
+
+    layer { name: "elu1" type: "ELU" bottom: "ip1" top: "ip1" elu_param { alpha: 1 } }
+    """
+
+    type = "ELU"
+    param_field = "elu_param"
+    examples = (Example("elu_param { alpha: 0.5 }", _X),)
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch.nn.functional as F
+
+        alpha = s.p.alpha
+        return lambda params, xs: [F.elu(xs[0], alpha)]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        alpha = s.p.alpha
+        return lambda x, b, t, g: g * ((b > 0).to(g.dtype) + (alpha + t) * (b <= 0).to(g.dtype))
+
+    def inplace_exact(self, s: LayerSpec) -> bool:
+        return s.p.alpha >= 0
+
+
+@register
+class Sigmoid(Neuron):
+    """1 / (1 + exp(-x)).
+
+    layer { name: "sig" type: "Sigmoid" bottom: "ip1" top: "ip1" }
+    """
+
+    type = "Sigmoid"
+    param_field = "sigmoid_param"
+    examples = (Example("", _X),)
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        return lambda params, xs: [torch.sigmoid(xs[0])]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        return lambda x, b, t, g: g * t * (1 - t)
+
+
+@register
+class TanH(Neuron):
+    """tanh(x).
+
+    layer { name: "tanh" type: "TanH" bottom: "ip1" top: "ip1" }
+    """
+
+    type = "TanH"
+    param_field = "tanh_param"
+    examples = (Example("", _X),)
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        return lambda params, xs: [torch.tanh(xs[0])]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        return lambda x, b, t, g: g * (1 - t * t)
+
+
+@register
+class AbsVal(Neuron):
+    """|x|.
+
+    layer { name: "abs" type: "AbsVal" bottom: "x" top: "y" }
+    """
+
+    type = "AbsVal"
+    no_in_place = True
+    examples = (Example("", _X),)
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        return lambda params, xs: [torch.abs(xs[0])]
+
+
+@register
+class BNLL(Neuron):
+    """The binomial normal log-likelihood log(1 + exp(x)) (softplus).
+
+    layer { name: "bnll" type: "BNLL" bottom: "x" top: "y" }
+    """
+
+    type = "BNLL"
+    examples = (Example("", _X),)
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch.nn.functional as F
+
+        return lambda params, xs: [F.softplus(xs[0])]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        import torch
+
+        return lambda x, b, t, g: g * torch.sigmoid(b.clamp_max(50.0))
+
+    def inplace_exact(self, s: LayerSpec) -> bool:
+        return False
+
+
+@register
+class Power(Neuron):
+    """(shift + scale * x) ^ power.
+
+    layer { name: "pow" type: "Power" bottom: "x" top: "y" power_param { power: 2 scale: 0.5 shift: 1 } }
+    """
+
+    type = "Power"
+    param_field = "power_param"
+    examples = (Example("power_param { power: 2 scale: 0.5 shift: 1 }", _X),
+                Example("power_param { power: 0.5 scale: 2 shift: 0.1 }", (In((2, 3), "positive"),)))
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        power, scale, shift = s.p.power, s.p.scale, s.p.shift
+        if power == 1:
+            return lambda params, xs: [xs[0] * scale + shift]
+        return lambda params, xs: [torch.pow(xs[0] * scale + shift, power)]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        power, scale, shift = s.p.power, s.p.scale, s.p.shift
+        diff_scale = power * scale
+        if diff_scale == 0 or power == 1:
+            return lambda x, b, t, g: g * diff_scale
+        if power == 2:
+            return lambda x, b, t, g: g * diff_scale * (b * scale + shift)
+        if shift == 0:
+            return lambda x, b, t, g: g * power * t / b
+        return lambda x, b, t, g: g * diff_scale * t / (b * scale + shift)
+
+    def inplace_exact(self, s: LayerSpec) -> bool:
+        return s.p.power == 1 or s.p.power * s.p.scale == 0
+
+
+def _log_base(base: float, field: str) -> float:
+    """ln(base), where Caffe's base -1 means e."""
+    if base == -1:
+        return 1.0
+    require(base > 0, f"base must be positive (or -1 for e), got {base}", field)
+    return math.log(base)
+
+
+@register
+class Exp(Neuron):
+    """base ^ (shift + scale * x); base -1 means e.
+
+    layer { name: "exp" type: "Exp" bottom: "x" top: "y" exp_param { base: 2 scale: 0.5 } }
+    """
+
+    type = "Exp"
+    param_field = "exp_param"
+    examples = (Example("", _X), Example("exp_param { base: 2 scale: 0.5 shift: 1 }", _X))
+
+    def check(self, s: LayerSpec) -> None:
+        _log_base(s.p.base, "base")
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        ln_base = _log_base(s.p.base, "base")
+        inner = ln_base * s.p.scale
+        outer = math.exp(ln_base * s.p.shift)  # Caffe's outer scale base^shift
+        if outer == 1:
+            return lambda params, xs: [torch.exp(xs[0] * inner)]
+        return lambda params, xs: [torch.exp(xs[0] * inner) * outer]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        inner = _log_base(s.p.base, "base") * s.p.scale
+        return lambda x, b, t, g: g * t * inner
+
+
+@register
+class Log(Neuron):
+    """log_base(shift + scale * x); base -1 means e.
+
+    layer { name: "log" type: "Log" bottom: "x" top: "y" log_param { base: 10 } }
+    """
+
+    type = "Log"
+    param_field = "log_param"
+    examples = (Example("log_param { base: 10 scale: 2 shift: 0.5 }", (In((2, 3, 4), "positive"),)),)
+
+    def check(self, s: LayerSpec) -> None:
+        _log_base(s.p.base, "base")
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        base_scale = 1.0 / _log_base(s.p.base, "base")
+        scale, shift = s.p.scale, s.p.shift
+        return lambda params, xs: [torch.log(xs[0] * scale + shift) * base_scale]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        num = s.p.scale / _log_base(s.p.base, "base")
+        scale, shift = s.p.scale, s.p.shift
+        return lambda x, b, t, g: g * num / (b * scale + shift)
+
+    def inplace_exact(self, s: LayerSpec) -> bool:
+        return False
+
+
+@register
+class Threshold(Neuron):
+    """1 where x > threshold, else 0 (no gradient).
+
+    layer { name: "thr" type: "Threshold" bottom: "x" top: "y" threshold_param { threshold: 0.5 } }
+    """
+
+    type = "Threshold"
+    param_field = "threshold_param"
+    examples = (Example("threshold_param { threshold: 0.1 }", _X, gradcheck=False),)
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        t = s.p.threshold
+        return lambda params, xs: [(xs[0] > t).to(xs[0].dtype)]
+
+
+@register
+class Clip(Neuron):
+    """x clipped to [min, max].
+
+    layer { name: "clip" type: "Clip" bottom: "x" top: "y" clip_param { min: -1 max: 1 } }
+    """
+
+    type = "Clip"
+    param_field = "clip_param"
+    examples = (Example("clip_param { min: -0.5 max: 0.7 }", _X),)
+
+    def check(self, s: LayerSpec) -> None:
+        require(s.p.min <= s.p.max, f"min ({s.p.min}) must not exceed max ({s.p.max})", "min")
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        lo, hi = s.p.min, s.p.max
+        return lambda params, xs: [torch.clamp(xs[0], lo, hi)]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        lo, hi = s.p.min, s.p.max
+        return lambda x, b, t, g: g * ((b >= lo) & (b <= hi)).to(g.dtype)
+
+    def inplace_exact(self, s: LayerSpec) -> bool:
+        return False
+
+
+@register
+class Swish(Neuron):
+    """x * sigmoid(beta * x).
+
+    layer { name: "swish" type: "Swish" bottom: "x" top: "y" swish_param { beta: 1 } }
+    """
+
+    type = "Swish"
+    param_field = "swish_param"
+    examples = (Example("swish_param { beta: 1.5 }", _X),)
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        beta = s.p.beta
+        return lambda params, xs: [xs[0] * torch.sigmoid(xs[0] * beta)]
+
+    def caffe_backward(self, s: LayerSpec) -> Grad:
+        import torch
+
+        beta = s.p.beta
+        return lambda x, b, t, g: g * (beta * t + torch.sigmoid(x * beta) * (1 - beta * t))
+
+
+@register
+class Dropout(Neuron):
+    """In TRAIN, zeroes each value with probability dropout_ratio and scales the rest by
+    1 / (1 - dropout_ratio) (inverted dropout); in TEST, passes values through.
+
+    layer { name: "drop6" type: "Dropout" bottom: "fc6" top: "fc6" dropout_param { dropout_ratio: 0.5 } }
+    """
+
+    type = "Dropout"
+    param_field = "dropout_param"
+    category = "common"
+    examples = (Example("dropout_param { dropout_ratio: 0.3 }", _X),
+                Example("dropout_param { dropout_ratio: 0.3 }", _X, phase="TRAIN", gradcheck=False))
+
+    def check(self, s: LayerSpec) -> None:
+        r = s.p.dropout_ratio
+        require(0 <= r < 1, f"dropout_ratio must be in [0, 1), got {r}", "dropout_ratio")
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch.nn.functional as F
+
+        if self.keeps_values(s):
+            return lambda params, xs: [xs[0]]
+        ratio = s.p.dropout_ratio
+        return lambda params, xs: [F.dropout(xs[0], ratio, True)]
+
+    def keeps_sign(self, s: LayerSpec) -> bool:
+        return True  # a dropped value becomes 0, but its gradient is 0 too
+
+    def keeps_values(self, s: LayerSpec) -> bool:
+        return not s.train or s.p.dropout_ratio == 0

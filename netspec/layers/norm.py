@@ -1,0 +1,238 @@
+"""Normalisation and affine layers: BatchNorm, Scale, Bias, MVN (LRN is with the vision layers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from netspec._proto import netspec_pb2 as pb
+from netspec.errors import ParamError, ShapeError
+from netspec.layers.base import (
+    Arity,
+    BlobDef,
+    Example,
+    Forward,
+    In,
+    LayerDef,
+    LayerSpec,
+    Shape,
+    canonical_axis,
+    filler_or,
+    fmt,
+)
+from netspec.layers.registry import register
+
+
+def _zeros() -> pb.FillerParameter:
+    return pb.FillerParameter(type="constant", value=0)
+
+
+@register
+class BatchNorm(LayerDef):
+    """Normalises each channel (axis 1) to zero mean and unit variance, with batch statistics in TRAIN
+    and the stored running ones in TEST (or always, with use_global_stats). Its three blobs are Caffe's:
+    the running mean sum, the running variance sum and their scale factor (mean = blob0 / blob2); the
+    solver never updates them. It has no scale or shift: follow it with Scale { bias_term: true }.
+
+    layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+    """
+
+    type = "BatchNorm"
+    param_field = "batch_norm_param"
+    category = "normalization"
+    examples = (Example("", (In((4, 3, 2, 2)),)),
+                Example("batch_norm_param { use_global_stats: false }", (In((5, 3)),)),
+                Example("", (In((4, 2, 3)),), phase="TRAIN"))
+
+    def check(self, s: LayerSpec) -> None:
+        for i, spec in enumerate(s.lp.param):
+            if spec.lr_mult != 0:
+                raise ParamError(f"param {i} has lr_mult {spec.lr_mult}: BatchNorm's statistics are not "
+                                 "learned, so every lr_mult must be 0", field="param",
+                                 hint="remove the param entries, or set lr_mult: 0")
+
+    def global_stats(self, s: LayerSpec) -> bool:
+        return s.p.use_global_stats if s.p.HasField("use_global_stats") else not s.train
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        return [bottoms[0]]
+
+    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
+        c = bottoms[0][1] if len(bottoms[0]) > 1 else 1
+        return [BlobDef("mean", (c,), _zeros(), learnable=False),
+                BlobDef("variance", (c,), _zeros(), learnable=False),
+                BlobDef("scale_factor", (1,), _zeros(), learnable=False)]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        eps, maf = s.p.eps, s.p.moving_average_fraction
+        ndim = len(bottoms[0])
+        view = (1, -1) + (1,) * (ndim - 2) if ndim > 1 else (-1,)
+        reduce_dims = [0, *range(2, ndim)]
+
+        if self.global_stats(s):
+            def inference(params, xs):
+                mean_sum, var_sum, factor = params
+                scale = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
+                mean, var = (mean_sum * scale).reshape(view), (var_sum * scale).reshape(view)
+                return [(xs[0] - mean) / torch.sqrt(var + eps)]
+
+            return inference
+
+        def training(params, xs):
+            x = xs[0]
+            mean = x.mean(reduce_dims, keepdim=True)
+            var = ((x - mean) ** 2).mean(reduce_dims, keepdim=True)
+            with torch.no_grad():  # Caffe's running sums: blob = batch_stat + maf * blob
+                m = x.numel() // x.shape[1] if ndim > 1 else x.numel()
+                correction = m / (m - 1) if m > 1 else 1.0
+                params[0].mul_(maf).add_(mean.reshape(-1))
+                params[1].mul_(maf).add_(var.reshape(-1) * correction)
+                params[2].mul_(maf).add_(1)
+            return [(x - mean) / torch.sqrt(var + eps)]
+
+        return training
+
+
+def _broadcast_axis(s: LayerSpec, x: Shape, operand: Shape) -> int:
+    """Where an operand (a learned blob or bottom 1) of Scale/Bias lines up with bottom 0."""
+    axis = 0 if len(operand) == 0 else canonical_axis(s.p.axis, len(x))
+    if x[axis:axis + len(operand)] != operand:
+        raise ShapeError(f"{'bottom 1' if s.num_bottoms > 1 else 'the learned blob'} has shape {fmt(operand)}, "
+                         f"which does not match bottom 0 {fmt(x)} from axis {axis}")
+    return axis
+
+
+def _learned_shape(s: LayerSpec, x: Shape) -> Shape:
+    axis = canonical_axis(s.p.axis, len(x))
+    num_axes = s.p.num_axes
+    if num_axes < -1:
+        raise ParamError("num_axes must be -1 (to the last axis) or non-negative", field="num_axes")
+    end = len(x) if num_axes == -1 else axis + num_axes
+    if end > len(x):
+        raise ShapeError(f"axis {axis} with num_axes {num_axes} reaches past bottom {fmt(x)}", field="num_axes")
+    return x[axis:end]
+
+
+def _view(axis: int, operand: Shape, ndim: int) -> tuple[int, ...]:
+    return (1,) * axis + operand + (1,) * (ndim - axis - len(operand))
+
+
+@register
+class Scale(LayerDef):
+    """Multiplies bottom 0 by a learned blob (shape bottom0[axis:axis+num_axes]) or by bottom 1,
+    broadcast from `axis`; with bias_term, adds a learned bias of the same shape.
+
+    layer { name: "scale1" type: "Scale" bottom: "bn1" top: "bn1" scale_param { bias_term: true } }
+    """
+
+    type = "Scale"
+    param_field = "scale_param"
+    category = "normalization"
+    bottoms = Arity(1, 2)
+    examples = (Example("scale_param { bias_term: true }", (In((2, 3, 4, 4)),)),
+                Example("scale_param { axis: 1 num_axes: 2 }", (In((2, 3, 4)),)),
+                Example("scale_param { axis: 0 num_axes: 0 }", (In((2, 3)),)),
+                Example("scale_param { axis: 1 bias_term: true }", (In((2, 3, 4, 5)), In((3, 4)))))
+
+    def _operand(self, s: LayerSpec, bottoms: Sequence[Shape]) -> Shape:
+        return bottoms[1] if len(bottoms) > 1 else _learned_shape(s, bottoms[0])
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _broadcast_axis(s, bottoms[0], self._operand(s, bottoms))
+        return [bottoms[0]]
+
+    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
+        operand = self._operand(s, bottoms)
+        p = s.p
+        out = []
+        if len(bottoms) == 1:
+            out.append(BlobDef("scale", operand, filler_or(p.filler, p.HasField("filler"), value=1.0)))
+        if p.bias_term:
+            out.append(BlobDef("bias", operand, filler_or(p.bias_filler, p.HasField("bias_filler"))))
+        return out
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        operand = self._operand(s, bottoms)
+        view = _view(_broadcast_axis(s, bottoms[0], operand), operand, len(bottoms[0]))
+        learned, bias = len(bottoms) == 1, s.p.bias_term
+
+        def forward(params, xs):
+            factor = params[0] if learned else xs[1]
+            y = xs[0] * factor.reshape(view)
+            if bias:
+                y = y + params[-1].reshape(view)
+            return [y]
+
+        return forward
+
+
+@register
+class Bias(LayerDef):
+    """Adds a learned blob (shape bottom0[axis:axis+num_axes]) or bottom 1 to bottom 0, broadcast from
+    `axis`.
+
+    layer { name: "bias1" type: "Bias" bottom: "x" top: "x" bias_param { axis: 1 num_axes: 1 } }
+    """
+
+    type = "Bias"
+    param_field = "bias_param"
+    category = "normalization"
+    bottoms = Arity(1, 2)
+    examples = (Example("", (In((2, 3, 4, 4)),)), Example("bias_param { axis: 1 }", (In((2, 3, 4)), In((3, 4)))))
+
+    def _operand(self, s: LayerSpec, bottoms: Sequence[Shape]) -> Shape:
+        return bottoms[1] if len(bottoms) > 1 else _learned_shape(s, bottoms[0])
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _broadcast_axis(s, bottoms[0], self._operand(s, bottoms))
+        return [bottoms[0]]
+
+    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
+        if len(bottoms) > 1:
+            return []
+        return [BlobDef("bias", self._operand(s, bottoms), filler_or(s.p.filler, s.p.HasField("filler")))]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        operand = self._operand(s, bottoms)
+        view = _view(_broadcast_axis(s, bottoms[0], operand), operand, len(bottoms[0]))
+        learned = len(bottoms) == 1
+        return lambda params, xs: [xs[0] + (params[0] if learned else xs[1]).reshape(view)]
+
+
+@register
+class MVN(LayerDef):
+    """Mean-variance normalisation of each item (per channel unless across_channels):
+    y = (x - mean) / (std + eps), or only the mean removed when normalize_variance is false.
+
+    layer { name: "mvn" type: "MVN" bottom: "x" top: "y" mvn_param { across_channels: true } }
+    """
+
+    type = "MVN"
+    param_field = "mvn_param"
+    category = "normalization"
+    examples = (Example("", (In((2, 3, 4, 5)),)),
+                Example("mvn_param { across_channels: true normalize_variance: false }", (In((2, 3, 4)),)))
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        if len(b) < 2:
+            raise ShapeError(f"MVN needs a bottom with at least 2 axes, got {fmt(b)}")
+        return [b]
+
+    def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
+        import torch
+
+        start = 1 if s.p.across_channels else 2
+        eps, normalize = s.p.eps, s.p.normalize_variance
+
+        def forward(params, xs):
+            x = xs[0]
+            flat = x.flatten(start) if start < x.dim() else x.unsqueeze(-1)
+            centred = flat - flat.mean(-1, keepdim=True)
+            if normalize:
+                std = torch.sqrt((centred * centred).mean(-1, keepdim=True))
+                centred = centred / (std + eps)
+            return [centred.reshape(x.shape)]
+
+        return forward

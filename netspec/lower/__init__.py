@@ -1,0 +1,1 @@
+"""Lowering a checked net to PyTorch. Everything under here imports torch."""

@@ -1,0 +1,263 @@
+"""Turns a syntax tree (from prototxt or YAML) into a protobuf message, checking it against the schema.
+
+This is the one place where unknown fields, wrong value kinds, out-of-range numbers and bad enum names
+are reported, so both spec formats give the same messages. Every field's location is recorded in a
+`SourceMap` so that later stages (graph, shapes) can point at the exact line of the field they reject.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from netspec.errors import SourceLoc, SpecFieldError, did_you_mean
+from netspec.spec.tree import Mapping, Node, Scalar, Sequence
+
+Path = tuple[str | int, ...]
+
+_INT_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1, "a 32-bit integer"),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1, "a 32-bit integer"),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1, "a 32-bit integer"),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1, "a 64-bit integer"),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1, "a 64-bit integer"),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1, "a 64-bit integer"),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1, "a non-negative integer"),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1, "a non-negative integer"),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1, "a non-negative integer"),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1, "a non-negative integer"),
+}
+_FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
+_TRUE = {"true", "t", "yes", "on", "1"}
+_FALSE = {"false", "f", "no", "off", "0"}
+_INT_TEXT = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|\d+)$")
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[fF]?$")
+_SPECIAL_FLOATS = {"inf": math.inf, "infinity": math.inf, ".inf": math.inf, "nan": math.nan, ".nan": math.nan}
+
+
+@dataclass
+class SourceMap:
+    """Where each field of a message was written: a path such as ("layer", 3, "pooling_param", "pad")
+    maps to the location of its key."""
+
+    file: str
+    locs: dict[Path, SourceLoc] = field(default_factory=dict)
+
+    def find(self, path: Path) -> SourceLoc:
+        """The location of `path`, or of its nearest enclosing field that has one."""
+        while path:
+            if path in self.locs:
+                return self.locs[path]
+            path = path[:-1]
+        return self.locs.get((), SourceLoc(self.file, 1))
+
+
+@dataclass
+class BuildOptions:
+    """Format-specific leniency. In YAML, quoting is only YAML syntax, so `pool: "MAX"` is as good as
+    `pool: MAX`; in prototxt, quotes mark strings, as protobuf's own parser requires."""
+
+    quotes_mark_strings: bool
+
+
+def build_message(tree: Mapping, msg: Message, smap: SourceMap, opts: BuildOptions,
+                  path: Path = ()) -> None:
+    """Fills `msg` from `tree`, recording locations in `smap`; raises SpecFieldError on any mismatch."""
+    smap.locs.setdefault(path, tree.loc)
+    desc = msg.DESCRIPTOR
+    seen: dict[str, SourceLoc] = {}
+    for key, key_loc, value in tree.items:
+        fd = desc.fields_by_name.get(key)
+        if fd is None:
+            raise SpecFieldError(f"unknown field '{key}' in {_what(desc)}", loc=key_loc,
+                                 hint=_unknown_field_hint(key, desc, tree))
+        if not fd.is_repeated:
+            if key in seen:
+                raise SpecFieldError(f"field '{key}' is given twice (first on line {seen[key].line}); "
+                                     "it takes one value", loc=key_loc)
+            seen[key] = key_loc
+        fpath = (*path, key)
+        if fd.is_repeated:
+            container = getattr(msg, key)
+            start = len(container)
+            smap.locs.setdefault(fpath, key_loc)
+            items = _repeated_items(fd, value)
+            for i, item in enumerate(items):
+                ipath = (*fpath, start + i)
+                smap.locs[ipath] = item.loc if isinstance(item, (Scalar, Mapping, Sequence)) else key_loc
+                if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                    _fill_message(container.add(), fd, item, smap, opts, ipath)
+                else:
+                    container.append(_scalar_value(fd, item, opts))
+        else:
+            smap.locs[fpath] = key_loc
+            if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                sub = getattr(msg, key)
+                sub.SetInParent()
+                _fill_message(sub, fd, value, smap, opts, fpath)
+            else:
+                setattr(msg, key, _scalar_value(fd, value, opts))
+    if not path:
+        _check_required(msg, smap)
+
+
+def _what(desc: Descriptor) -> str:
+    return {"LayerParameter": "a layer", "NetParameter": "the net", "SolverParameter": "the solver"}.get(
+        desc.name, desc.name)
+
+
+def _repeated_items(fd: FieldDescriptor, value: Node) -> list[Node]:
+    """A repeated field accepts a list, or a single value standing for a list of one."""
+    if isinstance(value, Sequence):
+        if fd.message_type is not None and fd.message_type.name == "BlobShape" and _all_scalars(value):
+            return [value]  # `shape: [1, 3, 32, 32]` is one shape, not four
+        return list(value.items)
+    if isinstance(value, Scalar) and value.text == "" and not value.quoted:
+        return []  # YAML `top:` with nothing after it: an empty list
+    return [value]
+
+
+def _all_scalars(seq: Sequence) -> bool:
+    return bool(seq.items) and all(isinstance(i, Scalar) for i in seq.items)
+
+
+def _fill_message(sub: Message, fd: FieldDescriptor, value: Node, smap: SourceMap,
+                  opts: BuildOptions, path: Path) -> None:
+    name = fd.message_type.name
+    if isinstance(value, Mapping):
+        build_message(value, sub, smap, opts, path)
+    elif name == "BlobShape" and isinstance(value, Sequence) and (not value.items or _all_scalars(value)):
+        smap.locs.setdefault(path, value.loc)
+        dim = sub.DESCRIPTOR.fields_by_name["dim"]
+        for i, item in enumerate(value.items):
+            smap.locs[(*path, "dim", i)] = item.loc
+            sub.dim.append(_scalar_value(dim, item, opts))
+    elif name == "FillerParameter" and isinstance(value, Scalar) and value.text:
+        smap.locs.setdefault(path, value.loc)
+        smap.locs[(*path, "type")] = value.loc
+        sub.type = value.text  # `weight_filler: xavier` for `weight_filler { type: "xavier" }`
+    elif isinstance(value, Scalar) and value.text == "" and not value.quoted:
+        smap.locs.setdefault(path, value.loc)  # YAML `loss_param:` with nothing: present but empty
+    else:
+        got = "a list" if isinstance(value, Sequence) else f"'{value.text}'"
+        raise SpecFieldError(f"field '{fd.name}' takes a {name} message ({{ ... }}), got {got}",
+                             loc=value.loc)
+
+
+def _scalar_value(fd: FieldDescriptor, node: Node, opts: BuildOptions) -> object:
+    if not isinstance(node, Scalar):
+        kind = "a list" if isinstance(node, Sequence) else "a message"
+        raise SpecFieldError(f"field '{fd.name}' takes a single value, got {kind}", loc=node.loc)
+    text = node.text
+    if fd.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        if opts.quotes_mark_strings and not node.quoted:
+            raise SpecFieldError(f"field '{fd.name}' takes a string, got the bare word {text}",
+                                 loc=node.loc, hint=f'strings need quotes: {fd.name}: "{text}"')
+        return text.encode("latin-1", "replace") if fd.type == FieldDescriptor.TYPE_BYTES else text
+    if node.quoted and opts.quotes_mark_strings:
+        raise SpecFieldError(f"field '{fd.name}' takes {_kind(fd)}, got the string \"{text}\"",
+                             loc=node.loc, hint="remove the quotes")
+    if text == "":
+        raise SpecFieldError(f"field '{fd.name}' has no value; it takes {_kind(fd)}", loc=node.loc)
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise SpecFieldError(f"field '{fd.name}' takes true or false, got '{text}'", loc=node.loc)
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        return _enum_value(fd, node)
+    if fd.type in _FLOATS:
+        return _float_value(fd, node)
+    return _int_value(fd, node)
+
+
+def _kind(fd: FieldDescriptor) -> str:
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        return "true or false"
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        return "one of " + ", ".join(v.name for v in fd.enum_type.values)
+    if fd.type in _FLOATS:
+        return "a number"
+    return _INT_RANGES[fd.type][2]
+
+
+def _enum_value(fd: FieldDescriptor, node: Scalar) -> int:
+    values = fd.enum_type.values_by_name
+    if node.text in values:
+        return int(values[node.text].number)
+    if _INT_TEXT.match(node.text):
+        number = int(node.text, 0)
+        if number in fd.enum_type.values_by_number:
+            return number
+    names = ", ".join(v.name for v in fd.enum_type.values)
+    raise SpecFieldError(f"field '{fd.name}' takes one of {names}; got '{node.text}'", loc=node.loc,
+                         hint=did_you_mean(node.text, values))
+
+
+def _float_value(fd: FieldDescriptor, node: Scalar) -> float:
+    text = node.text
+    low = text.lower().lstrip("+")
+    sign = -1.0 if low.startswith("-") else 1.0
+    if low.lstrip("-") in _SPECIAL_FLOATS:
+        return sign * _SPECIAL_FLOATS[low.lstrip("-")]
+    if _INT_TEXT.match(text):
+        return float(int(text, 0))
+    if _FLOAT_TEXT.match(text):
+        return float(text.rstrip("fF"))
+    raise SpecFieldError(f"field '{fd.name}' takes a number, got '{text}'", loc=node.loc)
+
+
+def _int_value(fd: FieldDescriptor, node: Scalar) -> int:
+    text = node.text
+    lo, hi, kind = _INT_RANGES[fd.type]
+    if not _INT_TEXT.match(text):
+        hint = None
+        if _FLOAT_TEXT.match(text) and float(text.rstrip("fF")).is_integer():
+            hint = f"write it without a decimal point: {fd.name}: {int(float(text.rstrip('fF')))}"
+        raise SpecFieldError(f"field '{fd.name}' takes {kind}, got '{text}'", loc=node.loc, hint=hint)
+    number = int(text, 0)
+    if not lo <= number <= hi:
+        raise SpecFieldError(f"field '{fd.name}' takes {kind}; {number} is out of range", loc=node.loc)
+    return number
+
+
+def _unknown_field_hint(key: str, desc: Descriptor, tree: Mapping) -> str | None:
+    hint = did_you_mean(key, desc.fields_by_name)
+    if hint or desc.name != "LayerParameter":
+        return hint
+    # A layer parameter written directly in the layer: name the *_param block it belongs in.
+    owners = [f.name for f in desc.fields if f.message_type is not None and f.name.endswith("_param")
+              and key in f.message_type.fields_by_name]
+    if not owners:
+        return None
+    layer_type = next((v.text for k, _, v in tree.items if k == "type" and isinstance(v, Scalar)), "")
+    squashed = layer_type.lower().replace("_", "")
+    best = next((o for o in owners if o[: -len("_param")].replace("_", "") == squashed), None)
+    if best is None and len(owners) == 1:
+        best = owners[0]
+    if best is None:
+        return f"'{key}' belongs inside one of: " + ", ".join(owners)
+    return f"'{key}' belongs inside {best} {{ ... }}"
+
+
+def _check_required(msg: Message, smap: SourceMap) -> None:
+    missing = msg.FindInitializationErrors()
+    if not missing:
+        return
+    first = missing[0]  # e.g. "layer[3].clip_param.max"
+    parts: list[str | int] = []
+    for piece in first.split("."):
+        m = re.match(r"^(\w+)(?:\[(\d+)\])?$", piece)
+        if m is None:
+            break
+        parts.append(m.group(1))
+        if m.group(2) is not None:
+            parts.append(int(m.group(2)))
+    owner = ".".join(str(p) for p in parts[-2:-1]) or "the spec"
+    raise SpecFieldError(f"required field '{parts[-1]}' of {owner} is missing", loc=smap.find(tuple(parts)))

@@ -1,0 +1,102 @@
+"""Reads spec files: a net (prototxt or YAML) or a Caffe solver (prototxt), into messages with locations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.message import Message
+
+from netspec._proto import netspec_pb2 as pb
+from netspec.errors import DataError, SourceLoc, SpecSyntaxError
+from netspec.spec.build import BuildOptions, SourceMap, build_message
+from netspec.spec.prototxt import parse_prototxt
+from netspec.spec.tree import Mapping
+from netspec.spec.yamldefaults import fill_yaml_defaults
+from netspec.spec.yamltree import parse_yaml
+
+PROTOTXT = "prototxt"
+YAML = "yaml"
+_SUFFIXES = {".prototxt": PROTOTXT, ".pbtxt": PROTOTXT,
+             ".yaml": YAML, ".yml": YAML}
+
+
+@dataclass
+class SpecFile:
+    """A spec as the user wrote it: the message, where each field was written, and the file's format."""
+
+    path: str
+    format: str
+    message: Message
+    smap: SourceMap
+
+    @property
+    def base_dir(self) -> str:
+        return str(Path(self.path).parent)
+
+
+def spec_format(path: str) -> str:
+    """prototxt or yaml, from the file name."""
+    fmt = _SUFFIXES.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise SpecSyntaxError(f"cannot tell the format of '{path}' from its name",
+                              hint="name spec files *.prototxt (or *.pbtxt) or *.yaml (or *.yml)")
+    return fmt
+
+
+def read_text(path: str, what: str = "spec file") -> str:
+    """A text file's contents, or a DataError saying why it cannot be read."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{what} '{path}' does not exist")
+    if p.is_dir():
+        raise DataError(f"{what} '{path}' is a directory, not a file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{what} '{path}' is not a text file (is it a binary .caffemodel?)") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} '{path}': {e.strerror}") from None
+
+
+def parse_tree(text: str, path: str, fmt: str) -> Mapping:
+    return parse_prototxt(text, path) if fmt == PROTOTXT else parse_yaml(text, path)
+
+
+def parse_message(tree: Mapping, message: Message, path: str, fmt: str) -> SourceMap:
+    smap = SourceMap(path)
+    build_message(tree, message, smap, BuildOptions(quotes_mark_strings=fmt == PROTOTXT))
+    return smap
+
+
+def load_net_text(text: str, path: str, fmt: str) -> SpecFile:
+    """A net spec from text; `path` names it in messages."""
+    net = pb.NetParameter()
+    smap = parse_message(parse_tree(text, path, fmt), net, path, fmt)
+    if fmt == YAML:
+        fill_yaml_defaults(net, smap)
+    return SpecFile(path, fmt, net, smap)
+
+
+def read_net(path: str) -> SpecFile:
+    """A net spec from a file."""
+    fmt = spec_format(path)
+    text = read_text(path)
+    tree = parse_tree(text, path, fmt)
+    if fmt == PROTOTXT and is_solver(tree):
+        raise SpecSyntaxError(f"'{path}' is a solver, not a net", loc=SourceLoc(path, 1),
+                              hint="give the net file it names (net: ...), or use `netspec train`")
+    net = pb.NetParameter()
+    smap = parse_message(tree, net, path, fmt)
+    if fmt == YAML:
+        fill_yaml_defaults(net, smap)
+    return SpecFile(path, fmt, net, smap)
+
+
+_SOLVER_ONLY = set(pb.SolverParameter.DESCRIPTOR.fields_by_name) - set(pb.NetParameter.DESCRIPTOR.fields_by_name)
+
+
+def is_solver(tree: Mapping) -> bool:
+    """Whether a prototxt holds a SolverParameter (base_lr, net, ...) rather than a NetParameter."""
+    keys = {key for key, _, _ in tree.items}
+    return bool(keys & _SOLVER_ONLY) and not keys & {"layer", "layers", "input"}

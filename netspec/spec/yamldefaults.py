@@ -1,0 +1,48 @@
+"""YAML's conveniences for layer wiring: `top` defaults to the layer's name and `bottom` to the first
+top of the previous layer that has one.
+
+Reading applies them; writing (netspec convert) leaves out exactly what reading would put back, so a
+round trip gives an equal message.
+"""
+
+from __future__ import annotations
+
+from netspec._proto import netspec_pb2 as pb
+from netspec.layers import all_types
+from netspec.spec.build import SourceMap
+
+Wiring = list[str] | None
+
+
+def _layer_defaults(layer: pb.LayerParameter, previous: str | None) -> tuple[Wiring, Wiring]:
+    """The top and bottom YAML would fill in for this layer (None: it fills in nothing)."""
+    d = all_types().get(layer.type)
+    if d is None:  # an unknown type is reported later; guessing its wiring would only confuse that
+        return None, None
+    top = [layer.name] if d.tops.max != 0 and layer.name else None
+    bottom = [previous] if d.bottoms.min > 0 and previous is not None else None
+    return top, bottom
+
+
+def fill_yaml_defaults(net: pb.NetParameter, smap: SourceMap) -> None:
+    """Adds the default top and bottom to YAML layers that do not give them."""
+    previous: str | None = None
+    for i, layer in enumerate(net.layer):
+        top, bottom = _layer_defaults(layer, previous)
+        if top is not None and ("layer", i, "top") not in smap.locs:
+            layer.top.extend(top)
+        if bottom is not None and ("layer", i, "bottom") not in smap.locs:
+            layer.bottom.extend(bottom)
+        if layer.top:
+            previous = layer.top[0]
+
+
+def wiring_defaults(net: pb.NetParameter) -> list[tuple[Wiring, Wiring]]:
+    """For each layer of a complete net, the (top, bottom) that reading YAML would fill in."""
+    out = []
+    previous: str | None = None
+    for layer in net.layer:
+        out.append(_layer_defaults(layer, previous))
+        if layer.top:
+            previous = layer.top[0]
+    return out
