@@ -122,6 +122,7 @@ def _warnings(net: Net) -> list[NetspecError]:
                                     loc=node.loc, layer=node.name, layer_type=node.type))
     if net.state.phase != pb.TRAIN:
         return out
+    hidden = _hidden_layers(net)
     for name, by in stale_reads(net.graph).items():
         node = next(n for n in net.graph.nodes if n.name == name)
         blob = node.tops[0]
@@ -138,8 +139,8 @@ def _warnings(net: Net) -> list[NetspecError]:
         node = info.node
         for blob in info.blobs:
             weights = blob.role == "weight" or blob.role.startswith("W_")
-            if (weights and blob.owner is None and blob.lr_mult != 0 and blob.filler.type == "constant"
-                    and len(blob.shape) >= 2 and blob.shape[0] > 1):
+            if (weights and node.name in hidden and blob.owner is None and blob.lr_mult != 0
+                    and blob.filler.type == "constant" and len(blob.shape) >= 2 and blob.shape[0] > 1):
                 out.append(NetspecError(
                     f"warning: its {blob.role} blob starts as the constant {blob.filler.value:g} (a constant "
                     f"filler, which is also Caffe's default when none is given), so all {blob.shape[0]} units "
@@ -147,3 +148,17 @@ def _warnings(net: Net) -> list[NetspecError]:
                     loc=node.loc, layer=node.name, layer_type=node.type,
                     hint='set a random filler, e.g. weight_filler { type: "xavier" }'))
     return out
+
+
+def _hidden_layers(net: Net) -> set[str]:
+    """Layers whose output reaches a later layer with learned parameters: hidden layers, whose units
+    stay alike if they start alike (an output layer's units do not: each has its own target)."""
+    feeds_learning: set[str] = set()  # blobs that reach a layer with learned parameters
+    hidden = set()
+    for info in reversed(net.layers):
+        node = info.node
+        if any(t in feeds_learning for t in node.tops):
+            hidden.add(node.name)
+        if any(t in feeds_learning for t in node.tops) or any(b.lr_mult != 0 for b in info.blobs):
+            feeds_learning.update(node.bottoms)
+    return hidden

@@ -8,7 +8,6 @@ from the spec file's folder.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from netspec.errors import DataError
@@ -22,8 +21,8 @@ def resolve(path: str, base_dir: str, what: str) -> Path:
         if candidate.exists():
             return candidate
     raise DataError(f"{what} '{path}' does not exist", field="source",
-                    hint=f"paths are read from the working directory ({os.getcwd()}) or the spec's folder; to check "
-                    "the net without its data, give its top shapes: netspec check --shape BLOB=N,C,H,W")
+                    hint="paths are read from the working directory, then from the spec's folder; to check the net "
+                    "without its data, give its top shapes: netspec check --shape BLOB=N,C,H,W")
 
 
 def read_list(path: Path, what: str) -> list[str]:

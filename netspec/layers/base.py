@@ -80,7 +80,8 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class In:
-    """An example input. kind: float, positive, label (ints in [0, high)), binary, prob, index."""
+    """An example input. kind: float, positive, prob (rows summing to 1) - all differentiated - or
+    label (ints in [0, high)), binary, constant (positive, not differentiated)."""
 
     shape: Shape
     kind: str = "float"

@@ -21,6 +21,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    count,
     fmt,
     require,
     shape_of,
@@ -338,3 +339,51 @@ def _append_hdf5(file_name: str, arrays: dict[str, object]) -> None:
                 ds.resize(ds.shape[0] + value.shape[0], axis=0)
                 ds[-value.shape[0]:] = value
 
+
+
+@register
+class Dataset(LayerDef):
+    """A data set held in memory and split into a training and a test part (the part follows the phase):
+    scikit-learn's bundled sets (digits, iris, wine, breast_cancer, diabetes), generated ones (xor,
+    spirals, blobs), .npz/.npy/.csv files and folders of class folders of images. Tops: the data, and
+    optionally the labels. A netspec addition.
+
+    layer { name: "digits" type: "Dataset" top: "data" top: "label"
+            dataset_param { source: "digits" batch_size: 64 record_shape { dim: 1 dim: 8 dim: 8 } } }
+    """
+
+    type = "Dataset"
+    param_field = "dataset_param"
+    category = "data"
+    origin = "netspec"
+    bottoms = NONE
+    tops = Arity(1, 2)
+    feeds = True
+
+    def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        from netspec.data.datasets import describe
+
+        p = s.p
+        require(p.batch_size > 0, "batch_size must be positive", "batch_size")
+        info = describe(p, s.base_dir)
+        record = info.record
+        if p.HasField("record_shape"):
+            given = shape_of(p.record_shape, "record_shape")
+            if count(given) != count(record):
+                raise ShapeError(f"record_shape {fmt(given)} does not hold the {count(record)} values of a record "
+                                 f"{fmt(record)}", field="record_shape")
+            record = given
+        if len(record) == 3:
+            if p.new_height or p.new_width:
+                record = (record[0], p.new_height or record[1], p.new_width or record[2])
+            record = transformed(s, *record)
+        elif p.new_height or p.new_width:
+            raise ShapeError(f"new_height/new_width resize image records (C, H, W), but records are {fmt(record)}",
+                             field="new_height", hint="give record_shape, e.g. 1 8 8 for the digits")
+        tops = [(p.batch_size, *record)]
+        if s.num_tops == 2:
+            if info.label is None:
+                raise DataError(f"'{p.source}' has no labels for the second top",
+                                field="label_key", hint="give label_key (the array holding the labels)")
+            tops.append((p.batch_size, *info.label))
+        return tops

@@ -70,10 +70,11 @@ def _label_axis(s: LayerSpec, scores: Shape, labels: Shape, axis_value: int) -> 
     axis = canonical_axis(axis_value, len(scores))
     outer, inner = count(scores, 0, axis), count(scores, axis + 1)
     if count(labels) != outer * inner:
+        flat, spatial = fmt((outer * inner,)), fmt((*scores[:axis], *scores[axis + 1:]))
         raise ShapeError(f"{count(labels)} labels for {outer * inner} predictions: scores {fmt(scores)} with "
                          f"classes on axis {axis} need {outer * inner} labels, got {fmt(labels)}",
-                         hint=f"bottom '{s.lp.bottom[1]}' should have shape ({outer * inner},) or "
-                         f"{fmt((*scores[:axis], *scores[axis + 1:]))}")
+                         hint=f"bottom '{s.lp.bottom[1]}' should have shape {flat}"
+                         + (f" or {spatial}" if spatial != flat else ""))
     return axis, outer, inner
 
 
@@ -184,7 +185,7 @@ class InfogainLoss(_Loss):
     type = "InfogainLoss"
     param_field = "infogain_loss_param"
     bottoms = Arity(2, 3)
-    examples = (Example("", (In((4, 3), "prob"), In((4,), "label", 3), In((3, 3), "positive"))),)
+    examples = (Example("", (In((4, 3), "prob"), In((4,), "label", 3), In((3, 3), "constant"))),)
 
     def check(self, s: LayerSpec) -> None:
         if s.num_bottoms == 2:

@@ -385,11 +385,12 @@ def _native_pooling(hw: Sequence[int], g: PoolGeometry, out_hw: Sequence[int], c
 
 
 def _window_extent(size: int, k: int, s: int, pad: int, out: int) -> tuple[int, list[int]]:
-    """Padding needed past the right edge so every window fits, and Caffe's AVE divisor per window
-    (the window clipped at size + pad, counting the padding cells before that)."""
-    extra = max(0, (out - 1) * s + k - (size + 2 * pad))
+    """The right padding that makes exactly `out` windows fit after `pad` cells of left padding (negative:
+    cells to drop), and Caffe's AVE divisor per window (the window clipped at size + pad, counting the
+    padding cells before that)."""
+    right = (out - 1) * s + k - size - pad
     divisors = [min(i * s - pad + k, size + pad) - (i * s - pad) for i in range(out)]
-    return extra, divisors
+    return right, divisors
 
 
 def pool2d(x: "torch.Tensor", method: int, g: PoolGeometry, out_hw: tuple[int, int],  # noqa: F821
@@ -404,18 +405,20 @@ def pool2d(x: "torch.Tensor", method: int, g: PoolGeometry, out_hw: tuple[int, i
     hw = (x.shape[2], x.shape[3])
     native = _native_pooling(hw, g, out_hw, ceil)
     if method in (P.MAX, P.AVE) and not native:
-        (extra_h, div_h), (extra_w, div_w) = (_window_extent(size, k, s, pd, o) for size, k, s, pd, o in
+        (right_h, div_h), (right_w, div_w) = (_window_extent(size, k, s, pd, o) for size, k, s, pd, o in
                                               zip(hw, g.kernel, g.stride, g.pad, out_hw, strict=True))
-        pads = (g.pad[1], g.pad[1] + extra_w, g.pad[0], g.pad[0] + extra_h)
+        pads = (g.pad[1], right_w, g.pad[0], right_h)  # F.pad drops cells for a negative amount
     if method == P.MAX:
         if native:
             y, idx = F.max_pool2d(x, g.kernel, g.stride, g.pad, 1, ceil, return_indices=True)
-        else:  # pad with -inf so that only real cells can win
-            xp = F.pad(x, pads, value=-math.inf)
+        else:  # pad with the lowest value so that only real cells can win; an empty window gives it, as Caffe
+            lowest = torch.finfo(x.dtype).min
+            xp = F.pad(x, pads, value=lowest)
             y, idx = F.max_pool2d(xp, g.kernel, g.stride, 0, 1, False, return_indices=True)
-            if with_mask:  # indices of the padded plane back to the input's plane
+            if with_mask:  # indices of the padded plane back to the input's plane; -1 for an empty window
                 wp = xp.shape[3]
                 idx = (idx // wp - g.pad[0]) * hw[1] + (idx % wp - g.pad[1])
+                idx = torch.where(y == lowest, torch.full_like(idx, -1), idx)
         return [y, idx.to(x.dtype)] if with_mask else [y]
     if method == P.AVE:
         if native:

@@ -89,10 +89,15 @@ def build_message(tree: Mapping, msg: Message, smap: SourceMap, opts: BuildOptio
             for i, item in enumerate(items):
                 ipath = (*fpath, start + i)
                 smap.locs[ipath] = item.loc if isinstance(item, (Scalar, Mapping, Sequence)) else key_loc
-                if fd.type == FieldDescriptor.TYPE_MESSAGE:
-                    _fill_message(container.add(), fd, item, smap, opts, ipath)
-                else:
+                if fd.type != FieldDescriptor.TYPE_MESSAGE:
                     container.append(_scalar_value(fd, item, opts))
+                    continue
+                try:
+                    _fill_message(container.add(), fd, item, smap, opts, ipath)
+                except SpecFieldError as e:
+                    if fd.message_type.name in _LAYERS and isinstance(item, Mapping):
+                        e.at(layer=_tree_value(item, "name"), layer_type=_tree_value(item, "type"))
+                    raise
         else:
             smap.locs[fpath] = key_loc
             if fd.type == FieldDescriptor.TYPE_MESSAGE:
@@ -103,6 +108,14 @@ def build_message(tree: Mapping, msg: Message, smap: SourceMap, opts: BuildOptio
                 setattr(msg, key, _scalar_value(fd, value, opts))
     if not path:
         _check_required(msg, smap)
+
+
+_LAYERS = ("LayerParameter", "V1LayerParameter")
+
+
+def _tree_value(tree: Mapping, key: str) -> str | None:
+    """The text of a scalar field as written (a layer's name or type, for error messages)."""
+    return next((v.text for k, _, v in tree.items if k == key and isinstance(v, Scalar)), None)
 
 
 def _what(desc: Descriptor) -> str:
@@ -236,7 +249,7 @@ def _unknown_field_hint(key: str, desc: Descriptor, tree: Mapping) -> str | None
               and key in f.message_type.fields_by_name]
     if not owners:
         return None
-    layer_type = next((v.text for k, _, v in tree.items if k == "type" and isinstance(v, Scalar)), "")
+    layer_type = _tree_value(tree, "type") or ""
     squashed = layer_type.lower().replace("_", "")
     best = next((o for o in owners if o[: -len("_param")].replace("_", "") == squashed), None)
     if best is None and len(owners) == 1:
@@ -260,4 +273,8 @@ def _check_required(msg: Message, smap: SourceMap) -> None:
         if m.group(2) is not None:
             parts.append(int(m.group(2)))
     owner = ".".join(str(p) for p in parts[-2:-1]) or "the spec"
-    raise SpecFieldError(f"required field '{parts[-1]}' of {owner} is missing", loc=smap.find(tuple(parts)))
+    error = SpecFieldError(f"required field '{parts[-1]}' of {owner} is missing", loc=smap.find(tuple(parts)))
+    if len(parts) > 2 and parts[0] in ("layer", "layers") and isinstance(parts[1], int):
+        layer = getattr(msg, parts[0])[parts[1]]
+        error.at(layer=layer.name or None, layer_type=str(layer.type) if parts[0] == "layer" else None)
+    raise error

@@ -61,6 +61,16 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
+_BREAKS = set("\n\r\x85\u2028\u2029")
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # line-break characters are escaped only inside double quotes
+    style = '"' if any(ch in _BREAKS or not ch.isprintable() for ch in value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
 _Dumper.add_representer(_Float, lambda d, v: d.represent_scalar("tag:yaml.org,2002:float",
                                                                  _float_text(v, v.single)))
 _Dumper.add_representer(_Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
@@ -71,6 +81,8 @@ def _scalar(fd: FieldDescriptor, value: Any) -> Any:
     if fd.type == FieldDescriptor.TYPE_ENUM:
         return fd.enum_type.values_by_number[value].name
     if fd.type in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+        if value.is_integer() and abs(value) < 2**53 and math.copysign(1.0, value) > 0:
+            return int(value)  # lr_mult: 1 rather than 1.0 (read back as the same float)
         return _Float(value, fd.type == FieldDescriptor.TYPE_FLOAT)
     if fd.type == FieldDescriptor.TYPE_BYTES:
         return value.decode("latin-1")
@@ -96,12 +108,14 @@ def _message(msg: Message) -> Any:
 
 
 def _field(fd: FieldDescriptor, value: Any) -> Any:
-    if fd.is_repeated:
+    if fd.is_repeated:  # a single value stands for a list of one, as the reader allows
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
             items = [_message(m) for m in value]
-            if fd.message_type.name == "BlobShape" and len(items) == 1:
+            if len(items) == 1:
                 return items[0]
             return [_Flow(i) if isinstance(i, list) else i for i in items]
+        if len(value) == 1:
+            return _scalar(fd, value[0])
         return _Flow([_scalar(fd, v) for v in value])
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         return _message(value)

@@ -112,7 +112,9 @@ def _body(toks: _Tokens, out: Mapping, closer: str | None) -> Mapping:
         tok = toks.peek()
         if tok is None:
             if closer is not None:
-                raise SpecSyntaxError(f"missing '{closer}' before the end of the file", loc=out.loc)
+                raise SpecSyntaxError(f"missing '{closer}' before the end of the file", loc=out.loc,
+                                      hint="the block opened here is never closed: a closing brace is missing "
+                                      "inside or after it")
             return out
         kind, text, offset = tok
         if kind == "punct" and text == closer:

@@ -28,7 +28,8 @@ def parse_yaml(text: str, file: str) -> Mapping:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         msg = " ".join(str(x) for x in (e.context, e.problem) if x) or "invalid YAML"
-        raise SpecSyntaxError(f"YAML syntax: {msg}", loc=_loc(file, mark)) from None
+        raise SpecSyntaxError(f"YAML syntax: {msg}", loc=_loc(file, mark),
+                              hint="YAML nests by indentation: compare this line's with the lines above") from None
     except yaml.YAMLError as e:
         raise SpecSyntaxError(f"YAML syntax: {e}", loc=SourceLoc(file, 1)) from None
     if node is None:

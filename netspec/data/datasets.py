@@ -1,0 +1,326 @@
+"""The Dataset layer's sources: data sets that ship with scikit-learn, generated ones, and files.
+
+Every source gives a data array (records on axis 0) and usually integer class labels; `split` picks the
+training or test part by a seeded shuffle, so the parts are the same in every run and every phase.
+`record_shape` answers the static checks without loading anything large: sizes of the bundled sets are
+known, files are read only as far as their headers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from netspec._proto import netspec_pb2 as pb
+from netspec.data import probe
+from netspec.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class Bundled:
+    """A data set that ships with scikit-learn: its loader's name and its sizes."""
+
+    loader: str
+    records: int
+    features: int
+    classes: int  # 0: a regression target
+
+
+BUNDLED = {
+    "digits": Bundled("load_digits", 1797, 64, 10),
+    "iris": Bundled("load_iris", 150, 4, 3),
+    "wine": Bundled("load_wine", 178, 13, 3),
+    "breast_cancer": Bundled("load_breast_cancer", 569, 30, 2),
+    "diabetes": Bundled("load_diabetes", 442, 10, 0),
+}
+GENERATED = ("xor", "spirals", "blobs")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the static checks need: one record's shape, and whether there are labels (and their shape)."""
+
+    record: tuple[int, ...]
+    label: tuple[int, ...] | None
+    classes: int  # 0 when unknown or a regression
+
+
+def _kind(p: pb.DatasetParameter) -> str:
+    if p.source in BUNDLED:
+        return "bundled"
+    if p.source in GENERATED:
+        return "generated"
+    suffix = Path(p.source).suffix.lower()
+    if suffix in (".npz", ".npy", ".csv"):
+        return suffix[1:]
+    return "folder"
+
+
+def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
+    """The record and label shapes of a source, reading as little as possible."""
+    if not p.source:
+        raise DataError("dataset_param.source is not set", field="source",
+                        hint="a bundled set (" + ", ".join(BUNDLED) + "), a generated one (" + ", ".join(GENERATED)
+                        + "), or a .npz/.npy/.csv file or image folder")
+    kind = _kind(p)
+    if kind == "bundled":
+        b = BUNDLED[p.source]
+        return SourceInfo((b.features,), (), b.classes)
+    if kind == "generated":
+        features = p.num_features if p.source == "blobs" else 2
+        classes = p.num_classes if p.source in ("blobs", "spirals") else 2
+        return SourceInfo((features,), (), classes)
+    path = probe.resolve(p.source, base_dir, "dataset_param.source")
+    if kind == "npz":
+        shapes = _npz_shapes(path)
+        if p.data_key not in shapes:
+            raise DataError(f"'{path}' has no array '{p.data_key}' (it has: {', '.join(sorted(shapes))})",
+                            field="data_key")
+        label = shapes.get(p.label_key)
+        return SourceInfo(shapes[p.data_key][1:], None if label is None else label[1:], 0)
+    if kind == "npy":
+        data = _npy_shape(path)
+        return SourceInfo(data[1:], None, 0)
+    if kind == "csv":
+        header, first = _csv_head(path)
+        return SourceInfo((len(first) - 1,), (), 0)
+    if not path.is_dir():
+        raise DataError(f"'{path}' is neither a .npz/.npy/.csv file nor a folder of class folders",
+                        field="source")
+    classes, first = _folder_head(path)
+    h, w = probe.image_size(first)
+    return SourceInfo((_image_channels(first), h, w), (), len(classes))
+
+
+def _npy_header(f: object) -> tuple[int, ...]:
+    import numpy as np
+
+    fmt = np.lib.format
+    version = fmt.read_magic(f)  # type: ignore[arg-type]
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, _ = read(f)  # type: ignore[arg-type]
+    return tuple(int(d) for d in shape)
+
+
+def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            out = {}
+            for name in z.namelist():
+                if name.endswith(".npy"):
+                    with z.open(name) as f:
+                        out[name[:-4]] = _npy_header(f)
+            return out
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        raise DataError(f"cannot read '{path}' as a .npz archive: {e}", field="source") from None
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    try:
+        with open(path, "rb") as f:
+            return _npy_header(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read '{path}' as a .npy array: {e}", field="source") from None
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_head(path: Path) -> tuple[list[str] | None, list[str]]:
+    """The header (if the first row is not numbers) and the first data row."""
+    try:
+        with open(path, newline="") as f:
+            rows = csv.reader(f)
+            first = next(rows, None)
+            if first is None:
+                raise DataError(f"'{path}' is empty", field="source")
+            if all(_is_number(c) for c in first):
+                return None, first
+            row = next(rows, None)
+            if row is None:
+                raise DataError(f"'{path}' has a header but no rows", field="source")
+            return first, row
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read '{path}': {e}", field="source") from None
+
+
+def _folder_head(path: Path) -> tuple[list[str], Path]:
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"image folder '{path}' has no class sub-folders", field="source",
+                        hint="put the images of each class in a sub-folder named after the class")
+    for cls in classes:
+        for f in sorted((path / cls).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                return classes, f
+    raise DataError(f"image folder '{path}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+                    field="source")
+
+
+def _image_channels(path: Path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return 1 if im.mode in ("1", "L", "I", "F", "I;16") else 3
+
+
+# ---- loading ----------------------------------------------------------------------------------------
+
+
+def load_arrays(p: pb.DatasetParameter, base_dir: str, phase: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The records (float32) and labels of the part of the source this phase reads."""
+    import numpy as np
+
+    data, labels, presplit = _load_all(p, base_dir)
+    split = p.split
+    if split == p.AUTO:
+        split = p.TRAIN if phase == pb.TRAIN else p.TEST
+    if presplit is not None and split != p.ALL:
+        keep = presplit if split == p.TEST else ~presplit
+    elif split == p.ALL:
+        keep = np.ones(len(data), dtype=bool)
+    else:
+        if not 0 < p.test_fraction < 1:
+            raise DataError(f"test_fraction must be between 0 and 1, got {p.test_fraction}", field="test_fraction")
+        order = np.random.default_rng(p.seed).permutation(len(data))
+        n_test = max(1, math.ceil(len(data) * p.test_fraction))
+        test = np.zeros(len(data), dtype=bool)
+        test[order[:n_test]] = True
+        keep = test if split == p.TEST else ~test
+    data = data[keep]
+    labels = None if labels is None else labels[keep]
+    if p.HasField("record_shape"):
+        shape = tuple(int(d) for d in p.record_shape.dim)
+        if math.prod(shape) != math.prod(data.shape[1:]):
+            raise DataError(f"record_shape {shape} does not hold the {math.prod(data.shape[1:])} values of a "
+                            "record", field="record_shape")
+        data = data.reshape((len(data), *shape))
+    if (p.new_height or p.new_width) and data.ndim == 4:
+        data = _resize(data, p.new_height or data.shape[2], p.new_width or data.shape[3])
+    return data, labels
+
+
+def _resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resizing of (N, C, H, W) float images, channel by channel."""
+    import numpy as np
+    from PIL import Image
+
+    if images.shape[2:] == (height, width):
+        return images
+    out = np.empty((*images.shape[:2], height, width), dtype=np.float32)
+    for i in range(images.shape[0]):
+        for c in range(images.shape[1]):
+            out[i, c] = np.asarray(Image.fromarray(images[i, c], mode="F").resize((width, height), Image.BILINEAR))
+    return out
+
+
+def _load_all(p: pb.DatasetParameter, base_dir: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Every record and label, and (for sources that come split) which records are the test part."""
+    import numpy as np
+
+    kind = _kind(p)
+    if kind == "bundled":
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, BUNDLED[p.source].loader)()
+        target = bunch.target.astype(np.float32)
+        return bunch.data.astype(np.float32), target, None
+    if kind == "generated":
+        return (*_generate(p), None)
+    path = probe.resolve(p.source, base_dir, "dataset_param.source")
+    if kind == "npz":
+        with np.load(path, allow_pickle=False) as z:
+            data = np.asarray(z[p.data_key], dtype=np.float32)
+            labels = np.asarray(z[p.label_key], dtype=np.float32) if p.label_key in z.files else None
+        return data, labels, None
+    if kind == "npy":
+        return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32), None, None
+    if kind == "csv":
+        return (*_read_csv(path, p.label_column), None)
+    return (*_read_folder(path, p), None)
+
+
+def _generate(p: pb.DatasetParameter) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
+    rng = np.random.default_rng(p.seed)
+    n = p.num_samples
+    if p.source == "xor":
+        corners = rng.integers(0, 2, size=(n, 2))
+        x = corners + rng.normal(0, p.noise, size=(n, 2))
+        y = corners[:, 0] ^ corners[:, 1]
+    elif p.source == "spirals":
+        k = max(2, p.num_classes)
+        y = rng.integers(0, k, size=n)
+        t = rng.uniform(0.05, 1, size=n)
+        angle = t * 3 * math.pi + y * 2 * math.pi / k
+        x = np.stack([t * np.cos(angle), t * np.sin(angle)], 1) + rng.normal(0, p.noise, size=(n, 2))
+    else:
+        k, f = max(2, p.num_classes), max(1, p.num_features)
+        centres = rng.normal(0, 1, size=(k, f))
+        y = rng.integers(0, k, size=n)
+        x = centres[y] + rng.normal(0, p.noise, size=(n, f))
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def _read_csv(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
+    header, _ = _csv_head(path)
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        for line, row in enumerate(reader, 1):
+            if line == 1 and header is not None or not row:
+                continue
+            try:
+                rows.append([float(c) for c in row])
+            except ValueError:
+                bad = next(c for c in row if not _is_number(c))
+                raise DataError(f"{path}:{line}: '{bad}' is not a number", field="source") from None
+            if len(rows[-1]) != len(rows[0]):
+                raise DataError(f"{path}:{line}: {len(rows[-1])} columns, but the first row has {len(rows[0])}",
+                                field="source")
+    table = np.asarray(rows, dtype=np.float32)
+    col = label_column % table.shape[1]
+    return np.delete(table, col, axis=1), table[:, col]
+
+
+def _read_folder(path: Path, p: pb.DatasetParameter) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+    from PIL import Image
+
+    classes, first = _folder_head(path)
+    gray = _image_channels(first) == 1
+    h, w = probe.image_size(first)
+    size = (w, h)  # every image is brought to the first one's size; new_height/new_width resize after
+    images, labels = [], []
+    for index, cls in enumerate(classes):
+        for f in sorted((path / cls).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("L" if gray else "RGB")
+                    if im.size != size:
+                        im = im.resize(size, Image.BILINEAR)
+                    arr = np.asarray(im, dtype=np.float32)
+            except OSError as e:
+                raise DataError(f"cannot read image '{f}': {e}", field="source") from None
+            images.append(arr[None] if gray else arr.transpose(2, 0, 1))
+            labels.append(index)
+    return np.stack(images), np.asarray(labels, dtype=np.float32)
