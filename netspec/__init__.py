@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = ["Net", "NetspecError", "__version__", "compile", "load"]
 
 
-def compile(net_or_path: Net | str, phase: str | None = None) -> NetModule:  # noqa: A001 (netspec's verb)
+def compile(net_or_path: Net | str, phase: str | None = None) -> NetModule:
     """A net as a torch.nn.Module computing what Caffe computes.
 
     Args:

@@ -192,8 +192,8 @@ def _check_counts(node: Node) -> None:
 
 
 def _wire(node: Node, producers: dict[str, Node | None], consumed_after: dict[str, int],
-          dropped_tops: dict[str, str], index: int, state: NetState) -> None:
-    for i, bottom in enumerate(node.bottoms):
+          dropped_tops: dict[str, pb.LayerParameter], index: int, state: NetState) -> None:
+    for bottom in node.bottoms:
         if bottom not in producers:
             raise GraphError(f"unknown bottom blob '{bottom}'", field="bottom",
                              hint=_unknown_blob_hint(bottom, producers, dropped_tops, state))
@@ -204,15 +204,15 @@ def _wire(node: Node, producers: dict[str, Node | None], consumed_after: dict[st
             if node.definition.no_in_place:
                 raise GraphError(f"{node.type} cannot run in place (top '{top}' is also its bottom)", field="top",
                                  hint="give the top a new name")
+        elif top in node.bottoms:
+            raise GraphError(f"top '{top}' is bottom {node.bottoms.index(top)} of this layer but top {i}; in-place "
+                             "tops must sit at the same position as their bottom", field="top")
         elif top in producers:
             first = producers[top]
             by = f" by layer '{first.name}' (line {first.loc.line})" if first else ""
             raise GraphError(f"top blob '{top}' is already produced{by}", field="top",
                              hint="to compute in place, give the same blob as bottom and top at the same "
                                   "position; otherwise rename the top")
-        elif top in node.bottoms:
-            raise GraphError(f"top '{top}' is bottom {node.bottoms.index(top)} of this layer but top {i}; in-place "
-                             "tops must sit at the same position as their bottom", field="top")
         producers[top] = node
         consumed_after.pop(top, None)
 

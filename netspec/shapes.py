@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import NetspecError, ParamError, ShapeError
-from netspec.graph import Graph, Node
 from netspec.fillerspec import check_filler
+from netspec.graph import Graph, Node
 from netspec.layers.base import Shape, count, fmt
 
 # The parameter-message field that usually holds a blob's filler, to point errors at it.

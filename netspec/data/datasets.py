@@ -91,7 +91,7 @@ def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
         data = _npy_shape(path)
         return SourceInfo(data[1:], None, 0)
     if kind == "csv":
-        header, first = _csv_head(path)
+        _header, first = _csv_head(path)
         return SourceInfo((len(first) - 1,), (), 0)
     if not path.is_dir():
         raise DataError(f"'{path}' is neither a .npz/.npy/.csv file nor a folder of class folders",
@@ -197,7 +197,7 @@ def load_arrays(p: pb.DatasetParameter, base_dir: str, phase: int) -> tuple[np.n
         if not 0 < p.test_fraction < 1:
             raise DataError(f"test_fraction must be between 0 and 1, got {p.test_fraction}", field="test_fraction")
         order = np.random.default_rng(p.seed).permutation(len(data))
-        n_test = max(1, math.ceil(len(data) * p.test_fraction))
+        n_test = max(1, round(len(data) * p.test_fraction))
         test = np.zeros(len(data), dtype=bool)
         test[order[:n_test]] = True
         keep = test if split == p.TEST else ~test
@@ -285,7 +285,7 @@ def _read_csv(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
     with open(path, newline="") as f:
         reader = csv.reader(f)
         for line, row in enumerate(reader, 1):
-            if line == 1 and header is not None or not row:
+            if (line == 1 and header is not None) or not row:
                 continue
             try:
                 rows.append([float(c) for c in row])

@@ -10,8 +10,8 @@ from netspec.layers import (  # noqa: F401  (imported for their registrations)
     common,
     data,
     loss,
-    neuron,
     netspec_additions,
+    neuron,
     norm,
     recurrent,
     utility,
@@ -19,7 +19,6 @@ from netspec.layers import (  # noqa: F401  (imported for their registrations)
 )
 from netspec.layers.base import LayerDef
 from netspec.layers.registry import REGISTRY
-
 
 
 def get(type_name: str) -> LayerDef:

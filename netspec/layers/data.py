@@ -53,6 +53,15 @@ def _batch_and_label(s: LayerSpec, batch: int, record: Shape) -> list[Shape]:
     return tops
 
 
+class _SourceLayer(LayerDef):
+    """A data layer whose tops (the data and usually the labels) are fed from its source."""
+
+    category = "data"
+    bottoms = NONE
+    tops = Arity(1, 2)
+    feeds = True
+
+
 @register
 class Input(LayerDef):
     """Blobs fed by the caller, with fixed shapes: none given (then the caller decides), one for all
@@ -139,7 +148,7 @@ class DummyData(LayerDef):
 
 
 @register
-class Data(LayerDef):
+class Data(_SourceLayer):
     """Records from a Caffe LMDB or LevelDB (serialized Datum messages), with transform_param preprocessing.
 
     layer { name: "mnist" type: "Data" top: "data" top: "label" include { phase: TRAIN }
@@ -149,10 +158,6 @@ class Data(LayerDef):
 
     type = "Data"
     param_field = "data_param"
-    category = "data"
-    bottoms = NONE
-    tops = Arity(1, 2)
-    feeds = True
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
@@ -161,7 +166,7 @@ class Data(LayerDef):
         datum = pb.Datum()
         try:
             datum.ParseFromString(first)
-        except Exception as e:  # noqa: BLE001 (any decoding failure means the same to the user)
+        except Exception as e:
             raise DataError(f"the first record of '{path}' is not a Caffe Datum: {e}") from None
         c, h, w = datum.channels, datum.height, datum.width
         if datum.encoded:
@@ -176,7 +181,7 @@ class Data(LayerDef):
 
 
 @register
-class ImageData(LayerDef):
+class ImageData(_SourceLayer):
     """Images listed in a text file of "path label" lines, resized (new_height/new_width) and transformed.
 
     layer { name: "data" type: "ImageData" top: "data" top: "label"
@@ -186,10 +191,6 @@ class ImageData(LayerDef):
 
     type = "ImageData"
     param_field = "image_data_param"
-    category = "data"
-    bottoms = NONE
-    tops = Arity(1, 2)
-    feeds = True
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
@@ -237,7 +238,7 @@ class HDF5Data(LayerDef):
 
 
 @register
-class WindowData(LayerDef):
+class WindowData(_SourceLayer):
     """Caffe's R-CNN window sampler, for checking and compiling nets that use it: its tops are
     (batch, C, crop_size, crop_size) with C read from the window file, and a label per window. netspec
     does not sample windows itself; feed them from outside.
@@ -248,10 +249,6 @@ class WindowData(LayerDef):
 
     type = "WindowData"
     param_field = "window_data_param"
-    category = "data"
-    bottoms = NONE
-    tops = Arity(1, 2)
-    feeds = True
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         crop = s.lp.transform_param.crop_size
@@ -268,7 +265,7 @@ class WindowData(LayerDef):
 
 
 @register
-class MemoryData(LayerDef):
+class MemoryData(_SourceLayer):
     """Batches handed over from Python (Caffe's set_input_arrays); a fed layer of fixed shape.
 
     layer { name: "data" type: "MemoryData" top: "data" top: "label"
@@ -277,10 +274,6 @@ class MemoryData(LayerDef):
 
     type = "MemoryData"
     param_field = "memory_data_param"
-    category = "data"
-    bottoms = NONE
-    tops = Arity(1, 2)
-    feeds = True
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
@@ -342,7 +335,7 @@ def _append_hdf5(file_name: str, arrays: dict[str, object]) -> None:
 
 
 @register
-class Dataset(LayerDef):
+class Dataset(_SourceLayer):
     """A data set held in memory and split into a training and a test part (the part follows the phase):
     scikit-learn's bundled sets (digits, iris, wine, breast_cancer, diabetes), generated ones (xor,
     spirals, blobs), .npz/.npy/.csv files and folders of class folders of images. Tops: the data, and
@@ -354,11 +347,7 @@ class Dataset(LayerDef):
 
     type = "Dataset"
     param_field = "dataset_param"
-    category = "data"
     origin = "netspec"
-    bottoms = NONE
-    tops = Arity(1, 2)
-    feeds = True
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         from netspec.data.datasets import describe

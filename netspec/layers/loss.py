@@ -209,7 +209,7 @@ class InfogainLoss(_Loss):
         blob = pb.BlobProto()
         try:
             blob.ParseFromString(Path(path).read_bytes())
-        except Exception as e:  # noqa: BLE001 (any decoding failure means the same to the user)
+        except Exception as e:
             raise DataError(f"'{path}' is not a Caffe .binaryproto blob: {e}", field="source") from None
         return blob
 

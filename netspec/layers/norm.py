@@ -118,6 +118,11 @@ def _view(axis: int, operand: Shape, ndim: int) -> tuple[int, ...]:
     return (1,) * axis + operand + (1,) * (ndim - axis - len(operand))
 
 
+def _operand(s: LayerSpec, bottoms: Sequence[Shape]) -> Shape:
+    """The shape Scale or Bias applies: bottom 1's, or its learned blob's."""
+    return bottoms[1] if len(bottoms) > 1 else _learned_shape(s, bottoms[0])
+
+
 @register
 class Scale(LayerDef):
     """Multiplies bottom 0 by a learned blob (shape bottom0[axis:axis+num_axes]) or by bottom 1,
@@ -135,15 +140,12 @@ class Scale(LayerDef):
                 Example("scale_param { axis: 0 num_axes: 0 }", (In((2, 3)),)),
                 Example("scale_param { axis: 1 bias_term: true }", (In((2, 3, 4, 5)), In((3, 4)))))
 
-    def _operand(self, s: LayerSpec, bottoms: Sequence[Shape]) -> Shape:
-        return bottoms[1] if len(bottoms) > 1 else _learned_shape(s, bottoms[0])
-
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
-        _broadcast_axis(s, bottoms[0], self._operand(s, bottoms))
+        _broadcast_axis(s, bottoms[0], _operand(s, bottoms))
         return [bottoms[0]]
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
-        operand = self._operand(s, bottoms)
+        operand = _operand(s, bottoms)
         p = s.p
         out = []
         if len(bottoms) == 1:
@@ -153,7 +155,7 @@ class Scale(LayerDef):
         return out
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        operand = self._operand(s, bottoms)
+        operand = _operand(s, bottoms)
         view = _view(_broadcast_axis(s, bottoms[0], operand), operand, len(bottoms[0]))
         learned, bias = len(bottoms) == 1, s.p.bias_term
 
@@ -181,20 +183,17 @@ class Bias(LayerDef):
     bottoms = Arity(1, 2)
     examples = (Example("", (In((2, 3, 4, 4)),)), Example("bias_param { axis: 1 }", (In((2, 3, 4)), In((3, 4)))))
 
-    def _operand(self, s: LayerSpec, bottoms: Sequence[Shape]) -> Shape:
-        return bottoms[1] if len(bottoms) > 1 else _learned_shape(s, bottoms[0])
-
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
-        _broadcast_axis(s, bottoms[0], self._operand(s, bottoms))
+        _broadcast_axis(s, bottoms[0], _operand(s, bottoms))
         return [bottoms[0]]
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         if len(bottoms) > 1:
             return []
-        return [BlobDef("bias", self._operand(s, bottoms), filler_or(s.p.filler, s.p.HasField("filler")))]
+        return [BlobDef("bias", _operand(s, bottoms), filler_or(s.p.filler, s.p.HasField("filler")))]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        operand = self._operand(s, bottoms)
+        operand = _operand(s, bottoms)
         view = _view(_broadcast_axis(s, bottoms[0], operand), operand, len(bottoms[0]))
         learned = len(bottoms) == 1
         return lambda params, xs: [xs[0] + (params[0] if learned else xs[1]).reshape(view)]

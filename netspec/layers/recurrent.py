@@ -126,7 +126,7 @@ class RNN(_Recurrent):
                 state = torch.tanh(pre[t] + F.linear(state * cont[t].unsqueeze(1), w_hh))
                 outs.append(torch.tanh(F.linear(state, w_ho, b_o)))
             out = [torch.stack(outs)]
-            return out + [state.unsqueeze(0)] if exposed else out
+            return [*out, state.unsqueeze(0)] if exposed else out
 
         return forward
 
@@ -179,7 +179,7 @@ class LSTM(_Recurrent):
                 cell, hidden = lstm_unit(cell, gates, keep, h)
                 outs.append(hidden)
             out = [torch.stack(outs)]
-            return out + [hidden.unsqueeze(0), cell.unsqueeze(0)] if exposed else out
+            return [*out, hidden.unsqueeze(0), cell.unsqueeze(0)] if exposed else out
 
         return forward
 

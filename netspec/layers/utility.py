@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from netspec._proto import netspec_pb2 as pb
@@ -96,10 +97,10 @@ class Slice(LayerDef):
                 raise ParamError(f"{len(points)} slice_point values for {n} tops; give {n - 1}",
                                  field="slice_point")
             edges = [0, *points, dim]
-            if any(a >= c for a, c in zip(edges, edges[1:], strict=False)):
+            if any(a >= c for a, c in itertools.pairwise(edges)):
                 raise ShapeError(f"slice points {points} must increase strictly within the axis size {dim}",
                                  field="slice_point")
-            return axis, [c - a for a, c in zip(edges, edges[1:], strict=False)]
+            return axis, [c - a for a, c in itertools.pairwise(edges)]
         if dim % n:
             raise ShapeError(f"axis {axis} of size {dim} cannot be split evenly into {n} tops",
                              hint="give slice_point values")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import ParamError, ShapeError
@@ -26,6 +27,9 @@ from netspec.layers.base import (
     require,
 )
 from netspec.layers.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 # ---- convolution geometry ---------------------------------------------------------------------------
 
@@ -108,12 +112,22 @@ def _spatial_lowering_limit(n: int, what: str) -> None:
         raise ShapeError(f"{what} over {n} spatial axes: netspec runs 1 to 3")
 
 
-def _as_ncx(x: "torch.Tensor", axis: int) -> tuple["torch.Tensor", tuple[int, ...]]:  # noqa: F821
-    """Folds the axes before the channel axis into one batch axis, as torch's conv ops need."""
-    lead = tuple(x.shape[:axis])
-    if axis == 1:
-        return x, lead
-    return x.reshape((-1, *x.shape[axis:])), lead
+def _each_bottom(axis: int, op: Callable[..., torch.Tensor]) -> Forward:
+    """Applies a torch convolution op(x, weight, bias) to every bottom with the shared weights, folding
+    the axes before the channel axis into the one batch axis torch expects."""
+
+    def forward(params, xs):
+        bias = params[1] if len(params) > 1 else None
+        outs = []
+        for x in xs:
+            if axis == 1:
+                outs.append(op(x, params[0], bias))
+                continue
+            y = op(x.reshape((-1, *x.shape[axis:])), params[0], bias)
+            outs.append(y.reshape((*x.shape[:axis], *y.shape[1:])))
+        return outs
+
+    return forward
 
 
 class _ConvBase(LayerDef):
@@ -193,18 +207,8 @@ class Convolution(_ConvBase):
 
         g, _ = self._geometry(s, bottoms)
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(g.kernel) - 1]
-        groups, axis = s.p.group, g.axis
-
-        def forward(params, xs):
-            bias = params[1] if len(params) > 1 else None
-            outs = []
-            for x in xs:
-                x2, lead = _as_ncx(x, axis)
-                y = conv(x2, params[0], bias, g.stride, g.pad, g.dilation, groups)
-                outs.append(y if axis == 1 else y.reshape((*lead, *y.shape[1:])))
-            return outs
-
-        return forward
+        groups = s.p.group
+        return _each_bottom(g.axis, lambda x, w, b: conv(x, w, b, g.stride, g.pad, g.dilation, groups))
 
 
 @register
@@ -254,18 +258,8 @@ class Deconvolution(_ConvBase):
 
         g, _ = self._geometry(s, bottoms)
         deconv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(g.kernel) - 1]
-        groups, axis = s.p.group, g.axis
-
-        def forward(params, xs):
-            bias = params[1] if len(params) > 1 else None
-            outs = []
-            for x in xs:
-                x2, lead = _as_ncx(x, axis)
-                y = deconv(x2, params[0], bias, g.stride, g.pad, 0, groups, g.dilation)
-                outs.append(y if axis == 1 else y.reshape((*lead, *y.shape[1:])))
-            return outs
-
-        return forward
+        groups = s.p.group
+        return _each_bottom(g.axis, lambda x, w, b: deconv(x, w, b, g.stride, g.pad, 0, groups, g.dilation))
 
 
 @register
@@ -393,8 +387,8 @@ def _window_extent(size: int, k: int, s: int, pad: int, out: int) -> tuple[int, 
     return right, divisors
 
 
-def pool2d(x: "torch.Tensor", method: int, g: PoolGeometry, out_hw: tuple[int, int],  # noqa: F821
-           ceil: bool, train: bool, with_mask: bool = False) -> list["torch.Tensor"]:  # noqa: F821
+def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int],
+           ceil: bool, train: bool, with_mask: bool = False) -> list[torch.Tensor]:
     """Caffe's pooling with torch: torch's own ceil_mode/count_include_pad where they pool Caffe's
     windows, else explicit padding (and, for AVE, Caffe's divisors) so that exactly Caffe's windows
     are pooled."""

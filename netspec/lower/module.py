@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from netspec.errors import NetspecError
+from netspec.graph import stale_reads
 from netspec.layers.base import Forward, Shape, fmt
 from netspec.lower.fillers import fill
-from netspec.graph import stale_reads
 from netspec.net import Net
 
 

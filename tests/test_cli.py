@@ -1,0 +1,85 @@
+"""`netspec check`, `layers` and friends from the command line; pure-Python checking never imports torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from netspec.cli import main
+from tests import zoo
+from tests.conftest import MODELS
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_the_caffe_snippet_checks() -> None:
+    code, out = run("check", str(MODELS / "convolution.prototxt"), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["blobs"]["conv"] == [1, 3, 96, 96]
+    assert report["total_params"] == 78
+    assert report["inputs"] == {"data": [1, 1, 100, 100]} and report["outputs"] == ["conv"]
+    assert report["phase"] == "TEST" and report["name"] == "convolution"
+    conv = report["layers"][1]
+    assert (conv["name"], conv["type"], conv["bottom"], conv["top"], conv["params"], conv["macs"]) == (
+        "conv", "Convolution", ["data"], ["conv"], 78, 1 * 3 * 96 * 96 * 25)
+
+
+def test_table_shows_layers_shapes_params_and_totals() -> None:
+    code, out = run("check", str(MODELS / "lenet.yaml"))
+    assert code == 0
+    assert "conv1     Convolution      data -> conv1           (64, 20, 24, 24)      520   18,432,000" in out
+    assert "parameters: 431,080 (431,080 trainable)" in out
+
+
+def test_phase_and_stage_options(tmp_path: Path) -> None:
+    code, out = run("check", str(MODELS / "lenet.yaml"), "--phase", "TRAIN", "--json")
+    assert json.loads(out)["outputs"] == ["loss"]
+    code, out = run("check", str(MODELS / "lenet.yaml"), "--phase", "TRIAN")
+    assert code == 2 and "'TRIAN' is not one of" in out
+
+
+def test_shape_option_replaces_reading_the_source(tmp_path: Path) -> None:
+    spec = tmp_path / "train.prototxt"
+    spec.write_text('layer { name: "mnist" type: "Data" top: "data" top: "label" '
+                    'data_param { source: "missing_lmdb" batch_size: 64 backend: LMDB } }\n'
+                    'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                    'inner_product_param { num_output: 10 } }\n')
+    code, out = run("check", str(spec), "--shape", "data=64,1,28,28", "--json")
+    assert code == 0, out
+    assert json.loads(out)["blobs"]["label"] == [64] and json.loads(out)["total_params"] == 7850
+    code, out = run("check", str(spec), "--shape", "data=64x1")
+    assert code == 0
+    code, out = run("check", str(spec), "--shape", "data")
+    assert code == 1 and "--shape takes BLOB=D0,D1,..." in out
+
+
+def test_layers_lists_and_describes() -> None:
+    code, out = run("layers")
+    assert code == 0 and "Convolution" in out and "LayerNorm" in out and "(netspec)" in out
+    code, out = run("layers", "Pooling")
+    assert code == 0 and "round_mode" in out and "CEIL|FLOOR" in out
+    code, out = run("layers", "Pooling2")
+    assert code == 1 and "did you mean 'Pooling'?" in out
+
+
+def test_check_never_imports_torch(tmp_path: Path) -> None:
+    spec = tmp_path / "googlenet.prototxt"
+    spec.write_text(zoo.googlenet())
+    code = ("import sys; from netspec.cli import main; sys.argv = ['netspec', 'check', sys.argv[1]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')")
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+    print(f"netspec check of GoogLeNet: {elapsed:.3f} s wall (measured, not asserted)")
