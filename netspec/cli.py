@@ -145,5 +145,110 @@ def layers(type_name: str | None) -> None:
     click.echo(describe(get(type_name)) if type_name else listing(all_types()))
 
 
+_device_option = click.option("--device", default=None,
+                              help="cpu, cuda or cuda:N (default: CUDA if present, else CPU).")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--solver", "solver_file", type=click.Path(dir_okay=False), help="Solver settings from this file.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Initialise from these weights (fine-tuning).")
+@click.option("--resume", type=click.Path(dir_okay=False), help="Continue from this snapshot.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a solver field (solver.base_lr=0.01) or a layer field (conv1.convolution_param."
+                   "num_output=32); repeatable.")
+@click.option("--out", type=click.Path(file_okay=False), help="Where snapshots, metrics and the log go "
+              "(default: runs/<spec name>).")
+@_device_option
+@click.option("--amp", type=click.Choice(["bf16", "fp16"]), help="Mixed precision for the forward pass.")
+@click.option("--compile", "use_compile", is_flag=True, help="Run the forward pass through torch.compile.")
+@click.option("--overfit", type=int, metavar="N", help="Train on the first N examples and report whether the "
+              "net fits them (100% training accuracy).")
+@click.option("--allow-missing", is_flag=True, help="With --weights, start mismatched layers from their fillers.")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+@user_errors
+def train(spec: str, solver_file: str | None, weights: str | None, resume: str | None, overrides: tuple[str, ...],
+          out: str | None, device: str | None, amp: str | None, use_compile: bool, overfit: int | None,
+          allow_missing: bool, quiet: bool) -> None:
+    """Train a net: a YAML spec with a solver section, or a Caffe solver prototxt."""
+    from netspec.train import commands
+
+    summary = commands.train(spec, solver_file=solver_file, weights=weights, resume=resume, overrides=overrides,
+                             out=out, device=device, amp=amp, compile=use_compile, overfit=overfit,
+                             allow_missing=allow_missing, quiet=quiet)
+    if summary.get("weights"):
+        click.echo(f"weights: {summary['weights']}")
+    if "overfit" in summary:
+        result = summary["overfit"]
+        ok = result["accuracy"] >= 1.0
+        click.echo(f"overfit check: {100 * result['accuracy']:.1f}% training accuracy on {result['examples']} examples "
+                   + ("- the net can fit them" if ok else
+                      "- a net that cannot fit a handful of examples usually has a bug (labels, loss, learning rate, "
+                      "or too few iterations)"))
+        if not ok:
+            sys.exit(1)
+        return
+    if summary["stopped"] == "interrupted":
+        click.echo(f"stopped at iteration {summary['iterations']}")
+    for i, outputs in enumerate(summary["test"]):
+        label = "test" if len(summary["test"]) == 1 else f"test #{i}"
+        click.echo(f"{label}: " + ", ".join(f"{k} = {v:.4f}" for k, v in outputs.items()))
+    if summary["snapshot"]:
+        click.echo(f"snapshot: {summary['snapshot']}")
+    if summary["metrics"]:
+        click.echo(f"metrics:  {summary['metrics']}  (netspec plot {summary['metrics']} -o curves.png)")
+
+
+@main.command(name="test")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False), help="The weights to test (a snapshot).")
+@click.option("--iterations", type=int, help="Batches to run (default: one pass over the test data).")
+@_device_option
+@user_errors
+def test_command(spec: str, weights: str | None, iterations: int | None, device: str | None) -> None:
+    """Run a net's TEST phase over its data and print the mean of each output."""
+    from netspec.train.commands import evaluate
+
+    means = evaluate(spec, weights, iterations, device)
+    n = int(means.pop("(iterations)"))
+    loss = means.pop("(loss)")
+    for name, value in means.items():
+        click.echo(f"{name} = {value:.6g}")
+    click.echo(f"loss = {loss:.6g} ({n} batches)")
+
+
+@main.command(name="time")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--iterations", type=int, default=50, show_default=True)
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TRAIN",
+              show_default=True, help="TRAIN times forward and backward; TEST only forward.")
+@_device_option
+@user_errors
+def time_command(spec: str, iterations: int, phase: str, device: str | None) -> None:
+    """Time every layer's forward and backward pass (milliseconds per iteration), as Caffe's `time`."""
+    from netspec.train.commands import benchmark
+
+    rows = benchmark(spec, iterations, phase.upper(), device)
+    width = max(len(r[0]) for r in rows) if rows else 5
+    click.echo(f"{'layer':<{width}}  {'type':<16} {'forward ms':>10} {'backward ms':>11}")
+    for name, type_name, f, b in rows:
+        click.echo(f"{name:<{width}}  {type_name:<16} {f:>10.3f} {b:>11.3f}")
+    total_f, total_b = sum(r[2] for r in rows), sum(r[3] for r in rows)
+    click.echo(f"{'total':<{width}}  {'':<16} {total_f:>10.3f} {total_b:>11.3f}   "
+               f"forward + backward: {total_f + total_b:.3f} ms ({iterations} iterations)")
+
+
+@main.command()
+@click.argument("metrics", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="curves.png or curves.svg")
+@user_errors
+def plot(metrics: str, output: str) -> None:
+    """Draw the training curves of a metrics CSV."""
+    from netspec.train.plot import plot as draw
+
+    draw(metrics, output)
+    click.echo(f"wrote {output}")
+
+
 if __name__ == "__main__":
     main()

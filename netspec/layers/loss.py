@@ -82,6 +82,12 @@ def _labels_moved(labels: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
     return labels.reshape(outer, inner).long()
 
 
+def outer_inner(x: torch.Tensor, axis: int) -> tuple[int, int]:
+    """The number of items before `axis` and of positions after it, from the runtime shape (so that a
+    compiled net takes any batch size)."""
+    return math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
+
+
 class _Loss(LayerDef):
     category = "loss"
     loss = True
@@ -113,7 +119,7 @@ class SoftmaxWithLoss(_Loss):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        axis, outer, inner = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
+        axis, _, _ = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
         mode = normalization(s)
         ignore = s.lp.loss_param.ignore_label if s.lp.loss_param.HasField("ignore_label") else None
         with_prob = s.num_tops == 2
@@ -122,6 +128,7 @@ class SoftmaxWithLoss(_Loss):
 
         def forward(params, xs):
             scores, labels = xs[0], xs[1]
+            outer, inner = outer_inner(scores, axis)
             logp = torch.log_softmax(scores, axis)
             logp = caffe_grad_clamp(logp, log_min).reshape(outer, classes, inner)
             y = _labels_moved(labels.detach(), outer, inner)
@@ -159,9 +166,8 @@ class MultinomialLogisticLoss(_Loss):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        num = bottoms[0][0]
-
         def forward(params, xs):
+            num = xs[0].shape[0]
             p = xs[0].reshape(num, -1)
             y = xs[1].detach().reshape(num, 1).long()
             picked = caffe_grad_clamp(p.gather(1, y), LOG_THRESHOLD)
@@ -220,13 +226,14 @@ class InfogainLoss(_Loss):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        num, classes = bottoms[0][0], count(bottoms[0], 1)
+        classes = count(bottoms[0], 1)
         fixed = None
         if len(bottoms) == 2:
             blob = self._read_matrix(s)
             fixed = torch.tensor(list(blob.data) or list(blob.double_data), dtype=torch.float32)
 
         def forward(params, xs):
+            num = xs[0].shape[0]
             p = xs[0].reshape(num, classes)
             h = (xs[2].detach() if fixed is None else fixed.to(p.device, p.dtype)).reshape(classes, classes)
             rows = h[xs[1].detach().reshape(num).long()]  # H[label, k]
@@ -253,11 +260,9 @@ class EuclideanLoss(_Loss):
         return [SCALAR]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        n = bottoms[0][0]
-
         def forward(params, xs):
             diff = xs[0] - xs[1].reshape(xs[0].shape)
-            return [(diff * diff).sum() / (2 * n)]
+            return [(diff * diff).sum() / (2 * xs[0].shape[0])]
 
         return forward
 
@@ -290,10 +295,10 @@ class HingeLoss(_Loss):
         import torch
         import torch.nn.functional as F
 
-        num = bottoms[0][0]
         squared = s.p.norm == s.p.L2
 
         def forward(params, xs):
+            num = xs[0].shape[0]
             scores = xs[0].reshape(num, -1)
             y = xs[1].detach().reshape(num).long()
             sign = 1 - 2 * F.one_hot(y, scores.shape[1]).to(scores.dtype)
@@ -326,13 +331,13 @@ class SigmoidCrossEntropyLoss(_Loss):
         import torch
         import torch.nn.functional as F
 
-        outer = bottoms[0][0]
-        inner = count(bottoms[0]) // outer if outer else 0
         mode = normalization(s, L.BATCH_SIZE)
         ignore = s.lp.loss_param.ignore_label if s.lp.loss_param.HasField("ignore_label") else None
 
         def forward(params, xs):
             x, t = xs[0], xs[1].reshape(xs[0].shape)
+            outer = x.shape[0]
+            inner = x.numel() // outer if outer else 0
             if ignore is None:
                 total = F.binary_cross_entropy_with_logits(x, t, reduction="sum")
                 return [total / normalizer(mode, outer, inner, None)]
@@ -372,10 +377,10 @@ class ContrastiveLoss(_Loss):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        num = bottoms[0][0]
         margin, legacy = s.p.margin, s.p.legacy_version
 
         def forward(params, xs):
+            num = xs[0].shape[0]
             diff = (xs[0] - xs[1]).reshape(num, -1)
             dist_sq = (diff * diff).sum(1)
             similar = xs[2].detach().reshape(num).to(torch.int64) != 0
@@ -420,12 +425,13 @@ class Accuracy(LayerDef):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        axis, outer, inner = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
+        axis, _, _ = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
         classes, top_k = bottoms[0][axis], s.p.top_k
         ignore = s.p.ignore_label if s.p.HasField("ignore_label") else None
         per_class = s.num_tops == 2
 
         def forward(params, xs):
+            outer, inner = outer_inner(xs[0], axis)
             scores = xs[0].detach().reshape(outer, classes, inner)
             y = _labels_moved(xs[1].detach(), outer, inner)
             keep = y != ignore if ignore is not None else torch.ones_like(y, dtype=torch.bool)

@@ -20,7 +20,7 @@ from netspec.layers.base import (
     fmt,
     require,
 )
-from netspec.layers.loss import SCALAR, normalization, normalizer
+from netspec.layers.loss import SCALAR, normalization, normalizer, outer_inner
 from netspec.layers.registry import register
 
 
@@ -163,8 +163,7 @@ class L1Loss(LayerDef):
         return [SCALAR]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        n = count(bottoms[0])
-        return lambda params, xs: [(xs[0] - xs[1].reshape(xs[0].shape)).abs().sum() / n]
+        return lambda params, xs: [(xs[0] - xs[1].reshape(xs[0].shape)).abs().sum() / xs[0].numel()]
 
 
 @register
@@ -194,12 +193,12 @@ class CrossEntropyLoss(LayerDef):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        b = bottoms[0]
-        axis = canonical_axis(s.p.axis, len(b))
-        scale = normalizer(normalization(s), count(b, 0, axis), count(b, axis + 1), None)
+        axis = canonical_axis(s.p.axis, len(bottoms[0]))
+        mode = normalization(s)
 
         def forward(params, xs):
-            return [-(xs[1] * torch.log_softmax(xs[0], axis)).sum() / scale]
+            outer, inner = outer_inner(xs[0], axis)
+            return [-(xs[1] * torch.log_softmax(xs[0], axis)).sum() / normalizer(mode, outer, inner, None)]
 
         return forward
 

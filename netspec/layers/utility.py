@@ -402,7 +402,7 @@ class ArgMax(LayerDef):
         def flattened(params, xs):
             values, idx = torch.topk(xs[0].detach().flatten(1), k, 1)
             out = torch.cat([idx.to(values.dtype), values], 1) if with_values else idx.to(values.dtype)
-            return [out.reshape(top)]
+            return [out.reshape((xs[0].shape[0], *top[1:]))]
 
         return flattened
 

@@ -85,15 +85,15 @@ def build_message(tree: Mapping, msg: Message, smap: SourceMap, opts: BuildOptio
             container = getattr(msg, key)
             start = len(container)
             smap.locs.setdefault(fpath, key_loc)
-            items = _repeated_items(fd, value)
+            items = repeated_items(fd, value)
             for i, item in enumerate(items):
                 ipath = (*fpath, start + i)
                 smap.locs[ipath] = item.loc if isinstance(item, (Scalar, Mapping, Sequence)) else key_loc
                 if fd.type != FieldDescriptor.TYPE_MESSAGE:
-                    container.append(_scalar_value(fd, item, opts))
+                    container.append(scalar_value(fd, item, opts))
                     continue
                 try:
-                    _fill_message(container.add(), fd, item, smap, opts, ipath)
+                    fill_message(container.add(), fd, item, smap, opts, ipath)
                 except SpecFieldError as e:
                     if fd.message_type.name in _LAYERS and isinstance(item, Mapping):
                         e.at(layer=_tree_value(item, "name"), layer_type=_tree_value(item, "type"))
@@ -103,9 +103,9 @@ def build_message(tree: Mapping, msg: Message, smap: SourceMap, opts: BuildOptio
             if fd.type == FieldDescriptor.TYPE_MESSAGE:
                 sub = getattr(msg, key)
                 sub.SetInParent()
-                _fill_message(sub, fd, value, smap, opts, fpath)
+                fill_message(sub, fd, value, smap, opts, fpath)
             else:
-                setattr(msg, key, _scalar_value(fd, value, opts))
+                setattr(msg, key, scalar_value(fd, value, opts))
     if not path:
         _check_required(msg, smap)
 
@@ -123,7 +123,7 @@ def _what(desc: Descriptor) -> str:
         desc.name, desc.name)
 
 
-def _repeated_items(fd: FieldDescriptor, value: Node) -> list[Node]:
+def repeated_items(fd: FieldDescriptor, value: Node) -> list[Node]:
     """A repeated field accepts a list, or a single value standing for a list of one."""
     if isinstance(value, Sequence):
         if fd.message_type is not None and fd.message_type.name == "BlobShape" and _all_scalars(value):
@@ -138,7 +138,7 @@ def _all_scalars(seq: Sequence) -> bool:
     return bool(seq.items) and all(isinstance(i, Scalar) for i in seq.items)
 
 
-def _fill_message(sub: Message, fd: FieldDescriptor, value: Node, smap: SourceMap,
+def fill_message(sub: Message, fd: FieldDescriptor, value: Node, smap: SourceMap,
                   opts: BuildOptions, path: Path) -> None:
     name = fd.message_type.name
     if isinstance(value, Mapping):
@@ -148,7 +148,7 @@ def _fill_message(sub: Message, fd: FieldDescriptor, value: Node, smap: SourceMa
         dim = sub.DESCRIPTOR.fields_by_name["dim"]
         for i, item in enumerate(value.items):
             smap.locs[(*path, "dim", i)] = item.loc
-            sub.dim.append(_scalar_value(dim, item, opts))
+            sub.dim.append(scalar_value(dim, item, opts))
     elif name == "FillerParameter" and isinstance(value, Scalar) and value.text:
         smap.locs.setdefault(path, value.loc)
         smap.locs[(*path, "type")] = value.loc
@@ -161,7 +161,7 @@ def _fill_message(sub: Message, fd: FieldDescriptor, value: Node, smap: SourceMa
                              loc=value.loc)
 
 
-def _scalar_value(fd: FieldDescriptor, node: Node, opts: BuildOptions) -> object:
+def scalar_value(fd: FieldDescriptor, node: Node, opts: BuildOptions) -> object:
     if not isinstance(node, Scalar):
         kind = "a list" if isinstance(node, Sequence) else "a message"
         raise SpecFieldError(f"field '{fd.name}' takes a single value, got {kind}", loc=node.loc)

@@ -1,0 +1,143 @@
+"""What `netspec train`, `test` and `time` do, as library calls the command line wraps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from netspec.errors import NetspecError, SolverError
+from netspec.lower.module import NetModule
+from netspec.lower.weights import apply_weights, read_weights
+from netspec.net import Net, build_net
+from netspec.spec.load import read_net
+from netspec.train.feeder import Feeder, Transform
+from netspec.train.solver import Solver, pick_device
+from netspec.train.timing import time_net
+
+
+def default_out_dir(spec: str) -> Path:
+    """runs/<spec name>, or runs/<spec name>-2, -3, ... so that no earlier run is overwritten."""
+    base = Path("runs") / Path(spec).stem
+    candidate, n = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def train(spec: str, *, solver_file: str | None = None, weights: str | None = None, resume: str | None = None,
+          overrides: tuple[str, ...] = (), out: str | None = None, device: str | None = None,
+          amp: str | None = None, compile: bool = False, overfit: int | None = None,
+          allow_missing: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Trains a spec to the end and returns a summary (what `netspec train` prints)."""
+    if resume is not None and weights is not None:
+        raise SolverError("give --weights or --resume, not both (a snapshot holds its own weights)")
+    out_dir = Path(out) if out else (Path(resume).parent if resume else default_out_dir(spec))
+    solver = Solver(spec, solver_file=solver_file, overrides=overrides, device=device, amp=amp, compile=compile,
+                    out_dir=out_dir, quiet=quiet)
+    report = None
+    if weights is not None:
+        report = apply_weights(solver.net.caffe_params(), read_weights(weights), weights, allow_missing)
+    if overfit is not None:
+        return _overfit(solver, overfit)
+    summary = solver.solve(resume=resume)
+    summary["out"] = str(out_dir)
+    summary["weights"] = report.summary() if report else None
+    summary["name"] = solver.train_net.name
+    return summary
+
+
+def _overfit(solver: Solver, n: int) -> dict[str, Any]:
+    """Trains on the first n examples only and measures the training accuracy on them."""
+    if n <= 0:
+        raise SolverError("--overfit takes a positive number of examples")
+    feeder = solver.feeder
+    if not feeder.sources:
+        raise SolverError("--overfit needs a data layer to take the examples from")
+    feeder.limit_to(n)
+    solver.test_nets, solver.test_defs = [], []
+    summary = solver.solve()
+    accuracy = _training_accuracy(solver, feeder)
+    summary["overfit"] = {"examples": min(n, feeder.records), "accuracy": accuracy}
+    summary["out"] = str(solver.out_dir)
+    summary["name"] = solver.train_net.name
+    return summary
+
+
+@torch.no_grad()
+def _training_accuracy(solver: Solver, feeder: Feeder) -> float:
+    """The fraction of the kept training examples the net classifies right (TEST-phase behaviour)."""
+    source = feeder.sources[0]
+    if source.arrays is None or len(source.tops) < 2:
+        raise SolverError("--overfit needs labelled data held in memory")
+    net = build_net(solver.config.train.spec, "TEST", solver.config.train.stages, solver.config.train.level)
+    module = solver._shared(NetModule(net).to(solver.device))
+    data_top, label_top = source.tops[0], source.tops[1]
+    scores_blob = _scores_for(net, label_top)
+    test_node = next(i.node for i in net.layers if data_top in i.node.tops)
+    transform = Transform.of(test_node, solver.device)
+    data = transform.apply(source.arrays[data_top], None)
+    labels = source.arrays[label_top]
+    blobs = module.blobs(**{data_top: data, label_top: labels})
+    predicted = blobs[scores_blob].flatten(1).argmax(1).float()
+    return float((predicted == labels.flatten()).float().mean())
+
+
+def _scores_for(net: Net, label: str) -> str:
+    for info in net.layers:
+        node = info.node
+        if node.type in ("SoftmaxWithLoss", "Accuracy") and len(node.bottoms) > 1 and node.bottoms[1] == label:
+            return node.bottoms[0]
+    raise SolverError("--overfit measures classification accuracy, but no SoftmaxWithLoss or Accuracy layer reads "
+                      f"the labels '{label}'")
+
+
+def evaluate(spec: str, weights: str | None, iterations: int | None, device: str | None = None,
+             phase: str = "TEST") -> dict[str, float]:
+    """Caffe's `test`: runs the TEST net over its data and returns the mean of each output."""
+    net = build_net(read_net(spec), phase)
+    dev = pick_device(device)
+    module = NetModule(net).to(dev)
+    if weights is not None:
+        apply_weights(module.caffe_params(), read_weights(weights), weights)
+    feeder = Feeder(net, dev, seed=0)
+    if feeder.needs_inputs:
+        raise SolverError(f"the net's blobs {', '.join(feeder.needs_inputs)} come from Input layers, which have no "
+                          "data to test on", hint="test a spec whose data layers read a source")
+    if not feeder.sources:
+        raise SolverError("the net has no data layers to test on")
+    sizes: list[int | None] = [None] * iterations if iterations else list(feeder.one_pass())
+    sums: dict[str, float] = {}
+    seen = 0
+    with torch.no_grad():
+        for size in sizes:
+            for name, value in module(**feeder.next(size)).items():
+                if value.numel() == 1:
+                    sums[name] = sums.get(name, 0.0) + float(value.float()) * (size or 1)
+            seen += size or 1
+    means = {name: total / seen for name, total in sums.items()}
+    n = len(sizes)
+    loss = sum(means[t] * w for info in net.layers for t, w in zip(info.node.tops, info.node.loss_weights,
+                                                                   strict=True) if w and t in means)
+    means["(loss)"] = float(loss)
+    means["(iterations)"] = float(n)
+    return means
+
+
+def benchmark(spec: str, iterations: int, phase: str, device: str | None = None
+              ) -> list[tuple[str, str, float, float]]:
+    """Caffe's `time`: per-layer forward and backward milliseconds on inputs of the spec's shapes."""
+    if iterations <= 0:
+        raise NetspecError("--iterations must be positive")
+    net = build_net(read_net(spec), phase)
+    dev = pick_device(device)
+    module = NetModule(net).to(dev)
+    inputs = {}
+    for blob, shape in net.inputs.items():
+        labels = any(len(i.node.bottoms) > 1 and i.node.bottoms[1] == blob for i in net.layers if i.node.definition.loss
+                     or i.node.type == "Accuracy")
+        t = torch.zeros(shape, device=dev) if labels else torch.randn(shape, device=dev)
+        inputs[blob] = t.requires_grad_(not labels)
+    return time_net(module, inputs, iterations, backward=phase == "TRAIN")

@@ -1,0 +1,494 @@
+"""Feeding a net's data layers during training: batches from their sources, preprocessed as Caffe does.
+
+Data that fits in memory (the default limit is 2 GiB; NETSPEC_MAX_MEMORY_MB changes it) is loaded once,
+moved to the training device, and batched by indexing there, with no per-record Python loop. Larger
+Caffe sources (LMDB, LevelDB, image lists) stream through a torch DataLoader with workers. The order of
+the records is a function of (seed, epoch) and the augmentation of (seed, batch number), so a run
+resumed from a snapshot sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from netspec._proto import netspec_pb2 as pb
+from netspec.data import probe
+from netspec.data.datasets import load_arrays
+from netspec.errors import DataError, NetspecError
+from netspec.graph import Node
+from netspec.net import Net
+
+FEEDABLE = ("Dataset", "HDF5Data", "ImageData", "Data")
+
+
+def _memory_limit() -> int:
+    return int(os.environ.get("NETSPEC_MAX_MEMORY_MB", "2048")) * 2**20
+
+
+# ---- reading records ---------------------------------------------------------------------------------
+
+
+class Records:
+    """Random access to one source's records: record i as (data array, label or None)."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
+        raise NotImplementedError
+
+    def bytes_estimate(self) -> int:
+        first, _ = self.read(0)
+        return len(self) * first.size * 4
+
+
+class ArrayRecords(Records):
+    def __init__(self, data: np.ndarray, labels: np.ndarray | None) -> None:
+        self.data, self.labels = data, labels
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
+        return self.data[i], None if self.labels is None else self.labels[i]
+
+
+class ImageListRecords(Records):
+    """Caffe's ImageData source: "path label" lines, images read with Pillow."""
+
+    def __init__(self, node: Node) -> None:
+        p = node.spec.p
+        listing = probe.resolve(p.source, node.spec.base_dir, "image_data_param.source")
+        self.items = []
+        for n, line in enumerate(probe.read_list(listing, "image list"), 1):
+            parts = line.rsplit(None, 1)
+            try:
+                self.items.append((p.root_folder + parts[0], float(parts[1])))
+            except (IndexError, ValueError):
+                raise DataError(f"{listing}:{n}: expected 'path label', got '{line}'") from None
+        self.base_dir, self.color = node.spec.base_dir, p.is_color
+        self.size = (p.new_width, p.new_height) if p.new_height else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
+        from PIL import Image
+
+        path, label = self.items[i]
+        file = probe.resolve(path, self.base_dir, "image")
+        try:
+            with Image.open(file) as im:
+                im = im.convert("RGB" if self.color else "L")
+                if self.size:
+                    im = im.resize(self.size, Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except OSError as e:
+            raise DataError(f"cannot read image '{file}': {e}") from None
+        # Caffe stores images as BGR
+        return (arr[..., ::-1].transpose(2, 0, 1) if self.color else arr[None]), label
+
+
+class DatumRecords(Records):
+    """Caffe's Data source: serialized Datum records in an LMDB (opened in each reading process) or a
+    LevelDB (read into memory: LevelDB allows one process at a time), in key order."""
+
+    def __init__(self, node: Node) -> None:
+        p = node.spec.p
+        self.path = probe.resolve(p.source, node.spec.base_dir, "data_param.source")
+        self.lmdb = p.backend == p.LMDB
+        self._txn = None
+        if self.lmdb:
+            self.keys = [key for key, _ in _lmdb_items(self.path, values=False)]
+            self.values: list[bytes] = []
+        else:
+            self.keys, self.values = [], list(_leveldb_values(self.path))
+        if not len(self):
+            raise DataError(f"'{self.path}' has no records")
+        self.force_color = p.force_encoded_color or node.lp.transform_param.force_color
+        self.force_gray = node.lp.transform_param.force_gray
+
+    def __len__(self) -> int:
+        return len(self.keys) if self.lmdb else len(self.values)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_txn": None}  # each worker opens its own LMDB transaction
+
+    def _value(self, i: int) -> bytes:
+        if not self.lmdb:
+            return self.values[i]
+        if self._txn is None:
+            import lmdb
+
+            env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, subdir=self.path.is_dir())
+            self._txn = env.begin()
+        return bytes(self._txn.get(self.keys[i]))
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
+        d = pb.Datum.FromString(self._value(i))
+        if d.encoded:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(d.data)) as im:
+                color = not self.force_gray and (self.force_color or im.mode not in ("L", "1"))
+                arr = np.asarray(im.convert("RGB" if color else "L"), dtype=np.uint8)
+            arr = arr[..., ::-1].transpose(2, 0, 1) if color else arr[None]
+        elif d.float_data:
+            arr = np.asarray(d.float_data, dtype=np.float32).reshape(d.channels, d.height, d.width)
+        else:
+            arr = np.frombuffer(d.data, dtype=np.uint8).reshape(d.channels, d.height, d.width)
+        return arr, float(d.label)
+
+
+def _lmdb_items(path: Path, values: bool) -> Iterator[tuple[bytes, bytes | None]]:
+    import lmdb
+
+    with lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=path.is_dir()) as env, \
+            env.begin() as txn:
+        for key, value in txn.cursor():
+            yield bytes(key), bytes(value) if values else None
+
+
+def _leveldb_values(path: Path) -> Iterator[bytes]:
+    import plyvel
+
+    db = plyvel.DB(str(path), create_if_missing=False)
+    try:
+        for _, value in db.iterator():
+            yield bytes(value)
+    finally:
+        db.close()
+
+
+def records_for(node: Node) -> tuple[dict[str, np.ndarray] | None, Records | None]:
+    """The arrays of a source (top -> array) when it is array-shaped, else its records."""
+    p = node.spec.p
+    if node.type == "Dataset":
+        data, labels = load_arrays(p, node.spec.base_dir, node.spec.phase)
+        arrays = {node.tops[0]: data}
+        if len(node.tops) > 1 and labels is not None:
+            arrays[node.tops[1]] = labels
+        return arrays, None
+    if node.type == "HDF5Data":
+        return _hdf5_arrays(node), None
+    if node.type == "ImageData":
+        return None, ImageListRecords(node)
+    return None, DatumRecords(node)
+
+
+def _hdf5_arrays(node: Node) -> dict[str, np.ndarray]:
+    import h5py
+
+    listing = probe.resolve(node.spec.p.source, node.spec.base_dir, "hdf5_data_param.source")
+    parts: dict[str, list[np.ndarray]] = {t: [] for t in node.tops}
+    for name in probe.read_list(listing, "HDF5 file list"):
+        file = probe.resolve(name, str(listing.parent), "HDF5 file")
+        with h5py.File(file, "r") as f:
+            for top in node.tops:
+                if top not in f:
+                    raise DataError(f"HDF5 file '{file}' has no dataset '{top}'")
+                parts[top].append(np.asarray(f[top], dtype=np.float32))
+    return {top: np.concatenate(arrays) for top, arrays in parts.items()}
+
+
+# ---- preprocessing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Transform:
+    """Caffe's DataTransformer on whole batches: mean subtraction, then scale; crop (random in TRAIN,
+    centred in TEST) and random mirroring."""
+
+    scale: float
+    mean: torch.Tensor | None  # (C, 1, 1) values or a (C, H, W) mean image
+    crop: int
+    mirror: bool
+    train: bool
+
+    @staticmethod
+    def of(node: Node, device: torch.device) -> Transform:
+        tp = node.lp.transform_param
+        mean = None
+        if tp.mean_value:
+            mean = torch.tensor(list(tp.mean_value), dtype=torch.float32).reshape(-1, 1, 1)
+        elif tp.mean_file:
+            mean = read_mean_file(tp.mean_file, node.spec.base_dir)
+        return Transform(tp.scale, None if mean is None else mean.to(device), tp.crop_size, tp.mirror,
+                         node.spec.train)
+
+    def apply(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        x = x.float()
+        if self.mean is not None:
+            x = x - (self.mean if self.mean.dim() == 3 or x.dim() == 4 else self.mean.reshape(-1))
+        if self.scale != 1:
+            x = x * self.scale
+        if self.crop and x.dim() == 4:
+            x = self._crop(x, gen)
+        if self.mirror and x.dim() == 4:
+            flip = torch.rand(x.shape[0], generator=gen).to(x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x
+
+    def _crop(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        k = self.crop
+        if not self.train:
+            top, left = (h - k) // 2, (w - k) // 2
+            return x[:, :, top:top + k, left:left + k]
+        tops = torch.randint(0, h - k + 1, (n,), generator=gen).to(x.device)
+        lefts = torch.randint(0, w - k + 1, (n,), generator=gen).to(x.device)
+        steps = torch.arange(k, device=x.device)
+        rows = (tops[:, None] + steps)[:, None, :, None].expand(n, c, k, w)
+        x = x.gather(2, rows)
+        cols = (lefts[:, None] + steps)[:, None, None, :].expand(n, c, k, k)
+        return x.gather(3, cols)
+
+
+def read_mean_file(name: str, base_dir: str) -> torch.Tensor:
+    """A Caffe .binaryproto mean image as a (C, H, W) tensor."""
+    path = probe.resolve(name, base_dir, "transform_param.mean_file")
+    blob = pb.BlobProto()
+    try:
+        blob.ParseFromString(path.read_bytes())
+    except Exception as e:
+        raise DataError(f"'{path}' is not a Caffe .binaryproto mean file: {e}") from None
+    values = np.asarray(list(blob.data) or list(blob.double_data), dtype=np.float32)
+    shape = tuple(blob.shape.dim) or (blob.num, blob.channels, blob.height, blob.width)
+    if values.size != math.prod(shape):
+        raise DataError(f"mean file '{path}' has {values.size} values for shape {shape}")
+    return torch.from_numpy(values.reshape(shape[-3:]))
+
+
+# ---- batches -------------------------------------------------------------------------------------
+
+
+class Source:
+    """The batches of one data layer: records in a seeded order that wraps around epochs, as Caffe's
+    data layers do; its position is saved in snapshots."""
+
+    def __init__(self, node: Node, batch: int, shuffle: bool, seed: int, device: torch.device,
+                 records: Records | None = None, arrays: dict[str, np.ndarray] | None = None) -> None:
+        self.node, self.batch, self.shuffle, self.seed, self.device = node, batch, shuffle, seed, device
+        self.tops = node.tops
+        self.transform = Transform.of(node, device)
+        self.records = records
+        self.arrays: dict[str, torch.Tensor] | None = None
+        if arrays is not None:
+            self.arrays = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
+            self.size = len(next(iter(self.arrays.values())))
+        else:
+            self.size = len(records) if records is not None else 0
+        if self.size == 0:
+            raise DataError(f"data layer '{node.name}' has no records for the {pb.Phase.Name(node.spec.phase)} "
+                            "phase")
+        self.epoch, self.cursor, self.batches = 0, 0, 0
+        self._order = self._permutation(0)
+        self._stream: Iterator[list[object]] | None = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.size, generator=gen)
+
+    def _indices(self, count: int | None) -> torch.Tensor:
+        idx, self.epoch, self.cursor, self._order = _next_indices(self, self.epoch, self.cursor, self._order,
+                                                                  count)
+        return idx
+
+    def next(self, count: int | None = None) -> dict[str, torch.Tensor]:
+        """The next batch (of `count` records instead of batch_size when given)."""
+        idx = self._indices(count)
+        gen = torch.Generator().manual_seed(self.seed * 7919 + self.batches + 1)
+        self.batches += 1
+        if self.arrays is not None:
+            picked = {top: a[idx.to(self.device)] for top, a in self.arrays.items()}
+        elif count is not None and count != self.batch:
+            picked = _stack([self.records.read(int(i)) for i in idx], self.tops, self.device)  # type: ignore[union-attr]
+        else:
+            picked = self._read(idx)
+        out = {}
+        for i, top in enumerate(self.tops):
+            if top in picked:
+                out[top] = self.transform.apply(picked[top], gen) if i == 0 else picked[top].float()
+        return out
+
+    def _read(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The next batch from the DataLoader, which reads ahead in the same order with its workers."""
+        if self._stream is None:
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(_RecordSet(self.records), batch_sampler=_Batches(self), pin_memory=False,
+                                num_workers=min(4, os.cpu_count() or 1), persistent_workers=False)
+            self._stream = iter(loader)
+        data, labels = next(self._stream)
+        out = {self.tops[0]: data.to(self.device)}
+        if len(self.tops) > 1:
+            out[self.tops[1]] = labels.to(self.device).float()
+        return out
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.cursor / self.size
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor, "batches": self.batches}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.cursor, self.batches = int(state["epoch"]), int(state["cursor"]), int(state["batches"])
+        self._order = self._permutation(self.epoch)
+        self._stream = None  # a DataLoader restarts from here
+
+    def rewind(self) -> None:
+        self.load_state({"epoch": 0, "cursor": 0, "batches": 0})
+
+
+def _next_indices(s: Source, epoch: int, cursor: int, order: torch.Tensor, count: int | None = None
+                  ) -> tuple[torch.Tensor, int, int, torch.Tensor]:
+    """The indices of the batch at (epoch, cursor), wrapping into the next epoch, and the position after."""
+    parts, need = [], count or s.batch
+    while need:
+        take = min(need, s.size - cursor)
+        parts.append(order[cursor:cursor + take])
+        cursor += take
+        need -= take
+        if cursor == s.size:
+            epoch, cursor = epoch + 1, 0
+            order = s._permutation(epoch)
+    return torch.cat(parts), epoch, cursor, order
+
+
+class _Batches:
+    """The batch order for a DataLoader: the same sequence the source consumes, from its position."""
+
+    def __init__(self, source: Source) -> None:
+        self.source, self.start = source, (source.epoch, source.cursor, source._order)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, cursor, order = self.start
+        while True:
+            idx, epoch, cursor, order = _next_indices(self.source, epoch, cursor, order)
+            yield idx.tolist()
+
+
+class _RecordSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, records: Records | None) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, float]:
+        data, label = self.records.read(i)  # type: ignore[union-attr]
+        return np.ascontiguousarray(data), float(label) if label is not None else 0.0
+
+
+
+def _batch_and_shuffle(node: Node, train: bool) -> tuple[int, bool]:
+    p = node.spec.p
+    if node.type == "Dataset":
+        return p.batch_size, p.shuffle and train
+    if node.type in ("HDF5Data", "ImageData"):
+        return p.batch_size, p.shuffle and train
+    return p.batch_size, False  # Caffe reads a Data layer's database in order
+
+
+class Feeder:
+    """Batches for every data layer of a net; the blobs of Input and MemoryData layers must be given."""
+
+    def __init__(self, net: Net, device: torch.device, seed: int, limit: int | None = None) -> None:
+        self.sources: list[Source] = []
+        self.needs_inputs = [t for info in net.layers if info.node.definition.feeds
+                             and info.node.type not in FEEDABLE for t in info.node.tops]
+        train = net.state.phase == pb.TRAIN
+        for info in net.layers:
+            node = info.node
+            if node.type not in FEEDABLE:
+                continue
+            try:
+                arrays, records = records_for(node)
+                if records is not None and records.bytes_estimate() <= (limit or _memory_limit()):
+                    arrays, records = _load_all(node, records), None
+                batch, shuffle = _batch_and_shuffle(node, train)
+                self.sources.append(Source(node, batch, shuffle, seed + len(self.sources), device, records, arrays))
+            except NetspecError as e:
+                raise e.at(node.loc, node.name, node.type) from None
+
+    def next(self, count: int | None = None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for s in self.sources:
+            out.update(s.next(count))
+        return out
+
+    def one_pass(self) -> list[int]:
+        """Batch sizes that read every record once: full batches and a shorter last one."""
+        full, rest = divmod(self.records, self.batch)
+        return [self.batch] * full + ([rest] if rest else [])
+
+    @property
+    def records(self) -> int:
+        return self.sources[0].size if self.sources else 0
+
+    @property
+    def batch(self) -> int:
+        return self.sources[0].batch if self.sources else 0
+
+    @property
+    def epochs_done(self) -> float:
+        return self.sources[0].epochs_done if self.sources else 0.0
+
+    def state(self) -> list[dict[str, int]]:
+        return [s.state() for s in self.sources]
+
+    def load_state(self, states: list[dict[str, int]]) -> None:
+        for s, st in zip(self.sources, states, strict=True):
+            s.load_state(st)
+
+    def rewind(self) -> None:
+        for s in self.sources:
+            s.rewind()
+
+    def limit_to(self, n: int) -> None:
+        """Keep only the first n records of every source (for --overfit)."""
+        for s in self.sources:
+            if s.arrays is None:
+                raise DataError(f"--overfit needs data that fits in memory; '{s.node.name}' is streamed")
+            s.arrays = {k: v[:n] for k, v in s.arrays.items()}
+            s.size = min(s.size, n)
+            s.rewind()
+
+    def labels(self) -> dict[str, torch.Tensor]:
+        """Every label array held in memory, by blob (for checking label ranges before training)."""
+        out = {}
+        for s in self.sources:
+            if s.arrays is not None and len(s.tops) > 1 and s.tops[1] in s.arrays:
+                out[s.tops[1]] = s.arrays[s.tops[1]]
+        return out
+
+
+def _stack(rows: list[tuple[np.ndarray, object]], tops: tuple[str, ...], device: torch.device
+           ) -> dict[str, torch.Tensor]:
+    out = {tops[0]: torch.from_numpy(np.stack([r[0] for r in rows])).to(device)}
+    if len(tops) > 1:
+        out[tops[1]] = torch.tensor([float(r[1]) for r in rows], device=device)  # type: ignore[arg-type]
+    return out
+
+
+def _load_all(node: Node, records: Records) -> dict[str, np.ndarray]:
+    rows = [records.read(i) for i in range(len(records))]
+    shapes = {r[0].shape for r in rows}
+    if len(shapes) > 1:
+        raise DataError(f"records of '{node.name}' have different shapes: {sorted(shapes)[:3]}",
+                        hint="give new_height and new_width to resize images to one size")
+    arrays = {node.tops[0]: np.stack([r[0] for r in rows])}
+    if len(node.tops) > 1:
+        arrays[node.tops[1]] = np.asarray([r[1] for r in rows], dtype=np.float32)
+    return arrays

@@ -1,0 +1,79 @@
+"""Snapshots: `<prefix>_iter_<N>.pt` with the weights, the solver's history, the random-number states,
+the data positions and the iteration, written atomically and read without unpickling arbitrary objects.
+
+A snapshot is a plain dict of tensors, numbers, strings, lists and dicts saved with torch.save and read
+with torch.load(weights_only=True), which refuses anything else. It is written to a temporary file in
+the same folder, flushed to disk and renamed over the target, so a crash (even kill -9) leaves either the
+old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from netspec.errors import WeightsError
+
+FORMAT = "netspec-snapshot"
+VERSION = 1
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A snapshot's contents; WeightsError if the file is missing, corrupt or not a netspec snapshot."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"snapshot '{path}' does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"'{path}' is not a readable netspec snapshot ({first[:160]})",
+                           hint="the file is damaged or was not written by netspec") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise WeightsError(f"'{path}' is not a netspec snapshot", hint="netspec writes *_iter_N.pt snapshots")
+    if obj.get("version") != VERSION:
+        raise WeightsError(f"snapshot '{path}' has format version {obj.get('version')}; this netspec reads {VERSION}")
+    return obj
+
+
+def check_layout(path: str | Path, saved: dict[str, list[int]], expected: dict[str, tuple[int, ...]]) -> None:
+    """Refuses a snapshot whose parameter blobs are not the net's (names and shapes)."""
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    wrong = [f"{k}: {tuple(saved[k])} in the snapshot, {expected[k]} in the net" for k in expected
+             if k in saved and tuple(saved[k]) != expected[k]]
+    if missing or extra or wrong:
+        parts = []
+        if wrong:
+            parts.append("shapes differ: " + "; ".join(wrong[:3]))
+        if missing:
+            parts.append("not in the snapshot: " + ", ".join(missing[:5]))
+        if extra:
+            parts.append("not in the net: " + ", ".join(extra[:5]))
+        raise WeightsError(f"snapshot '{path}' does not match the net (" + "; ".join(parts) + ")",
+                           hint="resume with the spec the snapshot was trained with")

@@ -1,0 +1,576 @@
+"""The solver runner: Caffe's training loop around a compiled net.
+
+Each iteration runs iter_size forward/backward passes, then one update: the learning rate from the
+lr_policy, gradient clipping, normalisation by iter_size, weight decay and the solver's rule, in
+Caffe's order (see netspec.train.updates). The TRAIN net and the TEST nets share their parameters.
+`solve()` adds what `netspec train` shows and keeps: tests every test_interval iterations, progress,
+metrics, snapshots (also on Ctrl-C and SIGHUP), non-finite detection and early stopping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import signal
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from netspec.errors import DataError, NetspecError, SolverError
+from netspec.lower.module import NetModule
+from netspec.net import Net, build_net
+from netspec.train import snapshot
+from netspec.train.config import SolverConfig, load_config, with_solver_file
+from netspec.train.feeder import FEEDABLE, Feeder
+from netspec.train.progress import Metrics, Progress
+from netspec.train.schedule import Schedule
+from netspec.train.updates import Learnable, Updater
+
+_CLASS_LOSSES = {"SoftmaxWithLoss": "softmax_param", "Accuracy": "accuracy_param", "HingeLoss": None,
+                 "MultinomialLogisticLoss": None, "InfogainLoss": None}
+
+
+class TrainingError(NetspecError):
+    """Training cannot go on: a loss or gradient became NaN or infinite."""
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The device to train on: the one asked for, else CUDA when present, else the CPU."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SolverError(f"unknown device '{name}'", hint="use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SolverError(f"device '{name}' was asked for, but this machine has no usable CUDA device",
+                          hint="use --device cpu")
+    return device
+
+
+@dataclass
+class EarlyStop:
+    metric: str
+    maximize: bool
+    patience: int
+    min_delta: float
+    best: float | None = None
+    best_iter: int = 0
+    waited: int = 0
+    best_blobs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best + self.min_delta if self.maximize else value < self.best - self.min_delta
+
+
+class Solver:
+    """Trains a net as Caffe's solvers do.
+
+    Args:
+        source: a YAML spec with a `solver:` section, a Caffe solver prototxt, or a SolverConfig.
+        solver_file: train `source` (a net) with the settings of this solver file instead.
+        overrides: `--set` items (solver.base_lr=0.01, conv1.convolution_param.num_output=32).
+        device: cpu, cuda, cuda:N, or None for CUDA when present.
+        amp: None, "bf16" or "fp16": mixed precision for the forward pass.
+        compile: run the forward pass through torch.compile.
+        out_dir: where snapshots, metrics and the log go (None: nothing is written but explicit snapshots).
+    """
+
+    def __init__(self, source: str | SolverConfig, *, solver_file: str | None = None, overrides: tuple[str, ...] = (),
+                 device: str | None = None, amp: str | None = None, compile: bool = False,
+                 out_dir: str | Path | None = None, quiet: bool = False) -> None:
+        if isinstance(source, SolverConfig):
+            config = source
+        elif solver_file is not None:
+            config = with_solver_file(source, solver_file, overrides)
+        else:
+            config = load_config(source, overrides)
+        self.config, self.param = config, config.param
+        p = self.param
+        self.seed = int(p.random_seed) if p.random_seed >= 0 else secrets.randbelow(2**31)
+        torch.manual_seed(self.seed)
+        self.device = pick_device(device)
+        self.amp = _amp_dtype(amp, self.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.quiet = quiet
+
+        self.train_net: Net = build_net(config.train.spec, "TRAIN", config.train.stages, config.train.level)
+        self.net = NetModule(self.train_net).to(self.device)
+        self.test_defs = [build_net(t.spec, "TEST", t.stages, t.level) for t in config.tests]
+        self.test_nets = [self._shared(NetModule(d).to(self.device)) for d in self.test_defs]
+        self._forward = torch.compile(self.net) if compile else self.net
+        self._loss_tops = [(t, w) for info in self.train_net.layers
+                           for t, w in zip(info.node.tops, info.node.loss_weights, strict=True) if w]
+        # a loss top that a later layer consumes is not a net output: read it from all the blobs
+        self._all_blobs = any(t not in self.train_net.outputs for t, _ in self._loss_tops)
+        self.updater = Updater(p, self._learnables())
+        self._feeder: Feeder | None = None
+        self._test_feeders: list[Feeder | None] = [None] * len(self.test_nets)
+        self.iter = 0
+        self.max_iter = p.max_iter if p.max_iter > 0 else self._iterations_from_epochs()
+        self.schedule = Schedule(p, self.max_iter)
+        self.lr = self.schedule.p.base_lr
+        self._losses: deque[float] = deque(maxlen=p.average_loss)
+        self._loss_scale = 2.0**16 if self.amp == torch.float16 else 1.0
+        self._good_steps = 0
+        self._requests: set[str] = set()
+        self.early = self._early_stopping()
+        self.last_test: list[dict[str, float]] = []
+
+    # ---- construction ---------------------------------------------------------------------------
+
+    def _shared(self, test: NetModule) -> NetModule:
+        """A TEST net that uses the TRAIN net's tensors for every blob of a layer of the same name."""
+        train = self.net.caffe_params()
+        for layer, refs in test._param_lists.items():
+            if layer not in train:
+                continue
+            for (key, is_buffer, _), tensor in zip(refs, train[layer], strict=False):
+                if is_buffer and tensor.shape == test._buffers[key].shape:
+                    test._buffers[key] = tensor
+                elif not is_buffer and tensor.shape == test.blob_params[key].shape:
+                    test.blob_params[key] = tensor  # type: ignore[assignment]
+        return test
+
+    def _learnables(self) -> list[Learnable]:
+        params = self.net.caffe_params()
+        out = []
+        for info in self.train_net.layers:
+            for blob in info.blobs:
+                if blob.owner is None and blob.learnable:
+                    tensor = params[info.node.name][blob.index]
+                    out.append(Learnable(f"{info.node.name}:{blob.index}", tensor, blob.lr_mult, blob.decay_mult))
+        return out
+
+    @property
+    def feeder(self) -> Feeder:
+        """The TRAIN net's data, loaded on first use."""
+        if self._feeder is None:
+            self._feeder = Feeder(self.train_net, self.device, self.seed)
+            self._check_labels(self._feeder, self.train_net)
+        return self._feeder
+
+    def _iterations_from_epochs(self) -> int:
+        feeder = self.feeder
+        if not feeder.sources:
+            raise SolverError("max_epoch needs a data layer (Dataset, Data, ImageData, HDF5Data) to count epochs",
+                              loc=self.config.loc("max_epoch"), hint="give max_iter instead")
+        per_iter = feeder.batch * self.param.iter_size
+        return max(1, math.ceil(self.param.max_epoch * feeder.records / per_iter))
+
+    def _early_stopping(self) -> EarlyStop | None:
+        if not self.param.HasField("early_stopping"):
+            return None
+        es = self.param.early_stopping
+        outputs = [o for d in self.test_defs[:1] for o in d.outputs]
+        if es.metric not in outputs:
+            raise SolverError(f"early_stopping.metric '{es.metric}' is not an output of the test net",
+                              loc=self.config.loc("early_stopping"),
+                              hint="test outputs: " + (", ".join(outputs) or "none"))
+        maximize = es.mode == es.MAX or (es.mode == es.AUTO and "acc" in es.metric.lower())
+        return EarlyStop(es.metric, maximize, es.patience, es.min_delta)
+
+    def _check_labels(self, feeder: Feeder, net: Net) -> None:
+        """Labels must be whole numbers within the classes of every classifier that reads them."""
+        labels = feeder.labels()
+        for info in net.layers:
+            node = info.node
+            if node.type not in _CLASS_LOSSES or len(node.bottoms) < 2 or node.bottoms[1] not in labels:
+                continue
+            values = labels[node.bottoms[1]]
+            field_name = _CLASS_LOSSES[node.type]
+            axis = getattr(node.lp, field_name).axis if field_name else 1
+            scores = info.bottom_shapes[0]
+            classes = scores[axis if axis >= 0 else axis + len(scores)] if len(scores) > 1 else 1
+            ignore = (node.lp.accuracy_param.ignore_label if node.type == "Accuracy" and
+                      node.lp.accuracy_param.HasField("ignore_label") else
+                      node.lp.loss_param.ignore_label if node.lp.loss_param.HasField("ignore_label") else None)
+            valid = values if ignore is None else values[values != ignore]
+            if valid.numel() and bool((valid != valid.round()).any()):
+                bad = float(valid[valid != valid.round()][0])
+                raise DataError(f"label {bad:g} in '{node.bottoms[1]}' is not a whole number, but layer "
+                                f"'{node.name}' ({node.type}) takes class indices")
+            if valid.numel() and (valid.min() < 0 or valid.max() >= classes):
+                bad = float(valid.max() if valid.max() >= classes else valid.min())
+                raise DataError(f"label {bad:g} in '{node.bottoms[1]}' is out of range: layer '{node.name}' "
+                                f"({node.type}) has {classes} classes (labels 0 to {classes - 1})",
+                                hint="check num_output of the last InnerProduct, or the labels of the data")
+
+    # ---- one iteration ----------------------------------------------------------------------------
+
+    def _inputs(self, given: dict[str, Any] | None) -> dict[str, torch.Tensor]:
+        if given is None:
+            if self.feeder.needs_inputs:
+                raise SolverError(f"the net's blobs {', '.join(self.feeder.needs_inputs)} come from Input (or "
+                                  "MemoryData) layers, so their values must be given",
+                                  hint="call solver.step(inputs={...}), or feed the net from a data layer "
+                                       f"({', '.join(FEEDABLE)})")
+            return self.feeder.next()
+        out = {}
+        for name, value in given.items():
+            t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+            out[name] = t.to(self.device, torch.float32 if t.is_floating_point() or t.dtype != torch.bool else t.dtype)
+        return out
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ctx = torch.autocast(self.device.type, self.amp) if self.amp else contextlib.nullcontext()
+        with ctx:
+            out = self.net.run(batch) if self._all_blobs else self._forward(**batch)
+        total = None
+        for top, weight in self._loss_tops:
+            term = out[top].float().sum() * weight
+            total = term if total is None else total + term
+        if total is None:
+            raise SolverError("the TRAIN net has no loss (no top with a loss_weight)",
+                              hint="add a loss layer such as SoftmaxWithLoss")
+        return total
+
+    def step(self, inputs: dict[str, Any] | None = None) -> float:
+        """One iteration: iter_size forward/backward passes and one update. `inputs` are the input blobs
+        (arrays or tensors) used for every pass; without them the net's data layers give the batches.
+        Returns the loss, averaged over the passes."""
+        for b in self.updater.blobs:
+            b.tensor.grad = None
+        total = 0.0
+        batches = []
+        for _ in range(self.param.iter_size):
+            batch = self._inputs(inputs)
+            batches.append(batch)
+            loss = self._loss(batch)
+            (loss * self._loss_scale).backward()
+            total += float(loss.detach())
+        if self._loss_scale != 1.0:
+            for b in self.updater.blobs:
+                if b.tensor.grad is not None:
+                    b.tensor.grad.div_(self._loss_scale)
+        loss_value = total / self.param.iter_size
+        if not self._finite(loss_value):
+            if self.amp == torch.float16 and math.isfinite(loss_value):
+                self._loss_scale /= 2  # an fp16 overflow: skip this update with a smaller scale
+                self._good_steps = 0
+                return loss_value
+            self._diverged(loss_value, batches[-1])
+        self.lr = self.schedule.rate(self.iter)
+        self.updater.apply(self.lr, self.iter)
+        self.iter += 1
+        self._losses.append(loss_value)
+        if self.amp == torch.float16:
+            self._good_steps += 1
+            if self._good_steps % 2000 == 0:
+                self._loss_scale *= 2
+        return loss_value
+
+    def _finite(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return False
+        grads = [b.tensor.grad.sum() for b in self.updater.blobs if b.tensor.grad is not None]
+        return not grads or bool(torch.isfinite(torch.stack(grads)).all())
+
+    def _diverged(self, loss: float, batch: dict[str, torch.Tensor]) -> None:
+        """Stops with the first layer whose output (or, failing that, gradient) is not finite."""
+        saved = self._snapshot_path("diverged")
+        where = None
+        with torch.no_grad():
+            blobs = self.net.blobs(**batch)
+        for info in self.train_net.layers:
+            bad = [t for t in info.node.tops if t in blobs and not bool(torch.isfinite(blobs[t]).all())]
+            if bad:
+                node = info.node
+                where = (node, f"the output '{bad[0]}' of this layer became NaN or infinite")
+                break
+        if where is None:
+            for info in reversed(self.train_net.layers):
+                params = self.net.caffe_params().get(info.node.name, [])
+                if any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params):
+                    where = (info.node, "the gradient of this layer's parameters became NaN or infinite")
+                    break
+        if saved is not None:
+            self.snapshot(saved)
+        node, what = where if where else (None, f"the loss became {loss}")
+        error = TrainingError(f"iteration {self.iter}: {what}; training stopped before updating the weights",
+                              hint="lower base_lr, set clip_gradients, or check the data for extreme values"
+                              + (f"; the weights so far are in {saved}" if saved else ""))
+        if node is not None:
+            error.at(node.loc, node.name, node.type)
+        raise error
+
+    # ---- testing -----------------------------------------------------------------------------------
+
+    def _test_feeder(self, i: int) -> Feeder:
+        feeder = self._test_feeders[i]
+        if feeder is None:
+            feeder = Feeder(self.test_defs[i], self.device, self.seed + 1000 * (i + 1))
+            self._check_labels(feeder, self.test_defs[i])
+            self._test_feeders[i] = feeder
+        return feeder
+
+    @torch.no_grad()
+    def test(self, inputs: dict[str, Any] | None = None) -> list[dict[str, float]]:
+        """Runs every test net for its test_iter batches (by default, one pass over its test data) and
+        returns the mean of each output, as Caffe's TestAll does."""
+        results = []
+        for i, net in enumerate(self.test_nets):
+            net.eval()
+            feeder = self._test_feeder(i)
+            if inputs is None and feeder.needs_inputs:
+                raise SolverError(f"the test net's blobs {', '.join(feeder.needs_inputs)} come from Input layers; "
+                                  "give them with solver.test(inputs={...})")
+            feeder.rewind()
+            iters = self.config.test_iters[i] if i < len(self.config.test_iters) else None
+            sizes: list[int | None] = [None] * iters if iters else (feeder.one_pass() if feeder.sources else [None])
+            sums: dict[str, float] = {}
+            seen = 0
+            for size in sizes:
+                batch = self._inputs(inputs) if inputs is not None else feeder.next(size)
+                weight = size or 1
+                ctx = torch.autocast(self.device.type, self.amp) if self.amp else contextlib.nullcontext()
+                with ctx:
+                    out = net(**batch)
+                for name, value in out.items():
+                    if value.numel() == 1:  # scalar outputs: losses, accuracies
+                        sums[name] = sums.get(name, 0.0) + float(value.float()) * weight
+                seen += weight
+            results.append({name: total / seen for name, total in sums.items()})
+        self.last_test = results
+        return results
+
+    # ---- snapshots ---------------------------------------------------------------------------------
+
+    def _prefix(self) -> Path:
+        name = Path(self.param.snapshot_prefix or Path(self.config.path).stem).name
+        return (self.out_dir or Path(".")) / name
+
+    def _snapshot_path(self, tag: str | None = None) -> Path | None:
+        if self.out_dir is None:
+            return None
+        return Path(f"{self._prefix()}_{tag}.pt") if tag else Path(f"{self._prefix()}_iter_{self.iter}.pt")
+
+    def _owned_blobs(self) -> dict[str, list[torch.Tensor]]:
+        params = self.net.caffe_params()
+        owned: dict[str, list[torch.Tensor]] = {}
+        for info in self.train_net.layers:
+            blobs = [params[info.node.name][b.index] for b in info.blobs if b.owner is None]
+            if blobs:
+                owned[info.node.name] = blobs
+        return owned
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as plain data."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": snapshot.FORMAT, "version": snapshot.VERSION, "iter": self.iter, "seed": self.seed,
+            "spec": str(self.config.path), "solver_type": self.param.type,
+            "blobs": {k: [t.detach().cpu().clone() for t in v] for k, v in self._owned_blobs().items()},
+            "history": {b.key: [h.detach().cpu().clone() for h in b.history] for b in self.updater.blobs},
+            "current_step": self.schedule.current_step, "rng": rng,
+            "data": self._feeder.state() if self._feeder is not None else [],
+            "losses": list(self._losses), "loss_scale": self._loss_scale,
+            "early": None if self.early is None else {"best": self.early.best, "best_iter": self.early.best_iter,
+                                                      "waited": self.early.waited},
+        }
+
+    def snapshot(self, path: str | Path | None = None) -> Path:
+        """Writes a snapshot (atomically) and returns its path."""
+        target = Path(path) if path is not None else Path(f"{self._prefix()}_iter_{self.iter}.pt")
+        snapshot.save_atomic(self.state(), target)
+        return target
+
+    def restore(self, path: str | Path) -> None:
+        """Continues from a snapshot: weights, solver history, iteration, random states and data position."""
+        state = snapshot.load(path)
+        expected = {f"{k}:{i}": tuple(t.shape) for k, v in self._owned_blobs().items() for i, t in enumerate(v)}
+        saved = {f"{k}:{i}": list(t.shape) for k, v in state["blobs"].items() for i, t in enumerate(v)}
+        snapshot.check_layout(path, saved, expected)
+        if state.get("solver_type") != self.param.type:
+            raise NetspecError(f"snapshot '{path}' was written by a {state.get('solver_type')} solver; this one is "
+                               f"{self.param.type}", hint="resume with the solver settings it was trained with")
+        with torch.no_grad():
+            for layer, blobs in self._owned_blobs().items():
+                for target, value in zip(blobs, state["blobs"][layer], strict=True):
+                    target.copy_(value.to(target.device))
+            for b in self.updater.blobs:
+                for target, value in zip(b.history, state["history"].get(b.key, []), strict=False):
+                    if target.shape == value.shape:
+                        target.copy_(value.to(target.device))
+        self.iter = int(state["iter"])
+        self.schedule.current_step = int(state["current_step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if state["data"]:
+            self.feeder.load_state(state["data"])
+        self._losses = deque(state["losses"], maxlen=self.param.average_loss)
+        self._loss_scale = float(state.get("loss_scale", self._loss_scale))
+        if self.early is not None and state.get("early"):
+            self.early.best = state["early"]["best"]
+            self.early.best_iter = int(state["early"]["best_iter"])
+            self.early.waited = int(state["early"]["waited"])
+
+    # ---- the whole run -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """Ctrl-C: snapshot and stop; SIGHUP: snapshot and go on (Caffe's defaults)."""
+        handlers: dict[int, Any] = {}
+
+        def request(action: str) -> Any:
+            return lambda signum, frame: self._requests.add(action)
+
+        try:
+            handlers[signal.SIGINT] = signal.signal(signal.SIGINT, request("stop"))
+            if hasattr(signal, "SIGHUP"):
+                handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, request("snapshot"))
+        except ValueError:  # not the main thread: no signal handling
+            pass
+        try:
+            yield
+        finally:
+            for signum, old in handlers.items():
+                signal.signal(signum, old)
+
+    def _test_due(self) -> bool:
+        p = self.param
+        return bool(self.test_nets) and p.test_interval > 0 and self.iter % p.test_interval == 0 and (
+            self.iter > 0 or p.test_initialization)
+
+    def solve(self, resume: str | Path | None = None) -> dict[str, Any]:
+        """Trains to max_iter (or until stopped), as `netspec train` does; returns a summary."""
+        with self._signals():
+            return self._solve(resume)
+
+    def _solve(self, resume: str | Path | None) -> dict[str, Any]:
+        if resume is not None:
+            self.restore(resume)
+        p = self.param
+        out = self.out_dir
+        samples = self._batch_size() * p.iter_size  # loads the data first: its errors come before any file
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        columns = [_column(i, name, len(self.test_defs)) for i, d in enumerate(self.test_defs) for name in d.outputs
+                   if math.prod(d.shapes[name]) == 1]
+        metrics = Metrics(out / "metrics.csv", columns, append=resume is not None) if out is not None else None
+        progress = Progress(self.max_iter, p.display or max(1, self.max_iter // 20),
+                            out / "train.log" if out is not None else None, quiet=self.quiet)
+        progress.line(f"training '{self.train_net.name}' on {self.device.type} for {self.max_iter} iterations "
+                      f"(seed {self.seed})" + (f", from iteration {self.iter}" if self.iter else ""))
+        last_snapshot, stopped = None, None
+        tested_at = -1
+        window_start, window_iter = _now(), self.iter
+        try:
+            while self.iter < self.max_iter:
+                if self._test_due():
+                    stopped = self._run_test(progress, metrics)
+                    tested_at = self.iter
+                    if stopped:
+                        break
+                self.step()
+                smoothed = sum(self._losses) / len(self._losses)
+                elapsed = _now() - window_start
+                speed = samples * (self.iter - window_iter) / elapsed if elapsed > 0 else 0.0
+                if elapsed > 5:
+                    window_start, window_iter = _now(), self.iter
+                epoch = self.feeder.epochs_done if self._feeder is not None and self._feeder.sources else 0.0
+                index = self.iter - 1  # Caffe's number for the iteration just done
+                progress.iteration(index, epoch, smoothed, self.lr, speed)
+                if metrics is not None and (index % max(1, p.display) == 0 or self.iter == self.max_iter):
+                    metrics.write(iteration=index, epoch=epoch, lr=self.lr, loss=smoothed)
+                due = p.snapshot and self.iter % p.snapshot == 0 and self.iter < self.max_iter
+                if (due or self._requests) and out is not None:
+                    last_snapshot = self.snapshot()
+                    progress.line(f"snapshot: {last_snapshot}")
+                    self._requests.discard("snapshot")
+                if "stop" in self._requests:
+                    stopped = "interrupted"
+                    break
+            if stopped is None and self.test_nets and tested_at != self.iter:
+                self._run_test(progress, metrics)
+            if self.early is not None and self.early.best_blobs:
+                self._restore_best(progress)
+            if out is not None and p.snapshot_after_train and (last_snapshot is None or
+                                                               last_snapshot != self._snapshot_path()):
+                last_snapshot = self.snapshot()
+        finally:
+            progress.close()
+            if metrics is not None:
+                metrics.close()
+        return {"iterations": self.iter, "stopped": stopped, "test": self.last_test,
+                "snapshot": str(last_snapshot) if last_snapshot else None,
+                "metrics": str(out / "metrics.csv") if out is not None else None}
+
+    def _batch_size(self) -> int:
+        return self.feeder.batch if self.feeder.sources else 1
+
+    def _run_test(self, progress: Progress, metrics: Metrics | None) -> str | None:
+        results = self.test()
+        for i, outputs in enumerate(results):
+            shown = ", ".join(f"{k} = {v:.5g}" for k, v in outputs.items())
+            progress.line(f"test{'' if len(results) == 1 else f' #{i}'} at iteration {self.iter}: {shown}")
+        if metrics is not None:
+            values: dict[str, float | int] = {"iteration": self.iter, "lr": self.lr}
+            for i, outputs in enumerate(results):
+                for name, value in outputs.items():
+                    values[_column(i, name, len(results))] = value
+            metrics.write(**values)
+        return self._early_check(results[0], progress) if self.early is not None and results else None
+
+    def _early_check(self, outputs: dict[str, float], progress: Progress) -> str | None:
+        es = self.early
+        if es is None:
+            return None
+        value = outputs[es.metric]
+        if es.improved(value):
+            es.best, es.best_iter, es.waited = value, self.iter, 0
+            es.best_blobs = {k: [t.detach().clone() for t in v] for k, v in self._owned_blobs().items()}
+            if self.out_dir is not None:
+                snapshot.save_atomic(self.state(), f"{self._prefix()}_best.pt")
+            return None
+        es.waited += 1
+        if es.waited >= es.patience:
+            progress.line(f"early stopping: {es.metric} has not improved for {es.patience} tests "
+                          f"(best {es.best:.5g} at iteration {es.best_iter})")
+            return "early stopping"
+        return None
+
+    def _restore_best(self, progress: Progress) -> None:
+        es = self.early
+        if es is None:
+            return
+        with torch.no_grad():
+            for layer, blobs in self._owned_blobs().items():
+                for target, value in zip(blobs, es.best_blobs[layer], strict=True):
+                    target.copy_(value)
+        progress.line(f"kept the best weights ({es.metric} {es.best:.5g} at iteration {es.best_iter})")
+        if self.test_nets:
+            self.test()
+
+
+def _column(i: int, name: str, n: int) -> str:
+    return f"test/{name}" if n == 1 else f"test{i}/{name}"
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    if amp in (None, "none", "off"):
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise SolverError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16")
+        return torch.float16
+    raise SolverError(f"--amp takes bf16 or fp16, got '{amp}'")
+

@@ -1,0 +1,156 @@
+"""Parameter updates: Caffe's solvers exactly as Caffe computes them, and netspec's additions.
+
+Caffe keeps the learning rate inside its momentum buffer (v = m v + lr g; w -= v), adds weight decay to
+the gradient before the solver sees it, clips the summed gradient of all blobs before dividing it by
+iter_size, and does not bias-correct Adam's epsilon. AdamW, Adamax and NAdam follow their papers (and
+torch.optim). Every rule works in place on the parameter tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from netspec._proto import netspec_pb2 as pb
+
+
+@dataclass
+class Learnable:
+    """One learnable blob with its multipliers and the solver's history for it."""
+
+    key: str
+    tensor: torch.nn.Parameter
+    lr_mult: float
+    decay_mult: float
+    history: list[torch.Tensor] = field(default_factory=list)
+
+
+Rule = Callable[["Updater", Learnable, torch.Tensor, float, int], torch.Tensor]
+
+
+class Updater:
+    """Applies one solver update to every learnable blob from their accumulated gradients."""
+
+    def __init__(self, p: pb.SolverParameter, blobs: list[Learnable]) -> None:
+        self.p = p
+        self.blobs = blobs
+        self.rule = RULES[p.type]
+        self.slots = SLOTS[p.type]
+        self.decoupled = p.decoupled_weight_decay or p.type == "AdamW"
+        for b in blobs:
+            b.history = [torch.zeros_like(b.tensor) for _ in range(self.slots)]
+
+    def grad_norm(self) -> float:
+        grads = [b.tensor.grad for b in self.blobs if b.tensor.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    @torch.no_grad()
+    def apply(self, rate: float, it: int) -> None:
+        """One update with learning rate `rate`; `it` is the number of updates done so far."""
+        p = self.p
+        scale = 1.0 / p.iter_size
+        if p.clip_gradients >= 0:
+            norm = self.grad_norm()
+            if norm > p.clip_gradients:
+                scale *= p.clip_gradients / norm
+        for b in self.blobs:
+            w = b.tensor
+            g = w.grad if w.grad is not None else torch.zeros_like(w)
+            if scale != 1.0:
+                g = g * scale
+            decay = p.weight_decay * b.decay_mult
+            local_rate = rate * b.lr_mult
+            if decay and not self.decoupled:
+                g = g + decay * (w if p.regularization_type == "L2" else torch.sign(w))
+            elif decay and local_rate:
+                w.mul_(1 - local_rate * decay)  # decoupled: shrink the weights directly
+            w.sub_(self.rule(self, b, g, local_rate, it))
+
+
+def _sgd(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    (v,) = b.history
+    v.mul_(u.p.momentum).add_(g, alpha=rate)
+    return v
+
+
+def _nesterov(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    (v,) = b.history
+    previous = v.clone()
+    v.mul_(u.p.momentum).add_(g, alpha=rate)
+    return v * (1 + u.p.momentum) - previous * u.p.momentum
+
+
+def _adagrad(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    (h,) = b.history
+    h.add_(g * g)
+    return rate * g / (h.sqrt() + u.p.delta)
+
+
+def _rmsprop(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    (h,) = b.history
+    d = u.p.rms_decay
+    h.mul_(d).add_(g * g, alpha=1 - d)
+    return rate * g / (h.sqrt() + u.p.delta)
+
+
+def _adadelta(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    grad_sq, update_sq = b.history
+    m, delta = u.p.momentum, u.p.delta
+    grad_sq.mul_(m).add_(g * g, alpha=1 - m)
+    step = g * torch.sqrt((update_sq + delta) / (grad_sq + delta))
+    update_sq.mul_(m).add_(step * step, alpha=1 - m)
+    return rate * step
+
+
+def _adam(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    m, v = b.history
+    b1, b2, t = u.p.momentum, u.p.momentum2, it + 1
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).add_(g * g, alpha=1 - b2)
+    correction = math.sqrt(1 - b2**t) / (1 - b1**t)
+    return rate * correction * m / (v.sqrt() + u.p.delta)  # Caffe: epsilon is not bias-corrected
+
+
+def _adamw(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    m, v = b.history
+    b1, b2, t = u.p.momentum, u.p.momentum2, it + 1
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).add_(g * g, alpha=1 - b2)
+    return rate / (1 - b1**t) * m / ((v / (1 - b2**t)).sqrt() + u.p.delta)
+
+
+def _adamax(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    m, peak = b.history
+    b1, b2, t = u.p.momentum, u.p.momentum2, it + 1
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    torch.maximum(peak * b2, g.abs() + u.p.delta, out=peak)
+    return rate / (1 - b1**t) * m / peak
+
+
+def _nadam(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    """NAdam with torch.optim.NAdam's momentum schedule (momentum_decay 0.004)."""
+    m, v, mu_product = b.history
+    b1, b2, t = u.p.momentum, u.p.momentum2, it + 1
+    mu = b1 * (1 - 0.5 * 0.96 ** (t * 0.004))
+    mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * 0.004))
+    if t == 1:
+        mu_product.fill_(1.0)
+    mu_product.mul_(mu)
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).add_(g * g, alpha=1 - b2)
+    denom = (v / (1 - b2**t)).sqrt() + u.p.delta
+    first = g * (rate * (1 - mu) / (1 - mu_product))
+    second = m * (rate * mu_next / (1 - mu_product * mu_next))
+    return (first + second) / denom
+
+
+RULES: dict[str, Rule] = {"SGD": _sgd, "Nesterov": _nesterov, "AdaGrad": _adagrad, "RMSProp": _rmsprop,
+                          "AdaDelta": _adadelta, "Adam": _adam, "AdamW": _adamw, "Adamax": _adamax,
+                          "NAdam": _nadam}
+SLOTS = {"SGD": 1, "Nesterov": 1, "AdaGrad": 1, "RMSProp": 1, "AdaDelta": 2, "Adam": 2, "AdamW": 2,
+         "Adamax": 2, "NAdam": 3}

@@ -1,0 +1,274 @@
+"""`netspec train` end to end: the main job, snapshots and exact resumption (also after kill -9),
+signals, non-finite detection, early stopping, the overfit check, and bad data or settings."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from netspec.cli import main
+from netspec.errors import WeightsError
+from netspec.train import snapshot
+from netspec.train.solver import Solver
+from tests.conftest import MODELS
+
+SMALL = """
+name: small
+layer:
+  - {name: digits, type: Dataset, top: [data, label], transform_param: {scale: 0.0625},
+     dataset_param: {source: digits, batch_size: 32}}
+  - {name: fc1, type: InnerProduct, bottom: data, inner_product_param: {num_output: 32, weight_filler: xavier}}
+  - {name: relu, type: ReLU, bottom: fc1, top: fc1}
+  - {name: drop, type: Dropout, bottom: fc1, top: fc1, dropout_param: {dropout_ratio: 0.2}}
+  - {name: fc2, type: InnerProduct, inner_product_param: {num_output: 10, weight_filler: xavier}}
+  - {name: accuracy, type: Accuracy, bottom: [fc2, label], include: {phase: TEST}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [fc2, label]}
+solver: {type: SGD, base_lr: 0.1, momentum: 0.9, lr_policy: step, gamma: 0.5, stepsize: 40, max_iter: MAX,
+         test_interval: 50, snapshot: 20, display: 10, random_seed: 7}
+"""
+
+
+def small_spec(tmp_path: Path, max_iter: int = 120, extra: str = "", **replace: str) -> str:
+    text = SMALL.replace("MAX", str(max_iter)).replace("random_seed: 7}", f"random_seed: 7{extra}}}")
+    for old, new in replace.items():
+        text = text.replace(old.replace("_", " ") + ",", new + ",")
+    path = tmp_path / "small.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_main_job_trains_the_digits_cnn_past_97_percent(tmp_path: Path) -> None:
+    code, out = cli("train", str(MODELS / "digits_cnn.yaml"), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 0, out
+    accuracy = float(out.split("accuracy = ")[1].split(",")[0])
+    assert accuracy >= 0.97
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+    assert "snapshot: " in out and (tmp_path / "run" / "digits_cnn_iter_899.pt").is_file()
+    code, out = cli("test", str(MODELS / "digits_cnn.yaml"), "--weights", str(tmp_path / "run" / "digits_cnn_iter_899.pt"))
+    assert code == 0 and f"accuracy = {accuracy:.4f}"[:16] in f"accuracy = {float(out.split('accuracy = ')[1].split()[0]):.4f}"
+    code, out = cli("plot", str(tmp_path / "run" / "metrics.csv"), "-o", str(tmp_path / "curves.png"))
+    assert code == 0 and (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def final_weights(path: Path) -> dict[str, list[torch.Tensor]]:
+    return snapshot.load(path)["blobs"]
+
+
+def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path)
+    Solver(spec, out_dir=tmp_path / "full", quiet=True).solve()
+    half = Solver(spec, out_dir=tmp_path / "half", quiet=True)
+    half.max_iter = 60  # stop early, as an interruption would
+    half.solve()
+    Solver(spec, out_dir=tmp_path / "half", quiet=True).solve(resume=tmp_path / "half" / "small_iter_60.pt")
+    full, resumed = final_weights(tmp_path / "full" / "small_iter_120.pt"), final_weights(tmp_path / "half" / "small_iter_120.pt")
+    for layer in full:
+        for a, b in zip(full[layer], resumed[layer], strict=True):
+            assert torch.equal(a, b), layer
+
+
+def _train_process(spec: str, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "netspec", "train", spec, "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(out: Path, pattern: str, timeout: float = 60) -> list[Path]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = sorted(out.glob(pattern))
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern} in {out}")
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, max_iter=400)
+    Solver(spec, out_dir=tmp_path / "full", quiet=True).solve()
+    proc = _train_process(spec, tmp_path / "killed")
+    _wait_for(tmp_path / "killed", "small_iter_*.pt")
+    time.sleep(0.3)
+    proc.kill()
+    proc.communicate()
+    snaps = sorted((tmp_path / "killed").glob("small_iter_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    assert snaps and not list((tmp_path / "killed").glob(".*.tmp"))  # no half-written file left behind
+    last = snaps[-1]
+    snapshot.load(last)  # every snapshot on disk is whole
+    code, out = cli("train", spec, "--resume", str(last), "--quiet")
+    assert code == 0, out
+    full, resumed = final_weights(tmp_path / "full" / "small_iter_400.pt"), final_weights(tmp_path / "killed" / "small_iter_400.pt")
+    for layer in full:
+        for a, b in zip(full[layer], resumed[layer], strict=True):
+            assert torch.equal(a, b), layer
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_sighup_snapshots_and_goes_on_and_sigint_snapshots_and_stops(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, max_iter=100000)
+    Path(spec).write_text(Path(spec).read_text().replace("snapshot: 20,", "snapshot: 0,"))
+    proc = _train_process(spec, tmp_path / "run")
+    _wait_for(tmp_path / "run", "metrics.csv")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGHUP)
+    first = _wait_for(tmp_path / "run", "small_iter_*.pt")
+    assert proc.poll() is None  # still training
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert b"stopped at iteration" in stdout
+    assert len(list((tmp_path / "run").glob("small_iter_*.pt"))) >= len(first) + 1
+
+
+def test_corrupt_and_mismatched_snapshots_are_refused(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, max_iter=20)
+    Solver(spec, out_dir=tmp_path / "a", quiet=True).solve()
+    good = tmp_path / "a" / "small_iter_20.pt"
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(good.read_bytes()[:1000])
+    code, out = cli("train", spec, "--resume", str(broken))
+    assert code == 1 and out.startswith(f"error: '{broken}' is not a readable netspec snapshot")
+    other = tmp_path / "other.yaml"
+    other.write_text(Path(spec).read_text().replace("num_output: 32", "num_output: 16"))
+    code, out = cli("train", str(other), "--resume", str(good))
+    assert code == 1
+    assert "does not match the net (shapes differ: fc1:0: (32, 64) in the snapshot, (16, 64) in the net" in out
+    pickle = tmp_path / "evil.pt"
+    torch.save({"format": "netspec-snapshot", "x": argparse.Namespace(code="would run on load")}, pickle)
+    with pytest.raises(WeightsError, match="is not a readable netspec snapshot"):
+        snapshot.load(pickle)
+
+
+def test_an_interrupted_write_leaves_the_old_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "s.pt"
+    snapshot.save_atomic({"format": snapshot.FORMAT, "version": 1, "n": torch.ones(3)}, target)
+
+    def crash(obj: object, f: object) -> None:
+        f.write(b"partial")  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        snapshot.save_atomic({"format": snapshot.FORMAT, "version": 1, "n": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.equal(snapshot.load(target)["n"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]
+
+
+def test_divergence_stops_with_the_layer_that_went_non_finite(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, max_iter=200)
+    Path(spec).write_text(Path(spec).read_text().replace("base_lr: 0.1", "base_lr: 1e30"))
+    code, out = cli("train", spec, "--out", str(tmp_path / "run"))
+    assert code == 1
+    assert "layer '" in out and "became NaN or infinite; training stopped before updating the weights" in out
+    assert "Traceback" not in out
+    assert (tmp_path / "run" / "small_diverged.pt").is_file()
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, max_iter=3000, extra=", early_stopping: {metric: loss, patience: 2, min_delta: 10}")
+    Path(spec).write_text(Path(spec).read_text().replace("test_interval: 50,", "test_interval: 10,"))
+    solver = Solver(spec, out_dir=tmp_path / "run", quiet=True)
+    summary = solver.solve()
+    assert summary["stopped"] == "early stopping"
+    assert solver.iter == 20  # the first test sets the best; two more without a 10-point gain stop it
+    assert (tmp_path / "run" / "small_best.pt").is_file()
+
+
+def test_overfit_check(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, max_iter=150)
+    code, out = cli("train", spec, "--overfit", "20", "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 0, out
+    assert "overfit check: 100.0% training accuracy on 20 examples - the net can fit them" in out
+    code, out = cli("train", spec, "--overfit", "200", "--set", "solver.max_iter=1", "--out", str(tmp_path / "p"),
+                    "--quiet")
+    assert code == 1 and "usually has a bug" in out
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"data": np.zeros((10, 64), np.float32), "label": np.full(10, 12.0)},
+     "label 12 in 'label' is out of range: layer 'loss' (SoftmaxWithLoss) has 10 classes (labels 0 to 9)"),
+    ({"data": np.zeros((10, 64), np.float32), "label": np.full(10, 1.5)},
+     "label 1.5 in 'label' is not a whole number, but layer 'loss' (SoftmaxWithLoss) takes class indices"),
+])
+def test_bad_labels(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
+    np.savez(tmp_path / "set.npz", **arrays)
+    spec = small_spec(tmp_path)
+    Path(spec).write_text(Path(spec).read_text().replace("source: digits", f"source: {tmp_path / 'set.npz'}"))
+    code, out = cli("train", spec, "--out", str(tmp_path / "run"))
+    assert code == 1 and message in out and "Traceback" not in out
+
+
+def test_data_that_does_not_fit_the_net(tmp_path: Path) -> None:
+    np.savez(tmp_path / "set.npz", data=np.zeros((10, 50), np.float32), label=np.zeros(10))
+    spec = small_spec(tmp_path)
+    Path(spec).write_text(Path(spec).read_text().replace("source: digits", f"source: {tmp_path / 'set.npz'}")
+                          .replace("batch_size: 32", "batch_size: 4, record_shape: [1, 8, 8]"))
+    code, out = cli("train", spec, "--out", str(tmp_path / "run"))
+    assert code == 1 and "record_shape (1, 8, 8) does not hold the 50 values of a record (50,)" in out
+
+
+def test_missing_data_file_and_nonnumeric_csv(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path)
+    Path(spec).write_text(Path(spec).read_text().replace("source: digits", "source: nowhere.csv"))
+    code, out = cli("train", spec, "--out", str(tmp_path / "run"))
+    assert code == 1 and "dataset_param.source 'nowhere.csv' does not exist" in out
+    (tmp_path / "bad.csv").write_text("1,2,3\n4,five,6\n")
+    Path(spec).write_text(Path(spec).read_text().replace("nowhere.csv", str(tmp_path / "bad.csv")))
+    code, out = cli("train", spec, "--out", str(tmp_path / "run2"))
+    assert code == 1 and f"{tmp_path / 'bad.csv'}:2: 'five' is not a number" in out
+
+
+def test_xor_learns_xor_from_random_weights(tmp_path: Path) -> None:
+    code, out = cli("train", str(MODELS / "xor_train.yaml"), "--out", str(tmp_path / "xor"), "--quiet")
+    assert code == 0, out
+    assert "accuracy = 1.0000" in out
+
+
+@pytest.mark.parametrize("name", ["mlp_text.yaml", "keras_cnn.yaml", "resnet_small.yaml", "inception_small.yaml",
+                                  "logistic_regression.yaml", "linear_regression.yaml"])
+def test_ready_models_train_on_their_data(tmp_path: Path, name: str) -> None:
+    code, out = cli("train", str(MODELS / name), "--set", "solver.max_epoch=1", "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 0, out
+    assert "test: " in out and "loss = " in out
+
+
+def test_time_reports_every_layer(tmp_path: Path) -> None:
+    code, out = cli("time", str(MODELS / "lenet.prototxt"), "--iterations", "2")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].split() == ["layer", "type", "forward", "ms", "backward", "ms"]
+    assert any(line.startswith("conv1 ") for line in lines) and lines[-1].startswith("total")
+
+
+def test_train_a_net_with_only_input_layers_explains(tmp_path: Path) -> None:
+    spec = tmp_path / "s.prototxt"
+    spec.write_text('base_lr: 0.1 max_iter: 3\nnet: "' + str(MODELS / "lenet.prototxt") + '"\n')
+    code, out = cli("train", str(spec), "--out", str(tmp_path / "r"))
+    assert code == 1 and "come from Input (or MemoryData) layers, so their values must be given" in out
+
+
+def test_out_dir_is_never_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from netspec.train.commands import default_out_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert default_out_dir("models/x.yaml") == Path("runs/x")
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "metrics.csv").write_text("")
+    assert default_out_dir("models/x.yaml") == Path("runs/x-2")
+
+
