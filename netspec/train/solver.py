@@ -268,10 +268,7 @@ class Solver:
         return loss_value
 
     def _finite(self, loss: float) -> bool:
-        if not math.isfinite(loss):
-            return False
-        grads = [b.tensor.grad.sum() for b in self.updater.blobs if b.tensor.grad is not None]
-        return not grads or bool(torch.isfinite(torch.stack(grads)).all())
+        return math.isfinite(loss) and self.updater.gradients_finite()
 
     def _diverged(self, loss: float, batch: dict[str, torch.Tensor]) -> None:
         """Stops with the first layer whose output (or, failing that, gradient) is not finite."""
