@@ -14,9 +14,19 @@ from netspec.net import Net, load
 
 if TYPE_CHECKING:
     from netspec.lower.module import NetModule
+    from netspec.train.solver import Solver
 
 __version__ = "0.1.0"
-__all__ = ["Net", "NetspecError", "__version__", "compile", "load"]
+__all__ = ["Net", "NetspecError", "Solver", "__version__", "compile", "load"]
+
+
+def __getattr__(name: str) -> object:
+    # Solver needs torch; importing it only when asked keeps `import netspec` (and checking) torch-free.
+    if name == "Solver":
+        from netspec.train.solver import Solver
+
+        return Solver
+    raise AttributeError(f"module 'netspec' has no attribute '{name}'")
 
 
 def compile(net_or_path: Net | str, phase: str | None = None) -> NetModule:

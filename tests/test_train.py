@@ -4,6 +4,7 @@ signals, non-finite detection, early stopping, the overfit check, and bad data o
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import subprocess
 import sys
@@ -105,11 +106,12 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
     proc.kill()
     proc.communicate()
     snaps = sorted((tmp_path / "killed").glob("small_iter_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    assert snaps and not list((tmp_path / "killed").glob(".*.tmp"))  # no half-written file left behind
+    for snap in snaps:
+        snapshot.load(snap)  # every snapshot on disk is whole, whenever the kill came
     last = snaps[-1]
-    snapshot.load(last)  # every snapshot on disk is whole
     code, out = cli("train", spec, "--resume", str(last), "--quiet")
     assert code == 0, out
+    assert not list((tmp_path / "killed").glob(".*.tmp"))  # a temporary file a kill left behind is cleared
     full, resumed = final_weights(tmp_path / "full" / "small_iter_400.pt"), final_weights(tmp_path / "killed" / "small_iter_400.pt")
     for layer in full:
         for a, b in zip(full[layer], resumed[layer], strict=True):
@@ -272,3 +274,60 @@ def test_out_dir_is_never_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert default_out_dir("models/x.yaml") == Path("runs/x-2")
 
 
+
+
+def test_python_api(tmp_path: Path) -> None:
+    import netspec
+
+    solver = netspec.Solver(small_spec(tmp_path, max_iter=30), quiet=True)
+    assert solver.iter == 0 and solver.lr == pytest.approx(0.1)
+    loss = solver.step()
+    assert solver.iter == 1 and math.isfinite(loss)
+    assert set(solver.net.caffe_params()) == {"fc1", "fc2"}
+    results = solver.test()
+    assert set(results[0]) == {"accuracy", "loss"}
+    summary = solver.solve()
+    assert summary["iterations"] == 30 and summary["snapshot"] is None  # no out_dir: nothing written
+
+
+def test_weights_initialise_by_layer_name(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, max_iter=20)
+    Solver(spec, out_dir=tmp_path / "a", quiet=True).solve()
+    trained = tmp_path / "a" / "small_iter_20.pt"
+    code, out = cli("train", spec, "--weights", str(trained), "--set", "solver.max_iter=1", "--out", str(tmp_path / "b"))
+    assert code == 0 and "weights: 2 layer(s) loaded" in out
+    more = ("--set", "fc2.inner_product_param.num_output=11")  # another output layer: fc1 still fits
+    code, out = cli("train", spec, "--weights", str(trained), *more, "--out", str(tmp_path / "c"))
+    assert code == 1 and "shape mismatch: fc2 blob 0: (10, 32) in the file, (11, 32) in the net" in out
+    code, out = cli("train", spec, "--weights", str(trained), "--allow-missing", *more, "--set", "solver.max_iter=1",
+                    "--out", str(tmp_path / "d"))
+    assert code == 0 and "weights: 1 layer(s) loaded; shape mismatch: fc2 blob 0" in out
+
+
+def test_large_sources_stream_through_a_dataloader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmdb
+
+    from netspec._proto import netspec_pb2 as pb
+    from netspec.net import load
+    from netspec.train.feeder import Feeder
+
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(10):
+            datum = pb.Datum(channels=1, height=4, width=4, data=bytes([i] * 16), label=i % 3)
+            txn.put(f"{i:04d}".encode(), datum.SerializeToString())
+    env.close()
+    spec = tmp_path / "net.prototxt"
+    spec.write_text(f'layer {{ name: "d" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }} '
+                    f'data_param {{ source: "{tmp_path / "db"}" batch_size: 4 backend: LMDB }} }}\n')
+    net = load(str(spec), "TRAIN")
+    streamed = Feeder(net, torch.device("cpu"), seed=0, limit=1)  # 1 byte: nothing fits in memory
+    held = Feeder(net, torch.device("cpu"), seed=0)
+    assert streamed.sources[0].arrays is None and held.sources[0].arrays is not None
+    for _ in range(4):  # wraps around the 10 records
+        a, b = streamed.next(), held.next()
+        assert torch.equal(a["data"], b["data"]) and torch.equal(a["label"], b["label"])
+    state = streamed.state()
+    after = streamed.next()
+    streamed.load_state(state)
+    assert torch.equal(streamed.next()["data"], after["data"])

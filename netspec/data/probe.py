@@ -8,7 +8,9 @@ from the spec file's folder.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from netspec.errors import DataError
 
@@ -20,9 +22,10 @@ def resolve(path: str, base_dir: str, what: str) -> Path:
     for candidate in (Path(path), Path(base_dir) / path):
         if candidate.exists():
             return candidate
-    raise DataError(f"{what} '{path}' does not exist", field="source",
-                    hint="paths are read from the working directory, then from the spec's folder; to check the net "
-                    "without its data, give its top shapes: netspec check --shape BLOB=N,C,H,W")
+    hint = "paths are read from the working directory, then from the spec's folder"
+    if what.endswith("source"):
+        hint += "; to check the net without its data, give its top shapes: netspec check --shape BLOB=N,C,H,W"
+    raise DataError(f"{what} '{path}' does not exist", field="source", hint=hint)
 
 
 def read_list(path: Path, what: str) -> list[str]:
@@ -91,17 +94,28 @@ def leveldb_first_record(path: Path) -> bytes:
     raise DataError(f"LevelDB '{path}' has no records", field="source")
 
 
-def lmdb_first_record(path: Path) -> bytes:
-    """The value of the first record of an LMDB database."""
+_LMDB: dict[tuple[str, int], object] = {}
+
+
+def lmdb_env(path: Path) -> Any:
+    """A read-only LMDB environment, opened once per process (py-lmdb refuses to open one twice, and an
+    environment must not cross a fork, so the cache is keyed by process)."""
     try:
         import lmdb
     except ImportError:
         raise DataError("reading LMDB sources needs the lmdb package: pip install lmdb") from None
-    try:
-        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=path.is_dir())
-    except lmdb.Error as e:
-        raise DataError(f"cannot open LMDB '{path}': {e}", field="source") from None
-    with env, env.begin() as txn:
+    key = (str(path.resolve()), os.getpid())
+    if key not in _LMDB:
+        try:
+            _LMDB[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=path.is_dir())
+        except lmdb.Error as e:
+            raise DataError(f"cannot open LMDB '{path}': {e}", field="source") from None
+    return _LMDB[key]
+
+
+def lmdb_first_record(path: Path) -> bytes:
+    """The value of the first record of an LMDB database."""
+    with lmdb_env(path).begin() as txn:
         cursor = txn.cursor()
         if not cursor.first():
             raise DataError(f"LMDB '{path}' has no records", field="source")

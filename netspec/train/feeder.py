@@ -126,10 +126,7 @@ class DatumRecords(Records):
         if not self.lmdb:
             return self.values[i]
         if self._txn is None:
-            import lmdb
-
-            env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, subdir=self.path.is_dir())
-            self._txn = env.begin()
+            self._txn = probe.lmdb_env(self.path).begin()
         return bytes(self._txn.get(self.keys[i]))
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
@@ -149,10 +146,7 @@ class DatumRecords(Records):
 
 
 def _lmdb_items(path: Path, values: bool) -> Iterator[tuple[bytes, bytes | None]]:
-    import lmdb
-
-    with lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=path.is_dir()) as env, \
-            env.begin() as txn:
+    with probe.lmdb_env(path).begin() as txn:
         for key, value in txn.cursor():
             yield bytes(key), bytes(value) if values else None
 
@@ -306,6 +300,9 @@ class Source:
 
     def next(self, count: int | None = None) -> dict[str, torch.Tensor]:
         """The next batch (of `count` records instead of batch_size when given)."""
+        streaming = self.arrays is None and count in (None, self.batch)
+        if streaming and self._stream is None:
+            self._stream = self._open_stream()  # from the position before this batch
         idx = self._indices(count)
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.batches + 1)
         self.batches += 1
@@ -314,22 +311,23 @@ class Source:
         elif count is not None and count != self.batch:
             picked = _stack([self.records.read(int(i)) for i in idx], self.tops, self.device)  # type: ignore[union-attr]
         else:
-            picked = self._read(idx)
+            picked = self._read()
         out = {}
         for i, top in enumerate(self.tops):
             if top in picked:
                 out[top] = self.transform.apply(picked[top], gen) if i == 0 else picked[top].float()
         return out
 
-    def _read(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The next batch from the DataLoader, which reads ahead in the same order with its workers."""
-        if self._stream is None:
-            from torch.utils.data import DataLoader
+    def _open_stream(self) -> Iterator[list[object]]:
+        from torch.utils.data import DataLoader
 
-            loader = DataLoader(_RecordSet(self.records), batch_sampler=_Batches(self), pin_memory=False,
-                                num_workers=min(4, os.cpu_count() or 1), persistent_workers=False)
-            self._stream = iter(loader)
-        data, labels = next(self._stream)
+        loader = DataLoader(_RecordSet(self.records), batch_sampler=_Batches(self), pin_memory=False,
+                            num_workers=min(4, os.cpu_count() or 1), persistent_workers=False)
+        return iter(loader)
+
+    def _read(self) -> dict[str, torch.Tensor]:
+        """The next batch from the DataLoader, which reads ahead in the same order with its workers."""
+        data, labels = next(self._stream)  # type: ignore[arg-type]
         out = {self.tops[0]: data.to(self.device)}
         if len(self.tops) > 1:
             out[self.tops[1]] = labels.to(self.device).float()
@@ -388,7 +386,7 @@ class _RecordSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, float]:
         data, label = self.records.read(i)  # type: ignore[union-attr]
-        return np.ascontiguousarray(data), float(label) if label is not None else 0.0
+        return np.array(data), float(label) if label is not None else 0.0  # a writable copy
 
 
 

@@ -43,6 +43,12 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
         raise
 
 
+def remove_leftovers(folder: Path) -> None:
+    """Deletes temporary files a killed run left behind (the snapshots themselves are always whole)."""
+    for tmp in folder.glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """A snapshot's contents; WeightsError if the file is missing, corrupt or not a netspec snapshot."""
     path = Path(path)

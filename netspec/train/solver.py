@@ -96,6 +96,8 @@ class Solver:
         p = self.param
         self.seed = int(p.random_seed) if p.random_seed >= 0 else secrets.randbelow(2**31)
         torch.manual_seed(self.seed)
+        if device is None and p.HasField("solver_mode"):  # Caffe's own device settings, unless --device says
+            device = "cpu" if p.solver_mode == p.CPU else (f"cuda:{p.device_id}" if torch.cuda.is_available() else None)
         self.device = pick_device(device)
         self.amp = _amp_dtype(amp, self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -123,6 +125,10 @@ class Solver:
         self._requests: set[str] = set()
         self.early = self._early_stopping()
         self.last_test: list[dict[str, float]] = []
+        for path in p.weights:  # the solver's own `weights`, as Caffe's --weights
+            from netspec.lower.weights import apply_weights, read_weights
+
+            apply_weights(self.net.caffe_params(), read_weights(path), path)
 
     # ---- construction ---------------------------------------------------------------------------
 
@@ -452,6 +458,7 @@ class Solver:
         samples = self._batch_size() * p.iter_size  # loads the data first: its errors come before any file
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
+            snapshot.remove_leftovers(out)
         columns = [_column(i, name, len(self.test_defs)) for i, d in enumerate(self.test_defs) for name in d.outputs
                    if math.prod(d.shapes[name]) == 1]
         metrics = Metrics(out / "metrics.csv", columns, append=resume is not None) if out is not None else None

@@ -1,0 +1,41 @@
+"""The converters in tools/ read the formats users already have."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import ROOT
+
+
+def test_mnist_idx_to_npz(tmp_path: Path) -> None:
+    images = np.arange(3 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(3, 28, 28)
+    labels = np.array([7, 2, 1], np.uint8)
+    for prefix in ("train", "t10k"):
+        (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(
+            b"\0\0\x08\x03" + struct.pack(">3I", 3, 28, 28) + images.tobytes())
+        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01" + struct.pack(">I", 3) + labels.tobytes())
+    subprocess.run([sys.executable, str(ROOT / "tools" / "mnist_to_npz.py"), str(tmp_path), str(tmp_path / "out")],
+                   check=True, capture_output=True)
+    with np.load(tmp_path / "out" / "mnist_train.npz") as z:
+        assert z["data"].shape == (3, 1, 28, 28) and np.array_equal(z["data"][:, 0], images)
+        assert z["label"].tolist() == [7, 2, 1]
+
+
+def test_cifar10_binary_to_npz(tmp_path: Path) -> None:
+    record = np.zeros(1 + 3072, np.uint8)
+    record[0] = 4
+    record[1:1025] = 10  # red plane
+    record[2049:] = 30  # blue plane
+    for i in range(1, 6):
+        record.tofile(tmp_path / f"data_batch_{i}.bin")
+    record.tofile(tmp_path / "test_batch.bin")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "cifar10_to_npz.py"), str(tmp_path), str(tmp_path / "out")],
+                   check=True, capture_output=True)
+    with np.load(tmp_path / "out" / "cifar10_train.npz") as z:
+        assert z["data"].shape == (5, 3, 32, 32) and z["label"].tolist() == [4] * 5
+        assert z["data"][0, 0, 0, 0] == 30 and z["data"][0, 2, 0, 0] == 10  # BGR, as Caffe
