@@ -250,5 +250,24 @@ def plot(metrics: str, output: str) -> None:
     click.echo(f"wrote {output}")
 
 
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights to export (default: the fillers').")
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic', or a fixed batch size.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line, recorded in the model.")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-against-PyTorch comparison.")
+@user_errors
+def export(spec: str, weights: str | None, onnx_path: str, opset: int, batch: str, labels: str | None,
+           no_verify: bool) -> None:
+    """Export the deploy graph (TEST phase, without losses) to ONNX and verify it against PyTorch."""
+    from netspec.deploy.commands import export as run_export
+
+    report = run_export(spec, weights, onnx_path, opset, batch, labels, not no_verify)
+    for line in report.lines():
+        click.echo(line)
+
+
 if __name__ == "__main__":
     main()

@@ -165,8 +165,17 @@ def build_graph(name: str, layers: Sequence[SourcedLayer], state: NetState, smap
             raise node.error_context(e, smap) from None
         nodes.append(node)
     inputs = [t for n in nodes if n.definition.feeds for t in n.tops]
-    outputs = sorted(b for b, n in producers.items() if n is not None and b not in consumed_after)
-    return Graph(name, state, nodes, inputs, outputs, smap)
+    return Graph(name, state, nodes, inputs, final_blobs(nodes), smap)
+
+
+def final_blobs(nodes: Sequence[Node]) -> list[str]:
+    """Caffe's net outputs: the blobs whose last value no later layer reads (an in-place layer reads its
+    blob and writes it again), sorted by name."""
+    available: set[str] = set()
+    for node in nodes:
+        available.difference_update(node.bottoms)
+        available.update(node.tops)
+    return sorted(available)
 
 
 def _loss_weights(lp: pb.LayerParameter, d: LayerDef) -> tuple[float, ...]:

@@ -371,11 +371,21 @@ def _torch_pooled_size(size: int, k: int, s: int, pad: int, ceil: bool) -> int:
     return out
 
 
-def _native_pooling(hw: Sequence[int], g: PoolGeometry, out_hw: Sequence[int], ceil: bool) -> bool:
-    """Whether torch's own pooling pools exactly Caffe's windows (same sizes; torch also needs
-    pad <= kernel / 2)."""
-    return all(_torch_pooled_size(size, k, s, pd, ceil) == o and pd <= k // 2 for size, k, s, pd, o in
-               zip(hw, g.kernel, g.stride, g.pad, out_hw, strict=True))
+def _native_pooling(hw: Sequence[int], g: PoolGeometry, out_hw: Sequence[int], ceil: bool, method: int) -> bool:
+    """Whether torch's own pooling pools exactly Caffe's windows, and exports to ONNX pooling that does too.
+
+    It needs the same output size from torch (whose ceil mode drops a last window starting past the
+    input and its left padding, even without padding), from ONNX's formula (which drops none) and from
+    Caffe; torch also needs pad <= kernel / 2; and for AVE no window may overhang the padded input, where
+    the divisors of torch and ONNX Runtime differ. Otherwise pool2d pads explicitly."""
+    for size, k, s, pd, o in zip(hw, g.kernel, g.stride, g.pad, out_hw, strict=True):
+        span = size + 2 * pd - k
+        onnx_size = (-(-span // s) if ceil else span // s) + 1
+        if _torch_pooled_size(size, k, s, pd, ceil) != o or onnx_size != o or pd > k // 2:
+            return False
+        if method == pb.PoolingParameter.AVE and (o - 1) * s + k > size + 2 * pd:
+            return False
+    return True
 
 
 def _window_extent(size: int, k: int, s: int, pad: int, out: int) -> tuple[int, list[int]]:
@@ -397,7 +407,7 @@ def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int
 
     P = pb.PoolingParameter
     hw = (x.shape[2], x.shape[3])
-    native = _native_pooling(hw, g, out_hw, ceil)
+    native = _native_pooling(hw, g, out_hw, ceil, method)
     if method in (P.MAX, P.AVE) and not native:
         (right_h, div_h), (right_w, div_w) = (_window_extent(size, k, s, pd, o) for size, k, s, pd, o in
                                               zip(hw, g.kernel, g.stride, g.pad, out_hw, strict=True))

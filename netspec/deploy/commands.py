@@ -1,0 +1,78 @@
+"""What `netspec export` and `netspec predict` do, as library calls the command line wraps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from netspec.deploy.export import ExportReport, export_onnx
+from netspec.errors import DataError
+from netspec.lower.module import NetModule
+from netspec.lower.weights import apply_weights, read_weights
+from netspec.net import Net, build_net
+from netspec.spec.load import read_net
+
+
+def read_labels(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read labels file '{path}': {e}") from None
+    labels = [ln.strip() for ln in lines if ln.strip()]
+    if not labels:
+        raise DataError(f"labels file '{path}' is empty")
+    return labels
+
+
+def compiled(spec: str, weights: str | None) -> NetModule:
+    """The TEST net of a spec with the given weights (or its fillers' when none)."""
+    module = NetModule(build_net(read_net(spec), "TEST"))
+    if weights is not None:
+        apply_weights(module.caffe_params(), read_weights(weights), weights)
+    return module
+
+
+def spec_batch(net: Net, limit: int = 5) -> dict[str, torch.Tensor] | None:
+    """A few records of the spec's own TEST data, as the deploy graph takes them (before mean and scale,
+    centre-cropped), or None when the net has no readable data."""
+    from netspec.train.feeder import FEEDABLE, Feeder
+
+    if not any(i.node.type in FEEDABLE for i in net.layers):
+        return None
+    try:
+        feeder = Feeder(net, torch.device("cpu"), seed=0)
+    except DataError:
+        return None
+    out = {}
+    for source in feeder.sources:
+        if source.arrays is None:
+            return None
+        top = source.tops[0]
+        x = source.arrays[top][:limit].float()
+        k = source.transform.crop
+        if k and x.dim() == 4:
+            h, w = x.shape[2], x.shape[3]
+            x = x[:, :, (h - k) // 2:(h - k) // 2 + k, (w - k) // 2:(w - k) // 2 + k]
+        out[top] = x
+    return out
+
+
+def export(spec: str, weights: str | None, out: str, opset: int, batch: str, labels: str | None,
+           verify: bool) -> ExportReport:
+    module = compiled(spec, weights)
+    size: str | int = batch if batch == "dynamic" else _batch(batch)
+    return export_onnx(module, out, opset=opset, batch=size, labels=read_labels(labels) if labels else None,
+                       verify=verify, data=spec_batch(module.net) if verify else None)
+
+
+def _batch(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        from netspec.errors import ExportError
+
+        raise ExportError(f"--batch takes 'dynamic' or a positive number, got '{text}'")
+    return value

@@ -1,0 +1,97 @@
+"""The deploy graph: the TEST net without what only training needs.
+
+Losses, Accuracy, Silence and HDF5Output are dropped, and so is every data-layer top that nothing left
+reads (the labels). The data layers' tops become the graph's inputs, named after their blobs. What a
+data layer does to every record the same way, mean subtraction and scaling, moves into the graph, so the
+deployed model takes records as the source stores them (cropped to the net's input size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from netspec.errors import ExportError
+from netspec.graph import final_blobs
+from netspec.layers.base import Shape
+from netspec.lower.module import NetModule
+from netspec.net import Net
+
+TRAIN_ONLY = {"Accuracy", "Silence", "HDF5Output"}
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    """Which layers run, the inputs (with shapes and the axis that holds the batch) and outputs, and the
+    preprocessing moved into the graph."""
+
+    layers: tuple[str, ...]
+    inputs: dict[str, Shape]
+    outputs: tuple[str, ...]
+    preprocessing: dict[str, tuple[float, list[float] | None]]  # data top -> (scale, mean per channel)
+    channel_order: str
+    batch_axes: dict[str, int]
+
+
+def plan(net: Net) -> DeployPlan:
+    kept = [info for info in net.layers if not (info.node.definition.loss or info.node.type in TRAIN_ONLY
+                                                or info.node.definition.feeds)]
+    consumed = {b for info in kept for b in info.node.bottoms}
+    fed = [(info, top) for info in net.layers if info.node.definition.feeds for top in info.node.tops]
+    inputs = {top: net.shapes[top] for _, top in fed if top in consumed}
+    outputs = tuple(final_blobs([info.node for info in kept]))
+    if not outputs:
+        raise ExportError("the net has nothing left to compute once its losses and accuracy are dropped",
+                          hint="a deploy net needs layers whose outputs are not losses (e.g. a Softmax 'prob')")
+    preprocessing, order = {}, "RGB"
+    for info, top in fed:
+        node = info.node
+        if node.type in ("Data", "ImageData", "WindowData"):
+            order = "BGR"  # Caffe's data layers hold images as BGR
+        if top != node.tops[0] or top not in inputs:
+            continue
+        tp = node.lp.transform_param
+        if tp.mean_file:
+            raise ExportError(f"data layer '{node.name}' subtracts a mean file, which netspec does not move into "
+                              "the exported graph", hint="give mean_value (one per channel) instead, or "
+                              "subtract the mean before feeding the model")
+        if tp.scale != 1 or tp.mean_value:
+            preprocessing[top] = (float(tp.scale), [float(v) for v in tp.mean_value] or None)
+    # recurrent layers take (T, N, ...): their inputs' batch axis is 1, the time axis stays fixed
+    recurrent = {b for info in kept if info.node.type in ("RNN", "LSTM", "LSTMUnit") for b in info.node.bottoms}
+    axes = {name: 1 if name in recurrent and len(shape) > 1 else 0 for name, shape in inputs.items()}
+    return DeployPlan(tuple(i.node.name for i in kept), inputs, outputs, preprocessing, order, axes)
+
+
+class DeployModule(nn.Module):
+    """A compiled net as a deploy graph: positional inputs (in DeployPlan order), a tuple of outputs."""
+
+    def __init__(self, module: NetModule, deploy: DeployPlan) -> None:
+        super().__init__()
+        self.net = module
+        self.plan = deploy
+        self.input_names = list(deploy.inputs)
+        self.output_names = list(deploy.outputs)
+        self._steps = [s for s in module._steps if s.name in set(deploy.layers)]
+        for name, (_, mean) in deploy.preprocessing.items():
+            if mean is not None:
+                shape = deploy.inputs[name]
+                view = (1, -1) + (1,) * (len(shape) - 2) if len(shape) > 2 else (1, -1) if len(mean) > 1 else (1,)
+                self.register_buffer(f"mean_{len(self._buffers)}", torch.tensor(mean).reshape(view))
+        self._means = dict(zip([n for n, (_, m) in deploy.preprocessing.items() if m is not None],
+                               self._buffers.keys(), strict=True))
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env = dict(zip(self.input_names, inputs, strict=True))
+        for name, (scale, _) in self.plan.preprocessing.items():
+            x = env[name]
+            if name in self._means:
+                x = x - self._buffers[self._means[name]]
+            env[name] = x * scale if scale != 1 else x
+        for step in self._steps:
+            params = [self.net._tensor(ref) for ref in step.params]
+            ys = step.forward(params, [env[b] for b in step.bottoms])
+            env.update(zip(step.tops, ys, strict=True))
+        return tuple(env[name] for name in self.output_names)
