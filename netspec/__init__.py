@@ -13,19 +13,25 @@ from netspec.errors import NetspecError
 from netspec.net import Net, load
 
 if TYPE_CHECKING:
+    from netspec.deploy.export import export_onnx
     from netspec.lower.module import NetModule
     from netspec.train.solver import Solver
 
 __version__ = "0.1.0"
-__all__ = ["Net", "NetspecError", "Solver", "__version__", "compile", "load"]
+__all__ = ["Net", "NetspecError", "Solver", "__version__", "compile", "export_onnx", "load"]
 
 
 def __getattr__(name: str) -> object:
-    # Solver needs torch; importing it only when asked keeps `import netspec` (and checking) torch-free.
+    # Solver and export_onnx need torch; importing them only when asked keeps `import netspec` (and
+    # checking) torch-free.
     if name == "Solver":
         from netspec.train.solver import Solver
 
         return Solver
+    if name == "export_onnx":
+        from netspec.deploy.export import export_onnx
+
+        return export_onnx
     raise AttributeError(f"module 'netspec' has no attribute '{name}'")
 
 

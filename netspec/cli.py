@@ -269,5 +269,45 @@ def export(spec: str, weights: str | None, onnx_path: str, opset: int, batch: st
         click.echo(line)
 
 
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--threads", type=int, help="onnxruntime threads per inference (default: cores / workers).")
+@click.option("--workers", type=int, help="Inferences run at once (default: the physical cores, at least 2).")
+@click.option("--name", help="The model's name in the URLs (default: the file name without .onnx).")
+@click.option("--max-body-mb", type=int, default=64, show_default=True, help="The largest request accepted.")
+@user_errors
+def serve(model: str, host: str, port: int, threads: int | None, workers: int | None, name: str | None,
+          max_body_mb: int) -> None:
+    """Serve an ONNX model over HTTP with the Open Inference Protocol (KServe V2)."""
+    from netspec.deploy.serve import serve as run_server
+
+    def started(bound_host: str, bound_port: int) -> None:
+        model_name = name or Path(model).stem
+        click.echo(f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port} "
+                   f"(POST /v2/models/{model_name}/infer; GET /metrics); Ctrl-C or SIGTERM stops", err=True)
+
+    run_server(model, host, port, threads, name, workers, max_body_mb, started)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for a spec (not for .onnx models).")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="A .npy array, an image or a .csv row.")
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line.")
+@user_errors
+def predict(model: str, weights: str | None, input_path: str, top_k: int, labels: str | None) -> None:
+    """Run one input through a spec or an ONNX model and print the top classes."""
+    from netspec.deploy.commands import predict as run_predict
+
+    output, rows = run_predict(model, weights, input_path, top_k, labels)
+    click.echo(f"{output}:")
+    for rank, (index, label, score) in enumerate(rows, 1):
+        click.echo(f"  {rank}. {label:<20} {score:.4f}" + (f"  (class {index})" if label != str(index) else ""))
+
+
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ import torch
 
 import netspec
 from netspec.errors import ShapeError
+from netspec.lower.module import NetModule
 from tests.conftest import CAFFE
 
 CASES = sorted(glob.glob(str(CAFFE / "layers" / "*.prototxt")) + glob.glob(str(CAFFE / "nets" / "*.prototxt")))
@@ -27,7 +28,8 @@ INVALID = {"scale_two_bottoms"}  # see test_invalid_case_is_refused
 SUMMATION_ORDER = {("lenet_like", "conv2"), ("lenet_like", "pool2"), ("lenet_like", "ip1"), ("cifar_like", "conv2")}
 
 
-def _run(path: str) -> tuple[dict, netspec.Net, dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+def load_case(path: str) -> tuple[dict[str, np.ndarray], netspec.Net, NetModule]:
+    """A reference case's arrays, and its net compiled with the reference's parameter values."""
     ref = dict(np.load(path[: -len(".prototxt")] + ".npz"))
     net = netspec.load(path)
     module = netspec.compile(net)
@@ -37,6 +39,12 @@ def _run(path: str) -> tuple[dict, netspec.Net, dict[str, torch.Tensor], dict[st
             if key.startswith("param:"):
                 _, layer, i = key.split(":")
                 params[layer][int(i)].copy_(torch.from_numpy(value))
+    return ref, net, module
+
+
+def _run(path: str) -> tuple[dict, netspec.Net, dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    ref, net, module = load_case(path)
+    params = module.caffe_params()
     inputs = {k[6:]: torch.from_numpy(v).clone().requires_grad_(True) for k, v in ref.items()
               if k.startswith("input:")}
     return ref, net, inputs, module.blobs(**inputs), params

@@ -76,3 +76,36 @@ def _batch(text: str) -> int:
 
         raise ExportError(f"--batch takes 'dynamic' or a positive number, got '{text}'")
     return value
+
+
+def predict(model: str, weights: str | None, input_path: str, k: int, labels: str | None
+            ) -> tuple[str, list[tuple[int, str, float]]]:
+    """The top k classes for one input, from an ONNX model (onnxruntime) or a spec (PyTorch)."""
+    from netspec.deploy.predict import read_input, top_k
+
+    names = read_labels(labels) if labels else None
+    if k <= 0:
+        raise DataError("--top-k must be positive")
+    if model.endswith(".onnx"):
+        from netspec.deploy.runtime import Runtime
+
+        if weights is not None:
+            raise DataError("an ONNX model holds its own weights; --weights is for specs")
+        runtime = Runtime(model)
+        if len(runtime.inputs) != 1:
+            raise DataError(f"the model takes {len(runtime.inputs)} inputs; predict feeds one")
+        x = read_input(input_path, runtime.inputs[0].shape, runtime.channel_order)
+        output = next((o for o in runtime.outputs if o.name == "prob"), runtime.outputs[0])
+        scores = runtime.run({runtime.inputs[0].name: x}, [output.name])[0]
+        return output.name, top_k(scores, k, names or runtime.labels)
+    from netspec.deploy.export import deploy_module
+
+    deploy = deploy_module(compiled(model, weights))
+    if len(deploy.input_names) != 1:
+        raise DataError(f"the net takes {len(deploy.input_names)} inputs; predict feeds one")
+    name = deploy.input_names[0]
+    x = read_input(input_path, (-1, *deploy.plan.inputs[name][1:]), deploy.plan.channel_order)
+    with torch.no_grad():
+        outputs = deploy(torch.from_numpy(x))
+    index = deploy.output_names.index("prob") if "prob" in deploy.output_names else 0
+    return deploy.output_names[index], top_k(outputs[index].numpy(), k, names)

@@ -157,7 +157,7 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
             program.save(str(path), external_data=external)
     except NetspecError:
         raise
-    except Exception as e:  # noqa: BLE001 (the exporter raises many kinds; the user needs its summary)
+    except Exception as e:  # the exporter raises many kinds; the user needs its summary
         raise ExportError(f"the PyTorch exporter failed: {_summary(str(e))}",
                           hint="run with --debug for the exporter's full report") from None
     model = onnx.load(str(path), load_external_data=True)
@@ -171,8 +171,8 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
             path.replace(failed)
             worst = max(report.comparisons, key=lambda c: c.max_abs)
             raise ExportError(f"the exported model does not compute what PyTorch does: on {worst.what} (batch "
-                              f"{worst.batch}) they differ by up to {worst.max_abs:.3g} (relative {worst.max_rel:.3g}); "
-                              f"the file was renamed to {failed}",
+                              f"{worst.batch}) they differ by up to {worst.max_abs:.3g} (relative "
+                              f"{worst.max_rel:.3g}); the file was renamed to {failed}",
                               hint="export with --no-verify to keep it anyway, or report the layers involved")
     return report
 

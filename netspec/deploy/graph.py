@@ -1,7 +1,9 @@
 """The deploy graph: the TEST net without what only training needs.
 
-Losses, Accuracy, Silence and HDF5Output are dropped, and so is every data-layer top that nothing left
-reads (the labels). The data layers' tops become the graph's inputs, named after their blobs. What a
+Losses, Accuracy, Silence and HDF5Output are dropped, and so is what only fed their targets: the labels,
+layers computing from labels (a Power scaling regression targets), and blobs a loss read only as its
+target (the flattened input of an autoencoder). The outputs are the blobs left that no layer reads; the
+layers they do not need go too. The data layers' tops become the graph's inputs, named after their blobs. What a
 data layer does to every record the same way, mean subtraction and scaling, moves into the graph, so the
 deployed model takes records as the source stores them (cropped to the net's input size).
 """
@@ -18,6 +20,7 @@ from netspec.graph import final_blobs
 from netspec.layers.base import Shape
 from netspec.lower.module import NetModule
 from netspec.net import Net
+from netspec.shapes import LayerInfo
 
 TRAIN_ONLY = {"Accuracy", "Silence", "HDF5Output"}
 
@@ -36,12 +39,17 @@ class DeployPlan:
 
 
 def plan(net: Net) -> DeployPlan:
-    kept = [info for info in net.layers if not (info.node.definition.loss or info.node.type in TRAIN_ONLY
-                                                or info.node.definition.feeds)]
+    dropped = [info for info in net.layers if info.node.definition.loss or info.node.type in TRAIN_ONLY]
+    origin = _origins(net)
+    labels = _label_blobs(dropped, origin)
+    kept = [info for info in net.layers if not (info in dropped or info.node.definition.feeds
+                                                or any(labels & origin[b] for b in info.node.bottoms))]
+    targets = {b for info in dropped for b in info.node.bottoms[1:]} - {info.node.bottoms[0] for info in dropped}
+    outputs = tuple(b for b in final_blobs([info.node for info in kept]) if b not in targets)
+    kept = _needed(kept, outputs)
     consumed = {b for info in kept for b in info.node.bottoms}
     fed = [(info, top) for info in net.layers if info.node.definition.feeds for top in info.node.tops]
     inputs = {top: net.shapes[top] for _, top in fed if top in consumed}
-    outputs = tuple(final_blobs([info.node for info in kept]))
     if not outputs:
         raise ExportError("the net has nothing left to compute once its losses and accuracy are dropped",
                           hint="a deploy net needs layers whose outputs are not losses (e.g. a Softmax 'prob')")
@@ -63,6 +71,38 @@ def plan(net: Net) -> DeployPlan:
     recurrent = {b for info in kept if info.node.type in ("RNN", "LSTM", "LSTMUnit") for b in info.node.bottoms}
     axes = {name: 1 if name in recurrent and len(shape) > 1 else 0 for name, shape in inputs.items()}
     return DeployPlan(tuple(i.node.name for i in kept), inputs, outputs, preprocessing, order, axes)
+
+
+def _needed(layers: list[LayerInfo], outputs: tuple[str, ...]) -> list[LayerInfo]:
+    """The layers the outputs are computed by (a Flatten of the input that only a loss's target read goes)."""
+    needed, out = set(outputs), []
+    for info in reversed(layers):
+        if needed & set(info.node.tops):
+            out.append(info)
+            needed |= set(info.node.bottoms)
+    return out[::-1]
+
+
+def _origins(net: Net) -> dict[str, set[str]]:
+    """For every blob, the data-layer tops it is computed from."""
+    origin: dict[str, set[str]] = {}
+    for info in net.layers:
+        node = info.node
+        found = set().union(*(origin.get(b, set()) for b in node.bottoms))
+        for top in node.tops:
+            origin[top] = {top} if node.definition.feeds else found
+    return origin
+
+
+def _label_blobs(dropped: list[LayerInfo], origin: dict[str, set[str]]) -> set[str]:
+    """Data tops that only the targets of losses and Accuracy come from (the labels): a loss compares its
+    first bottom, the prediction, with the rest, so what only the rest are computed from is a label, and
+    the layers computing from it (a Power scaling the targets) have no place in the deployed model."""
+    out: set[str] = set()
+    for info in dropped:
+        first, rest = info.node.bottoms[:1], info.node.bottoms[1:]
+        out |= set().union(*(origin[b] for b in rest)) - set().union(*(origin[b] for b in first))
+    return out
 
 
 class DeployModule(nn.Module):

@@ -1,0 +1,402 @@
+"""`netspec serve` through real HTTP clients: a stock tritonclient.http client, and raw requests over a
+socket. Bad requests of every kind get a 4xx JSON error naming what was wrong, and the server keeps
+serving; SIGTERM lets a request in flight finish."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import netspec
+from tests.conftest import MODELS
+
+LABELS = [f"digit {i}" for i in range(10)]
+
+
+class Served:
+    """A `netspec serve` process on a free port."""
+
+    def __init__(self, model: Path, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "netspec.cli", "serve", str(model), "--port", "0", *args],
+                                     stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        found = re.search(r"on http://127\.0\.0\.1:(\d+) ", line)
+        assert found, line
+        self.port = int(found.group(1))
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+                ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, doc: object = None) -> tuple[int, dict]:
+        status, _, body = self.request(method, path, None if doc is None else json.dumps(doc).encode())
+        return status, json.loads(body)
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("serve") / "digits.onnx"
+    netspec.export_onnx(netspec.compile(str(MODELS / "digits_cnn.yaml")), path, labels=LABELS, verify=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(model: Path) -> Iterator[Served]:
+    served = Served(model, "--max-body-mb", "1")
+    yield served
+    code, err = served.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def reference(model: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 16, (n, 1, 8, 8)).astype(np.float32)
+
+
+def _infer_doc(x: np.ndarray, **extra: object) -> dict:
+    return {"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+            **extra}
+
+
+# ---- the protocol ----------------------------------------------------------------------------------------
+
+
+def test_health_and_server_metadata(server: Served) -> None:
+    assert server.json("GET", "/v2/health/live") == (200, {"live": True})
+    assert server.json("GET", "/v2/health/ready") == (200, {"ready": True})
+    assert server.json("GET", "/v2") == (200, {"name": "netspec", "version": netspec.__version__,
+                                               "extensions": ["binary_tensor_data"]})
+
+
+def test_model_metadata(server: Served) -> None:
+    meta = {"name": "digits", "versions": ["1"], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "data", "datatype": "FP32", "shape": [-1, 1, 8, 8]}],
+            "outputs": [{"name": "prob", "datatype": "FP32", "shape": [-1, 10]}]}
+    assert server.json("GET", "/v2/models/digits") == (200, meta)
+    assert server.json("GET", "/v2/models/digits/versions/1") == (200, meta)
+    assert server.json("GET", "/v2/models/digits/ready") == (200, {"name": "digits", "ready": True})
+
+
+def test_json_inference_equals_onnxruntime(server: Served, reference: ort.InferenceSession) -> None:
+    x = _images(3)
+    status, doc = server.json("POST", "/v2/models/digits/infer", _infer_doc(x, id="req-7"))
+    assert status == 200
+    assert doc["model_name"] == "digits" and doc["model_version"] == "1" and doc["id"] == "req-7"
+    [out] = doc["outputs"]
+    assert out["name"] == "prob" and out["datatype"] == "FP32" and out["shape"] == [3, 10]
+    want = reference.run(["prob"], {"data": x})[0]
+    np.testing.assert_allclose(np.array(out["data"], dtype=np.float32).reshape(3, 10), want, rtol=1e-6, atol=1e-7)
+
+
+def test_nested_data_is_accepted(server: Served, reference: ort.InferenceSession) -> None:
+    x = _images(2, seed=1)
+    doc = {"inputs": [{"name": "data", "shape": [2, 1, 8, 8], "datatype": "FP32", "data": x.tolist()}]}
+    status, answer = server.json("POST", "/v2/models/digits/infer", doc)
+    assert status == 200
+    np.testing.assert_allclose(answer["outputs"][0]["data"], reference.run(None, {"data": x})[0].ravel(), rtol=1e-6)
+
+
+def test_binary_tensors_both_ways(server: Served, reference: ort.InferenceSession) -> None:
+    x = _images(4, seed=2)
+    header = json.dumps({"inputs": [{"name": "data", "shape": [4, 1, 8, 8], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "prob", "parameters": {"binary_data": True}}]}).encode()
+    status, headers, body = server.request("POST", "/v2/models/digits/infer", header + x.tobytes(), {
+        "Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+    assert status == 200
+    n = int(headers["inference-header-content-length"])
+    doc = json.loads(body[:n])
+    assert doc["outputs"] == [{"name": "prob", "datatype": "FP32", "shape": [4, 10],
+                               "parameters": {"binary_data_size": 160}}]
+    got = np.frombuffer(body[n:], dtype="<f4").reshape(4, 10)
+    np.testing.assert_allclose(got, reference.run(None, {"data": x})[0], rtol=1e-6)
+
+
+def test_tritonclient(server: Served, reference: ort.InferenceSession) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+        meta = client.get_model_metadata("digits")
+        assert meta["inputs"] == [{"name": "data", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+        x = _images(5, seed=3)
+        want = reference.run(None, {"data": x})[0]
+        for binary in (True, False):
+            value = triton.InferInput("data", list(x.shape), "FP32")
+            value.set_data_from_numpy(x, binary_data=binary)
+            result = client.infer("digits", [value], outputs=[triton.InferRequestedOutput("prob", binary_data=binary)])
+            np.testing.assert_allclose(result.as_numpy("prob"), want, rtol=1e-6)
+        with pytest.raises(triton.InferenceServerException, match="unknown model 'nope'"):
+            client.get_model_metadata("nope")
+    finally:
+        client.close()
+
+
+def test_metrics_count_requests_errors_and_latency(server: Served) -> None:
+    def value(text: str, name: str) -> float:
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    status, headers, body = server.request("GET", "/metrics")
+    before = body.decode()
+    for _ in range(3):
+        server.json("POST", "/v2/models/digits/infer", _infer_doc(_images(1)))
+    server.request("POST", "/v2/models/digits/infer", b"{")
+    status, headers, body = server.request("GET", "/metrics")
+    after = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    ok = 'netspec_requests_total{endpoint="infer",code="200"}'
+    assert value(after, ok) - value(before, ok) == 3
+    assert value(after, "netspec_request_errors_total") - value(before, "netspec_request_errors_total") == 1
+    count = 'netspec_inference_seconds_count{model="digits"}'
+    assert value(after, count) - value(before, count) == 3
+    assert value(after, 'netspec_inference_seconds_bucket{model="digits",le="+Inf"}') == value(after, count)
+    assert "# TYPE netspec_inference_seconds histogram" in after
+
+
+# ---- bad requests ----------------------------------------------------------------------------------------
+
+GOOD = {"name": "data", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
+BAD_REQUESTS = [
+    ("GET", "/v2/models/nope", None, {}, 404, "unknown model 'nope'; this server serves 'digits'"),
+    ("GET", "/v2/models/digits/versions/2", None, {}, 404, "unknown version of model 'digits'; it has version 1"),
+    ("GET", "/v3/health", None, {}, 404, "no endpoint '/v3/health'; this server speaks the Open Inference "
+                                        "Protocol under /v2"),
+    ("GET", "/v2/models/digits/infer", None, {}, 405, "/v2/models/digits/infer takes POST, not GET"),
+    ("POST", "/v2/health/live", b"", {}, 405, "/v2/health/live takes GET, not POST"),
+    ("POST", "/v2/models/digits/infer", b"{not json", {}, 400, "the request body is not valid JSON"),
+    ("POST", "/v2/models/digits/infer", b"[1, 2]", {}, 400, "the request must be a JSON object with an 'inputs' "
+                                                            "list"),
+    ("POST", "/v2/models/digits/infer", {"inputs": []}, {}, 400, "the request needs a non-empty 'inputs' list"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "name": "image"}]}, {}, 400,
+     "unknown input 'image'; the model takes: data"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [GOOD, GOOD]}, {}, 400, "input 'data' is given twice"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "shape": [1, 8, 8]}]}, {}, 400,
+     "input 'data' has shape [1, 8, 8]; the model takes [-1, 1, 8, 8] (-1: any size)"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "shape": [1, 1, 8, -8]}]}, {}, 400,
+     "input 'data' needs 'shape', a list of non-negative integers"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "datatype": "INT64"}]}, {}, 400,
+     "input 'data' has datatype INT64; the model takes FP32"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": [0.0] * 65}]}, {}, 400,
+     "input 'data' of shape [1, 1, 8, 8] needs 64 values; 'data' holds 65"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": ["a"] * 64}]}, {}, 400,
+     "input 'data': 'data' must hold FP32 numbers in nested or flat lists of one shape"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": None}]}, {}, 400,
+     "input 'data' needs 'data' (a list) or binary data"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [GOOD], "outputs": [{"name": "loss"}]}, {}, 400,
+     "unknown output 'loss'; the model has: prob"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": None, "parameters": {"binary_data_size": 256}}]},
+     {}, 400, "input 'data' claims 256 bytes of binary data, but only 0 remain"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": None, "parameters": {"binary_data_size": 8}}]},
+     {}, 400, "input 'data' of shape [1, 1, 8, 8] and FP32 needs 256 bytes; binary_data_size says 8"),
+    ("POST", "/v2/models/digits/infer", b"{}", {"Inference-Header-Content-Length": "99"}, 400,
+     "Inference-Header-Content-Length 99 is beyond the 2-byte body"),
+    ("POST", "/v2/models/digits/infer", b"x" * (2**20 + 1), {}, 413,
+     "the request body has 1048577 bytes; this server takes at most 1048576 (--max-body-mb)"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "headers", "status", "message"), BAD_REQUESTS,
+                         ids=[m for *_, m in BAD_REQUESTS])
+def test_bad_request_gets_its_reason(server: Served, method: str, path: str, body: object, headers: dict,
+                                     status: int, message: str) -> None:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    got, reply_headers, reply = server.request(method, path, data, headers)
+    assert (got, json.loads(reply)) == (status, {"error": message})
+    assert reply_headers["content-type"] == "application/json"
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(("data", "status", "message"), [
+    (b"hello\r\n\r\n", 400, "malformed request line"),
+    (b"GET /v2 SPDY/3\r\n\r\n", 400, "unsupported protocol 'SPDY/3'"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400, "Content-Length 'ten' is not a "
+                                                                                     "number"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411,
+     "chunked request bodies are not supported; send Content-Length"),
+    (b"GET /v2 HTTP/1.1\r\nno colon here\r\n\r\n", 400, "malformed header line 'no colon here'"),
+    (b"GET /v2 HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n", 431, "the request's headers are larger "
+                                                                          "than 64 KiB"),
+])
+def test_malformed_http_gets_its_reason(server: Served, data: bytes, status: int, message: str) -> None:
+    reply = _raw(server.port, data)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert json.loads(body) == {"error": message}
+
+
+def _malformed(rng: random.Random) -> bytes:
+    """A request the server must refuse: a broken line, header or body of one of many kinds."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return bytes(rng.randrange(1, 256) for _ in range(rng.randrange(1, 200))).replace(b"\r\n\r\n", b"") + \
+            b"\r\n\r\n"
+    if kind == 1:
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300)))
+    elif kind == 2:
+        doc = {**GOOD, "shape": [rng.randrange(0, 4) for _ in range(rng.randrange(0, 6))]}
+        body = json.dumps({"inputs": [doc]}).encode()
+    elif kind == 3:
+        doc = {**GOOD, rng.choice(["name", "datatype", "data", "shape"]): rng.choice([None, 3, "x", [], {}, [[1], 2]])}
+        body = json.dumps({"inputs": [doc]}).encode()
+    elif kind == 4:
+        text = json.dumps({"inputs": [GOOD]})
+        cut = rng.randrange(1, len(text) - 1)
+        body = text[:cut].encode()
+    else:
+        method = rng.choice(["GET", "PUT", "DELETE", "PATCH"])
+        return f"{method} /v2/models/digits/infer HTTP/1.1\r\nContent-Length: 0\r\n\r\n".encode()
+    return (f"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def test_a_thousand_malformed_requests_all_get_4xx_and_the_server_stays_up(server: Served) -> None:
+    rng = random.Random(1234)
+    statuses = []
+    for _ in range(1000):
+        reply = _raw(server.port, _malformed(rng))
+        found = re.match(rb"HTTP/1\.1 (\d{3}) ", reply)
+        assert found, reply[:200]
+        statuses.append(int(found.group(1)))
+        assert json.loads(reply.partition(b"\r\n\r\n")[2])["error"]
+    assert all(400 <= s < 500 for s in statuses), sorted(set(statuses))
+    assert server.json("GET", "/v2/health/ready") == (200, {"ready": True})
+    assert server.json("POST", "/v2/models/digits/infer", _infer_doc(_images(1)))[0] == 200
+
+
+def test_keep_alive_connection_serves_many_requests(server: Served) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for i in range(20):
+            conn.request("POST", "/v2/models/digits/infer", body=json.dumps(_infer_doc(_images(1, i), id=str(i))))
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["id"] == str(i)
+            assert response.getheader("Connection") == "keep-alive"
+    finally:
+        conn.close()
+
+
+def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort.InferenceSession) -> None:
+    errors: list[str] = []
+    done = [0]
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        end = time.monotonic() + 3
+        i = 0
+        while time.monotonic() < end:
+            x = _images(1 + i % 3, seed * 1000 + i)
+            conn.request("POST", "/v2/models/digits/infer", body=json.dumps(_infer_doc(x)))
+            response = conn.getresponse()
+            doc = json.loads(response.read())
+            got = np.array(doc["outputs"][0]["data"], dtype=np.float32).reshape(-1, 10)
+            if response.status != 200 or not np.allclose(got, reference.run(None, {"data": x})[0], rtol=1e-5):
+                with lock:
+                    errors.append(f"client {seed} request {i}: {response.status}")
+            i += 1
+        conn.close()
+        with lock:
+            done[0] += i
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and done[0] > 8
+
+
+# ---- lifecycle -------------------------------------------------------------------------------------------
+
+
+def test_sigterm_lets_the_request_in_flight_finish(model: Path) -> None:
+    served = Served(model, "--workers", "1")
+    x = _images(60000)  # a batch that takes onnxruntime a noticeable time
+    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    result: dict[str, object] = {}
+
+    def slow() -> None:
+        result["reply"] = served.request("POST", "/v2/models/digits/infer", header + x.tobytes(),
+                                         {"Inference-Header-Content-Length": str(len(header))})
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    deadline = time.monotonic() + 30
+    answering = False
+    while not answering and time.monotonic() < deadline:  # wait until the request is being answered
+        _, _, metrics = served.request("GET", "/metrics")
+        answering = re.search(rb"^netspec_requests_in_flight 2$", metrics, re.M) is not None  # it and this one
+    assert answering
+    code, err = served.stop()
+    thread.join(30)
+    status, headers, body = result["reply"]  # type: ignore[misc]
+    assert status == 200 and headers["connection"] == "close"
+    n = int(headers["inference-header-content-length"])
+    assert len(body) - n == 60000 * 10 * 4
+    assert code == 0 and "Traceback" not in err, err
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", served.port), timeout=5)
+
+
+def test_missing_model_and_busy_port_are_clear_errors(model: Path, server: Served, tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "netspec.cli", "serve", str(tmp_path / "none.onnx")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr == f"error: model file '{tmp_path / 'none.onnx'}' does not exist\n"
+    run = subprocess.run([sys.executable, "-m", "netspec.cli", "serve", str(model), "--port", str(server.port)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"error: cannot listen on 127.0.0.1:{server.port}: ")
+    assert run.stderr.endswith("address already in use\n  hint: pick another --port (0 takes a free one)\n")
+
+
+def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    run = subprocess.run([sys.executable, "-m", "netspec.cli", "serve", str(bad)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"error: onnxruntime cannot load '{bad}': ")
+    assert run.stderr.endswith("hint: export it with `netspec export SPEC --onnx FILE`\n")
