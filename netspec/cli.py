@@ -306,7 +306,7 @@ def predict(model: str, weights: str | None, input_path: str, top_k: int, labels
     output, rows = run_predict(model, weights, input_path, top_k, labels)
     click.echo(f"{output}:")
     for rank, (index, label, score) in enumerate(rows, 1):
-        click.echo(f"  {rank}. {label:<20} {score:.4f}" + (f"  (class {index})" if label != str(index) else ""))
+        click.echo(f"  {rank}. {label:<20} {score:<10.4g}" + (f"  (class {index})" if label != str(index) else ""))
 
 
 if __name__ == "__main__":

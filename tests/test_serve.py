@@ -389,7 +389,7 @@ def test_missing_model_and_busy_port_are_clear_errors(model: Path, server: Serve
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith(f"error: cannot listen on 127.0.0.1:{server.port}: ")
-    assert run.stderr.endswith("address already in use\n  hint: pick another --port (0 takes a free one)\n")
+    assert run.stderr.endswith("Address already in use\n  hint: pick another --port (0 takes a free one)\n")
 
 
 def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path: Path) -> None:

@@ -6,25 +6,27 @@ Endpoints: GET /v2/health/live, /v2/health/ready, /v2 (server metadata), /v2/mod
 `Inference-Header-Content-Length` bytes, then raw little-endian tensors; `binary_data_output` or an
 output's `binary_data` asks for binary outputs).
 
-One onnxruntime session serves every request; inference runs in a thread pool (onnxruntime releases the
-GIL) while one asyncio loop speaks HTTP/1.1 with keep-alive. Every bad request gets a 4xx JSON error that
-says what was wrong, and the server keeps serving. SIGTERM (or Ctrl-C) stops accepting connections,
-lets the requests in flight finish, and exits.
+One onnxruntime session serves every request. Each connection has a thread that reads a request, runs
+it and writes the answer with blocking calls: onnxruntime and socket I/O release the GIL, so connections
+run in parallel, and for small models this costs far less per request than an event loop handing work
+to a thread pool (measured in tools/bench/serve.py). At most --workers inferences run at once. Every bad
+request gets a 4xx JSON error that says what was wrong, and the server keeps serving. SIGTERM (or
+Ctrl-C) stops accepting connections, lets the requests in flight finish, and exits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,8 @@ def _dumps(obj: Any) -> bytes:
 
 
 HEADER_LIMIT = 64 * 1024
+IDLE_SECONDS = 60  # a keep-alive connection with no request for this long is closed
+MAX_CONNECTIONS = 1000
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            411: "Length Required", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
@@ -117,72 +121,83 @@ class Server:
 
     def __init__(self, runtime: Runtime, name: str, workers: int, max_body: int) -> None:
         self.runtime, self.name = runtime, name
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+        self.slots = threading.BoundedSemaphore(workers)
         self.max_body = max_body
         self.metrics = Metrics()
         self.ready = True
-        self.connections: set[asyncio.StreamWriter] = set()
-        self.busy: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.base_events.Server | None = None
-        self.stopping = asyncio.Event()
+        self.lock = threading.Lock()
+        self.connections: dict[socket.socket, bool] = {}  # open connection -> answering a request now
+        self.threads: set[threading.Thread] = set()
+        self.stopping = threading.Event()
 
     # ---- HTTP ----------------------------------------------------------------------------------------
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections.add(writer)
+    def handle(self, conn: socket.socket) -> None:
+        """Answers the requests of one connection until it closes, idles too long, or the server stops."""
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(IDLE_SECONDS)
+        reader = conn.makefile("rb", buffering=1 << 16)
         try:
             while not self.stopping.is_set():
                 try:
-                    request = await asyncio.wait_for(self._read(reader), timeout=60)
-                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                    return
+                    request = self._read(reader)
                 except RequestError as e:
-                    await self._send(writer, e.status, _error(e.message), keep_alive=False)
+                    self._send(conn, e.status, _error(e.message), keep_alive=False)
                     self.metrics.request("invalid", e.status)
-                    await _linger(reader)
+                    _linger(conn)
                     return
                 if request is None:
                     return
-                self.busy.add(writer)
-                self.metrics.in_flight += 1
+                self._busy(conn, True)
                 try:
-                    endpoint, status, body, headers = await self._route(request)
+                    endpoint, status, body, headers = self._route(request)
+                    self.metrics.request(endpoint, status)
+                    keep_alive = request.keep_alive and not self.stopping.is_set()
+                    self._send(conn, status, body, keep_alive, headers)
                 finally:
-                    self.metrics.in_flight -= 1
-                self.metrics.request(endpoint, status)
-                keep_alive = request.keep_alive and not self.stopping.is_set()
-                await self._send(writer, status, body, keep_alive, headers)
-                self.busy.discard(writer)
+                    self._busy(conn, False)
                 if not keep_alive:
                     return
-        except ConnectionError:
+        except OSError:  # the client went away or idled past the timeout
             pass
         finally:
-            self.busy.discard(writer)
-            self.connections.discard(writer)
-            with contextlib.suppress(Exception):
-                writer.close()
+            with self.lock:
+                self.connections.pop(conn, None)
+                self.threads.discard(threading.current_thread())
+            reader.close()
+            conn.close()
 
-    async def _read(self, reader: asyncio.StreamReader) -> Request | None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            raise RequestError(431, "the request's headers are larger than 64 KiB") from None
-        except asyncio.IncompleteReadError as e:
-            if not e.partial.strip():
+    def _busy(self, conn: socket.socket, busy: bool) -> None:
+        with self.lock:
+            self.connections[conn] = busy
+            self.metrics.in_flight += 1 if busy else -1
+
+    def _read(self, reader: Any) -> Request | None:
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = reader.readline(HEADER_LIMIT + 1)
+            if not line:
+                if lines:
+                    raise RequestError(400, "the request ended inside its headers")
                 return None  # the client closed an idle connection
-            raise RequestError(400, "the request ended inside its headers") from None
+            size += len(line)
+            if size > HEADER_LIMIT:
+                raise RequestError(431, "the request's headers are larger than 64 KiB")
+            if line in (b"\r\n", b"\n"):
+                if lines:
+                    break
+                continue  # blank lines before a request line are allowed
+            lines.append(line)
         try:
-            lines = head.decode("latin-1").split("\r\n")
-            method, path, version = lines[0].split(" ")
+            method, path, version = lines[0].decode("latin-1").strip().split(" ")
         except ValueError:
             raise RequestError(400, "malformed request line") from None
         if not version.startswith("HTTP/1."):
             raise RequestError(400, f"unsupported protocol '{version[:20]}'")
         headers = {}
-        for line in lines[1:]:
-            if not line:
-                continue
+        for raw in lines[1:]:
+            line = raw.decode("latin-1").rstrip("\r\n")
             key, sep, value = line.partition(":")
             if not sep:
                 raise RequestError(400, f"malformed header line '{line[:60]}'")
@@ -199,23 +214,25 @@ class Server:
         if length > self.max_body:
             raise RequestError(413, f"the request body has {length} bytes; this server takes at most "
                                f"{self.max_body} (--max-body-mb)")
-        body = await reader.readexactly(length) if length else b""
+        body = reader.read(length) if length else b""
+        if len(body) < length:
+            raise OSError("the client closed the connection inside a request body")
         connection = headers.get("connection", "").lower()
         keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
         return Request(method, path.split("?", 1)[0], headers, body, keep_alive)
 
-    async def _send(self, writer: asyncio.StreamWriter, status: int, body: bytes, keep_alive: bool,
-                    headers: dict[str, str] | None = None) -> None:
+    @staticmethod
+    def _send(conn: socket.socket, status: int, body: bytes, keep_alive: bool,
+              headers: dict[str, str] | None = None) -> None:
         headers = {"Content-Type": "application/json", **(headers or {})}
         head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", f"Content-Length: {len(body)}",
                 f"Connection: {'keep-alive' if keep_alive else 'close'}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        await writer.drain()
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
     # ---- routes -----------------------------------------------------------------------------------------
 
-    async def _route(self, request: Request) -> tuple[str, int, bytes, dict[str, str] | None]:
+    def _route(self, request: Request) -> tuple[str, int, bytes, dict[str, str] | None]:
         path = request.path.rstrip("/") or "/"
         parts = path.strip("/").split("/")
         try:
@@ -236,7 +253,7 @@ class Server:
                 ok = True if key == "live" else self.ready
                 return f"health_{key}", 200 if ok else 503, _dumps({key: ok}), None
             if parts[1:2] == ["models"] and len(parts) >= 3:
-                return await self._model_route(request, parts[2:])
+                return self._model_route(request, parts[2:])
             raise RequestError(404, f"no endpoint '{path[:80]}'")
         except RequestError as e:
             return "error", e.status, _error(e.message), None
@@ -248,7 +265,7 @@ class Server:
         if request.method != allowed:
             raise RequestError(405, f"{request.path[:80]} takes {allowed}, not {request.method[:10]}")
 
-    async def _model_route(self, request: Request, rest: list[str]) -> tuple[str, int, bytes, dict[str, str] | None]:
+    def _model_route(self, request: Request, rest: list[str]) -> tuple[str, int, bytes, dict[str, str] | None]:
         name, rest = rest[0], rest[1:]
         if name != self.name:
             raise RequestError(404, f"unknown model '{name[:80]}'; this server serves '{self.name}'")
@@ -267,13 +284,13 @@ class Server:
             return "model_ready", 200, _dumps({"name": self.name, "ready": self.ready}), None
         if rest == ["infer"]:
             self._method(request, "POST")
-            status, body, headers = await self._infer(request)
+            status, body, headers = self._infer(request)
             return "infer", status, body, headers
         raise RequestError(404, f"no endpoint '{request.path[:80]}'")
 
     # ---- inference ------------------------------------------------------------------------------------
 
-    async def _infer(self, request: Request) -> tuple[int, bytes, dict[str, str] | None]:
+    def _infer(self, request: Request) -> tuple[int, bytes, dict[str, str] | None]:
         header_length = request.headers.get("inference-header-content-length")
         body, binary = request.body, b""
         if header_length is not None:
@@ -292,13 +309,13 @@ class Server:
             raise RequestError(400, "the request must be a JSON object with an 'inputs' list")
         feeds = self._feeds(doc, binary)
         wanted, binary_out = self._wanted(doc)
-        start = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        try:
-            results = await loop.run_in_executor(self.executor, self.runtime.run, feeds, wanted)
-        except Exception as e:  # onnxruntime's errors for inputs it refuses
-            raise RequestError(400, f"inference failed: {str(e).splitlines()[0][:300]}") from None
-        self.metrics.inference(time.perf_counter() - start)
+        with self.slots:
+            start = time.perf_counter()
+            try:
+                results = self.runtime.run(feeds, wanted)
+            except Exception as e:  # onnxruntime's errors for inputs it refuses
+                raise RequestError(400, f"inference failed: {str(e).splitlines()[0][:300]}") from None
+            self.metrics.inference(time.perf_counter() - start)
         return self._response(doc, wanted, results, binary_out)
 
     def _feeds(self, doc: dict[str, Any], binary: bytes) -> dict[str, np.ndarray]:
@@ -415,48 +432,81 @@ class Server:
 
     # ---- running ----------------------------------------------------------------------------------------
 
-    async def serve(self, host: str, port: int, started: Any = None) -> None:
+    def serve(self, host: str, port: int, started: Any = None) -> None:
+        """Accepts connections until SIGTERM or SIGINT (or stop()), then drains."""
         try:
-            self.server = await asyncio.start_server(self.handle, host, port, limit=HEADER_LIMIT,
-                                                     reuse_address=True)
+            listener = socket.create_server((host, port), backlog=256)
         except OSError as e:
-            self.executor.shutdown()
-            raise NetspecError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise NetspecError(f"cannot listen on {host}:{port}: {reason}",
                                hint="pick another --port (0 takes a free one)") from None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.stopping.set)
-        bound = self.server.sockets[0].getsockname()
-        if started is not None:
-            started(bound[0], bound[1])
-        await self.stopping.wait()
-        await self.drain()
+        listener.settimeout(0.2)  # to notice a stop between connections
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda *_: self.stopping.set())
+        try:
+            bound = listener.getsockname()
+            if started is not None:
+                started(bound[0], bound[1])
+            with listener:
+                while not self.stopping.is_set():
+                    try:
+                        conn, _ = listener.accept()
+                    except (TimeoutError, InterruptedError):
+                        continue
+                    self._start(conn)
+            self.drain()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-    async def drain(self) -> None:
-        """Stops accepting, lets requests in flight finish, closes idle connections."""
+    def _start(self, conn: socket.socket) -> None:
+        with self.lock:
+            if len(self.connections) >= MAX_CONNECTIONS:
+                refuse = True
+            else:
+                refuse = False
+                self.connections[conn] = False
+                thread = threading.Thread(target=self.handle, args=(conn,), daemon=True)
+                self.threads.add(thread)
+        if refuse:
+            with contextlib.suppress(OSError):
+                self._send(conn, 503, _error(f"the server has {MAX_CONNECTIONS} open connections; retry later"),
+                           keep_alive=False)
+            conn.close()
+            self.metrics.request("invalid", 503)
+            return
+        thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def drain(self) -> None:
+        """Lets requests in flight finish (up to 30 s) and closes idle connections."""
         self.ready = False
-        if self.server is not None:
-            self.server.close()
+        self.stopping.set()
+        with self.lock:
+            idle = [conn for conn, busy in self.connections.items() if not busy]
+        for conn in idle:  # wakes their threads, blocked reading the next request
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + 30
-        while self.busy and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        for writer in list(self.connections):
-            with contextlib.suppress(Exception):
-                writer.close()
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 5)
-        self.executor.shutdown(wait=True)
+        with self.lock:
+            threads = list(self.threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
-async def _linger(reader: asyncio.StreamReader, seconds: float = 2.0) -> None:
+def _linger(conn: socket.socket, seconds: float = 2.0) -> None:
     """Reads and discards what the client still sends (the body of a request refused before it was read),
     for a while, so that the client gets to read the error instead of a reset connection."""
     deadline = time.monotonic() + seconds
-    with contextlib.suppress(TimeoutError, ConnectionError):
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
         while (left := deadline - time.monotonic()) > 0:
-            if not await asyncio.wait_for(reader.read(1 << 16), left):
+            conn.settimeout(left)
+            if not conn.recv(1 << 16):
                 return
 
 
@@ -481,5 +531,4 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | 
     cores = physical_cores()
     workers = workers or max(2, cores)
     runtime = Runtime(model, threads or max(1, cores // workers))
-    server = Server(runtime, name or Path(model).stem, workers, max_body_mb * 2**20)
-    asyncio.run(server.serve(host, port, started))
+    Server(runtime, name or Path(model).stem, workers, max_body_mb * 2**20).serve(host, port, started)
