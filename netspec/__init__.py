@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from netspec import params
+from netspec.builder import NetSpec, to_proto
 from netspec.errors import NetspecError
 from netspec.net import Net, load
+
+TRAIN, TEST = params.TRAIN, params.TEST
 
 if TYPE_CHECKING:
     from netspec.deploy.export import export_onnx
@@ -18,7 +22,8 @@ if TYPE_CHECKING:
     from netspec.train.solver import Solver
 
 __version__ = "0.1.0"
-__all__ = ["Net", "NetspecError", "Solver", "__version__", "compile", "export_onnx", "load"]
+__all__ = ["TEST", "TRAIN", "Net", "NetSpec", "NetspecError", "Solver", "__version__", "compile", "export_onnx",
+           "layers", "load", "params", "to_proto"]
 
 
 def __getattr__(name: str) -> object:
@@ -35,12 +40,15 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'netspec' has no attribute '{name}'")
 
 
-def compile(net_or_path: Net | str, phase: str | None = None) -> NetModule:
+def compile(net_or_path: Net | str, phase: str | None = None, weights: str | None = None) -> NetModule:
     """A net as a torch.nn.Module computing what Caffe computes.
 
     Args:
         net_or_path: a Net from `load`, or the path of a spec.
         phase: TRAIN or TEST. By default a Net keeps its own phase and a path is compiled for TEST.
+        weights: a netspec snapshot (.pt) or a Caffe .caffemodel / .caffemodel.h5 to load, matching
+            layers by name; without it the spec's fillers initialise the weights. Blobs whose shapes do
+            not match are an error (WeightsError).
 
     Returns:
         A module whose call takes the input blobs as keyword tensors and returns the output blobs as a
@@ -49,4 +57,9 @@ def compile(net_or_path: Net | str, phase: str | None = None) -> NetModule:
     """
     from netspec.lower.module import compile_net
 
-    return compile_net(net_or_path, phase)
+    module = compile_net(net_or_path, phase)
+    if weights is not None:
+        from netspec.lower.weights import apply_weights, read_weights
+
+        apply_weights(module.caffe_params(), read_weights(weights), str(weights))
+    return module

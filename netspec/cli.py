@@ -250,22 +250,74 @@ def plot(metrics: str, output: str) -> None:
     click.echo(f"wrote {output}")
 
 
+@main.command(name="draw")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="net.svg, net.png, or net.dot for Graphviz; the suffix picks the format.")
+@_phase_option
+@_stage_option
+@click.option("--rankdir", type=click.Choice(["TB", "LR", "BT", "RL"], case_sensitive=False), default="TB",
+              show_default=True, help="The way the data flows: top to bottom, left to right, or the reverse.")
+@click.option("--shape", "shapes", multiple=True, metavar="BLOB=D0,D1,...",
+              help="The shape of a data layer's top, instead of reading its source (repeatable).")
+@user_errors
+def draw_command(spec: str, output: str, phase: str | None, stage: tuple[str, ...], rankdir: str,
+                 shapes: tuple[str, ...]) -> None:
+    """Draw a net's layer graph, each edge labelled with its blob's shape."""
+    from netspec.draw import draw
+
+    draw(spec, output, phase, _stages(stage), rankdir.upper(), _parse_shapes(shapes))
+    click.echo(f"wrote {output}")
+
+
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights to export (default: the fillers').")
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Weights to export: a snapshot (.pt) or a .caffemodel (default: the fillers').")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--caffemodel", "caffemodel", type=click.Path(dir_okay=False),
+              help="A .caffemodel to write, with its deploy prototxt beside it (NAME_deploy.prototxt).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic', or a fixed batch size.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line, recorded in the model.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-against-PyTorch comparison.")
 @user_errors
-def export(spec: str, weights: str | None, onnx_path: str, opset: int, batch: str, labels: str | None,
-           no_verify: bool) -> None:
-    """Export the deploy graph (TEST phase, without losses) to ONNX and verify it against PyTorch."""
+def export(spec: str, weights: str | None, onnx_path: str | None, caffemodel: str | None, opset: int, batch: str,
+           labels: str | None, no_verify: bool) -> None:
+    """Export the deploy graph (TEST phase, without losses) to ONNX, verified against PyTorch, or as a
+    .caffemodel with its deploy prototxt."""
+    from netspec.deploy.commands import compiled
     from netspec.deploy.commands import export as run_export
 
-    report = run_export(spec, weights, onnx_path, opset, batch, labels, not no_verify)
-    for line in report.lines():
+    if not onnx_path and not caffemodel:
+        raise NetspecError("say what to write: --onnx FILE.onnx and/or --caffemodel FILE.caffemodel")
+    if caffemodel:
+        from netspec.deploy.caffe import export_caffemodel
+
+        for line in export_caffemodel(compiled(spec, weights), caffemodel).lines():
+            click.echo(line)
+    if onnx_path:
+        for line in run_export(spec, weights, onnx_path, opset, batch, labels, not no_verify).lines():
+            click.echo(line)
+
+
+@main.command("import")
+@click.argument("prototxt", type=click.Path(dir_okay=False))
+@click.argument("caffemodel", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="The folder to write NAME.yaml, NAME.pt and NAME.onnx to.")
+@_phase_option
+@click.option("--shape", "shapes", multiple=True, metavar="BLOB=D0,D1,...",
+              help="The shape of a data layer's top, instead of reading its source (repeatable).")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-against-PyTorch comparison.")
+@user_errors
+def import_command(prototxt: str, caffemodel: str, out_dir: str, phase: str | None, shapes: tuple[str, ...],
+                   no_verify: bool) -> None:
+    """Turn a Caffe model (prototxt + .caffemodel) into a netspec spec (YAML), weights and a verified ONNX file."""
+    from netspec.deploy.caffe import import_caffe
+
+    for line in import_caffe(prototxt, caffemodel, out_dir, (phase or "TEST").upper(), _parse_shapes(shapes),
+                             not no_verify):
         click.echo(line)
 
 

@@ -108,6 +108,44 @@ def test_caffe_data_layers_read_their_first_record(tmp_path: Path, write_spec: C
     assert net.shapes == {"data": (2, 1, 7, 9), "label": (2,)}
 
 
+@pytest.mark.parametrize(("mode", "force", "channels"), [
+    ("RGBA", "", 3), ("P", "", 3), ("LA", "", 1), ("L", "", 1), ("L", "force_color: true", 3),
+    ("RGB", "force_gray: true", 1)])
+def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Path, write_spec: Callable[..., str],
+                                                                    mode: str, force: str, channels: int) -> None:
+    # OpenCV's IMREAD_ANYCOLOR: grey stays grey, anything else (alpha, palette) is three channels
+    import io
+
+    import lmdb
+    from PIL import Image
+
+    from netspec.train.feeder import DatumRecords
+
+    buf = io.BytesIO()
+    Image.new(mode, (5, 4), 7 if mode in ("L", "P") else (7,) * len(mode)).save(buf, "PNG")
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"0", pb.Datum(data=buf.getvalue(), encoded=True, label=2).SerializeToString())
+    env.close()
+    net = data_net(write_spec, f'type: "Data" transform_param {{ {force} }} data_param {{ source: "{tmp_path / "db"}" '
+                               'batch_size: 2 backend: LMDB }')
+    assert net.shapes["data"] == (2, channels, 4, 5)
+    image, label = DatumRecords(net.layers[0].node).read(0)
+    assert image.shape == (channels, 4, 5) and label == 2
+
+
+def test_force_gray_leaves_raw_records_alone_as_caffe_does(tmp_path: Path, write_spec: Callable[..., str]) -> None:
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"0", pb.Datum(channels=3, height=2, width=2, data=bytes(12)).SerializeToString())
+    env.close()
+    net = data_net(write_spec, f'type: "Data" transform_param {{ force_gray: true }} data_param {{ source: '
+                               f'"{tmp_path / "db"}" batch_size: 2 backend: LMDB }}')
+    assert net.shapes["data"] == (2, 3, 2, 2)
+
+
 def test_mean_values_must_match_channels(tmp_path: Path, write_spec: Callable[..., str]) -> None:
     with pytest.raises(netspec.NetspecError) as e:
         data_net(write_spec, 'type: "MemoryData" transform_param { mean_value: 1 mean_value: 2 } '

@@ -1,4 +1,4 @@
-"""The converters in tools/ read the formats users already have."""
+"""The converters in tools/ read the formats users already have; generated docs stay current."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netspec.layers import all_types
 from tests.conftest import ROOT
 
 
@@ -39,3 +40,15 @@ def test_cifar10_binary_to_npz(tmp_path: Path) -> None:
     with np.load(tmp_path / "out" / "cifar10_train.npz") as z:
         assert z["data"].shape == (5, 3, 32, 32) and z["label"].tolist() == [4] * 5
         assert z["data"][0, 0, 0, 0] == 30 and z["data"][0, 2, 0, 0] == 10  # BGR, as Caffe
+
+
+def test_layer_docs_are_generated_from_the_registry_and_current() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_layer_docs.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + "\nrun: python tools/gen_layer_docs.py"
+    text = (ROOT / "docs" / "layers.md").read_text()
+    for name, definition in all_types().items():
+        assert f"\n### {name}\n" in text
+        if definition.param_field:
+            assert f"`{definition.param_field}` (" in text
+    assert "| `round_mode` | CEIL \\| FLOOR | `CEIL` |" in text

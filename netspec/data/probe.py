@@ -94,6 +94,19 @@ def leveldb_first_record(path: Path) -> bytes:
     raise DataError(f"LevelDB '{path}' has no records", field="source")
 
 
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}  # Pillow's one-channel image modes
+
+
+def decoded_mode(image_mode: str, force_color: bool, force_gray: bool) -> str:
+    """How Caffe decodes an encoded Datum: in colour or grey as forced, else as the image is (OpenCV's
+    IMREAD_ANYCOLOR: grey stays one channel, anything else, palette and alpha included, is BGR)."""
+    if force_color and force_gray:
+        raise DataError("transform_param sets both force_color and force_gray", field="force_gray")
+    if force_color or force_gray:
+        return "RGB" if force_color else "L"
+    return "L" if image_mode in GRAY_MODES else "RGB"
+
+
 _LMDB: dict[tuple[str, int], object] = {}
 
 

@@ -223,8 +223,7 @@ def _write_metadata(model: Any, path: Path, module: NetModule, deploy: DeployMod
         "netspec.net": module.net.name,
         "netspec.inputs": json.dumps({k: list(v) for k, v in deploy.plan.inputs.items()}),
         "netspec.outputs": json.dumps(deploy.output_names),
-        "netspec.preprocessing": json.dumps({k: {"scale": s, "mean": m} for k, (s, m) in
-                                             deploy.plan.preprocessing.items()}),
+        "netspec.preprocessing": json.dumps({k: p.describe() for k, p in deploy.plan.preprocessing.items()}),
         "netspec.channel_order": deploy.plan.channel_order,
     }
     if labels:

@@ -11,10 +11,12 @@ deployed model takes records as the source stores them (cropped to the net's inp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from netspec.data import probe
 from netspec.errors import ExportError
 from netspec.graph import final_blobs
 from netspec.layers.base import Shape
@@ -26,6 +28,21 @@ TRAIN_ONLY = {"Accuracy", "Silence", "HDF5Output"}
 
 
 @dataclass(frozen=True)
+class Preprocess:
+    """What a data layer does to every record alike, (x - mean) * scale, moved into the deployed graph: the
+    mean is one value per channel (mean_value) or an image (mean_file, centre-cropped to the input as
+    Caffe crops it at test time)."""
+
+    scale: float
+    mean: tuple[float, ...] | None = None
+    mean_file: Path | None = None
+
+    def describe(self) -> dict[str, object]:
+        return {"scale": self.scale, "mean": list(self.mean) if self.mean else None,
+                "mean_file": self.mean_file.name if self.mean_file else None}
+
+
+@dataclass(frozen=True)
 class DeployPlan:
     """Which layers run, the inputs (with shapes and the axis that holds the batch) and outputs, and the
     preprocessing moved into the graph."""
@@ -33,7 +50,7 @@ class DeployPlan:
     layers: tuple[str, ...]
     inputs: dict[str, Shape]
     outputs: tuple[str, ...]
-    preprocessing: dict[str, tuple[float, list[float] | None]]  # data top -> (scale, mean per channel)
+    preprocessing: dict[str, Preprocess]  # by data top
     channel_order: str
     batch_axes: dict[str, int]
 
@@ -61,12 +78,11 @@ def plan(net: Net) -> DeployPlan:
         if top != node.tops[0] or top not in inputs:
             continue
         tp = node.lp.transform_param
-        if tp.mean_file:
-            raise ExportError(f"data layer '{node.name}' subtracts a mean file, which netspec does not move into "
-                              "the exported graph", hint="give mean_value (one per channel) instead, or "
-                              "subtract the mean before feeding the model")
-        if tp.scale != 1 or tp.mean_value:
-            preprocessing[top] = (float(tp.scale), [float(v) for v in tp.mean_value] or None)
+        mean_file = probe.resolve(tp.mean_file, node.spec.base_dir, "transform_param.mean_file") if tp.mean_file \
+            else None
+        if tp.scale != 1 or tp.mean_value or mean_file:
+            preprocessing[top] = Preprocess(float(tp.scale), tuple(float(v) for v in tp.mean_value) or None,
+                                            mean_file)
     # recurrent layers take (T, N, ...): their inputs' batch axis is 1, the time axis stays fixed
     recurrent = {b for info in kept if info.node.type in ("RNN", "LSTM", "LSTMUnit") for b in info.node.bottoms}
     axes = {name: 1 if name in recurrent and len(shape) > 1 else 0 for name, shape in inputs.items()}
@@ -115,23 +131,40 @@ class DeployModule(nn.Module):
         self.input_names = list(deploy.inputs)
         self.output_names = list(deploy.outputs)
         self._steps = [s for s in module._steps if s.name in set(deploy.layers)]
-        for name, (_, mean) in deploy.preprocessing.items():
+        self._means: dict[str, str] = {}
+        for name, pre in deploy.preprocessing.items():
+            mean = _mean_tensor(name, pre, deploy.inputs[name])
             if mean is not None:
-                shape = deploy.inputs[name]
-                view = (1, -1) + (1,) * (len(shape) - 2) if len(shape) > 2 else (1, -1) if len(mean) > 1 else (1,)
-                self.register_buffer(f"mean_{len(self._buffers)}", torch.tensor(mean).reshape(view))
-        self._means = dict(zip([n for n, (_, m) in deploy.preprocessing.items() if m is not None],
-                               self._buffers.keys(), strict=True))
+                self._means[name] = f"mean_{len(self._means)}"
+                self.register_buffer(self._means[name], mean)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env = dict(zip(self.input_names, inputs, strict=True))
-        for name, (scale, _) in self.plan.preprocessing.items():
+        for name, pre in self.plan.preprocessing.items():
             x = env[name]
             if name in self._means:
                 x = x - self._buffers[self._means[name]]
-            env[name] = x * scale if scale != 1 else x
+            env[name] = x * pre.scale if pre.scale != 1 else x
         for step in self._steps:
             params = [self.net._tensor(ref) for ref in step.params]
             ys = step.forward(params, [env[b] for b in step.bottoms])
             env.update(zip(step.tops, ys, strict=True))
         return tuple(env[name] for name in self.output_names)
+
+
+def _mean_tensor(name: str, pre: Preprocess, shape: Shape) -> torch.Tensor | None:
+    """The mean to subtract from input `name`, shaped to broadcast over a batch."""
+    if pre.mean_file is not None:
+        from netspec.train.feeder import read_mean_file
+
+        image = read_mean_file(str(pre.mean_file), "")
+        height, width = shape[-2:]
+        c, h, w = image.shape
+        if len(shape) != 4 or c != shape[1] or h < height or w < width:
+            raise ExportError(f"the mean image in '{pre.mean_file}' is {c}x{h}x{w}; input '{name}' is {shape}")
+        top, left = (h - height) // 2, (w - width) // 2
+        return image[None, :, top:top + height, left:left + width].clone()
+    if pre.mean is None:
+        return None
+    view = (1, -1) + (1,) * (len(shape) - 2) if len(shape) > 2 else (1, -1) if len(pre.mean) > 1 else (1,)
+    return torch.tensor(pre.mean).reshape(view)

@@ -1,6 +1,8 @@
 """Every layer type netspec knows, by its spec name.
 
-The family modules are imported here explicitly, so the table is complete and greppable.
+The family modules are imported here explicitly, so the table is complete and greppable. The module
+also serves the NetSpec builder as pycaffe's `caffe.layers` did: `L.Convolution(...)` is a layer call
+(see netspec/builder.py).
 """
 
 from __future__ import annotations
@@ -36,3 +38,13 @@ def get(type_name: str) -> LayerDef:
 def all_types() -> dict[str, LayerDef]:
     """Every registered layer type, by name."""
     return dict(REGISTRY.types)
+
+
+def __getattr__(name: str) -> object:
+    # `from netspec import layers as L; L.Convolution(...)`: the builder's layer calls, by type name
+    if name.startswith("_") or name not in REGISTRY.types:
+        hint = did_you_mean(name, REGISTRY.types) if not name.startswith("_") else None
+        raise AttributeError(f"netspec.layers has no layer type '{name}'" + (f"; {hint}" if hint else ""))
+    from netspec.builder import layer_function
+
+    return layer_function(name)

@@ -169,14 +169,14 @@ class Data(_SourceLayer):
         except Exception as e:
             raise DataError(f"the first record of '{path}' is not a Caffe Datum: {e}") from None
         c, h, w = datum.channels, datum.height, datum.width
-        if datum.encoded:
+        if datum.encoded:  # force_color and force_gray apply to encoded records only, as in Caffe
             from PIL import Image
 
+            tp = s.lp.transform_param
             with Image.open(io.BytesIO(datum.data)) as im:
                 w, h = im.size
-                c = 3 if p.force_encoded_color or s.lp.transform_param.force_color else len(im.getbands())
-        if s.lp.transform_param.force_gray:
-            c = 1
+                mode = probe.decoded_mode(im.mode, p.force_encoded_color or tp.force_color, tp.force_gray)
+            c = 3 if mode == "RGB" else 1
         return _batch_and_label(s, p.batch_size, transformed(s, c, h, w))
 
 

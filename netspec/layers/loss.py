@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.data import probe
@@ -210,18 +209,18 @@ class InfogainLoss(_Loss):
                              f"{classes}x{classes}")
         return [SCALAR]
 
-    def _read_matrix(self, s: LayerSpec) -> pb.BlobProto:
+    def _read_matrix(self, s: LayerSpec) -> Any:
+        from netspec.caffemodel import read_binaryproto
+
         path = probe.resolve(s.p.source, s.base_dir, "infogain_loss_param.source")
-        blob = pb.BlobProto()
         try:
-            blob.ParseFromString(Path(path).read_bytes())
-        except Exception as e:
-            raise DataError(f"'{path}' is not a Caffe .binaryproto blob: {e}", field="source") from None
-        return blob
+            return read_binaryproto(path)
+        except DataError as e:
+            e.field = "source"  # the error points at the field that names the file
+            raise
 
     def _matrix_shape(self, s: LayerSpec) -> Shape:
-        blob = self._read_matrix(s)
-        return (len(blob.data) or len(blob.double_data),)
+        return (self._read_matrix(s).size,)
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
@@ -229,8 +228,7 @@ class InfogainLoss(_Loss):
         classes = count(bottoms[0], 1)
         fixed = None
         if len(bottoms) == 2:
-            blob = self._read_matrix(s)
-            fixed = torch.tensor(list(blob.data) or list(blob.double_data), dtype=torch.float32)
+            fixed = torch.tensor(self._read_matrix(s).ravel(), dtype=torch.float32)
 
         def forward(params, xs):
             num = xs[0].shape[0]

@@ -1,4 +1,5 @@
-"""Loading weights into a compiled net by layer name: from netspec snapshots (and, later, .caffemodel).
+"""Loading weights into a compiled net by layer name: from netspec snapshots (.pt) and Caffe's .caffemodel
+(and .caffemodel.h5) files.
 
 Layers are matched by name and blobs by position, as Caffe's CopyTrainedLayersFrom does. What did not
 match is reported: layers of the net that found no weights, weights that found no layer, and shape
@@ -12,8 +13,17 @@ from pathlib import Path
 
 import torch
 
+from netspec.caffemodel import is_caffe_weights, legacy_fits, read_caffemodel
 from netspec.errors import WeightsError
 from netspec.layers.base import fmt
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Each layer's blobs from a file; `legacy` marks Caffe blobs with num/channels/height/width shapes."""
+
+    blobs: dict[str, list[torch.Tensor]]
+    legacy: frozenset[tuple[str, int]] = frozenset()
 
 
 @dataclass
@@ -34,29 +44,33 @@ class WeightsReport:
         return "; ".join(parts)
 
 
-def read_weights(path: str | Path) -> dict[str, list[torch.Tensor]]:
-    """Each layer's blobs from a weights file: a netspec snapshot (.pt)."""
-    path = Path(path)
-    if path.suffix == ".caffemodel":
-        raise WeightsError(f"'{path}': reading .caffemodel weights is not available in this version",
-                           hint="give a netspec snapshot (*.pt)")
+def read_weights(path: str | Path) -> Weights:
+    """Each layer's blobs from a weights file: a netspec snapshot (.pt) or a Caffe .caffemodel(.h5)."""
+    if is_caffe_weights(path):
+        caffe = read_caffemodel(path)
+        return Weights({k: [torch.from_numpy(a) for a in v] for k, v in caffe.blobs.items()}, caffe.legacy)
+    if not str(path).endswith(".pt"):
+        raise WeightsError(f"cannot tell the format of weights file '{path}' from its name",
+                           hint="give a netspec snapshot (*.pt) or a Caffe .caffemodel / .caffemodel.h5")
     from netspec.train import snapshot
 
-    return snapshot.load(path)["blobs"]  # type: ignore[no-any-return]
+    return Weights(snapshot.load(path)["blobs"])
 
 
-def apply_weights(params: dict[str, list[torch.Tensor]], weights: dict[str, list[torch.Tensor]], source: str,
+def apply_weights(params: dict[str, list[torch.Tensor]], weights: Weights, source: str,
                   allow_missing: bool = False) -> WeightsReport:
     """Copies weights into a module's caffe_params() in place; raises on mismatches unless allowed."""
     report = WeightsReport()
     for layer, blobs in params.items():
-        given = weights.get(layer)
+        given = weights.blobs.get(layer)
         if given is None:
             report.missing.append(layer)
             continue
         problems = []
         if len(given) != len(blobs):
             problems.append(f"{layer}: {len(given)} blob(s) in the file, {len(blobs)} in the net")
+        given = [v.reshape(t.shape) if (layer, i) in weights.legacy and legacy_fits(tuple(t.shape), tuple(v.shape))
+                 else v for i, (t, v) in enumerate(zip(blobs, given, strict=False))] + given[len(blobs):]
         for i, (target, value) in enumerate(zip(blobs, given, strict=False)):
             if tuple(target.shape) != tuple(value.shape):
                 problems.append(f"{layer} blob {i}: {fmt(tuple(value.shape))} in the file, {fmt(tuple(target.shape))} "
@@ -68,7 +82,7 @@ def apply_weights(params: dict[str, list[torch.Tensor]], weights: dict[str, list
             for target, value in zip(blobs, given, strict=True):
                 target.copy_(value.to(target.device, target.dtype))
         report.loaded.append(layer)
-    report.unused = [layer for layer in weights if layer not in params]
+    report.unused = [layer for layer in weights.blobs if layer not in params]
     if (report.mismatched and not allow_missing) or (params and not report.loaded):
         raise WeightsError(f"weights in '{source}' do not fit the net: {report.summary()}",
                            hint="layers are matched by name and blobs by shape; pass --allow-missing to start the "

@@ -135,9 +135,9 @@ class DatumRecords(Records):
             from PIL import Image
 
             with Image.open(io.BytesIO(d.data)) as im:
-                color = not self.force_gray and (self.force_color or im.mode not in ("L", "1"))
-                arr = np.asarray(im.convert("RGB" if color else "L"), dtype=np.uint8)
-            arr = arr[..., ::-1].transpose(2, 0, 1) if color else arr[None]
+                mode = probe.decoded_mode(im.mode, self.force_color, self.force_gray)
+                arr = np.asarray(im.convert(mode), dtype=np.uint8)
+            arr = arr[..., ::-1].transpose(2, 0, 1) if mode == "RGB" else arr[None]
         elif d.float_data:
             arr = np.asarray(d.float_data, dtype=np.float32).reshape(d.channels, d.height, d.width)
         else:
@@ -248,17 +248,13 @@ class Transform:
 
 def read_mean_file(name: str, base_dir: str) -> torch.Tensor:
     """A Caffe .binaryproto mean image as a (C, H, W) tensor."""
+    from netspec.caffemodel import read_binaryproto
+
     path = probe.resolve(name, base_dir, "transform_param.mean_file")
-    blob = pb.BlobProto()
-    try:
-        blob.ParseFromString(path.read_bytes())
-    except Exception as e:
-        raise DataError(f"'{path}' is not a Caffe .binaryproto mean file: {e}") from None
-    values = np.asarray(list(blob.data) or list(blob.double_data), dtype=np.float32)
-    shape = tuple(blob.shape.dim) or (blob.num, blob.channels, blob.height, blob.width)
-    if values.size != math.prod(shape):
-        raise DataError(f"mean file '{path}' has {values.size} values for shape {shape}")
-    return torch.from_numpy(values.reshape(shape[-3:]))
+    mean = read_binaryproto(path, "a Caffe .binaryproto mean file").astype(np.float32)
+    if mean.ndim < 3 or math.prod(mean.shape[:-3]) != 1:
+        raise DataError(f"mean file '{path}' holds a blob of shape {mean.shape}, not one C x H x W image")
+    return torch.from_numpy(mean.reshape(mean.shape[-3:]))
 
 
 # ---- batches -------------------------------------------------------------------------------------
@@ -484,8 +480,9 @@ def _load_all(node: Node, records: Records) -> dict[str, np.ndarray]:
     rows = [records.read(i) for i in range(len(records))]
     shapes = {r[0].shape for r in rows}
     if len(shapes) > 1:
-        raise DataError(f"records of '{node.name}' have different shapes: {sorted(shapes)[:3]}",
-                        hint="give new_height and new_width to resize images to one size")
+        fix = "give new_height and new_width to resize the images to one size" if node.type == "ImageData" else \
+            "write the records at one size (tools/convert_imageset.py --resize_height H --resize_width W)"
+        raise DataError(f"records of '{node.name}' have different shapes: {sorted(shapes)[:3]}", hint=fix)
     arrays = {node.tops[0]: np.stack([r[0] for r in rows])}
     if len(node.tops) > 1:
         arrays[node.tops[1]] = np.asarray([r[1] for r in rows], dtype=np.float32)

@@ -43,6 +43,12 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
         raise
 
 
+def save_weights(blobs: dict[str, list[torch.Tensor]], path: str | Path) -> None:
+    """A weights-only snapshot (what `netspec import` writes): loads with --weights, not --resume."""
+    save_atomic({"format": FORMAT, "version": VERSION, "blobs": {k: [t.detach().cpu().clone() for t in v]
+                                                                  for k, v in blobs.items()}}, path)
+
+
 def remove_leftovers(folder: Path) -> None:
     """Deletes temporary files a killed run left behind (the snapshots themselves are always whole)."""
     for tmp in folder.glob(".*.pt.*.tmp"):

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from netspec.errors import DataError, NetspecError, SolverError
+from netspec.errors import DataError, NetspecError, SolverError, WeightsError
 from netspec.lower.module import NetModule
 from netspec.net import Net, build_net
 from netspec.train import snapshot
@@ -390,6 +390,9 @@ class Solver:
     def restore(self, path: str | Path) -> None:
         """Continues from a snapshot: weights, solver history, iteration, random states and data position."""
         state = snapshot.load(path)
+        if "history" not in state:
+            raise WeightsError(f"'{path}' holds weights only, not a training state to resume",
+                               hint="start from it with --weights instead of --resume")
         expected = {f"{k}:{i}": tuple(t.shape) for k, v in self._owned_blobs().items() for i, t in enumerate(v)}
         saved = {f"{k}:{i}": list(t.shape) for k, v in state["blobs"].items() for i, t in enumerate(v)}
         snapshot.check_layout(path, saved, expected)
