@@ -152,7 +152,8 @@ _device_option = click.option("--device", default=None,
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--solver", "solver_file", type=click.Path(dir_okay=False), help="Solver settings from this file.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Initialise from these weights (fine-tuning).")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Initialise from these weights, a snapshot (.pt) or a .caffemodel (fine-tuning).")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue from this snapshot.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a solver field (solver.base_lr=0.01) or a layer field (conv1.convolution_param."
@@ -201,7 +202,8 @@ def train(spec: str, solver_file: str | None, weights: str | None, resume: str |
 
 @main.command(name="test")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--weights", type=click.Path(dir_okay=False), help="The weights to test (a snapshot).")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="The weights to test: a snapshot (.pt) or a .caffemodel.")
 @click.option("--iterations", type=int, help="Batches to run (default: one pass over the test data).")
 @_device_option
 @user_errors
