@@ -4,15 +4,22 @@ Both train Caffe's MNIST LeNet (batch 64, 1x28x28) with Caffe's MNIST solver: SG
 weight decay 5e-4, bias learning rate x2, the `inv` learning-rate policy. netspec runs the spec through
 netspec.Solver (Caffe's exact update rule); the baseline is an nn.Module with torch.optim.SGD and a
 LambdaLR schedule. Both read the loss value every step (as a training loop displaying it does). The
-reported ratio is netspec's median step time over the baseline's; trials alternate to share noise.
+ratio is netspec's step time over the baseline's in the same trial; the two run in a shuffled order in
+each trial, so that a drift in the machine's speed favours neither. The same work measures several percent
+faster or slower from one process to the next on a shared machine (memory placement), so the measurement
+is repeated in fresh processes and the reported ratio is the median over processes of each process's
+median trial ratio.
 
-    python tools/bench/train_step.py [--steps 200] [--trials 5] [--threads N]
+    python tools/bench/train_step.py [--processes 5] [--trials 7] [--steps 50] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +67,7 @@ def baseline(data: torch.Tensor, label: torch.Tensor):  # type: ignore[no-untype
         loss.backward()
         opt.step()
         sched.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -82,14 +89,8 @@ def timed(step, n: int) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - start) / n
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def measure(steps_per_trial: int, trials: int) -> dict[str, list[float]]:
+    """Seconds per step of each side, per trial, in this process."""
     gen = torch.Generator().manual_seed(0)
     data = torch.rand(64, 1, 28, 28, generator=gen)
     label = torch.randint(0, 10, (64,), generator=gen).float()
@@ -98,16 +99,46 @@ def main() -> None:
         for step in steps.values():
             timed(step, 20)  # warm-up
         times: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(args.trials):
-            for name, step in steps.items():
-                times[name].append(timed(step, args.steps))
-    med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LeNet batch 64, {args.trials} trials x "
-          f"{args.steps} steps")
-    for name, t in med.items():
-        print(f"  {name:8s} {1000 * t:7.3f} ms/step  ({64 / t:,.0f} samples/s)  trials: "
-              + ", ".join(f"{1000 * x:.3f}" for x in times[name]))
-    print(f"ratio netspec / pytorch = {med['netspec'] / med['pytorch']:.3f}")
+        order = random.Random(0)
+        for _ in range(trials):
+            names = list(steps)
+            order.shuffle(names)  # neither always runs first: a machine's speed drifts between runs
+            for name in names:
+                times[name].append(timed(steps[name], steps_per_trial))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=50, help="steps per trial")
+    parser.add_argument("--trials", type=int, default=7, help="trials per process")
+    parser.add_argument("--processes", type=int, default=5, help="fresh processes to measure in")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(measure(args.steps, args.trials)))
+        return
+    command = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--trials", str(args.trials)]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    ratios, all_times = [], {"netspec": [], "pytorch": []}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LeNet batch 64, {args.processes} processes "
+          f"x {args.trials} trials x {args.steps} steps")
+    for i in range(args.processes):
+        times = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        ratio = statistics.median(a / b for a, b in zip(times["netspec"], times["pytorch"], strict=True))
+        ratios.append(ratio)
+        for name in all_times:
+            all_times[name] += times[name]
+        print(f"  process {i + 1}: netspec {1000 * statistics.median(times['netspec']):7.3f} ms/step, pytorch "
+              f"{1000 * statistics.median(times['pytorch']):7.3f} ms/step, ratio {ratio:.3f}")
+    for name, t in all_times.items():
+        med = statistics.median(t)
+        print(f"  {name:8s} {1000 * med:7.3f} ms/step  ({64 / med:,.0f} samples/s)")
+    print(f"ratio netspec / pytorch = {statistics.median(ratios):.3f} (median over processes; each is the median "
+          f"of its trials' ratios; range {min(ratios):.3f}-{max(ratios):.3f})")
 
 
 if __name__ == "__main__":
