@@ -57,9 +57,4 @@ def compile(net_or_path: Net | str, phase: str | None = None, weights: str | Non
     """
     from netspec.lower.module import compile_net
 
-    module = compile_net(net_or_path, phase)
-    if weights is not None:
-        from netspec.lower.weights import apply_weights, read_weights
-
-        apply_weights(module.caffe_params(), read_weights(weights), str(weights))
-    return module
+    return compile_net(net_or_path, phase, weights)

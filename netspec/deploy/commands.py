@@ -8,10 +8,8 @@ import torch
 
 from netspec.deploy.export import ExportReport, export_onnx
 from netspec.errors import DataError
-from netspec.lower.module import NetModule
-from netspec.lower.weights import apply_weights, read_weights
-from netspec.net import Net, build_net
-from netspec.spec.load import read_net
+from netspec.lower.module import NetModule, compile_net
+from netspec.net import Net
 
 
 def read_labels(path: str) -> list[str]:
@@ -27,10 +25,7 @@ def read_labels(path: str) -> list[str]:
 
 def compiled(spec: str, weights: str | None) -> NetModule:
     """The TEST net of a spec with the given weights (or its fillers' when none)."""
-    module = NetModule(build_net(read_net(spec), "TEST"))
-    if weights is not None:
-        apply_weights(module.caffe_params(), read_weights(weights), weights)
-    return module
+    return compile_net(spec, "TEST", weights)
 
 
 def spec_batch(net: Net, limit: int = 5) -> dict[str, torch.Tensor] | None:

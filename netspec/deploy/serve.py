@@ -433,7 +433,7 @@ class Server:
     # ---- running ----------------------------------------------------------------------------------------
 
     def serve(self, host: str, port: int, started: Any = None) -> None:
-        """Accepts connections until SIGTERM or SIGINT (or stop()), then drains."""
+        """Accepts connections until SIGTERM or SIGINT (or until `stopping` is set), then drains."""
         try:
             listener = socket.create_server((host, port), backlog=256)
         except OSError as e:
@@ -478,9 +478,6 @@ class Server:
             self.metrics.request("invalid", 503)
             return
         thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
 
     def drain(self) -> None:
         """Lets requests in flight finish (up to 30 s) and closes idle connections."""

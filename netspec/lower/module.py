@@ -162,8 +162,9 @@ class NetModule(nn.Module):
         return f"name={self.net.name!r}, phase={self.phase}, layers={len(self.net.layers)}"
 
 
-def compile_net(net_or_path: Net | str, phase: str | None = None) -> NetModule:
-    """A Net (or the spec at a path) as a torch module; see netspec.compile."""
+def compile_net(net_or_path: Net | str, phase: str | None = None, weights: str | None = None) -> NetModule:
+    """A Net (or the spec at a path) as a torch module, with the weights of a file; see netspec.compile."""
+    from netspec.lower.weights import apply_weights, read_weights
     from netspec.net import build_net, load
 
     if isinstance(net_or_path, Net):
@@ -172,4 +173,7 @@ def compile_net(net_or_path: Net | str, phase: str | None = None) -> NetModule:
             net = build_net(net.spec, phase, net.state.stages, net.state.level)
     else:
         net = load(str(net_or_path), phase or "TEST")
-    return NetModule(net)
+    module = NetModule(net)
+    if weights is not None:
+        apply_weights(module.caffe_params(), read_weights(weights), str(weights))
+    return module

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from netspec.errors import NetspecError, SolverError
-from netspec.lower.module import NetModule
+from netspec.lower.module import NetModule, compile_net
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import Net, build_net
 from netspec.spec.load import read_net
@@ -97,11 +97,10 @@ def _scores_for(net: Net, label: str) -> str:
 def evaluate(spec: str, weights: str | None, iterations: int | None, device: str | None = None,
              phase: str = "TEST") -> dict[str, float]:
     """Caffe's `test`: runs the TEST net over its data and returns the mean of each output."""
-    net = build_net(read_net(spec), phase)
+    module = compile_net(spec, phase, weights)
+    net = module.net
     dev = pick_device(device)
-    module = NetModule(net).to(dev)
-    if weights is not None:
-        apply_weights(module.caffe_params(), read_weights(weights), weights)
+    module.to(dev)
     feeder = Feeder(net, dev, seed=0)
     if feeder.needs_inputs:
         raise SolverError(f"the net's blobs {', '.join(feeder.needs_inputs)} come from Input layers, which have no "
