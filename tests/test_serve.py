@@ -400,3 +400,33 @@ def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path: Path) -> None:
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith(f"error: onnxruntime cannot load '{bad}': ")
     assert run.stderr.endswith("hint: export it with `netspec export SPEC --onnx FILE`\n")
+
+
+def test_connections_beyond_the_limit_are_told_to_retry(model: Path) -> None:
+    from netspec.deploy.runtime import Runtime
+    from netspec.deploy.serve import Server
+
+    server = Server(Runtime(str(model)), "digits", workers=2, max_body=1 << 20, max_connections=2)
+    bound: list[int] = []
+    thread = threading.Thread(target=server.serve, args=("127.0.0.1", 0, lambda host, port: bound.append(port)))
+    thread.start()
+    try:
+        while not bound:
+            time.sleep(0.01)
+        idle = [socket.create_connection(("127.0.0.1", bound[0]), timeout=30) for _ in range(2)]
+        while len(server.connections) < 2:
+            time.sleep(0.01)
+        reply = _raw(bound[0], b"GET /v2/health/live HTTP/1.1\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 503 ")
+        assert json.loads(reply.partition(b"\r\n\r\n")[2]) == {"error": "the server has 2 open connections; retry "
+                                                                    "later"}
+        idle[0].close()
+        while len(server.connections) > 1:
+            time.sleep(0.01)
+        assert _raw(bound[0], b"GET /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n").startswith(
+            b"HTTP/1.1 200 ")
+        idle[1].close()
+    finally:
+        server.stopping.set()
+        thread.join(30)
+    assert not thread.is_alive()

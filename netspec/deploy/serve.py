@@ -48,6 +48,7 @@ def _dumps(obj: Any) -> bytes:
 HEADER_LIMIT = 64 * 1024
 IDLE_SECONDS = 60  # a keep-alive connection with no request for this long is closed
 MAX_CONNECTIONS = 1000
+REFUSERS = 64  # connections over the limit answered at once; beyond, they are closed unanswered
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            411: "Length Required", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
@@ -119,8 +120,11 @@ class Request:
 class Server:
     """The HTTP front of one model."""
 
-    def __init__(self, runtime: Runtime, name: str, workers: int, max_body: int) -> None:
+    def __init__(self, runtime: Runtime, name: str, workers: int, max_body: int,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.runtime, self.name = runtime, name
+        self.max_connections = max_connections
+        self.refusing = 0  # threads answering connections over the limit
         self.slots = threading.BoundedSemaphore(workers)
         self.max_body = max_body
         self.metrics = Metrics()
@@ -463,21 +467,32 @@ class Server:
 
     def _start(self, conn: socket.socket) -> None:
         with self.lock:
-            if len(self.connections) >= MAX_CONNECTIONS:
-                refuse = True
-            else:
-                refuse = False
+            if len(self.connections) < self.max_connections:
                 self.connections[conn] = False
                 thread = threading.Thread(target=self.handle, args=(conn,), daemon=True)
                 self.threads.add(thread)
-        if refuse:
+            elif self.refusing < REFUSERS:
+                self.refusing += 1
+                thread = threading.Thread(target=self._refuse, args=(conn,), daemon=True)
+            else:  # a flood: not even a thread to say so
+                conn.close()
+                self.metrics.request("invalid", 503)
+                return
+        thread.start()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """Tells a client over the connection limit to retry, reading what it sends meanwhile so that it
+        gets the answer rather than a reset connection."""
+        try:
             with contextlib.suppress(OSError):
-                self._send(conn, 503, _error(f"the server has {MAX_CONNECTIONS} open connections; retry later"),
+                self._send(conn, 503, _error(f"the server has {self.max_connections} open connections; retry later"),
                            keep_alive=False)
+                _linger(conn, 1.0)
             conn.close()
             self.metrics.request("invalid", 503)
-            return
-        thread.start()
+        finally:
+            with self.lock:
+                self.refusing -= 1
 
     def drain(self) -> None:
         """Lets requests in flight finish (up to 30 s) and closes idle connections."""
