@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from google.protobuf import text_format
 
 import netspec
 from netspec._proto import netspec_pb2 as pb
@@ -177,6 +178,24 @@ def test_deploy_prototxt_computes_what_the_spec_did(tmp_path: Path) -> None:
         want = netspec.compile(LENET, weights=str(source)).blobs(data=x, label=torch.zeros(2))["ip2"]
         got = netspec.compile(deploy, weights=str(out))(data=x)["ip2"]
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_deploy_prototxt_keeps_only_fillers_caffe_knows(tmp_path: Path) -> None:
+    """Caffe builds every filler when it sets a net up and stops at a type it does not know, even though
+    the weights come from the .caffemodel (found by running real Caffe on the files netspec writes)."""
+    spec = tmp_path / "fillers.yaml"
+    spec.write_text("layer:\n- {name: x, type: Input, input_param: {shape: [2, 3]}}\n"
+                    "- {name: a, type: InnerProduct, inner_product_param: {num_output: 2, weight_filler: "
+                    "{type: glorot_uniform}, bias_filler: {type: constant, value: 0.5}}}\n"
+                    "- {name: b, type: InnerProduct, inner_product_param: {num_output: 2, weight_filler: "
+                    "{type: msra, gain: 2}, bias_filler: {type: gaussian, std: 0.1}}}\n")
+    code, out = run("export", str(spec), "--caffemodel", str(tmp_path / "f.caffemodel"))
+    assert code == 0 and "netspec's additions" not in out
+    deploy = pb.NetParameter()
+    text_format.Parse((tmp_path / "f_deploy.prototxt").read_text(), deploy)
+    a, b = (layer.inner_product_param for layer in deploy.layer[1:])
+    assert not a.HasField("weight_filler") and a.bias_filler == pb.FillerParameter(type="constant", value=0.5)
+    assert not b.HasField("weight_filler") and b.bias_filler == pb.FillerParameter(type="gaussian", std=0.1)
 
 
 def test_export_names_preprocessing_and_netspec_only_layers(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ and exit status 1, and a Data layer trains from what it writes."""
 from __future__ import annotations
 
 import io
+import json
 import random
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from PIL import Image
 import netspec
 from netspec._proto import netspec_pb2 as pb
 from netspec.data.probe import lmdb_env
-from tests.conftest import ROOT
+from tests.conftest import DATA, ROOT
 
 TOOL = ROOT / "tools" / "convert_imageset.py"
 SCALE = 1 / 255
@@ -143,16 +144,30 @@ def test_records_are_caffe_datums_of_bgr_pixels_under_caffes_keys(images: dict[s
     assert first == bytes([0x08, 3, 0x10, 4, 0x18, 5, 0x22, 60]) + colour + bytes([0x28, 0, 0x38, 0])
 
 
-def test_gray_stores_one_channel_of_pillows_luma(images: dict[str, Any], converted: dict[str, Any]) -> None:
+def test_gray_stores_one_channel_as_opencv_reads_it(images: dict[str, Any], converted: dict[str, Any]) -> None:
     result, db = converted["gray"]
     assert result.returncode == 0, result.stderr
     records = read_db(db)
     arrays = images["arrays"]
+    rgba = arrays["sub dir/with space.png"][..., :3].astype(np.int64)  # libpng's weights: 15-bit, truncated
     want = [np.asarray(Image.fromarray(arrays["colour.png"]).convert("L")), arrays["grey.png"],
-            np.asarray(Image.fromarray(arrays["sub dir/with space.png"][..., :3]).convert("L"))]
+            (rgba @ np.array([9797, 19234, 3737])) >> 15]
     for (_, d), w in zip(records, want, strict=True):
         assert (d.channels, d.height, d.width) == (1, 4, 5)
-        assert d.data == w.tobytes()
+        assert d.data == w.astype(np.uint8).tobytes()
+
+
+def test_gray_pixels_are_real_caffes(tmp_path: Path) -> None:
+    """The bytes real Caffe's convert_imageset --gray stored for these files (Debian's caffe 1.0 with
+    OpenCV 4.5): Pillow's own grey conversion differs in 23 of the PNG's 42 pixels."""
+    folder = DATA / "opencv_gray"
+    (tmp_path / "list.txt").write_text("colour.png 0\ncolour.jpg 1\n")
+    [result] = run_all(["--gray", f"{folder}/", tmp_path / "list.txt", tmp_path / "db"])
+    assert result.returncode == 0, result.stderr
+    caffe = json.loads((folder / "caffe_gray.json").read_text())
+    for (key, d), name in zip(read_db(tmp_path / "db"), ["colour.png", "colour.jpg"], strict=True):
+        assert key.endswith(name) and (d.channels, d.height, d.width) == (1, 6, 7)
+        assert list(d.data) == caffe[name], name
 
 
 def test_resize_is_opencvs_bilinear_without_antialiasing(converted: dict[str, Any]) -> None:

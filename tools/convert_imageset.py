@@ -7,9 +7,10 @@
 LISTFILE has one "PATH LABEL" line per image: PATH is relative to ROOT_FOLDER and may contain spaces (the
 label is the whole number after the last one). Record i of the list is stored under the key
 "%08d_PATH" % i, as Caffe stores it. A record holds the image as bytes of C x H x W, channels in BGR
-order for colour (Caffe's and OpenCV's), one channel with --gray (Pillow's ITU-R 601-2 luma). With both
---resize_height and --resize_width, images are resized as OpenCV's default INTER_LINEAR does (bilinear,
-half-pixel centres, no antialiasing; fixed-point rounding may differ by 1).
+order for colour (Caffe's and OpenCV's), one channel with --gray, as OpenCV makes it (libjpeg's luma for
+JPEG, libpng's conversion for PNG, cvtColor's for the rest). With both --resize_height and --resize_width,
+images are resized as OpenCV's default INTER_LINEAR does (bilinear, half-pixel centres, no antialiasing;
+fixed-point rounding may differ by 1).
 
 With --encoded (or --encode_type) a record holds an image file instead (encoded: true; channels, height
 and width are left unset, as Caffe leaves them): the file's own bytes when they already decode to the
@@ -178,6 +179,19 @@ def resize_bilinear(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
+def _gray(im: Any, file_type: str | None) -> np.ndarray:
+    """One grey channel as OpenCV's imread(IMREAD_GRAYSCALE) makes it: for PNG, libpng's conversion with
+    OpenCV's weights (0.299, 0.587 as 15-bit fractions, truncated); for other files, cvtColor's (14-bit,
+    rounded). Pillow's own conversion differs from both by one in about half the pixels."""
+    if im.mode == "L":
+        return np.asarray(im, dtype=np.uint8)
+    rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    if file_type == "PNG":
+        return ((9797 * r + 19234 * g + 3737 * b) >> 15).astype(np.uint8)
+    return ((4899 * r + 9617 * g + 1868 * b + 8192) >> 14).astype(np.uint8)
+
+
 def read_image(file: str, gray: bool, size: tuple[int, int] | None, keep_file: bool) -> Image8:
     """The image as a record holds it (raises OSError, ValueError or Pillow's DecompressionBombError when
     it cannot be read)."""
@@ -185,12 +199,14 @@ def read_image(file: str, gray: bool, size: tuple[int, int] | None, keep_file: b
 
     data = Path(file).read_bytes()
     with Image.open(io.BytesIO(data)) as opened:
-        opened.load()
         mode, file_type = opened.mode, opened.format
+        if gray and file_type == "JPEG" and mode in ("RGB", "YCbCr"):
+            opened.draft("L", opened.size)  # libjpeg's grey output, the luma plane, as OpenCV asks for
+        opened.load()
         im: Image.Image = opened
         if mode == "I" or mode.startswith("I;16"):  # 16 bits to 8 as OpenCV's imread does: the high byte
             im = Image.fromarray((np.asarray(im, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8))
-        pixels = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
+        pixels = _gray(im, file_type) if gray else np.asarray(im.convert("RGB"), dtype=np.uint8)
     if size is not None:
         pixels = resize_bilinear(pixels, *size)
     # only then do the file's own bytes decode to these pixels, in netspec's reader and in Caffe's

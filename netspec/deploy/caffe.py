@@ -15,6 +15,7 @@ from netspec.caffemodel import write_caffemodel
 from netspec.deploy.export import deploy_module, export_onnx
 from netspec.deploy.graph import Preprocess
 from netspec.errors import NetspecError
+from netspec.fillerspec import CAFFE_TYPES
 from netspec.lower.module import NetModule
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import build_net
@@ -71,19 +72,36 @@ def export_caffemodel(module: NetModule, path: str | Path) -> CaffeExport:
     for blob, shape in deploy.plan.inputs.items():
         net.layer.add(name=blob, type="Input", top=[blob]).input_param.shape.add(dim=list(shape))
     kept = set(deploy.plan.layers)
+    not_caffe = []  # layers Caffe itself cannot read
     for info in test.net.layers:
         if info.node.name in kept:
             lp = net.layer.add()
             lp.CopyFrom(info.node.lp)
             del lp.include[:], lp.exclude[:], lp.blobs[:]
+            _drop_netspec_fillers(lp)
+            if info.node.definition.origin == "netspec" or _uses_netspec_fields(lp):
+                not_caffe.append(lp.name)
     try:
         prototxt.write_text(to_prototxt(net), encoding="utf-8")
     except OSError as e:
         raise NetspecError(f"cannot write '{prototxt}': {e.strerror}") from None
-    not_caffe = [i.node.name for i in test.net.layers if i.node.name in kept and
-                 (i.node.definition.origin == "netspec" or _uses_netspec_fields(i.node.lp))]
     return CaffeExport(path, prototxt, sum(1 for _, blobs in layers if blobs), size, not_caffe,
                        dict(deploy.plan.preprocessing))
+
+
+def _drop_netspec_fillers(message: Message) -> None:
+    """Removes the fillers Caffe does not know (netspec's types or fields): Caffe builds every layer's
+    filler when it sets the net up, even though the weights then come from the .caffemodel, and stops at
+    one it does not know."""
+    for fd, value in message.ListFields():
+        if fd.message_type is None:
+            continue
+        if fd.message_type is pb.FillerParameter.DESCRIPTOR and not fd.is_repeated:  # (DummyData's are)
+            if value.type not in CAFFE_TYPES or _uses_netspec_fields(value):
+                message.ClearField(fd.name)
+            continue
+        for item in value if fd.is_repeated else [value]:
+            _drop_netspec_fillers(item)
 
 
 def _uses_netspec_fields(message: Message) -> bool:
