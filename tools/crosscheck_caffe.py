@@ -7,7 +7,10 @@
 2. netspec's weights in Caffe: each ready spec in models/ that uses only Caffe's layers is exported with
    `export_caffemodel` (a .caffemodel and its deploy prototxt); Caffe loads both and must compute what
    netspec computes.
-3. LMDB data ('lmdb'): Caffe's convert_imageset and tools/convert_imageset.py convert the same images
+3. Training ('solvers'): Caffe and netspec train LeNet (with average pooling) from the same Caffe-made
+   weights on the same data for 10 iterations with each of Caffe's solver types (and L1 decay, gradient
+   clipping, iter_size, lr_mult from the net), and the final weights are compared.
+4. LMDB data ('lmdb'): Caffe's convert_imageset and tools/convert_imageset.py convert the same images
    (plain, --gray, resized, --encoded) and their records are compared; Caffe's Data layer and netspec's
    read Caffe's databases with a transform_param (scale, a mean file from Caffe's compute_image_mean,
    crop) and must give the same batch; and Caffe's Data layer reads the databases netspec's tool wrote.
@@ -240,6 +243,63 @@ def model_case(spec: Path, caffe: str, folder: Path) -> bool:
                  export.caffemodel, caffe, folder)
 
 
+# Solver settings as in Caffe's examples, each with weight decay and a learning-rate policy. AdaGrad,
+# RMSProp and Adam divide by sqrt(history) + delta: with Caffe's default delta of 1e-8, a weight whose
+# gradient is float rounding noise (a sum that cancels) takes a step of about the learning rate in a
+# random direction, in Caffe as in netspec, and the two trainings differ by up to 2e-3 there; a delta of
+# 1e-4 keeps the comparison to the update rules themselves.
+SOLVERS = {
+    "SGD": dict(base_lr=0.01, momentum=0.9, lr_policy="inv", gamma=1e-4, power=0.75),
+    "Nesterov": dict(base_lr=0.01, momentum=0.95, lr_policy="step", gamma=0.5, stepsize=4),
+    "AdaGrad": dict(base_lr=0.01, delta=1e-4, lr_policy="fixed"),
+    "RMSProp": dict(base_lr=0.001, rms_decay=0.98, delta=1e-4, lr_policy="exp", gamma=0.95),
+    "AdaDelta": dict(base_lr=1.0, momentum=0.95, delta=1e-6, lr_policy="fixed"),
+    "Adam": dict(base_lr=0.001, momentum=0.9, momentum2=0.999, delta=1e-4, lr_policy="poly", power=1.0),
+    "SGD L1, clipped, iter_size 2": dict(type="SGD", base_lr=0.05, momentum=0.9, lr_policy="multistep",
+                                         gamma=0.1, stepvalue=[3, 6], regularization_type="L1",
+                                         clip_gradients=0.5, iter_size=2),
+}
+
+
+def solvers_case(caffe: str, root: Path, folder: Path) -> bool:
+    from netspec.caffemodel import read_caffemodel
+
+    weights = random_weights(caffe, ZOO["lenet"], root, folder)  # also writes train.prototxt and its data
+    rng = np.random.default_rng(3)
+    write_h5(folder / "train.h5", {"data": rng.standard_normal((40, 1, 28, 28)).astype(np.float32),
+                                   "label": rng.integers(0, 10, 40).astype(np.float32)})
+    train = read_prototxt(folder / "train.prototxt")
+    train.layer[0].hdf5_data_param.batch_size = 16  # 40 records: the batches wrap around, as Caffe's do
+    for layer in train.layer:  # max pooling routes the gradient to one input; a near-tie (1e-7 apart)
+        if layer.type == "Pooling":  # flips on float noise and sends two trainings apart: average instead
+            layer.pooling_param.pool = pb.PoolingParameter.AVE
+    (folder / "train.prototxt").write_text(text_format.MessageToString(train), encoding="utf-8")
+    ok = True
+    for name, settings in SOLVERS.items():
+        solver = pb.SolverParameter(net="train.prototxt", type=name.split()[0], max_iter=10, display=0,
+                                    weight_decay=5e-4, random_seed=1, snapshot_prefix="trained",
+                                    weights=[str(weights)], solver_mode=pb.SolverParameter.CPU)
+        for key, value in settings.items():
+            if isinstance(value, list):
+                getattr(solver, key).extend(value)
+            else:
+                setattr(solver, key, value)
+        path = folder / "solver.prototxt"
+        path.write_text(text_format.MessageToString(solver), encoding="utf-8")
+        run_caffe(caffe, ["train", f"-solver={path}"], folder)
+        theirs = read_caffemodel(folder / "trained_iter_10.caffemodel").blobs
+        ours = netspec.Solver(str(path), quiet=True)
+        ours.solve()
+        worst = 0.0
+        for layer, blobs in ours.net.caffe_params().items():
+            for got, want in zip(blobs, theirs[layer], strict=True):
+                scale = max(float(np.abs(want).max()), np.finfo(np.float32).tiny)
+                worst = max(worst, float(np.abs(got.detach().numpy() - want.reshape(got.shape)).max()) / scale)
+        print(f"training, {name}: weights after 10 iterations, largest relative difference {worst:.2e}")
+        ok = ok and worst <= BLOB_RTOL
+    return ok
+
+
 LMDB_OPTIONS = {"plain": [], "gray": ["--gray"], "resized": ["--resize_height=7", "--resize_width=10"],
                 "encoded": ["--encoded"]}
 
@@ -339,12 +399,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--caffe", required=True, help="the caffe command-line tool")
     parser.add_argument("--caffe-root", required=True, type=Path, help="a BVLC Caffe checkout (for its nets)")
-    parser.add_argument("cases", nargs="*", help=f"zoo nets ({', '.join(ZOO)}), 'models' or 'lmdb' (default: all)")
+    parser.add_argument("cases", nargs="*",
+                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'solvers' or 'lmdb' (default: all)")
     args = parser.parse_args()
     ok = True
-    for name in args.cases or [*ZOO, "models", "lmdb"]:
+    for name in args.cases or [*ZOO, "models", "solvers", "lmdb"]:
         with tempfile.TemporaryDirectory() as tmp:
-            if name == "lmdb":
+            if name == "solvers":
+                ok = solvers_case(args.caffe, args.caffe_root, Path(tmp)) and ok
+            elif name == "lmdb":
                 ok = lmdb_case(args.caffe, Path(tmp)) and ok
             elif name == "models":
                 for spec in sorted((ROOT / "models").glob("*.yaml")):
