@@ -21,7 +21,7 @@ from netspec.caffemodel import read_caffemodel, write_caffemodel
 from netspec.cli import main
 from netspec.errors import DataError, WeightsError
 from netspec.lower.weights import apply_weights, read_weights
-from tests.conftest import MODELS
+from tests.conftest import DATA, MODELS
 from tests.zoo import cifar10_quick
 
 LENET = str(MODELS / "lenet.prototxt")
@@ -334,3 +334,24 @@ def test_infogain_matrix_from_a_binaryproto(write_spec, tmp_path: Path) -> None:
     want = netspec.compile(as_input)(p=p, y=y, H=torch.from_numpy(h))["loss"]
     got = netspec.compile(from_file)(p=p, y=y)["loss"]
     torch.testing.assert_close(got, want)
+
+
+def test_weights_made_by_real_caffe_give_real_caffes_blobs(tmp_path: Path) -> None:
+    """tests/data/caffe_made: a .caffemodel that real Caffe's fillers made (LRN, grouped convolution,
+    BatchNorm with Caffe's zero scale factor, Scale, PReLU, ceil and padded average pooling) and every blob
+    of Caffe's forward pass (`python tools/crosscheck_caffe.py ... fixture` remakes them)."""
+    folder = DATA / "caffe_made"
+    caffe = np.load(folder / "caffe_blobs.npz")
+    module = netspec.compile(str(folder / "net.prototxt"), weights=str(folder / "weights.caffemodel"))
+    with torch.no_grad():
+        ours = module.blobs(data=torch.from_numpy(caffe["data"]))
+    assert sorted(ours) == sorted(caffe.files)
+    for blob, value in ours.items():
+        want = caffe[blob]
+        assert value.shape == want.shape, blob
+        assert np.abs(value.numpy() - want).max() <= 1e-5 * np.abs(want).max(), blob
+    report = netspec.export_onnx(module, tmp_path / "m.onnx")
+    assert report.verified
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    [prob] = session.run(["prob"], {"data": caffe["data"]})
+    np.testing.assert_allclose(prob, caffe["prob"], rtol=1e-5, atol=1e-7)

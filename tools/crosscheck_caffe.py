@@ -17,6 +17,9 @@
 
     python tools/crosscheck_caffe.py --caffe PATH/TO/caffe --caffe-root CAFFE_CHECKOUT [CASE ...]
 
+The case 'fixture' (not run by default) remakes tests/data/caffe_made: weights that real Caffe's fillers
+made for net.prototxt there, and every blob of Caffe's forward pass, which a test compares in CI.
+
 Caffe reads the input from an HDF5Data layer put in place of the deploy net's inputs and writes every blob
 with HDF5Output layers appended to the net, so only the `caffe` command-line tool is needed, not pycaffe.
 A blob's difference is reported relative to its largest magnitude: max|netspec - caffe| / max|caffe|.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -395,6 +399,20 @@ def lmdb_case(caffe: str, folder: Path) -> bool:
     return ok
 
 
+def fixture_case(caffe: str, folder: Path) -> bool:
+    out = ROOT / "tests" / "data" / "caffe_made"
+    case = ZooCase("net.prototxt", "net.prototxt", {"data": (3, 14, 14)})
+    weights = random_weights(caffe, case, out, folder)
+    shutil.copyfile(weights, out / "weights.caffemodel")
+    module = netspec.compile(str(out / "net.prototxt"), phase="TEST", weights=str(weights))
+    inputs = {"data": np.random.default_rng(4).standard_normal((BATCH, 3, 14, 14)).astype(np.float32)}
+    blobs = [b for b in module.net.shapes if b != "data"]
+    theirs = caffe_blobs(caffe, read_prototxt(out / "net.prototxt"), weights, inputs, blobs, folder)
+    np.savez(out / "caffe_blobs.npz", **inputs, **{k: v.reshape(module.net.shapes[k]) for k, v in theirs.items()})
+    print(f"wrote {out}: weights.caffemodel and caffe_blobs.npz ({', '.join(theirs)})")
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--caffe", required=True, help="the caffe command-line tool")
@@ -405,7 +423,9 @@ def main() -> int:
     ok = True
     for name in args.cases or [*ZOO, "models", "solvers", "lmdb"]:
         with tempfile.TemporaryDirectory() as tmp:
-            if name == "solvers":
+            if name == "fixture":
+                ok = fixture_case(args.caffe, Path(tmp)) and ok
+            elif name == "solvers":
                 ok = solvers_case(args.caffe, args.caffe_root, Path(tmp)) and ok
             elif name == "lmdb":
                 ok = lmdb_case(args.caffe, Path(tmp)) and ok
