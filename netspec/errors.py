@@ -62,8 +62,8 @@ class NetspecError(Exception):
     def __str__(self) -> str:
         where = f"{self.loc}: " if self.loc else ""
         if self.layer is not None:
-            kind = f" ({self.layer_type})" if self.layer_type else ""
-            where += f"layer '{self.layer}'{kind}: "
+            kind = f" ({shown(self.layer_type)})" if self.layer_type else ""
+            where += f"layer '{shown(self.layer)}'{kind}: "
         text = where + self.msg
         if self.hint:
             text += f"\n  hint: {self.hint}"
@@ -120,3 +120,11 @@ def did_you_mean(word: str, choices: Iterable[str], what: str = "") -> str | Non
     if not close:
         return None
     return f"did you mean {what}'{close[0]}'?" if what else f"did you mean '{close[0]}'?"
+
+
+def shown(text: str) -> str:
+    """A value from the user's input as a message quotes it: escaped and shortened, so that any value (a
+    string with line breaks, an integer thousands of digits long) still gives one short line."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= 80 else f"{text[:40]}...{text[-10:]} ({len(text)} characters)"

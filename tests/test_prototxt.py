@@ -96,7 +96,7 @@ def test_any_message_printed_by_protobuf_reads_back_equal(layer_list: list[pb.La
     ('layer { convolution_param { num_output: 3.5 } }', "t.prototxt:1:41",
      "field 'num_output' takes a non-negative integer, got '3.5'"),
     ('layer { convolution_param { num_output: -1 } }', "t.prototxt:1:41",
-     "field 'num_output' takes a non-negative integer; -1 is out of range"),
+     "field 'num_output' takes a non-negative integer (0 to 4294967295); -1 is out of range"),
     ('layer { pooling_param { pool: MEAN } }', "t.prototxt:1:31",
      "field 'pool' takes one of MAX, AVE, STOCHASTIC; got 'MEAN'"),
     ('layer { name: data }', "t.prototxt:1:15", "field 'name' takes a string, got the bare word data"),

@@ -102,7 +102,15 @@ def test_quotes_are_only_yaml_syntax() -> None:
     ("layer:\n  - name: a\n   type: ReLU\n", 3, "YAML syntax: while parsing a block collection did not find expected '-' indicator"),
     ("layer: [a, b]\n", 1, "field 'layer' takes a LayerParameter message ({ ... }), got 'a'"),
     ("- a\n- b\n", 1, "the top level of a YAML spec must be a mapping (name: ..., layer: [...])"),
-    ("base: &b {name: x}\nlayer:\n  - <<: *b\n", 3, "YAML merge keys ('<<') are not supported in specs; write the fields out"),
+    ("layer:\n  - <<: {name: x}\n", 2, "YAML merge keys ('<<') are not supported in specs; write the fields out"),
+    ("base: &b {name: x}\nlayer:\n  - <<: *b\n", 1, "YAML anchors (&b) are not allowed; specs are plain data"),
+    ("name: x\nlayer:\n  - *b\n", 3, "YAML aliases (*b) are not allowed; specs are plain data"),
+    ("name: !!python/object/apply:os.system [ls]\n", 1,
+     "YAML tags (!!python/object/apply:os.system) are not allowed; specs are plain data"),
+    ("name: !!str x\n", 1, "YAML tags (!!str) are not allowed"),
+    ("layer:\n  - ! {name: x}\n", 2, "YAML tags (!) are not allowed"),
+    ("layer:\n  - {? [a]: b}\n", 2, "a mapping key must be a plain name"),
+    ("name: a\n---\nname: b\n", 2, "a spec file holds one YAML document; this is a second"),
 ])
 def test_errors_point_at_the_yaml_line(text: str, line: int, message: str) -> None:
     with pytest.raises((SpecSyntaxError, SpecFieldError)) as e:
@@ -115,3 +123,23 @@ def test_solver_section_is_a_solver_parameter() -> None:
     net = yaml_net("solver: {type: Adam, base_lr: 0.001, lr_policy: fixed, early_stopping: {metric: accuracy}}\n")
     assert net.solver.type == "Adam"
     assert net.solver.early_stopping.metric == "accuracy"
+
+
+@pytest.mark.parametrize("loader", ["SafeLoader", "CSafeLoader"])
+@pytest.mark.parametrize(("text", "where", "message"), [
+    ('name: ok\nlayer: {name: "a\\ud800"}\n', "n.yaml:2:", "Unicode character"),
+    ("name: ok\nlayer: {name: a\x01}\n", "n.yaml:2:16", "characters are not allowed (character U+0001)"),
+])
+def test_invalid_characters_are_refused_by_either_loader(loader: str, text: str, where: str, message: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from netspec.spec import yamltree
+
+    if not hasattr(yaml, loader):
+        pytest.skip("PyYAML is built without libyaml")
+    monkeypatch.setattr(yamltree, "_Loader", getattr(yaml, loader))
+    with pytest.raises(SpecSyntaxError) as e:
+        yaml_net(text)
+    assert str(e.value.loc).startswith(where)
+    assert message in e.value.msg

@@ -7,36 +7,19 @@ are reported, so both spec formats give the same messages. Every field's locatio
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from netspec.errors import SourceLoc, SpecFieldError, did_you_mean
+from netspec.errors import SourceLoc, SpecFieldError, did_you_mean, shown
+from netspec.spec.numbers import int_kind, read_bool, read_enum, read_float, read_int
 from netspec.spec.tree import Mapping, Node, Scalar, Sequence
 
 Path = tuple[str | int, ...]
 
-_INT_RANGES = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1, "a 32-bit integer"),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1, "a 32-bit integer"),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1, "a 32-bit integer"),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1, "a 64-bit integer"),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1, "a 64-bit integer"),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1, "a 64-bit integer"),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1, "a non-negative integer"),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1, "a non-negative integer"),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1, "a non-negative integer"),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1, "a non-negative integer"),
-}
 _FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
-_TRUE = {"true", "t", "yes", "on", "1"}
-_FALSE = {"false", "f", "no", "off", "0"}
-_INT_TEXT = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|\d+)$")
-_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[fF]?$")
-_SPECIAL_FLOATS = {"inf": math.inf, "infinity": math.inf, ".inf": math.inf, "nan": math.nan, ".nan": math.nan}
 
 
 @dataclass
@@ -73,7 +56,7 @@ def build_message(tree: Mapping, msg: Message, smap: SourceMap, opts: BuildOptio
     for key, key_loc, value in tree.items:
         fd = desc.fields_by_name.get(key)
         if fd is None:
-            raise SpecFieldError(f"unknown field '{key}' in {_what(desc)}", loc=key_loc,
+            raise SpecFieldError(f"unknown field '{shown(key)}' in {_what(desc)}", loc=key_loc,
                                  hint=_unknown_field_hint(key, desc, tree))
         if not fd.is_repeated:
             if key in seen:
@@ -156,7 +139,7 @@ def fill_message(sub: Message, fd: FieldDescriptor, value: Node, smap: SourceMap
     elif isinstance(value, Scalar) and value.text == "" and not value.quoted:
         smap.locs.setdefault(path, value.loc)  # YAML `loss_param:` with nothing: present but empty
     else:
-        got = "a list" if isinstance(value, Sequence) else f"'{value.text}'"
+        got = "a list" if isinstance(value, Sequence) else f"'{shown(value.text)}'"
         raise SpecFieldError(f"field '{fd.name}' takes a {name} message ({{ ... }}), got {got}",
                              loc=value.loc)
 
@@ -168,26 +151,25 @@ def scalar_value(fd: FieldDescriptor, node: Node, opts: BuildOptions) -> object:
     text = node.text
     if fd.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
         if opts.quotes_mark_strings and not node.quoted:
-            raise SpecFieldError(f"field '{fd.name}' takes a string, got the bare word {text}",
-                                 loc=node.loc, hint=f'strings need quotes: {fd.name}: "{text}"')
+            raise SpecFieldError(f"field '{fd.name}' takes a string, got the bare word {shown(text)}",
+                                 loc=node.loc, hint=f'strings need quotes: {fd.name}: "{shown(text)}"')
         return text.encode("latin-1", "replace") if fd.type == FieldDescriptor.TYPE_BYTES else text
     if node.quoted and opts.quotes_mark_strings:
-        raise SpecFieldError(f"field '{fd.name}' takes {_kind(fd)}, got the string \"{text}\"",
+        raise SpecFieldError(f"field '{fd.name}' takes {_kind(fd)}, got the string \"{shown(text)}\"",
                              loc=node.loc, hint="remove the quotes")
     if text == "":
         raise SpecFieldError(f"field '{fd.name}' has no value; it takes {_kind(fd)}", loc=node.loc)
-    if fd.type == FieldDescriptor.TYPE_BOOL:
-        low = text.lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise SpecFieldError(f"field '{fd.name}' takes true or false, got '{text}'", loc=node.loc)
-    if fd.type == FieldDescriptor.TYPE_ENUM:
-        return _enum_value(fd, node)
-    if fd.type in _FLOATS:
-        return _float_value(fd, node)
-    return _int_value(fd, node)
+    yaml = not opts.quotes_mark_strings
+    try:
+        if fd.type == FieldDescriptor.TYPE_BOOL:
+            return read_bool(fd, text, yaml)
+        if fd.type == FieldDescriptor.TYPE_ENUM:
+            return read_enum(fd, text, yaml)
+        if fd.type in _FLOATS:
+            return read_float(fd, text, yaml)
+        return read_int(fd, text, yaml)
+    except SpecFieldError as e:
+        raise e.at(node.loc) from None
 
 
 def _kind(fd: FieldDescriptor) -> str:
@@ -197,47 +179,7 @@ def _kind(fd: FieldDescriptor) -> str:
         return "one of " + ", ".join(v.name for v in fd.enum_type.values)
     if fd.type in _FLOATS:
         return "a number"
-    return _INT_RANGES[fd.type][2]
-
-
-def _enum_value(fd: FieldDescriptor, node: Scalar) -> int:
-    values = fd.enum_type.values_by_name
-    if node.text in values:
-        return int(values[node.text].number)
-    if _INT_TEXT.match(node.text):
-        number = int(node.text, 0)
-        if number in fd.enum_type.values_by_number:
-            return number
-    names = ", ".join(v.name for v in fd.enum_type.values)
-    raise SpecFieldError(f"field '{fd.name}' takes one of {names}; got '{node.text}'", loc=node.loc,
-                         hint=did_you_mean(node.text, values))
-
-
-def _float_value(fd: FieldDescriptor, node: Scalar) -> float:
-    text = node.text
-    low = text.lower().lstrip("+")
-    sign = -1.0 if low.startswith("-") else 1.0
-    if low.lstrip("-") in _SPECIAL_FLOATS:
-        return sign * _SPECIAL_FLOATS[low.lstrip("-")]
-    if _INT_TEXT.match(text):
-        return float(int(text, 0))
-    if _FLOAT_TEXT.match(text):
-        return float(text.rstrip("fF"))
-    raise SpecFieldError(f"field '{fd.name}' takes a number, got '{text}'", loc=node.loc)
-
-
-def _int_value(fd: FieldDescriptor, node: Scalar) -> int:
-    text = node.text
-    lo, hi, kind = _INT_RANGES[fd.type]
-    if not _INT_TEXT.match(text):
-        hint = None
-        if _FLOAT_TEXT.match(text) and float(text.rstrip("fF")).is_integer():
-            hint = f"write it without a decimal point: {fd.name}: {int(float(text.rstrip('fF')))}"
-        raise SpecFieldError(f"field '{fd.name}' takes {kind}, got '{text}'", loc=node.loc, hint=hint)
-    number = int(text, 0)
-    if not lo <= number <= hi:
-        raise SpecFieldError(f"field '{fd.name}' takes {kind}; {number} is out of range", loc=node.loc)
-    return number
+    return int_kind(fd)
 
 
 def _unknown_field_hint(key: str, desc: Descriptor, tree: Mapping) -> str | None:

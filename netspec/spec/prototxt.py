@@ -13,14 +13,14 @@ import bisect
 import re
 
 from netspec.errors import SourceLoc, SpecSyntaxError
-from netspec.spec.tree import Mapping, Node, Scalar, Sequence
+from netspec.spec.tree import MAX_DEPTH, Mapping, Node, Scalar, Sequence, too_deep
 
 _TOKEN = re.compile(
     r"""
     (?P<space>[ \t\r\n\f\v]+|\#[^\n]*)
   | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<number>-?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[fF]?))
-  | (?P<ident>-?[A-Za-z_][A-Za-z0-9_.]*)
+  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[fF]?))
+  | (?P<ident>[-+]?[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<punct>[{}<>\[\]:,;])
   | (?P<unterminated>["'])
   | (?P<other>.)
@@ -28,22 +28,48 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
-_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|u[0-9a-fA-F]{4}|.)", re.DOTALL)
+_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "a": b"\a", "b": b"\b", "f": b"\f", "v": b"\v",
+            "\\": b"\\", "'": b"'", '"': b'"', "?": b"?"}
+_ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.))", re.DOTALL)
+_HEX_DIGITS = {"x": "one or two", "u": "four", "U": "eight"}
 
 
-def _unescape(body: str) -> str:
-    def one(m: re.Match[str]) -> str:
-        e = m.group(1)
-        if e[0] == "x":
-            return chr(int(e[1:], 16))
-        if e[0] == "u" and len(e) == 5:
-            return chr(int(e[1:], 16))
-        if e[0] in "01234567":
-            return chr(int(e, 8))
-        return _ESCAPES.get(e, e)
+def _unescape(body: str, toks: _Tokens, start: int) -> str:
+    """A string literal's text. As in protobuf, escapes stand for bytes (`\\303\\251` is 'é' in UTF-8) and
+    the bytes must be UTF-8; `start` is the body's offset in the file, for locating a bad escape."""
+    out = bytearray()
+    pos = 0
+    for m in _ESCAPE.finditer(body):
+        out += body[pos:m.start()].encode("utf-8", "surrogatepass")
+        pos = m.end()
+        octal, hex_byte, u4, u8, other = m.groups()
+        if octal is not None and int(octal, 8) <= 0o377:
+            out.append(int(octal, 8))
+        elif hex_byte is not None:
+            out.append(int(hex_byte, 16))
+        elif (u4 or u8) and not 0xD800 <= int(u4 or u8, 16) <= 0xDFFF and int(u4 or u8, 16) <= 0x10FFFF:
+            out += chr(int(u4 or u8, 16)).encode("utf-8")
+        elif other in _ESCAPES:
+            out += _ESCAPES[other]
+        else:
+            raise SpecSyntaxError(_bad_escape(m.group(), other) + " in a string", loc=toks.loc(start + m.start()),
+                                  hint=r"write \\ for a backslash" if other and other not in _HEX_DIGITS else None)
+    out += body[pos:].encode("utf-8", "surrogatepass")
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecSyntaxError(f"string is not valid UTF-8 text (at byte {e.start}: "
+                              f"{bytes(out[e.start:e.end]).hex(' ')})", loc=toks.loc(start - 1),
+                              hint="a string field holds Unicode text; escapes stand for its UTF-8 bytes") from None
 
-    return _ESCAPE.sub(one, body)
+
+def _bad_escape(escape: str, other: str | None) -> str:
+    if other is None:
+        kind = "octal escape" if escape[1] in "01234567" else "escape"
+        return f"{kind} '{escape}' is not a byte or a Unicode character"
+    if other in _HEX_DIGITS:
+        return f"escape '\\{other}' needs {_HEX_DIGITS[other]} hex digits"
+    return f"unknown escape '\\{other}'" if other.isprintable() else f"unknown escape (U+{ord(other):04X})"
 
 
 class _Tokens:
@@ -51,7 +77,7 @@ class _Tokens:
 
     def __init__(self, text: str, file: str) -> None:
         self.file = file
-        self._line_starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.toks: list[tuple[str, str, int]] = []
         for m in _TOKEN.finditer(text):
             kind = m.lastgroup or "other"
@@ -103,11 +129,11 @@ _CLOSE = {"{": "}", "<": ">"}
 def parse_prototxt(text: str, file: str) -> Mapping:
     """Parses a whole prototxt file into the Mapping of its top-level message."""
     toks = _Tokens(text, file)
-    root = _body(toks, Mapping(SourceLoc(file, 1, 1)), closer=None)
-    return root
+    return _body(toks, Mapping(SourceLoc(file, 1, 1)), closer=None, depth=0)
 
 
-def _body(toks: _Tokens, out: Mapping, closer: str | None) -> Mapping:
+def _body(toks: _Tokens, out: Mapping, closer: str | None, depth: int) -> Mapping:
+    """The fields of a block nested `depth` deep (the top level is 0), up to its `closer`."""
     while True:
         tok = toks.peek()
         if tok is None:
@@ -120,19 +146,26 @@ def _body(toks: _Tokens, out: Mapping, closer: str | None) -> Mapping:
         if kind == "punct" and text == closer:
             toks.take()
             return out
-        if kind != "ident" or text.startswith("-"):
+        if kind != "ident" or text[0] in "-+":
             hint = None
             if kind == "punct" and text in "}>" and closer is None:
                 hint = "there is one closing brace too many above this line"
             raise SpecSyntaxError(f"expected a field name, found '{text}'", loc=toks.loc(offset), hint=hint)
         toks.take()
         key_loc = toks.loc(offset)
-        out.items.append((text, key_loc, _value(toks, text)))
+        out.items.append((text, key_loc, _value(toks, text, depth)))
         if not toks.accept(","):
             toks.accept(";")
 
 
-def _value(toks: _Tokens, name: str) -> Node:
+def _open(toks: _Tokens, offset: int, depth: int) -> int:
+    """The depth of a block or list opened at `offset` inside one `depth` deep."""
+    if depth >= MAX_DEPTH:
+        raise too_deep(toks.loc(offset))
+    return depth + 1
+
+
+def _value(toks: _Tokens, name: str, depth: int) -> Node:
     colon = toks.accept(":")
     tok = toks.peek()
     if tok is None:
@@ -140,13 +173,14 @@ def _value(toks: _Tokens, name: str) -> Node:
     kind, text, offset = tok
     if kind == "punct" and text in _CLOSE:
         toks.take()
-        return _body(toks, Mapping(toks.loc(offset)), _CLOSE[text])
+        return _body(toks, Mapping(toks.loc(offset)), _CLOSE[text], _open(toks, offset, depth))
     if not colon:
         raise SpecSyntaxError(
             f"expected ':' or '{{' after field name '{name}', found '{text}'", loc=toks.loc(offset)
         )
     if kind == "punct" and text == "[":
         toks.take()
+        inner = _open(toks, offset, depth)
         seq = Sequence(toks.loc(offset))
         if toks.accept("]"):
             return seq
@@ -154,7 +188,8 @@ def _value(toks: _Tokens, name: str) -> Node:
             item_tok = toks.peek()
             if item_tok is not None and item_tok[0] == "punct" and item_tok[1] in _CLOSE:
                 toks.take()
-                seq.items.append(_body(toks, Mapping(toks.loc(item_tok[2])), _CLOSE[item_tok[1]]))
+                block = Mapping(toks.loc(item_tok[2]))
+                seq.items.append(_body(toks, block, _CLOSE[item_tok[1]], _open(toks, item_tok[2], inner)))
             else:
                 seq.items.append(_scalar(toks, name))
             if toks.accept("]"):
@@ -167,9 +202,10 @@ def _scalar(toks: _Tokens, name: str) -> Scalar:
     kind, text, offset = toks.take()
     loc = toks.loc(offset)
     if kind == "string":
-        parts = [_unescape(text[1:-1])]
+        parts = [_unescape(text[1:-1], toks, offset + 1)]
         while (nxt := toks.peek()) is not None and nxt[0] == "string":
-            parts.append(_unescape(toks.take()[1][1:-1]))
+            toks.take()
+            parts.append(_unescape(nxt[1][1:-1], toks, nxt[2] + 1))
         return Scalar("".join(parts), True, loc)
     if kind in ("number", "ident"):
         return Scalar(text, False, loc)

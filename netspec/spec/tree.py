@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from netspec.errors import SourceLoc
+from netspec.errors import SourceLoc, SpecSyntaxError
+
+MAX_DEPTH = 100
+"""The deepest nesting of blocks and lists below a spec's top level that the readers accept. Real specs
+nest fewer than ten levels; the limit keeps every recursive walk of a tree or message (building, upgrading,
+writing, protobuf's own printer) far from Python's recursion limit."""
 
 
 @dataclass
@@ -41,3 +46,9 @@ class Sequence:
 
 
 Node = Scalar | Mapping | Sequence
+
+
+def too_deep(loc: SourceLoc) -> SpecSyntaxError:
+    """The error for a block opened at `loc` beyond MAX_DEPTH."""
+    return SpecSyntaxError(f"blocks nest more than {MAX_DEPTH} levels deep here", loc=loc,
+                           hint="specs nest a few levels; is the file generated or damaged?")

@@ -3,6 +3,7 @@ prototxt naming its nets; `--set key=value` overrides; every setting checked bef
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from netspec._proto import netspec_pb2 as pb
-from netspec.errors import SolverError, SourceLoc, SpecFieldError, did_you_mean
+from netspec.errors import SolverError, SourceLoc, SpecFieldError, SpecSyntaxError, did_you_mean, shown
 from netspec.spec.build import BuildOptions, SourceMap, fill_message, repeated_items, scalar_value
 from netspec.spec.load import (
     PROTOTXT,
@@ -22,7 +23,7 @@ from netspec.spec.load import (
     read_text,
     spec_format,
 )
-from netspec.spec.tree import Scalar
+from netspec.spec.tree import Node, Scalar
 from netspec.spec.yamltree import parse_yaml
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "AdamW", "Adamax", "NAdam")
@@ -190,7 +191,7 @@ def apply_overrides(config: SolverConfig, overrides: tuple[str, ...]) -> None:
             raise SpecFieldError(f"--set takes KEY=VALUE with KEY like solver.base_lr or conv1.convolution_param."
                                  f"num_output; got '{item}'", loc=loc)
         head, *path = key.split(".")
-        tree = parse_yaml(f"v: {value}", loc.file).items[0][2]
+        tree = _set_value(value, loc)
         if head == "solver":
             _set_path(config.param, path, tree, loc)
             continue
@@ -207,7 +208,20 @@ def apply_overrides(config: SolverConfig, overrides: tuple[str, ...]) -> None:
                                  hint=did_you_mean(head, names) or "use solver.FIELD for solver settings")
 
 
-def _set_path(msg: Message, path: list[str], value: object, loc: SourceLoc) -> None:
+def _set_value(value: str, loc: SourceLoc) -> Node:
+    """VALUE of `--set KEY=VALUE`, read as the value of a YAML key (with YAML's limits: plain data, no
+    deeper nesting than a spec's); exactly one value, so that no line break can smuggle in more."""
+    try:
+        items = parse_yaml(f"v: {value}", loc.file).items
+    except SpecSyntaxError as e:
+        e.hint = "VALUE is written as in YAML: a number, a word, or [a, b] for a list"
+        raise
+    if len(items) != 1:
+        raise SpecFieldError(f"--set takes one value after '=', got {shown(value)}", loc=loc)
+    return items[0][2]
+
+
+def _set_path(msg: Message, path: list[str], value: Node, loc: SourceLoc) -> None:
     for name in path[:-1]:
         fd = msg.DESCRIPTOR.fields_by_name.get(name)
         if fd is None or fd.type != FieldDescriptor.TYPE_MESSAGE or fd.is_repeated:
@@ -223,14 +237,14 @@ def _set_path(msg: Message, path: list[str], value: object, loc: SourceLoc) -> N
     node = value if not isinstance(value, Scalar) else Scalar(value.text, value.quoted, loc)
     if fd.is_repeated:
         msg.ClearField(last)
-        for item in repeated_items(fd, node):  # type: ignore[arg-type]
+        for item in repeated_items(fd, node):
             if fd.type == FieldDescriptor.TYPE_MESSAGE:
                 fill_message(getattr(msg, last).add(), fd, item, smap, opts, ())
             else:
                 getattr(msg, last).append(scalar_value(fd, item, opts))
     elif fd.type == FieldDescriptor.TYPE_MESSAGE:
         msg.ClearField(last)
-        fill_message(getattr(msg, last), fd, node, smap, opts, ())  # type: ignore[arg-type]
+        fill_message(getattr(msg, last), fd, node, smap, opts, ())
     else:
         setattr(msg, last, scalar_value(fd, node, opts))
 
@@ -245,6 +259,9 @@ def check_solver(config: SolverConfig) -> None:
     def fail(field_name: str, msg: str, hint: str | None = None) -> None:
         raise SolverError(msg, loc=config.loc(field_name), hint=hint)
 
+    for fd, value in p.ListFields():
+        if fd.type in (fd.TYPE_FLOAT, fd.TYPE_DOUBLE) and not fd.is_repeated and not math.isfinite(value):
+            fail(fd.name, f"{fd.name} must be a finite number, got {value}")
     if not p.HasField("type") and p.HasField("solver_type"):
         p.type = _OLD_TYPES[p.solver_type]
     if p.type not in SOLVER_TYPES:
