@@ -71,3 +71,32 @@ def test_cli_convert_and_upgrade(tmp_path: Path) -> None:
     assert [(p.lr_mult, p.decay_mult) for p in net.layer[1].param] == [(1, 1), (2, 0)]
     assert net.layer[2].pooling_param.round_mode == pb.PoolingParameter.FLOOR
     assert not net.layers and not net.input
+
+
+def test_nesting_at_the_limit_checks_and_converts_and_one_more_level_is_refused(tmp_path: Path) -> None:
+    """The readers' nesting limit keeps every recursive walk (building, upgrading, both writers,
+    protobuf's printer) well inside Python's recursion limit, even under the test runner's stack."""
+    from click.testing import CliRunner
+
+    from netspec.cli import main
+    from netspec.spec.tree import MAX_DEPTH
+
+    layer = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 } } }\n'
+    pairs = MAX_DEPTH // 2  # solver { net_param { ... } } is two levels
+    deep = tmp_path / "deep.prototxt"
+    deep.write_text(layer + "solver { net_param { " * pairs + 'name: "x"' + " } }" * pairs + "\n")
+    runner = CliRunner()
+    for args in (["check", str(deep)], ["convert", str(deep), str(tmp_path / "deep.yaml")],
+                 ["check", str(tmp_path / "deep.yaml")],
+                 ["convert", "--upgrade", str(tmp_path / "deep.yaml"), str(tmp_path / "back.prototxt")]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    assert read_net(str(tmp_path / "back.prototxt")).message == read_net(str(deep)).message
+    deeper = tmp_path / "deeper.prototxt"
+    deeper.write_text(layer + "solver { net_param { " * pairs + "solver {}" + " } }" * pairs + "\n")
+    for args in (["check", str(deeper)], ["convert", str(deeper), str(tmp_path / "x.yaml")]):
+        result = runner.invoke(main, args)
+        brace = len("solver { net_param { ") * pairs + len("solver {")  # the column of the 101st '{'
+        assert (result.exit_code, result.output) == (1, f"{deeper}:2:{brace}: blocks nest more than "
+                                                     f"{MAX_DEPTH} levels deep here\n  hint: specs nest a few "
+                                                     "levels; is the file generated or damaged?\n")

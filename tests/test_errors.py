@@ -31,6 +31,19 @@ def test_broken_spec_gives_the_expected_message(spec: Path, monkeypatch: pytest.
     assert result.output == golden.read_text()
 
 
+READING = [p for p in SPECS if p.name.startswith(("nesting_", "number_", "string_", "yaml_"))]
+
+
+@pytest.mark.parametrize("spec", READING, ids=lambda p: p.name)
+def test_convert_refuses_what_reading_refuses_with_the_same_message(spec: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ERRORS)
+    target = tmp_path / ("out.yaml" if spec.suffix == ".prototxt" else "out.prototxt")
+    result = CliRunner().invoke(main, ["convert", spec.name, str(target)])
+    assert (result.exit_code, result.output) == (1, spec.with_suffix(spec.suffix + ".txt").read_text())
+    assert not target.exists()
+
+
 def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ERRORS)
     result = CliRunner().invoke(main, ["--debug", "check", "unknown_bottom.prototxt"])

@@ -47,8 +47,7 @@ def test_syntax_variants(text: str) -> None:
     assert ours(text) == text_format.Parse(text, pb.NetParameter())
 
 
-names = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF, blacklist_characters="\x7f"),
-                max_size=12)
+names = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 floats = st.floats(allow_nan=False, width=32)
 
 
@@ -85,6 +84,7 @@ def test_any_message_printed_by_protobuf_reads_back_equal(layer_list: list[pb.La
     net.layer.extend(layer_list)
     assert ours(text_format.MessageToString(net)) == net
     assert ours(text_format.MessageToString(net, as_one_line=True)) == net
+    assert ours(text_format.MessageToString(net, as_utf8=True)) == net
 
 
 @pytest.mark.parametrize(("text", "where", "message"), [
@@ -110,6 +110,28 @@ def test_errors_name_the_line_column_and_problem(text: str, where: str, message:
         load_net_text(text, "t.prototxt", PROTOTXT)
     assert str(e.value.loc) == where
     assert e.value.msg == message
+
+
+@pytest.mark.parametrize(("literal", "value"), [
+    (r'"caf\303\251"', "café"), (r'"caf\xc3\xa9"', "café"), (r'"caf\u00e9"', "café"), ('"café"', "café"),
+    (r'"\U0001F600"', "\U0001F600"), (r'"\x41\101\0"', "AA\0"), (r"'\'\"\\\t'", "'\"\\\t"), (r'"a\?"', "a?"),
+])
+def test_string_escapes_stand_for_utf8_bytes(literal: str, value: str) -> None:
+    assert ours(f"name: {literal}").name == value  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("literal", "col", "message"), [
+    (r'"ab\ud800"', 10, "escape '\\ud800' is not a byte or a Unicode character in a string"),
+    (r'"\U00110000"', 8, "escape '\\U00110000' is not a byte or a Unicode character in a string"),
+    (r'"ab\xZZ"', 10, "escape '\\x' needs one or two hex digits in a string"),
+    (r'"\777"', 8, "octal escape '\\777' is not a byte or a Unicode character in a string"),
+    (r'"a" "\q"', 12, "unknown escape '\\q' in a string"),
+    (r'"caf\351"', 7, "string is not valid UTF-8 text (at byte 3: e9)"),
+])
+def test_bad_strings_are_refused_where_they_are(literal: str, col: int, message: str) -> None:
+    with pytest.raises(SpecSyntaxError) as e:
+        load_net_text(f"name: {literal}", "t.prototxt", PROTOTXT)
+    assert (e.value.msg, str(e.value.loc)) == (message, f"t.prototxt:1:{col}")
 
 
 def test_unknown_field_hints_at_the_closest_name_and_the_right_block() -> None:

@@ -331,3 +331,38 @@ def test_large_sources_stream_through_a_dataloader(tmp_path: Path, monkeypatch: 
     after = streamed.next()
     streamed.load_state(state)
     assert torch.equal(streamed.next()["data"], after["data"])
+
+
+@pytest.mark.parametrize(("value", "read"), [
+    ("solver.max_iter=010", ("max_iter", 8)), ("solver.max_iter=0x10", ("max_iter", 16)),
+    ("solver.base_lr=.5", ("base_lr", 0.5)), ("solver.debug_info=yes", ("debug_info", True)),
+])
+def test_set_values_are_read_as_yaml_spec_values(value: str, read: tuple[str, object]) -> None:
+    from netspec.train.config import load_config
+
+    config = load_config(str(MODELS / "xor_train.yaml"), (value,))
+    assert getattr(config.param, read[0]) == read[1]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("solver.max_iter=08", "--set #1:1: field 'max_iter' takes a 32-bit integer, got '08'"),
+    ("solver.max_iter=" + "9" * 5000, "--set #1:1: field 'max_iter' takes a 32-bit integer (-2147483648 to "
+     "2147483647); " + "9" * 40 + "...9999999999 (5000 characters) is out of range"),
+    ("solver.max_iter=2147483648", "--set #1:1: field 'max_iter' takes a 32-bit integer (-2147483648 to "
+     "2147483647); 2147483648 is out of range"),
+    ("solver.base_lr=1e999", "xor_train.yaml:23:3: base_lr must be a finite number, got inf"),
+    ("solver.momentum=nan", "xor_train.yaml:24:3: momentum must be a finite number, got nan"),
+    ("solver.max_iter=&a 1", "--set #1:1:4: YAML anchors (&a) are not allowed; specs are plain data: write the "
+     "value out"),
+    ("solver.type=!!python/name:os.system", "--set #1:1:4: YAML tags (!!python/name:os.system) are not allowed; "
+     "specs are plain data: write the value out"),
+    ("solver.max_iter=5\nbase_lr: 3", "--set #1:1: --set takes one value after '=', got 5\\nbase_lr: 3"),
+    ("solver.stepvalue=" + "[" * 200, "--set #1:1:104: blocks nest more than 100 levels deep here"),
+])
+def test_set_values_are_refused_with_one_located_line(value: str, message: str) -> None:
+    from netspec.errors import NetspecError
+    from netspec.train.config import load_config
+
+    with pytest.raises(NetspecError) as e:
+        load_config(str(MODELS / "xor_train.yaml"), (value,))
+    assert str(e.value).split("\n")[0].removeprefix(str(MODELS) + "/") == message
