@@ -184,3 +184,11 @@ def test_yaml_refusals(text: str, message: str) -> None:
         build_message(parse_yaml(text, "t.yaml"), pb.BlobShape(), SourceMap("t"), BuildOptions(False))
     assert e.value.msg == message
     assert str(e.value.loc) == "t.yaml:1:6"
+
+
+@pytest.mark.parametrize("fmt", [PROTOTXT, YAML])
+def test_a_long_almost_number_is_refused_without_backtracking(fmt: str) -> None:
+    """A regression: an ambiguous float pattern took minutes on 10,000 digits followed by a letter."""
+    almost = "1" * 100_000 + "x"
+    assert ours(pb.LayerParameter, f"loss_weight: {almost}", fmt) is None
+    assert ours(pb.LayerParameter, f"loss_weight: {almost[:-1]}.5e-3f", fmt) is not None

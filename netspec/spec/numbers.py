@@ -36,7 +36,8 @@ _INT_RANGES = {
 }
 _MAX_DIGITS = 25  # more significant digits than any field's range has, in any base
 _INT = re.compile(r"(?P<sign>[-+]?)(?:0[xX](?P<hex>[0-9a-fA-F]+)|0(?P<oct>[0-7]+)|(?P<dec>[1-9][0-9]*|0))")
-_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?[fF]?")
+# Each character can be matched one way only, so that a long non-number fails in linear time.
+_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?[fF]?")
 _LEADING_ZERO = re.compile(r"[-+]?0[0-9]")
 _SPECIAL = re.compile(r"[-+]?(?:inf|infinity|nan)", re.IGNORECASE)
 _YAML_SPECIAL = re.compile(r"[-+]?\.(?:inf|nan)", re.IGNORECASE)
