@@ -352,12 +352,13 @@ def test_set_values_are_read_as_yaml_spec_values(value: str, read: tuple[str, ob
      "2147483647); 2147483648 is out of range"),
     ("solver.base_lr=1e999", "xor_train.yaml:23:3: base_lr must be a finite number, got inf"),
     ("solver.momentum=nan", "xor_train.yaml:24:3: momentum must be a finite number, got nan"),
-    ("solver.max_iter=&a 1", "--set #1:1:4: YAML anchors (&a) are not allowed; specs are plain data: write the "
+    ("solver.max_iter=&a 1", "--set #1:1:1: YAML anchors (&a) are not allowed; specs are plain data: write the "
      "value out"),
-    ("solver.type=!!python/name:os.system", "--set #1:1:4: YAML tags (!!python/name:os.system) are not allowed; "
+    ("solver.type=!!python/name:os.system", "--set #1:1:1: YAML tags (!!python/name:os.system) are not allowed; "
      "specs are plain data: write the value out"),
     ("solver.max_iter=5\nbase_lr: 3", "--set #1:1: --set takes one value after '=', got 5\\nbase_lr: 3"),
-    ("solver.stepvalue=" + "[" * 200, "--set #1:1:104: blocks nest more than 100 levels deep here"),
+    ("solver.type=a\udcff", "--set #1:1:2: U+DCFF is not a Unicode character (an undecodable byte?)"),
+    ("solver.stepvalue=" + "[" * 200, "--set #1:1:101: blocks nest more than 100 levels deep here"),
 ])
 def test_set_values_are_refused_with_one_located_line(value: str, message: str) -> None:
     from netspec.errors import NetspecError

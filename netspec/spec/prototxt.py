@@ -13,7 +13,7 @@ import bisect
 import re
 
 from netspec.errors import SourceLoc, SpecSyntaxError
-from netspec.spec.tree import MAX_DEPTH, Mapping, Node, Scalar, Sequence, too_deep
+from netspec.spec.tree import MAX_DEPTH, Mapping, Node, Scalar, Sequence, check_characters, too_deep
 
 _TOKEN = re.compile(
     r"""
@@ -40,7 +40,7 @@ def _unescape(body: str, toks: _Tokens, start: int) -> str:
     out = bytearray()
     pos = 0
     for m in _ESCAPE.finditer(body):
-        out += body[pos:m.start()].encode("utf-8", "surrogatepass")
+        out += body[pos:m.start()].encode("utf-8")
         pos = m.end()
         octal, hex_byte, u4, u8, other = m.groups()
         if octal is not None and int(octal, 8) <= 0o377:
@@ -54,7 +54,7 @@ def _unescape(body: str, toks: _Tokens, start: int) -> str:
         else:
             raise SpecSyntaxError(_bad_escape(m.group(), other) + " in a string", loc=toks.loc(start + m.start()),
                                   hint=r"write \\ for a backslash" if other and other not in _HEX_DIGITS else None)
-    out += body[pos:].encode("utf-8", "surrogatepass")
+    out += body[pos:].encode("utf-8")
     try:
         return out.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -128,6 +128,7 @@ _CLOSE = {"{": "}", "<": ">"}
 
 def parse_prototxt(text: str, file: str) -> Mapping:
     """Parses a whole prototxt file into the Mapping of its top-level message."""
+    check_characters(text, file)
     toks = _Tokens(text, file)
     return _body(toks, Mapping(SourceLoc(file, 1, 1)), closer=None, depth=0)
 

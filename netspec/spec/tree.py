@@ -6,6 +6,7 @@ a tree into a message (and every error that can arise on the way) is written onc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from netspec.errors import SourceLoc, SpecSyntaxError
@@ -52,3 +53,17 @@ def too_deep(loc: SourceLoc) -> SpecSyntaxError:
     """The error for a block opened at `loc` beyond MAX_DEPTH."""
     return SpecSyntaxError(f"blocks nest more than {MAX_DEPTH} levels deep here", loc=loc,
                            hint="specs nest a few levels; is the file generated or damaged?")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_characters(text: str, file: str) -> None:
+    """Refuses a lone surrogate, which no file read as UTF-8 holds but a command-line value can (Python
+    keeps undecodable bytes of an argument that way) and which no later step could encode."""
+    m = _SURROGATE.search(text)
+    if m is not None:
+        line = text.count("\n", 0, m.start()) + 1
+        col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+        raise SpecSyntaxError(f"U+{ord(m.group()):04X} is not a Unicode character (an undecodable byte?)",
+                              loc=SourceLoc(file, line, col))

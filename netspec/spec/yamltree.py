@@ -16,7 +16,7 @@ from typing import cast
 import yaml
 
 from netspec.errors import SourceLoc, SpecSyntaxError, shown
-from netspec.spec.tree import MAX_DEPTH, Mapping, Node, Scalar, Sequence, too_deep
+from netspec.spec.tree import MAX_DEPTH, Mapping, Node, Scalar, Sequence, check_characters, too_deep
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLAIN_DATA = "specs are plain data: write the value out"
@@ -30,6 +30,7 @@ def _loc(file: str, mark: yaml.Mark | None) -> SourceLoc:
 
 def parse_yaml(text: str, file: str) -> Mapping:
     """Parses a YAML document whose top level is a mapping (an empty file is an empty mapping)."""
+    check_characters(text, file)
     try:
         tree = _tree(yaml.parse(text, Loader=_Loader), file)
     except yaml.MarkedYAMLError as e:

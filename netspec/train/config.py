@@ -211,9 +211,12 @@ def apply_overrides(config: SolverConfig, overrides: tuple[str, ...]) -> None:
 def _set_value(value: str, loc: SourceLoc) -> Node:
     """VALUE of `--set KEY=VALUE`, read as the value of a YAML key (with YAML's limits: plain data, no
     deeper nesting than a spec's); exactly one value, so that no line break can smuggle in more."""
+    prefix = "v: "
     try:
-        items = parse_yaml(f"v: {value}", loc.file).items
+        items = parse_yaml(prefix + value, loc.file).items
     except SpecSyntaxError as e:
+        if e.loc is not None and e.loc.line == 1 and e.loc.col:  # a column of VALUE, not of the wrapper
+            e.loc = SourceLoc(e.loc.file, 1, max(1, e.loc.col - len(prefix)))
         e.hint = "VALUE is written as in YAML: a number, a word, or [a, b] for a list"
         raise
     if len(items) != 1:
