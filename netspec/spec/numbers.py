@@ -1,10 +1,11 @@
 """How a scalar's text becomes a number, a bool or an enum value, in each spec format.
 
-Prototxt numbers are read as protobuf's text format reads them (Caffe's C++ parser and Python's
-`text_format` agree on every spelling netspec accepts): `010` is C-style octal 8 and `08` is no number,
-`0x1F` is hex, a float field takes no octal or hex, a float too large for its field reads as infinity,
-and `inf`, `infinity` and `nan` (any case, with `-`) are floats. Spellings only Python's parser takes
-(`+5`, `1_000`, `0b101`, `0o17`, `inff`) are refused, as Caffe refuses them.
+Prototxt numbers are read as protobuf's text format reads them, to the same value (tests/test_numbers.py
+holds netspec to Python's `text_format`): `010` is C-style octal 8 and `08` is no number, `0x1F` is hex, a
+float field takes no octal or hex, a float too large for its field reads as infinity, and `inf`,
+`infinity` and `nan` (any case, with `-`) are floats. Spellings that only Python's parser takes, through
+Python's own int() and float() (`+5`, `1_000`, `0b101`, `0o17`, `inff`), are refused, as C++ protobuf (so
+Caffe) refuses them.
 
 YAML specs keep each scalar's text and read it by the field's type with the same rules, so a spec means
 the same in both formats; YAML adds its own spellings: a leading `+`, `.inf` and `.nan`, any integer
@@ -80,8 +81,9 @@ def read_int(fd: FieldDescriptor, text: str, yaml: bool) -> int:
         hint = None
         if text.startswith("+") and not yaml:
             hint = _PLUS_HINT
-        elif _LEADING_ZERO.match(text) and text.isdigit():
-            hint = f"{_OCTAL_HINT}, and octal has no digit 8 or 9: write {text.lstrip('0')}"
+        elif _LEADING_ZERO.match(text) and text.lstrip("+-").isdigit():
+            sign = text[0] if text[0] in "+-" else ""
+            hint = f"{_OCTAL_HINT}, and octal has no digit 8 or 9: write {sign}{text.lstrip('+-0')}"
         elif _FLOAT.fullmatch(text) and len(text) <= 80 and float(text.rstrip("fF")).is_integer():
             hint = f"write it without a decimal point: {fd.name}: {int(float(text.rstrip('fF')))}"
         raise SpecFieldError(f"field '{fd.name}' takes {int_kind(fd)}, got '{shown(text)}'", hint=hint)

@@ -35,7 +35,7 @@ def parse_yaml(text: str, file: str) -> Mapping:
         tree = _tree(yaml.parse(text, Loader=_Loader), file)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        msg = " ".join(str(x) for x in (e.context, e.problem) if x) or "invalid YAML"
+        msg = " ".join(" ".join(str(x).split()) for x in (e.context, e.problem) if x) or "invalid YAML"
         raise SpecSyntaxError(f"YAML syntax: {msg}", loc=_loc(file, mark),
                               hint="YAML nests by indentation: compare this line's with the lines above") from None
     except yaml.reader.ReaderError as e:
