@@ -146,8 +146,8 @@ def test_netspec_accepts_names_that_are_not_identifiers(tmp_path: Path) -> None:
      "did you mean 'MAX'?"),
     (lambda x: L.Convolution(x, num_output=2.5), "L.Convolution: field 'num_output' takes a non-negative integer, "
                                                  "got '2.5'", None),
-    (lambda x: L.Convolution(x, num_output=-1), "L.Convolution: field 'num_output' takes a non-negative integer; "
-                                                "-1 is out of range", None),
+    (lambda x: L.Convolution(x, num_output=-1), "L.Convolution: field 'num_output' takes a non-negative integer "
+                                                "(0 to 4294967295); -1 is out of range", None),
     (lambda x: L.ReLU(x, negative_slope={"a": 1}), "L.ReLU: field 'negative_slope' takes a single value, got a message",
      None),
     (lambda x: L.ReLU(x, top="y"), "L.ReLU: 'top' is set by the builder: pass the input tops as arguments and assign "
