@@ -37,6 +37,8 @@ _HEX_DIGITS = {"x": "one or two", "u": "four", "U": "eight"}
 def _unescape(body: str, toks: _Tokens, start: int) -> str:
     """A string literal's text. As in protobuf, escapes stand for bytes (`\\303\\251` is 'é' in UTF-8) and
     the bytes must be UTF-8; `start` is the body's offset in the file, for locating a bad escape."""
+    if "\\" not in body:
+        return body  # the file's own text is valid Unicode (parse_prototxt checked it)
     out = bytearray()
     pos = 0
     for m in _ESCAPE.finditer(body):
