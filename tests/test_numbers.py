@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+import yaml
 from google.protobuf import text_format, wrappers_pb2
 from google.protobuf.message import Message
 from hypothesis import given, settings
@@ -148,6 +149,29 @@ def test_prototxt_refusals_name_the_field_and_why(text: str, message: str, hint:
         load_net_text(text, "t.prototxt", PROTOTXT)
     assert (e.value.msg, e.value.hint) == (message, hint)
     assert e.value.loc is not None and e.value.loc.col == text.rindex(":") + 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(spellings)
+def test_yaml_numbers_read_as_yaml_reads_them(spelling: str) -> None:
+    """Wherever PyYAML (YAML 1.1) reads a plain scalar as a number, netspec reads the same number; it also
+    reads some spellings YAML 1.1 calls strings (`1e-4`), and refuses 1_000, 0b11 and 1:30."""
+    try:
+        value = yaml.safe_load(f"v: {spelling}")["v"]
+    except (yaml.YAMLError, ValueError):  # ValueError: PyYAML's int() past 4,300 digits
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or re.search(r"[_:]|0b", spelling):
+        return
+    double = ours(wrappers_pb2.DoubleValue, f"value: {spelling}", YAML)
+    assert double is not None
+    try:
+        expected = float(value)
+    except OverflowError:  # an integer past the largest double reads as infinity, as protobuf's text format does
+        expected = math.inf if value > 0 else -math.inf
+    assert double.value == expected or (math.isnan(expected) and math.isnan(double.value))
+    if isinstance(value, int):
+        int64 = ours(wrappers_pb2.Int64Value, f"value: {spelling}", YAML)
+        assert (int64.value if int64 is not None else None) == (value if -(2**63) <= value < 2**63 else None)
 
 
 @pytest.mark.parametrize(("kind", "spelling", "value"), [
