@@ -37,6 +37,7 @@ def load_case(path: str) -> tuple[dict[str, np.ndarray], netspec.Net, NetModule]
         for key, value in ref.items():
             if key.startswith("param:"):
                 _, layer, i = key.split(":")
+                assert tuple(params[layer][int(i)].shape) == value.shape, key  # Caffe's blob shapes exactly
                 params[layer][int(i)].copy_(torch.from_numpy(value))
     return ref, net, module
 

@@ -112,15 +112,16 @@ def with_hdf5_inputs(net: pb.NetParameter, listing: Path, tops: Iterable[str], b
     return out
 
 
-def with_hdf5_outputs(net: pb.NetParameter, blobs: list[str], folder: Path) -> list[tuple[Path, str, str]]:
-    """Appends HDF5Output layers (each writes two blobs, as 'data' and 'label') that save `blobs`."""
-    pairs = [(blobs[i], blobs[i + 1] if i + 1 < len(blobs) else blobs[0]) for i in range(0, len(blobs), 2)]
+def with_hdf5_outputs(net: pb.NetParameter, blobs: list[str], folder: Path) -> list[tuple[Path, str]]:
+    """Appends an HDF5Output layer per blob that saves it flattened: HDF5Output takes two bottoms of equal
+    first axis and of at most four axes (a 3-D convolution's are five), so each blob goes in twice."""
     files = []
-    for n, (first, second) in enumerate(pairs):
-        path = folder / f"blobs_{n}.h5"
-        layer = net.layer.add(name=f"crosscheck_output_{n}", type="HDF5Output", bottom=[first, second])
+    for n, blob in enumerate(blobs):
+        path, flat = folder / f"blobs_{n}.h5", f"crosscheck_flat_{n}"
+        net.layer.add(name=flat, type="Flatten", bottom=[blob], top=[flat]).flatten_param.axis = 0
+        layer = net.layer.add(name=f"crosscheck_output_{n}", type="HDF5Output", bottom=[flat, flat])
         layer.hdf5_output_param.file_name = str(path)
-        files.append((path, first, second))
+        files.append((path, blob))
     return files
 
 
@@ -134,17 +135,18 @@ def run_caffe(tool: str, args: list[str], cwd: Path) -> None:
 
 def caffe_blobs(caffe: str, deploy: pb.NetParameter, weights: Path, inputs: dict[str, np.ndarray],
                 blobs: list[str], folder: Path) -> dict[str, np.ndarray]:
-    """Every blob in `blobs` after Caffe's TEST-phase forward pass of `deploy` with `weights`."""
+    """Every blob in `blobs` (flattened) after Caffe's TEST-phase forward pass of `deploy` with `weights`."""
     listing = write_h5(folder / "input.h5", inputs)
-    net = with_hdf5_inputs(deploy, listing, inputs, BATCH, None)
+    batch = len(next(iter(inputs.values())))  # all of the inputs: x is (T, N, ...) for recurrent nets
+    net = with_hdf5_inputs(deploy, listing, inputs, batch, None)
     files = with_hdf5_outputs(net, blobs, folder)
     model = folder / "crosscheck.prototxt"
     model.write_text(text_format.MessageToString(net), encoding="utf-8")
     run_caffe(caffe, ["test", f"-model={model}", f"-weights={weights}", "-iterations=1"], folder)
     out = {}
-    for path, first, second in files:
+    for path, blob in files:
         with h5py.File(path, "r") as f:
-            out[first], out[second] = np.asarray(f["data"]), np.asarray(f["label"])
+            out[blob] = np.asarray(f["data"])
     return out
 
 
@@ -198,18 +200,20 @@ def onnx_outputs(module: NetModule, inputs: dict[str, np.ndarray], folder: Path)
 
 
 def check(name: str, deploy_path: Path, deploy: pb.NetParameter, weights: Path, caffe: str,
-          folder: Path) -> bool:
-    """Runs Caffe and netspec (PyTorch and ONNX) on one random batch and prints the comparison."""
+          folder: Path, inputs: dict[str, np.ndarray] | None = None, with_onnx: bool = True) -> bool:
+    """Runs Caffe and netspec (PyTorch and, with `with_onnx`, ONNX) on one batch (`inputs`, or random values
+    with BATCH items) and prints the comparison."""
     module = netspec.compile(str(deploy_path), phase="TEST", weights=str(weights))
-    rng = np.random.default_rng(1)
-    inputs = {blob: rng.standard_normal((BATCH, *shape[1:])).astype(np.float32)
-              for blob, shape in module.net.inputs.items()}
+    if inputs is None:
+        rng = np.random.default_rng(1)
+        inputs = {blob: rng.standard_normal((BATCH, *shape[1:])).astype(np.float32)
+                  for blob, shape in module.net.inputs.items()}
     with torch.no_grad():
         ours = {k: v.numpy() for k, v in module.blobs(**{k: torch.from_numpy(v) for k, v in inputs.items()}).items()}
     theirs = caffe_blobs(caffe, deploy, weights, inputs, [b for b in ours if b not in inputs], folder)
     outputs = set(module.net.outputs)
     results = compare(ours, theirs, outputs)
-    onnx = compare(onnx_outputs(module, inputs, folder), theirs, outputs)
+    onnx = compare(onnx_outputs(module, inputs, folder), theirs, outputs) if with_onnx else []
     worst = max(results, key=lambda r: r.relative)
     print(f"{name}: {len(results)} blobs; largest relative difference {worst.relative:.2e} "
           f"({worst.blob} {worst.shape}, tolerance {worst.tolerance:g})")
@@ -245,6 +249,86 @@ def model_case(spec: Path, caffe: str, folder: Path) -> bool:
         return True
     return check(f"{spec.name} (written by netspec)", export.prototxt, read_prototxt(export.prototxt),
                  export.caffemodel, caffe, folder)
+
+
+def _input(name: str, *dims: int) -> str:
+    return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {" ".join(f"dim: {d}" for d in dims)} }} }} }}\n'
+
+
+_U = 'type: "uniform" min: -0.5 max: 0.5'
+_SEQ = (5, 2)  # recurrent nets: T, N
+# Nets of the layer types with parameters whose blobs converters get wrong, each with Caffe's fillers
+# (so that Caffe can make weights for it too) and inputs: name -> (prototxt, {input: (shape, kind)}),
+# kind 'normal', 'index' (Embed's, below 10) or 'cont' (a recurrent net's sequence markers).
+HELD_OUT = {
+    "prelu_shared": (_input("x", 2, 3, 6, 6) + f"""
+layer {{ name: "conv" type: "Convolution" bottom: "x" top: "c"
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "xavier" }} bias_filler {{ {_U} }} }} }}
+layer {{ name: "prelu" type: "PReLU" bottom: "c" top: "y"
+  prelu_param {{ channel_shared: true filler {{ type: "uniform" min: 0.1 max: 0.4 }} }} }}""", {"x": "normal"}),
+    "scale_bias_0axis": (_input("x", 2, 3, 4, 4) + f"""
+layer {{ name: "scale" type: "Scale" bottom: "x" top: "s"
+  scale_param {{ num_axes: 0 bias_term: true filler {{ {_U} }} bias_filler {{ {_U} }} }} }}
+layer {{ name: "bias" type: "Bias" bottom: "s" top: "y" bias_param {{ num_axes: 0 filler {{ {_U} }} }} }}""",
+                         {"x": "normal"}),
+    "batchnorm_scale": (_input("x", 2, 3, 6, 6) + f"""
+layer {{ name: "conv" type: "Convolution" bottom: "x" top: "c"
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "bn" type: "BatchNorm" bottom: "c" top: "c" }}
+layer {{ name: "scale" type: "Scale" bottom: "c" top: "y"
+  scale_param {{ bias_term: true filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""", {"x": "normal"}),
+    "deconv_grouped": (_input("x", 2, 4, 5, 5) + f"""
+layer {{ name: "deconv" type: "Deconvolution" bottom: "x" top: "y"
+  convolution_param {{ num_output: 6 kernel_size: 3 stride: 2 pad: 1 group: 2 weight_filler {{ {_U} }}
+                      bias_filler {{ {_U} }} }} }}""", {"x": "normal"}),
+    "ip_transposed": (_input("x", 2, 3, 4) + f"""
+layer {{ name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+  inner_product_param {{ num_output: 5 transpose: true weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+                      {"x": "normal"}),
+    "lstm": (_input("x", *_SEQ, 3) + _input("cont", *_SEQ) + f"""
+layer {{ name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+             {"x": "normal", "cont": "cont"}),
+    "rnn": (_input("x", *_SEQ, 3) + _input("cont", *_SEQ) + f"""
+layer {{ name: "rnn" type: "RNN" bottom: "x" bottom: "cont" top: "o"
+  recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+            {"x": "normal", "cont": "cont"}),
+    "embed": (_input("x", 2, 3) + f"""
+layer {{ name: "embed" type: "Embed" bottom: "x" top: "y"
+  embed_param {{ num_output: 4 input_dim: 10 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+              {"x": "index"}),
+    "conv3d": (_input("x", 2, 2, 5, 6, 6) + f"""
+layer {{ name: "conv" type: "Convolution" bottom: "x" top: "y"
+  convolution_param {{ num_output: 3 kernel_size: 3 pad: 1 stride: 2 weight_filler {{ {_U} }}
+                      bias_filler {{ {_U} }} }} }}""", {"x": "normal"}),
+}
+
+
+def held_out_inputs(spec: Path, kinds: dict[str, str]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(6)
+    shapes = netspec.load(str(spec), phase="TEST").inputs
+    made = {"normal": lambda shape: rng.standard_normal(shape),
+            "index": lambda shape: rng.integers(0, 10, shape),
+            "cont": lambda shape: (np.arange(shape[0])[:, None] % 3 != 0) * np.ones(shape)}  # restarts at 0, 3
+    return {blob: made[kind](shapes[blob]).astype(np.float32) for blob, kind in kinds.items()}
+
+
+def held_out_case(name: str, caffe: str, folder: Path) -> bool:
+    """netspec's weights (its own fillers) in Caffe, then Caffe's weights (Caffe's fillers) in netspec."""
+    text, kinds = HELD_OUT[name]
+    spec = folder / f"{name}.prototxt"
+    spec.write_text(f'name: "{name}"\n{text}\n', encoding="utf-8")
+    inputs = held_out_inputs(spec, kinds)
+    torch.manual_seed(0)
+    export = export_caffemodel(netspec.compile(str(spec), phase="TEST"), folder / "netspec.caffemodel")
+    ok = check(f"{name} (weights written by netspec, run by Caffe)", export.prototxt,
+               read_prototxt(export.prototxt), export.caffemodel, caffe, folder, inputs, with_onnx=False)
+    solver = pb.SolverParameter(net=str(spec), base_lr=0.01, lr_policy="fixed", max_iter=0, display=0,
+                                random_seed=1, snapshot_prefix="caffe", solver_mode=pb.SolverParameter.CPU)
+    (folder / "solver.prototxt").write_text(text_format.MessageToString(solver), encoding="utf-8")
+    run_caffe(caffe, ["train", "-solver=solver.prototxt"], folder)
+    return check(f"{name} (weights made by Caffe, loaded by netspec)", spec, read_prototxt(spec),
+                 folder / "caffe_iter_0.caffemodel", caffe, folder, inputs, with_onnx=False) and ok
 
 
 # Solver settings as in Caffe's examples, each with weight decay and a learning-rate policy. AdaGrad,
@@ -357,8 +441,11 @@ def caffe_data_batch(caffe: str, source: Path, mean: Path, folder: Path) -> tupl
     weights = folder / "none.caffemodel"  # `caffe test` insists on weights; the net has none
     weights.write_bytes(pb.NetParameter(name="lmdb").SerializeToString())
     run_caffe(caffe, ["test", f"-model={model}", f"-weights={weights}", "-iterations=1"], folder)
-    with h5py.File(files[0][0], "r") as f:
-        return text, {"data": np.asarray(f["data"]), "label": np.asarray(f["label"]).ravel()}
+    out = {}
+    for path, blob in files:
+        with h5py.File(path, "r") as f:
+            out[blob] = np.asarray(f["data"])
+    return text, out
 
 
 def lmdb_case(caffe: str, folder: Path) -> bool:
@@ -391,7 +478,7 @@ def lmdb_case(caffe: str, folder: Path) -> bool:
             spec = folder / "data_net.prototxt"
             spec.write_text(text, encoding="utf-8")
             got = Feeder(netspec.load(str(spec), phase="TEST"), torch.device("cpu"), seed=0).next()
-            same_label = np.array_equal(got["label"].numpy(), batch["label"])
+            same_label = np.array_equal(got["label"].numpy(), batch["label"].ravel())
             worst = float(np.abs(got["data"].numpy() - batch["data"].reshape(got["data"].shape)).max())
             print(f"  netspec's Data layer vs Caffe's on {who} database: max |difference| {worst:.2e}, "
                   f"labels equal: {same_label}")
@@ -399,17 +486,25 @@ def lmdb_case(caffe: str, folder: Path) -> bool:
     return ok
 
 
+# tests/data/caffe_made: net -> (its weights, its blobs)
+FIXTURES = {"net": ("weights.caffemodel", "caffe_blobs.npz"),
+            "zero_axis": ("zero_axis.caffemodel", "zero_axis_blobs.npz")}
+
+
 def fixture_case(caffe: str, folder: Path) -> bool:
     out = ROOT / "tests" / "data" / "caffe_made"
-    case = ZooCase("net.prototxt", "net.prototxt", {"data": (3, 14, 14)})
-    weights = random_weights(caffe, case, out, folder)
-    shutil.copyfile(weights, out / "weights.caffemodel")
-    module = netspec.compile(str(out / "net.prototxt"), phase="TEST", weights=str(weights))
-    inputs = {"data": np.random.default_rng(4).standard_normal((BATCH, 3, 14, 14)).astype(np.float32)}
-    blobs = [b for b in module.net.shapes if b != "data"]
-    theirs = caffe_blobs(caffe, read_prototxt(out / "net.prototxt"), weights, inputs, blobs, folder)
-    np.savez(out / "caffe_blobs.npz", **inputs, **{k: v.reshape(module.net.shapes[k]) for k, v in theirs.items()})
-    print(f"wrote {out}: weights.caffemodel and caffe_blobs.npz ({', '.join(theirs)})")
+    for net, (weights_name, blobs_name) in FIXTURES.items():
+        spec = out / f"{net}.prototxt"
+        inputs = {"data": np.random.default_rng(4).standard_normal(netspec.load(str(spec)).inputs["data"])
+                  .astype(np.float32)}
+        case = ZooCase(spec.name, spec.name, {"data": inputs["data"].shape[1:]})
+        weights = random_weights(caffe, case, out, folder)
+        shutil.copyfile(weights, out / weights_name)
+        module = netspec.compile(str(spec), phase="TEST", weights=str(weights))
+        blobs = [b for b in module.net.shapes if b != "data"]
+        theirs = caffe_blobs(caffe, read_prototxt(spec), weights, inputs, blobs, folder)
+        np.savez(out / blobs_name, **inputs, **{k: v.reshape(module.net.shapes[k]) for k, v in theirs.items()})
+        print(f"wrote {out}: {weights_name} and {blobs_name} ({', '.join(theirs)})")
     return True
 
 
@@ -418,10 +513,10 @@ def main() -> int:
     parser.add_argument("--caffe", required=True, help="the caffe command-line tool")
     parser.add_argument("--caffe-root", required=True, type=Path, help="a BVLC Caffe checkout (for its nets)")
     parser.add_argument("cases", nargs="*",
-                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'solvers' or 'lmdb' (default: all)")
+                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'held_out', 'solvers' or 'lmdb' (default: all)")
     args = parser.parse_args()
     ok = True
-    for name in args.cases or [*ZOO, "models", "solvers", "lmdb"]:
+    for name in args.cases or [*ZOO, "models", "held_out", "solvers", "lmdb"]:
         with tempfile.TemporaryDirectory() as tmp:
             if name == "fixture":
                 ok = fixture_case(args.caffe, Path(tmp)) and ok
@@ -429,6 +524,10 @@ def main() -> int:
                 ok = solvers_case(args.caffe, args.caffe_root, Path(tmp)) and ok
             elif name == "lmdb":
                 ok = lmdb_case(args.caffe, Path(tmp)) and ok
+            elif name == "held_out":
+                for net in HELD_OUT:
+                    with tempfile.TemporaryDirectory() as sub:
+                        ok = held_out_case(net, args.caffe, Path(sub)) and ok
             elif name == "models":
                 for spec in sorted((ROOT / "models").glob("*.yaml")):
                     with tempfile.TemporaryDirectory() as sub:
