@@ -18,8 +18,8 @@ from google.protobuf import text_format
 import netspec
 from netspec._proto import netspec_pb2 as pb
 from netspec.caffemodel import read_caffemodel, write_caffemodel
-from netspec.deploy.caffe import export_caffemodel
 from netspec.cli import main
+from netspec.deploy.caffe import export_caffemodel
 from netspec.errors import DataError, WeightsError
 from netspec.lower.weights import apply_weights, read_weights
 from tests.conftest import DATA, MODELS

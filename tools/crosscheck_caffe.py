@@ -252,7 +252,8 @@ def model_case(spec: Path, caffe: str, folder: Path) -> bool:
 
 
 def _input(name: str, *dims: int) -> str:
-    return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {" ".join(f"dim: {d}" for d in dims)} }} }} }}\n'
+    shape = " ".join(f"dim: {d}" for d in dims)
+    return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {shape} }} }} }}\n'
 
 
 _U = 'type: "uniform" min: -0.5 max: 0.5'
