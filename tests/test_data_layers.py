@@ -109,11 +109,12 @@ def test_caffe_data_layers_read_their_first_record(tmp_path: Path, write_spec: C
 
 
 @pytest.mark.parametrize(("mode", "force", "channels"), [
-    ("RGBA", "", 3), ("P", "", 3), ("LA", "", 1), ("L", "", 1), ("L", "force_color: true", 3),
+    ("RGBA", "", 4), ("P", "", 3), ("LA", "", 4), ("L", "", 1), ("L", "force_color: true", 3),
     ("RGB", "force_gray: true", 1)])
 def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Path, write_spec: Callable[..., str],
                                                                     mode: str, force: str, channels: int) -> None:
-    # OpenCV's IMREAD_ANYCOLOR: grey stays grey, anything else (alpha, palette) is three channels
+    # Caffe decodes with OpenCV's IMREAD_UNCHANGED: grey stays grey, palette is BGR, alpha is kept (BGRA), as
+    # real Caffe's compute_image_mean makes four channels of RGBA and grey-with-alpha PNGs
     import io
 
     import lmdb

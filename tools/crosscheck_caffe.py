@@ -487,6 +487,86 @@ def lmdb_case(caffe: str, folder: Path) -> bool:
     return ok
 
 
+# ImageData: (new_height, new_width) -> ... for images of 40 x 50: shrunk by a non-integer factor (where
+# Pillow's antialiasing filter differs most), exactly halved (OpenCV then averages 2 x 2 blocks, its
+# INTER_AREA path), enlarged
+RESIZES = ((7, 9), (20, 25), (61, 73))
+
+
+def resize_images(folder: Path) -> Path:
+    """A list of colour and grey JPEGs and PNGs of 40 x 50 (smooth gradients under noise, as photos)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:40, 0:50]
+    lines = []
+    for i, name in enumerate(["colour.jpg", "colour.png", "grey.jpg", "grey.png"]):
+        base = np.stack([yy * 6, xx * 5, (yy + xx) * 3], axis=-1) + rng.integers(-60, 60, (40, 50, 3))
+        pixels = np.clip(base, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels if name.startswith("colour") else pixels[..., 1]).save(folder / name)
+        lines.append(f"{name} {i}")
+    listing = folder / "list.txt"
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return listing
+
+
+def caffe_image_batches(caffe: str, folder: Path, listing: Path) -> dict[str, np.ndarray]:
+    """Caffe's ImageData batch (every image of the list) for each size in RESIZES, colour and grey:
+    'colour_7x9' -> (4, 3, 7, 9)."""
+    out = {}
+    for (h, w), color in ((size, color) for size in RESIZES for color in (True, False)):
+        net = pb.NetParameter(name="images")
+        layer = net.layer.add(name="data", type="ImageData", top=["data", "label"])
+        p = layer.image_data_param
+        p.source, p.root_folder, p.batch_size, p.new_height, p.new_width, p.is_color = (
+            str(listing), f"{folder}/", 4, h, w, color)
+        files = with_hdf5_outputs(net, ["data"], folder)
+        model = folder / "images.prototxt"
+        model.write_text(text_format.MessageToString(net), encoding="utf-8")
+        weights = folder / "none.caffemodel"
+        weights.write_bytes(pb.NetParameter(name="images").SerializeToString())
+        run_caffe(caffe, ["test", f"-model={model}", f"-weights={weights}", "-iterations=1"], folder)
+        with h5py.File(files[0][0], "r") as f:
+            out[f"{'colour' if color else 'grey'}_{h}x{w}"] = np.asarray(f["data"]).reshape(4, 3 if color else 1, h, w)
+    return out
+
+
+def netspec_image_batch(folder: Path, listing: Path, key: str) -> np.ndarray:
+    from netspec.train.feeder import Feeder
+
+    color, size = key.split("_")
+    h, w = size.split("x")
+    spec = folder / "netspec_images.prototxt"
+    spec.write_text(f'name: "images" layer {{ name: "data" type: "ImageData" top: "data" top: "label" '
+                    f'image_data_param {{ source: "{listing}" root_folder: "{folder}/" batch_size: 4 new_height: {h} '
+                    f'new_width: {w} is_color: {str(color == "colour").lower()} }} }}', encoding="utf-8")
+    return Feeder(netspec.load(str(spec), phase="TEST"), torch.device("cpu"), seed=0).next()["data"].numpy()
+
+
+def imagedata_case(caffe: str, folder: Path, record: bool = False) -> bool:
+    """netspec's ImageData batches against Caffe's for resized JPEGs and PNGs; with `record`, the images
+    and Caffe's batches are stored in tests/data/opencv_resize for the test suite."""
+    listing = resize_images(folder)
+    theirs = caffe_image_batches(caffe, folder, listing)
+    ok = True
+    for key, want in theirs.items():
+        got = netspec_image_batch(folder, listing, key)
+        diff = np.abs(got - want)
+        print(f"ImageData {key}: max |netspec - caffe| {diff.max():g}, pixels that differ {int((diff > 0).sum())} "
+              f"of {diff.size}")
+        ok = ok and diff.max() <= 1
+    if record:
+        out = ROOT / "tests" / "data" / "opencv_resize"
+        out.mkdir(exist_ok=True)
+        for line in listing.read_text(encoding="utf-8").split():
+            if not line.isdigit():
+                shutil.copyfile(folder / line, out / line)
+        shutil.copyfile(listing, out / "list.txt")
+        np.savez_compressed(out / "caffe_batches.npz", **{k: v.astype(np.uint8) for k, v in theirs.items()})
+        print(f"wrote {out}")
+    return ok
+
+
 # tests/data/caffe_made: net -> (its weights, its blobs)
 FIXTURES = {"net": ("weights.caffemodel", "caffe_blobs.npz"),
             "zero_axis": ("zero_axis.caffemodel", "zero_axis_blobs.npz")}
@@ -514,13 +594,17 @@ def main() -> int:
     parser.add_argument("--caffe", required=True, help="the caffe command-line tool")
     parser.add_argument("--caffe-root", required=True, type=Path, help="a BVLC Caffe checkout (for its nets)")
     parser.add_argument("cases", nargs="*",
-                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'held_out', 'solvers' or 'lmdb' (default: all)")
+                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'held_out', 'solvers', 'lmdb' or 'imagedata' "
+                             "(default: all)")
     args = parser.parse_args()
     ok = True
-    for name in args.cases or [*ZOO, "models", "held_out", "solvers", "lmdb"]:
+    for name in args.cases or [*ZOO, "models", "held_out", "solvers", "lmdb", "imagedata"]:
         with tempfile.TemporaryDirectory() as tmp:
             if name == "fixture":
                 ok = fixture_case(args.caffe, Path(tmp)) and ok
+                ok = imagedata_case(args.caffe, Path(tmp), record=True) and ok
+            elif name == "imagedata":
+                ok = imagedata_case(args.caffe, Path(tmp)) and ok
             elif name == "solvers":
                 ok = solvers_case(args.caffe, args.caffe_root, Path(tmp)) and ok
             elif name == "lmdb":
