@@ -21,7 +21,7 @@ import torch
 import netspec
 from netspec.errors import ShapeError
 from netspec.lower.module import NetModule
-from tests.conftest import CAFFE
+from tests.conftest import CAFFE, DATA
 
 CASES = sorted(glob.glob(str(CAFFE / "layers" / "*.prototxt")) + glob.glob(str(CAFFE / "nets" / "*.prototxt")))
 SUMMATION_ORDER = {("lenet_like", "conv2"), ("lenet_like", "pool2"), ("lenet_like", "ip1"), ("cifar_like", "conv2")}
@@ -113,3 +113,30 @@ def test_misaligned_scale_bottom_is_refused(tmp_path: Path) -> None:
         netspec.load(str(path))
     assert str(e.value).endswith("scale.prototxt:6:7: layer 'sc' (Scale): bottom 1 has shape (2, 3), "
                                  "which does not match bottom 0 (2, 3, 8, 8) from axis 1")
+
+
+def test_mvn_gradient_is_caffes_with_a_large_eps() -> None:
+    # Caffe's MVN backward leaves out eps's part of the gradient; with eps 0.3 its gradient is 10% (of the
+    # largest) away from the true one, and netspec computes Caffe's. tests/data/caffe_made/mvn_eps.npz holds
+    # real Caffe's gradient (one SGD step with learning rate 1 on x, a Parameter blob): per channel and
+    # across channels
+    ref = np.load(DATA / "caffe_made" / "mvn_eps.npz")
+    module = netspec.compile(str(DATA / "caffe_made" / "mvn_eps.prototxt"), phase="TRAIN")
+    params = module.caffe_params()
+    with torch.no_grad():
+        params["x"][0].copy_(torch.from_numpy(ref["x"]))
+        params["t"][0].copy_(torch.from_numpy(ref["t"]))
+    blobs = module.blobs()
+    (blobs["loss"] + blobs["loss_across"]).backward()
+    got, want = params["x"][0].grad.numpy(), ref["x_grad"]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    x = torch.from_numpy(ref["x"]).double().requires_grad_(True)  # the true gradient is another
+    loss = sum(((_mvn(x, start) - torch.from_numpy(ref["t"]).double()) ** 2).sum() / 4 for start in (1, 2))
+    loss.backward()
+    assert np.abs(x.grad.numpy() - want).max() > 0.05 * np.abs(want).max()
+
+
+def _mvn(x: torch.Tensor, start: int) -> torch.Tensor:
+    flat = x.flatten(start)
+    centred = flat - flat.mean(-1, keepdim=True)
+    return (centred / (centred.pow(2).mean(-1, keepdim=True).sqrt() + 0.3)).reshape(x.shape)

@@ -567,6 +567,66 @@ def imagedata_case(caffe: str, folder: Path, record: bool = False) -> bool:
     return ok
 
 
+MVN_NET = """name: "mvn_eps"
+layer { name: "x" type: "Parameter" top: "x" parameter_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "t" type: "Parameter" top: "t" parameter_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } }
+  param { lr_mult: 0 } }
+layer { name: "mvn" type: "MVN" bottom: "x" top: "y" mvn_param { eps: 0.3 } }
+layer { name: "mvn_across" type: "MVN" bottom: "x" top: "z" mvn_param { across_channels: true eps: 0.3 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+layer { name: "loss_across" type: "EuclideanLoss" bottom: "z" bottom: "t" top: "loss_across" }
+"""
+
+
+def mvn_case(caffe: str, folder: Path, record: bool = False) -> bool:
+    """MVN's gradient with a large eps, where Caffe's formula is not the true gradient: x is a learned
+    blob (a Parameter layer), and one SGD step with learning rate 1 moves it by Caffe's gradient."""
+    from netspec.caffemodel import read_caffemodel, write_caffemodel
+
+    spec = folder / "mvn_eps.prototxt"
+    spec.write_text(MVN_NET, encoding="utf-8")
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((2, 3, 4, 5)) * rng.uniform(0.2, 3, (2, 3, 1, 1))).astype(np.float32)
+    t = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    net = read_prototxt(spec)
+    write_caffemodel(folder / "init.caffemodel", "mvn_eps", [(lp, {"x": [x], "t": [t]}[lp.name])
+                                                              for lp in net.layer if lp.name in ("x", "t")])
+    solver = pb.SolverParameter(net=str(spec), base_lr=1.0, lr_policy="fixed", max_iter=1, display=0,
+                                snapshot_prefix="mvn", solver_mode=pb.SolverParameter.CPU)
+    (folder / "solver.prototxt").write_text(text_format.MessageToString(solver), encoding="utf-8")
+    run_caffe(caffe, ["train", "-solver=solver.prototxt", "-weights=init.caffemodel"], folder)
+    theirs = x - read_caffemodel(folder / "mvn_iter_1.caffemodel").blobs["x"][0]
+    module = netspec.compile(str(spec), phase="TRAIN", weights=str(folder / "init.caffemodel"))
+    blobs = module.blobs()
+    (blobs["loss"] + blobs["loss_across"]).backward()
+    ours = module.caffe_params()["x"][0].grad.numpy()
+    true = _true_mvn_gradient(x, t)
+    scale = float(np.abs(theirs).max())
+    worst = float(np.abs(ours - theirs).max()) / scale
+    print(f"MVN, eps 0.3: netspec's gradient vs Caffe's, relative {worst:.2e}; the true gradient is "
+          f"{float(np.abs(true - theirs).max()) / scale:.2e} from Caffe's")
+    if record:
+        out = ROOT / "tests" / "data" / "caffe_made"
+        (out / "mvn_eps.prototxt").write_text("# MVN with a large eps (tools/crosscheck_caffe.py fixture): x_grad is "
+                                              "real Caffe's gradient\n" + MVN_NET, encoding="utf-8")
+        np.savez(out / "mvn_eps.npz", x=x, t=t, x_grad=theirs)
+        print(f"wrote {out}: mvn_eps.prototxt and mvn_eps.npz")
+    return worst <= BLOB_RTOL
+
+
+def _true_mvn_gradient(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The exact gradient of the same two losses, by autograd through the plain formula, in float64."""
+    xs = torch.from_numpy(x).double().requires_grad_(True)
+    loss = 0
+    for start in (2, 1):
+        flat = xs.flatten(start)
+        centred = flat - flat.mean(-1, keepdim=True)
+        y = (centred / (centred.pow(2).mean(-1, keepdim=True).sqrt() + 0.3)).reshape(x.shape)
+        loss = loss + ((y - torch.from_numpy(t).double()) ** 2).sum() / (2 * x.shape[0])
+    loss.backward()
+    return xs.grad.numpy()
+
+
 # tests/data/caffe_made: net -> (its weights, its blobs)
 FIXTURES = {"net": ("weights.caffemodel", "caffe_blobs.npz"),
             "zero_axis": ("zero_axis.caffemodel", "zero_axis_blobs.npz")}
@@ -594,15 +654,18 @@ def main() -> int:
     parser.add_argument("--caffe", required=True, help="the caffe command-line tool")
     parser.add_argument("--caffe-root", required=True, type=Path, help="a BVLC Caffe checkout (for its nets)")
     parser.add_argument("cases", nargs="*",
-                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'held_out', 'solvers', 'lmdb' or 'imagedata' "
-                             "(default: all)")
+                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'held_out', 'solvers', 'lmdb', 'imagedata' or "
+                             "'mvn' (default: all); 'fixture' remakes the data in tests/data made by Caffe")
     args = parser.parse_args()
     ok = True
-    for name in args.cases or [*ZOO, "models", "held_out", "solvers", "lmdb", "imagedata"]:
+    for name in args.cases or [*ZOO, "models", "held_out", "solvers", "lmdb", "imagedata", "mvn"]:
         with tempfile.TemporaryDirectory() as tmp:
             if name == "fixture":
                 ok = fixture_case(args.caffe, Path(tmp)) and ok
                 ok = imagedata_case(args.caffe, Path(tmp), record=True) and ok
+                ok = mvn_case(args.caffe, Path(tmp), record=True) and ok
+            elif name == "mvn":
+                ok = mvn_case(args.caffe, Path(tmp)) and ok
             elif name == "imagedata":
                 ok = imagedata_case(args.caffe, Path(tmp)) and ok
             elif name == "solvers":
