@@ -14,11 +14,26 @@
    (plain, --gray, resized, --encoded) and their records are compared; Caffe's Data layer and netspec's
    read Caffe's databases with a transform_param (scale, a mean file from Caffe's compute_image_mean,
    crop) and must give the same batch; and Caffe's Data layer reads the databases netspec's tool wrote.
+5. Parameter blobs ('held_out'): small nets of each layer type whose blobs converters get wrong
+   (channel-shared PReLU and Scale/Bias with num_axes 0, whose blobs have no axes; BatchNorm + Scale,
+   grouped Deconvolution, transposed InnerProduct, LSTM, RNN, Embed, 3-D Convolution): netspec writes a
+   .caffemodel that Caffe loads and runs, and netspec loads the one Caffe's fillers made; outputs compared.
+6. Images ('imagedata'): Caffe's ImageData layer and netspec's read JPEGs and PNGs, resized (shrunk,
+   halved, enlarged), in colour and grey, and must give the same batch.
+7. MVN's gradient ('mvn') with a large eps, where Caffe's formula is not the true gradient.
 
     python tools/crosscheck_caffe.py --caffe PATH/TO/caffe --caffe-root CAFFE_CHECKOUT [CASE ...]
 
-The case 'fixture' (not run by default) remakes tests/data/caffe_made: weights that real Caffe's fillers
-made for net.prototxt there, and every blob of Caffe's forward pass, which a test compares in CI.
+The case 'fixture' (not run by default) remakes what the test suite keeps of Caffe's: in
+tests/data/caffe_made, weights that real Caffe's fillers made for net.prototxt and zero_axis.prototxt with
+every blob of Caffe's forward pass, and MVN's gradient (mvn_eps); in tests/data/opencv_resize, Caffe's
+ImageData batches.
+
+Caffe itself: Debian bullseye's `caffe` package (CPU, with OpenCV 4.5) runs on a current Debian unpacked
+beside its libraries, with apt pointed at bullseye through a private configuration (APT_CONFIG naming a
+sources list with `deb http://deb.debian.org/debian bullseye main`, and its own Dir::State and Dir::Cache
+folders): `apt-get update`, `apt-get install -d --no-install-recommends caffe`, `dpkg -x` of every
+downloaded .deb into one folder, and LD_LIBRARY_PATH set to the folders in it that hold .so files.
 
 Caffe reads the input from an HDF5Data layer put in place of the deploy net's inputs and writes every blob
 with HDF5Output layers appended to the net, so only the `caffe` command-line tool is needed, not pycaffe.
