@@ -5,7 +5,8 @@ Datasets, `netspec predict`, tools/convert_imageset.py): with OpenCV itself, whi
 OpenCV is what makes the pixels exact: its greyscale decoding (libjpeg's own luma plane for JPEG, libpng's
 15-bit weights for PNG, cvtColor's 14-bit ones otherwise), its 16-to-8-bit conversion, and INTER_LINEAR's
 11-bit fixed-point coefficients with no antialiasing when shrinking (Pillow's BILINEAR filter blends every
-input pixel under the output one: 480x640 -> 28x28 differs by up to 23 levels in 93% of the pixels).
+input pixel under the output one: on tests/data/opencv_resize, 40x50 -> 7x9 is up to 55 levels off in 98%
+of the pixels), and its INTER_AREA path for an exact halving.
 OpenCV's vectorised resize rounds in two steps where its scalar code rounds once, so a build on another
 CPU can differ by one level in a few pixels; that is also true between two Caffe installations.
 Imported only where images are decoded: `netspec check` reads image headers with Pillow alone.
