@@ -16,7 +16,8 @@
    crop) and must give the same batch; and Caffe's Data layer reads the databases netspec's tool wrote.
 5. Parameter blobs ('held_out'): small nets of each layer type whose blobs converters get wrong
    (channel-shared PReLU and Scale/Bias with num_axes 0, whose blobs have no axes; BatchNorm + Scale,
-   grouped Deconvolution, transposed InnerProduct, LSTM, RNN, Embed, 3-D Convolution): netspec writes a
+   grouped Deconvolution, transposed InnerProduct, LSTM (also with a static input), RNN, Embed, 1-D and
+   3-D Convolution, Parameter, Scale by a bottom with a learned bias): netspec writes a
    .caffemodel that Caffe loads and runs, and netspec loads the one Caffe's fillers made; outputs compared.
 6. Images ('imagedata'): Caffe's ImageData layer and netspec's read JPEGs and PNGs, resized (shrunk,
    halved, enlarged), in colour and grey, and must give the same batch.
@@ -110,15 +111,16 @@ def write_h5(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return listing
 
 
-def with_hdf5_inputs(net: pb.NetParameter, listing: Path, tops: Iterable[str], batch: int,
+def with_hdf5_inputs(net: pb.NetParameter, sources: list[tuple[Path, Iterable[str], int]],
                      phase: int | None) -> pb.NetParameter:
     """The net with its inputs (Input layers, legacy `input` fields, data layers of `phase`) replaced by
-    one HDF5Data layer reading `listing`; layers of the other phase are dropped."""
+    HDF5Data layers, each reading (listing, tops, batch size); layers of the other phase are dropped."""
     out = pb.NetParameter()
     out.CopyFrom(net)
     del out.input[:], out.input_shape[:], out.input_dim[:], out.layer[:]
-    source = out.layer.add(name="crosscheck_input", type="HDF5Data", top=list(tops))
-    source.hdf5_data_param.source, source.hdf5_data_param.batch_size = str(listing), batch
+    for n, (listing, tops, batch) in enumerate(sources):
+        source = out.layer.add(name=f"crosscheck_input_{n}", type="HDF5Data", top=list(tops))
+        source.hdf5_data_param.source, source.hdf5_data_param.batch_size = str(listing), batch
     for layer in net.layer:
         phases = {rule.phase for rule in layer.include if rule.HasField("phase")}
         if layer.type in DATA_TYPES or (phase is not None and phases and phase not in phases):
@@ -151,9 +153,10 @@ def run_caffe(tool: str, args: list[str], cwd: Path) -> None:
 def caffe_blobs(caffe: str, deploy: pb.NetParameter, weights: Path, inputs: dict[str, np.ndarray],
                 blobs: list[str], folder: Path) -> dict[str, np.ndarray]:
     """Every blob in `blobs` (flattened) after Caffe's TEST-phase forward pass of `deploy` with `weights`."""
-    listing = write_h5(folder / "input.h5", inputs)
-    batch = len(next(iter(inputs.values())))  # all of the inputs: x is (T, N, ...) for recurrent nets
-    net = with_hdf5_inputs(deploy, listing, inputs, batch, None)
+    # a layer per input, each reading all of it: HDF5Data's tops share their first axis, and a recurrent
+    # net's x is (T, N, ...) where its static input is (N, ...)
+    net = with_hdf5_inputs(deploy, [(write_h5(folder / f"input_{n}.h5", {blob: value}), [blob], len(value))
+                                    for n, (blob, value) in enumerate(inputs.items())], None)
     files = with_hdf5_outputs(net, blobs, folder)
     model = folder / "crosscheck.prototxt"
     model.write_text(text_format.MessageToString(net), encoding="utf-8")
@@ -171,7 +174,7 @@ def random_weights(caffe: str, case: ZooCase, root: Path, folder: Path) -> Path:
     arrays = {top: rng.standard_normal((BATCH, *shape)).astype(np.float32) if shape else
               np.zeros(BATCH, np.float32) for top, shape in case.train_tops.items()}
     listing = write_h5(folder / "train.h5", arrays)
-    train = with_hdf5_inputs(read_prototxt(root / case.train), listing, case.train_tops, BATCH, pb.TRAIN)
+    train = with_hdf5_inputs(read_prototxt(root / case.train), [(listing, case.train_tops, BATCH)], pb.TRAIN)
     (folder / "train.prototxt").write_text(text_format.MessageToString(train), encoding="utf-8")
     solver = pb.SolverParameter(net="train.prototxt", base_lr=0.01, lr_policy="fixed", max_iter=0, display=0,
                                 random_seed=1, snapshot_prefix="caffe", solver_mode=pb.SolverParameter.CPU)
@@ -309,6 +312,18 @@ layer {{ name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
 layer {{ name: "rnn" type: "RNN" bottom: "x" bottom: "cont" top: "o"
   recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
             {"x": "normal", "cont": "cont"}),
+    "lstm_static": (_input("x", *_SEQ, 3) + _input("cont", *_SEQ) + _input("s", _SEQ[1], 2) + f"""
+layer {{ name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" bottom: "s" top: "h"
+  recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+                    {"x": "normal", "cont": "cont", "s": "normal"}),
+    "scale_bottom_bias": (_input("x", 2, 3, 4, 4) + _input("s", 2, 3) + f"""
+layer {{ name: "scale" type: "Scale" bottom: "x" bottom: "s" top: "y"
+  scale_param {{ axis: 0 bias_term: true bias_filler {{ {_U} }} }} }}""", {"x": "normal", "s": "normal"}),
+    "parameter_conv1d": (_input("x", 2, 3, 9) + f"""
+layer {{ name: "conv" type: "Convolution" bottom: "x" top: "c"
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}
+layer {{ name: "p" type: "Parameter" top: "p" parameter_param {{ shape {{ dim: 2 dim: 4 dim: 7 }} }} }}
+layer {{ name: "sum" type: "Eltwise" bottom: "c" bottom: "p" top: "y" }}""", {"x": "normal"}),
     "embed": (_input("x", 2, 3) + f"""
 layer {{ name: "embed" type: "Embed" bottom: "x" top: "y"
   embed_param {{ num_output: 4 input_dim: 10 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
