@@ -70,16 +70,22 @@ def read_caffemodel(path: str | Path) -> CaffeWeights:
 
 
 def _blob_array(blob: pb.BlobProto, what: str) -> tuple[np.ndarray, bool]:
-    """A BlobProto's values in its shape, and whether that shape is the legacy 4-D one."""
-    if blob.HasField("shape"):
-        shape, legacy = tuple(int(d) for d in blob.shape.dim), False
-    else:
+    """A BlobProto's values in its shape, and whether that shape is the legacy 4-D one.
+
+    Caffe's own rule (Blob::FromProto): the legacy num/channels/height/width when any of them is set,
+    else `shape`; a 0-axis blob (a shared PReLU slope, Scale with num_axes 0) has neither."""
+    if any(blob.HasField(f) for f in _LEGACY_DIMS):
         shape, legacy = (blob.num, blob.channels, blob.height, blob.width), True
+    else:
+        shape, legacy = tuple(int(d) for d in blob.shape.dim), False
     data = np.array(blob.double_data, dtype=np.float64) if blob.double_data else np.array(blob.data, dtype=np.float32)
     count = int(np.prod(shape)) if shape else 1
     if data.size != count:
         raise WeightsError(f"{what} has shape {shape} but {data.size} values")
     return data.reshape(shape), legacy
+
+
+_LEGACY_DIMS = ("num", "channels", "height", "width")
 
 
 def _read_h5(path: Path) -> CaffeWeights:
@@ -105,7 +111,8 @@ def legacy_fits(target: tuple[int, ...], legacy: tuple[int, ...]) -> bool:
 def write_caffemodel(path: str | Path, name: str, layers: Iterable[tuple[pb.LayerParameter, list[np.ndarray]]]
                      ) -> int:
     """Writes a .caffemodel: each layer's parameters as given (so Caffe can match them by name) with its
-    blobs as float32 in `shape` form. Returns the number of bytes written.
+    blobs as float32 in `shape` form (a 0-axis blob with no shape at all, as Caffe's Blob::ToProto writes
+    it). Returns the number of bytes written.
 
     The blobs' values are encoded here as packed floats straight from numpy: going through protobuf's
     repeated-field API takes seconds per large layer."""
@@ -117,7 +124,8 @@ def write_caffemodel(path: str | Path, name: str, layers: Iterable[tuple[pb.Laye
         body = [layer.SerializeToString()]
         for array in arrays:
             shape = pb.BlobProto()
-            shape.shape.dim.extend(int(d) for d in array.shape)
+            if array.ndim:
+                shape.shape.dim.extend(int(d) for d in array.shape)
             values = np.ascontiguousarray(array, dtype="<f4").tobytes()
             blob = shape.SerializeToString() + _field(_BLOB_DATA, values)
             body.append(_field(_LAYER_BLOBS, blob))

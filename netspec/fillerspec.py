@@ -58,6 +58,11 @@ def check_filler(f: pb.FillerParameter, shape: tuple[int, ...]) -> None:
     if f.type == "bilinear" and (len(shape) != 4 or shape[2] != shape[3]):
         raise ParamError(f"the bilinear filler needs a 4-axis blob with square kernels, got shape {shape}",
                          field="type")
+    if not shape and (f.type in ("positive_unitball", "orthogonal") or f.sparse >= 0):  # they work on rows
+        what = "sparse" if f.sparse >= 0 else f.type
+        raise ParamError(f"the {what} filler needs a blob with at least one axis, got a 0-axis blob "
+                         "(a shared PReLU slope, or Scale/Bias with num_axes 0)", field="sparse" if f.sparse >= 0
+                         else "type")
     gain(f, None)  # an unknown nonlinearity is an error for every filler that names one
 
 

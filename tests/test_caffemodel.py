@@ -19,6 +19,7 @@ import netspec
 from netspec._proto import netspec_pb2 as pb
 from netspec.caffemodel import read_caffemodel, write_caffemodel
 from netspec.cli import main
+from netspec.deploy.caffe import export_caffemodel
 from netspec.errors import DataError, WeightsError
 from netspec.lower.weights import apply_weights, read_weights
 from tests.conftest import DATA, MODELS
@@ -336,13 +337,16 @@ def test_infogain_matrix_from_a_binaryproto(write_spec, tmp_path: Path) -> None:
     torch.testing.assert_close(got, want)
 
 
-def test_weights_made_by_real_caffe_give_real_caffes_blobs(tmp_path: Path) -> None:
-    """tests/data/caffe_made: a .caffemodel that real Caffe's fillers made (LRN, grouped convolution,
-    BatchNorm with Caffe's zero scale factor, Scale, PReLU, ceil and padded average pooling) and every blob
-    of Caffe's forward pass (`python tools/crosscheck_caffe.py ... fixture` remakes them)."""
+@pytest.mark.parametrize(("net", "weights", "blobs"), [("net", "weights.caffemodel", "caffe_blobs.npz"),
+                                                     ("zero_axis", "zero_axis.caffemodel", "zero_axis_blobs.npz")])
+def test_weights_made_by_real_caffe_give_real_caffes_blobs(tmp_path: Path, net: str, weights: str,
+                                                           blobs: str) -> None:
+    """tests/data/caffe_made: .caffemodels that real Caffe's fillers made (LRN, grouped convolution,
+    BatchNorm with Caffe's zero scale factor, Scale, PReLU, ceil and padded average pooling; 0-axis blobs)
+    and every blob of Caffe's forward pass (`python tools/crosscheck_caffe.py ... fixture` remakes them)."""
     folder = DATA / "caffe_made"
-    caffe = np.load(folder / "caffe_blobs.npz")
-    module = netspec.compile(str(folder / "net.prototxt"), weights=str(folder / "weights.caffemodel"))
+    caffe = np.load(folder / blobs)
+    module = netspec.compile(str(folder / f"{net}.prototxt"), weights=str(folder / weights))
     with torch.no_grad():
         ours = module.blobs(data=torch.from_numpy(caffe["data"]))
     assert sorted(ours) == sorted(caffe.files)
@@ -353,5 +357,33 @@ def test_weights_made_by_real_caffe_give_real_caffes_blobs(tmp_path: Path) -> No
     report = netspec.export_onnx(module, tmp_path / "m.onnx")
     assert report.verified
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    [prob] = session.run(["prob"], {"data": caffe["data"]})
-    np.testing.assert_allclose(prob, caffe["prob"], rtol=1e-5, atol=1e-7)
+    last = module.net.outputs[-1]
+    [out] = session.run([last], {"data": caffe["data"]})
+    np.testing.assert_allclose(out, caffe[last], rtol=1e-5, atol=1e-7)
+
+
+def _blob_bytes(path: Path) -> dict[str, list[bytes]]:
+    net = pb.NetParameter.FromString(path.read_bytes())
+    return {layer.name: [b.SerializeToString() for b in layer.blobs] for layer in net.layer if layer.blobs}
+
+
+def test_zero_axis_blobs_are_read_and_written_as_caffe_writes_them(tmp_path: Path) -> None:
+    # Caffe writes a 0-axis blob (shared PReLU slope, Scale/Bias with num_axes 0) with neither `shape`
+    # nor num/channels/height/width; a blob of shape [1] is one Caffe refuses to load into it
+    made = DATA / "caffe_made" / "zero_axis.caffemodel"
+    weights = read_caffemodel(made)
+    assert {k: [a.shape for a in v] for k, v in weights.blobs.items()} == {
+        "prelu": [()], "scale": [(), ()], "bias": [()]} and not weights.legacy
+    module = netspec.compile(str(DATA / "caffe_made" / "zero_axis.prototxt"), weights=str(made))
+    assert {k: [tuple(t.shape) for t in v] for k, v in module.caffe_params().items()} == {
+        "prelu": [()], "scale": [(), ()], "bias": [()]}
+    written = export_caffemodel(module, tmp_path / "again.caffemodel").caffemodel
+    assert _blob_bytes(written) == _blob_bytes(made)
+
+
+def test_a_one_value_blob_still_loads_into_a_zero_axis_parameter(tmp_path: Path) -> None:
+    # netspec wrote a shared PReLU slope as (1,) before it used Caffe's 0-axis shape
+    path = encode({"prelu": [np.array([0.3], np.float32)], "scale": [np.ones(1, np.float32)] * 2,
+                   "bias": [np.zeros(1, np.float32)]}, tmp_path / "old.caffemodel")
+    module = netspec.compile(str(DATA / "caffe_made" / "zero_axis.prototxt"), weights=str(path))
+    assert module.caffe_params()["prelu"][0].item() == pytest.approx(0.3)

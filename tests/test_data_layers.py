@@ -109,11 +109,12 @@ def test_caffe_data_layers_read_their_first_record(tmp_path: Path, write_spec: C
 
 
 @pytest.mark.parametrize(("mode", "force", "channels"), [
-    ("RGBA", "", 3), ("P", "", 3), ("LA", "", 1), ("L", "", 1), ("L", "force_color: true", 3),
+    ("RGBA", "", 4), ("P", "", 3), ("LA", "", 4), ("L", "", 1), ("L", "force_color: true", 3),
     ("RGB", "force_gray: true", 1)])
 def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Path, write_spec: Callable[..., str],
                                                                     mode: str, force: str, channels: int) -> None:
-    # OpenCV's IMREAD_ANYCOLOR: grey stays grey, anything else (alpha, palette) is three channels
+    # Caffe decodes with OpenCV's IMREAD_UNCHANGED: grey stays grey, palette is BGR, alpha is kept (BGRA), as
+    # real Caffe's compute_image_mean makes four channels of RGBA and grey-with-alpha PNGs
     import io
 
     import lmdb
@@ -165,3 +166,30 @@ def test_hdf5_output_appends_every_batch(tmp_path: Path, write_spec: Callable[..
         module(x=torch.ones(2, 3), y=torch.zeros(2))
     with h5py.File(out) as f:
         assert f["data"].shape == (4, 3) and f["label"].shape == (4,)
+
+
+def test_encoded_records_of_16_bit_images_need_a_forced_decoding(tmp_path: Path,
+                                                                  write_spec: Callable[..., str]) -> None:
+    # Caffe decodes them to 16 bits (IMREAD_UNCHANGED) and its transformer stops: "Image data type must be
+    # unsigned byte"; force_gray or force_color decode to 8 bits
+    import io
+
+    import lmdb
+    from PIL import Image
+
+    from netspec.train.feeder import DatumRecords
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 5), 40000, np.uint16)).save(buf, "PNG")
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"0", pb.Datum(data=buf.getvalue(), encoded=True, label=2).SerializeToString())
+    env.close()
+    layer = f'type: "Data" data_param {{ source: "{tmp_path / "db"}" batch_size: 2 backend: LMDB }}'
+    with pytest.raises(DataError) as e:
+        data_net(write_spec, layer)
+    assert e.value.msg == ("encoded records hold I;16 images (more than 8 bits a value), which Caffe's Data layer "
+                           "refuses unless they are decoded to 8 bits")
+    net = data_net(write_spec, layer + " transform_param { force_gray: true }")
+    image, _ = DatumRecords(net.layers[0].node).read(0)
+    assert image.shape == (1, 4, 5) and image.max() == 40000 >> 8  # OpenCV keeps the high byte

@@ -82,6 +82,10 @@ def test_netspec_additions() -> None:
     (F(type="bilinear"), (2, 2, 3, 4), "the bilinear filler needs a 4-axis blob with square kernels, got shape (2, 2, 3, 4)"),
     (F(type="kaiming_normal", nonlinearity="swish"), (2, 2),
      "unknown nonlinearity 'swish' (known: linear, conv, sigmoid, tanh, relu, leaky_relu, selu, elu, gelu)"),
+    (F(type="positive_unitball"), (), "the positive_unitball filler needs a blob with at least one axis, got a "
+     "0-axis blob (a shared PReLU slope, or Scale/Bias with num_axes 0)"),
+    (F(type="gaussian", sparse=1), (), "the sparse filler needs a blob with at least one axis, got a 0-axis blob "
+     "(a shared PReLU slope, or Scale/Bias with num_axes 0)"),
 ])
 def test_filler_errors(filler: pb.FillerParameter, shape: tuple[int, ...], message: str) -> None:
     with pytest.raises(ParamError) as e:

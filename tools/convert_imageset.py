@@ -7,10 +7,9 @@
 LISTFILE has one "PATH LABEL" line per image: PATH is relative to ROOT_FOLDER and may contain spaces (the
 label is the whole number after the last one). Record i of the list is stored under the key
 "%08d_PATH" % i, as Caffe stores it. A record holds the image as bytes of C x H x W, channels in BGR
-order for colour (Caffe's and OpenCV's), one channel with --gray, as OpenCV makes it (libjpeg's luma for
-JPEG, libpng's conversion for PNG, cvtColor's for the rest). With both --resize_height and --resize_width,
-images are resized as OpenCV's default INTER_LINEAR does (bilinear, half-pixel centres, no antialiasing;
-fixed-point rounding may differ by 1).
+order for colour (Caffe's and OpenCV's), one channel with --gray. Images are decoded, converted to grey
+and (with both --resize_height and --resize_width) resized by OpenCV itself, as Caffe's tool does
+(netspec.data.images: cv::imread, cv::resize with INTER_LINEAR).
 
 With --encoded (or --encode_type) a record holds an image file instead (encoded: true; channels, height
 and width are left unset, as Caffe leaves them): the file's own bytes when they already decode to the
@@ -39,6 +38,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from netspec.data import images  # after the path setup
 
 BATCH = 1000  # records per commit, as Caffe
 ENCODE_TYPES = ("png", "jpg", "jpeg", "bmp")
@@ -156,59 +159,17 @@ def read_list(listfile: str) -> list[Entry]:
 # ---- images ----------------------------------------------------------------------------------------
 
 
-def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV's INTER_LINEAR along one axis: output i samples input (i + 0.5) * n_in / n_out - 0.5, clamped
-    to the edges; the two neighbours and the weight of the second."""
-    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    i0 = np.floor(x).astype(np.int64)
-    frac = x - i0
-    frac[(i0 < 0) | (i0 >= n_in - 1)] = 0
-    i0 = np.clip(i0, 0, n_in - 1)
-    return i0, np.minimum(i0 + 1, n_in - 1), frac
-
-
-def resize_bilinear(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W[, C]) uint8 to (height, width[, C]), bilinear as OpenCV's cv::resize default."""
-    r0, r1, fy = _taps(pixels.shape[0], height)
-    c0, c1, fx = _taps(pixels.shape[1], width)
-    extra = (None,) * (pixels.ndim - 2)  # broadcast the weights over channels
-    x = pixels.astype(np.float64)
-    fy, fx = fy[(slice(None), None, *extra)], fx[(slice(None), *extra)]
-    rows = x[r0] * (1 - fy) + x[r1] * fy
-    out = rows[:, c0] * (1 - fx) + rows[:, c1] * fx
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
-
-
-def _gray(im: Any, file_type: str | None) -> np.ndarray:
-    """One grey channel as OpenCV's imread(IMREAD_GRAYSCALE) makes it: for PNG, libpng's conversion with
-    OpenCV's weights (0.299, 0.587 as 15-bit fractions, truncated); for other files, cvtColor's (14-bit,
-    rounded). Pillow's own conversion differs from both by one in about half the pixels."""
-    if im.mode == "L":
-        return np.asarray(im, dtype=np.uint8)
-    rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    if file_type == "PNG":
-        return ((9797 * r + 19234 * g + 3737 * b) >> 15).astype(np.uint8)
-    return ((4899 * r + 9617 * g + 1868 * b + 8192) >> 14).astype(np.uint8)
-
-
 def read_image(file: str, gray: bool, size: tuple[int, int] | None, keep_file: bool) -> Image8:
-    """The image as a record holds it (raises OSError, ValueError or Pillow's DecompressionBombError when
-    it cannot be read)."""
+    """The image as a record holds it, decoded and resized by netspec.data.images (OpenCV, as Caffe's
+    tool); raises OSError or ValueError when it cannot be read."""
     from PIL import Image
 
     data = Path(file).read_bytes()
-    with Image.open(io.BytesIO(data)) as opened:
+    with Image.open(io.BytesIO(data)) as opened:  # the header only: the file's type and mode
         mode, file_type = opened.mode, opened.format
-        if gray and file_type == "JPEG" and mode in ("RGB", "YCbCr"):
-            opened.draft("L", opened.size)  # libjpeg's grey output, the luma plane, as OpenCV asks for
-        opened.load()
-        im: Image.Image = opened
-        if mode == "I" or mode.startswith("I;16"):  # 16 bits to 8 as OpenCV's imread does: the high byte
-            im = Image.fromarray((np.asarray(im, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8))
-        pixels = _gray(im, file_type) if gray else np.asarray(im.convert("RGB"), dtype=np.uint8)
-    if size is not None:
-        pixels = resize_bilinear(pixels, *size)
+    pixels = images.decode(data, "gray" if gray else "color", *(size or (0, 0)))
+    if not gray:
+        pixels = np.ascontiguousarray(pixels[..., ::-1])  # records are written from RGB (see to_datum)
     # only then do the file's own bytes decode to these pixels, in netspec's reader and in Caffe's
     same = size is None and mode == ("L" if gray else "RGB")
     return Image8(pixels, data if same and keep_file else None, file_type)
@@ -338,8 +299,6 @@ def convert(args: argparse.Namespace) -> None:
 
 def _write(args: argparse.Namespace, entries: list[Entry], size: tuple[int, int] | None, encoded: bool,
            writer: Any) -> tuple[int, int]:
-    from PIL.Image import DecompressionBombError
-
     count = skipped = 0
     first: tuple[int, int, int] | None = None
     batch: list[tuple[bytes, bytes]] = []
@@ -347,7 +306,7 @@ def _write(args: argparse.Namespace, entries: list[Entry], size: tuple[int, int]
         file = os.path.join(args.root_folder, entry.path)
         try:
             image = read_image(file, args.gray, size, keep_file=encoded)
-        except (OSError, ValueError, DecompressionBombError) as e:
+        except (OSError, ValueError) as e:
             print(f"skipped '{file}' (line {entry.line}): {_reason(e)}", file=sys.stderr)
             skipped += 1
             continue

@@ -14,11 +14,27 @@
    (plain, --gray, resized, --encoded) and their records are compared; Caffe's Data layer and netspec's
    read Caffe's databases with a transform_param (scale, a mean file from Caffe's compute_image_mean,
    crop) and must give the same batch; and Caffe's Data layer reads the databases netspec's tool wrote.
+5. Parameter blobs ('held_out'): small nets of each layer type whose blobs converters get wrong
+   (channel-shared PReLU and Scale/Bias with num_axes 0, whose blobs have no axes; BatchNorm + Scale,
+   grouped Deconvolution, transposed InnerProduct, LSTM (also with a static input), RNN, Embed, 1-D and
+   3-D Convolution, Parameter, Scale by a bottom with a learned bias): netspec writes a
+   .caffemodel that Caffe loads and runs, and netspec loads the one Caffe's fillers made; outputs compared.
+6. Images ('imagedata'): Caffe's ImageData layer and netspec's read JPEGs and PNGs, resized (shrunk,
+   halved, enlarged), in colour and grey, and must give the same batch.
+7. MVN's gradient ('mvn') with a large eps, where Caffe's formula is not the true gradient.
 
     python tools/crosscheck_caffe.py --caffe PATH/TO/caffe --caffe-root CAFFE_CHECKOUT [CASE ...]
 
-The case 'fixture' (not run by default) remakes tests/data/caffe_made: weights that real Caffe's fillers
-made for net.prototxt there, and every blob of Caffe's forward pass, which a test compares in CI.
+The case 'fixture' (not run by default) remakes what the test suite keeps of Caffe's: in
+tests/data/caffe_made, weights that real Caffe's fillers made for net.prototxt and zero_axis.prototxt with
+every blob of Caffe's forward pass, and MVN's gradient (mvn_eps); in tests/data/opencv_resize, Caffe's
+ImageData batches.
+
+Caffe itself: Debian bullseye's `caffe` package (CPU, with OpenCV 4.5) runs on a current Debian unpacked
+beside its libraries, with apt pointed at bullseye through a private configuration (APT_CONFIG naming a
+sources list with `deb http://deb.debian.org/debian bullseye main`, and its own Dir::State and Dir::Cache
+folders): `apt-get update`, `apt-get install -d --no-install-recommends caffe`, `dpkg -x` of every
+downloaded .deb into one folder, and LD_LIBRARY_PATH set to the folders in it that hold .so files.
 
 Caffe reads the input from an HDF5Data layer put in place of the deploy net's inputs and writes every blob
 with HDF5Output layers appended to the net, so only the `caffe` command-line tool is needed, not pycaffe.
@@ -95,15 +111,16 @@ def write_h5(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return listing
 
 
-def with_hdf5_inputs(net: pb.NetParameter, listing: Path, tops: Iterable[str], batch: int,
+def with_hdf5_inputs(net: pb.NetParameter, sources: list[tuple[Path, Iterable[str], int]],
                      phase: int | None) -> pb.NetParameter:
     """The net with its inputs (Input layers, legacy `input` fields, data layers of `phase`) replaced by
-    one HDF5Data layer reading `listing`; layers of the other phase are dropped."""
+    HDF5Data layers, each reading (listing, tops, batch size); layers of the other phase are dropped."""
     out = pb.NetParameter()
     out.CopyFrom(net)
     del out.input[:], out.input_shape[:], out.input_dim[:], out.layer[:]
-    source = out.layer.add(name="crosscheck_input", type="HDF5Data", top=list(tops))
-    source.hdf5_data_param.source, source.hdf5_data_param.batch_size = str(listing), batch
+    for n, (listing, tops, batch) in enumerate(sources):
+        source = out.layer.add(name=f"crosscheck_input_{n}", type="HDF5Data", top=list(tops))
+        source.hdf5_data_param.source, source.hdf5_data_param.batch_size = str(listing), batch
     for layer in net.layer:
         phases = {rule.phase for rule in layer.include if rule.HasField("phase")}
         if layer.type in DATA_TYPES or (phase is not None and phases and phase not in phases):
@@ -112,15 +129,16 @@ def with_hdf5_inputs(net: pb.NetParameter, listing: Path, tops: Iterable[str], b
     return out
 
 
-def with_hdf5_outputs(net: pb.NetParameter, blobs: list[str], folder: Path) -> list[tuple[Path, str, str]]:
-    """Appends HDF5Output layers (each writes two blobs, as 'data' and 'label') that save `blobs`."""
-    pairs = [(blobs[i], blobs[i + 1] if i + 1 < len(blobs) else blobs[0]) for i in range(0, len(blobs), 2)]
+def with_hdf5_outputs(net: pb.NetParameter, blobs: list[str], folder: Path) -> list[tuple[Path, str]]:
+    """Appends an HDF5Output layer per blob that saves it flattened: HDF5Output takes two bottoms of equal
+    first axis and of at most four axes (a 3-D convolution's are five), so each blob goes in twice."""
     files = []
-    for n, (first, second) in enumerate(pairs):
-        path = folder / f"blobs_{n}.h5"
-        layer = net.layer.add(name=f"crosscheck_output_{n}", type="HDF5Output", bottom=[first, second])
+    for n, blob in enumerate(blobs):
+        path, flat = folder / f"blobs_{n}.h5", f"crosscheck_flat_{n}"
+        net.layer.add(name=flat, type="Flatten", bottom=[blob], top=[flat]).flatten_param.axis = 0
+        layer = net.layer.add(name=f"crosscheck_output_{n}", type="HDF5Output", bottom=[flat, flat])
         layer.hdf5_output_param.file_name = str(path)
-        files.append((path, first, second))
+        files.append((path, blob))
     return files
 
 
@@ -134,17 +152,19 @@ def run_caffe(tool: str, args: list[str], cwd: Path) -> None:
 
 def caffe_blobs(caffe: str, deploy: pb.NetParameter, weights: Path, inputs: dict[str, np.ndarray],
                 blobs: list[str], folder: Path) -> dict[str, np.ndarray]:
-    """Every blob in `blobs` after Caffe's TEST-phase forward pass of `deploy` with `weights`."""
-    listing = write_h5(folder / "input.h5", inputs)
-    net = with_hdf5_inputs(deploy, listing, inputs, BATCH, None)
+    """Every blob in `blobs` (flattened) after Caffe's TEST-phase forward pass of `deploy` with `weights`."""
+    # a layer per input, each reading all of it: HDF5Data's tops share their first axis, and a recurrent
+    # net's x is (T, N, ...) where its static input is (N, ...)
+    net = with_hdf5_inputs(deploy, [(write_h5(folder / f"input_{n}.h5", {blob: value}), [blob], len(value))
+                                    for n, (blob, value) in enumerate(inputs.items())], None)
     files = with_hdf5_outputs(net, blobs, folder)
     model = folder / "crosscheck.prototxt"
     model.write_text(text_format.MessageToString(net), encoding="utf-8")
     run_caffe(caffe, ["test", f"-model={model}", f"-weights={weights}", "-iterations=1"], folder)
     out = {}
-    for path, first, second in files:
+    for path, blob in files:
         with h5py.File(path, "r") as f:
-            out[first], out[second] = np.asarray(f["data"]), np.asarray(f["label"])
+            out[blob] = np.asarray(f["data"])
     return out
 
 
@@ -154,7 +174,7 @@ def random_weights(caffe: str, case: ZooCase, root: Path, folder: Path) -> Path:
     arrays = {top: rng.standard_normal((BATCH, *shape)).astype(np.float32) if shape else
               np.zeros(BATCH, np.float32) for top, shape in case.train_tops.items()}
     listing = write_h5(folder / "train.h5", arrays)
-    train = with_hdf5_inputs(read_prototxt(root / case.train), listing, case.train_tops, BATCH, pb.TRAIN)
+    train = with_hdf5_inputs(read_prototxt(root / case.train), [(listing, case.train_tops, BATCH)], pb.TRAIN)
     (folder / "train.prototxt").write_text(text_format.MessageToString(train), encoding="utf-8")
     solver = pb.SolverParameter(net="train.prototxt", base_lr=0.01, lr_policy="fixed", max_iter=0, display=0,
                                 random_seed=1, snapshot_prefix="caffe", solver_mode=pb.SolverParameter.CPU)
@@ -198,18 +218,20 @@ def onnx_outputs(module: NetModule, inputs: dict[str, np.ndarray], folder: Path)
 
 
 def check(name: str, deploy_path: Path, deploy: pb.NetParameter, weights: Path, caffe: str,
-          folder: Path) -> bool:
-    """Runs Caffe and netspec (PyTorch and ONNX) on one random batch and prints the comparison."""
+          folder: Path, inputs: dict[str, np.ndarray] | None = None, with_onnx: bool = True) -> bool:
+    """Runs Caffe and netspec (PyTorch and, with `with_onnx`, ONNX) on one batch (`inputs`, or random values
+    with BATCH items) and prints the comparison."""
     module = netspec.compile(str(deploy_path), phase="TEST", weights=str(weights))
-    rng = np.random.default_rng(1)
-    inputs = {blob: rng.standard_normal((BATCH, *shape[1:])).astype(np.float32)
-              for blob, shape in module.net.inputs.items()}
+    if inputs is None:
+        rng = np.random.default_rng(1)
+        inputs = {blob: rng.standard_normal((BATCH, *shape[1:])).astype(np.float32)
+                  for blob, shape in module.net.inputs.items()}
     with torch.no_grad():
         ours = {k: v.numpy() for k, v in module.blobs(**{k: torch.from_numpy(v) for k, v in inputs.items()}).items()}
     theirs = caffe_blobs(caffe, deploy, weights, inputs, [b for b in ours if b not in inputs], folder)
     outputs = set(module.net.outputs)
     results = compare(ours, theirs, outputs)
-    onnx = compare(onnx_outputs(module, inputs, folder), theirs, outputs)
+    onnx = compare(onnx_outputs(module, inputs, folder), theirs, outputs) if with_onnx else []
     worst = max(results, key=lambda r: r.relative)
     print(f"{name}: {len(results)} blobs; largest relative difference {worst.relative:.2e} "
           f"({worst.blob} {worst.shape}, tolerance {worst.tolerance:g})")
@@ -245,6 +267,99 @@ def model_case(spec: Path, caffe: str, folder: Path) -> bool:
         return True
     return check(f"{spec.name} (written by netspec)", export.prototxt, read_prototxt(export.prototxt),
                  export.caffemodel, caffe, folder)
+
+
+def _input(name: str, *dims: int) -> str:
+    shape = " ".join(f"dim: {d}" for d in dims)
+    return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {shape} }} }} }}\n'
+
+
+_U = 'type: "uniform" min: -0.5 max: 0.5'
+_SEQ = (5, 2)  # recurrent nets: T, N
+# Nets of the layer types with parameters whose blobs converters get wrong, each with Caffe's fillers
+# (so that Caffe can make weights for it too) and inputs: name -> (prototxt, {input: (shape, kind)}),
+# kind 'normal', 'index' (Embed's, below 10) or 'cont' (a recurrent net's sequence markers).
+HELD_OUT = {
+    "prelu_shared": (_input("x", 2, 3, 6, 6) + f"""
+layer {{ name: "conv" type: "Convolution" bottom: "x" top: "c"
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "xavier" }} bias_filler {{ {_U} }} }} }}
+layer {{ name: "prelu" type: "PReLU" bottom: "c" top: "y"
+  prelu_param {{ channel_shared: true filler {{ type: "uniform" min: 0.1 max: 0.4 }} }} }}""", {"x": "normal"}),
+    "scale_bias_0axis": (_input("x", 2, 3, 4, 4) + f"""
+layer {{ name: "scale" type: "Scale" bottom: "x" top: "s"
+  scale_param {{ num_axes: 0 bias_term: true filler {{ {_U} }} bias_filler {{ {_U} }} }} }}
+layer {{ name: "bias" type: "Bias" bottom: "s" top: "y" bias_param {{ num_axes: 0 filler {{ {_U} }} }} }}""",
+                         {"x": "normal"}),
+    "batchnorm_scale": (_input("x", 2, 3, 6, 6) + f"""
+layer {{ name: "conv" type: "Convolution" bottom: "x" top: "c"
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "bn" type: "BatchNorm" bottom: "c" top: "c" }}
+layer {{ name: "scale" type: "Scale" bottom: "c" top: "y"
+  scale_param {{ bias_term: true filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""", {"x": "normal"}),
+    "deconv_grouped": (_input("x", 2, 4, 5, 5) + f"""
+layer {{ name: "deconv" type: "Deconvolution" bottom: "x" top: "y"
+  convolution_param {{ num_output: 6 kernel_size: 3 stride: 2 pad: 1 group: 2 weight_filler {{ {_U} }}
+                      bias_filler {{ {_U} }} }} }}""", {"x": "normal"}),
+    "ip_transposed": (_input("x", 2, 3, 4) + f"""
+layer {{ name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+  inner_product_param {{ num_output: 5 transpose: true weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+                      {"x": "normal"}),
+    "lstm": (_input("x", *_SEQ, 3) + _input("cont", *_SEQ) + f"""
+layer {{ name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+             {"x": "normal", "cont": "cont"}),
+    "rnn": (_input("x", *_SEQ, 3) + _input("cont", *_SEQ) + f"""
+layer {{ name: "rnn" type: "RNN" bottom: "x" bottom: "cont" top: "o"
+  recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+            {"x": "normal", "cont": "cont"}),
+    "lstm_static": (_input("x", *_SEQ, 3) + _input("cont", *_SEQ) + _input("s", _SEQ[1], 2) + f"""
+layer {{ name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" bottom: "s" top: "h"
+  recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+                    {"x": "normal", "cont": "cont", "s": "normal"}),
+    "scale_bottom_bias": (_input("x", 2, 3, 4, 4) + _input("s", 2, 3) + f"""
+layer {{ name: "scale" type: "Scale" bottom: "x" bottom: "s" top: "y"
+  scale_param {{ axis: 0 bias_term: true bias_filler {{ {_U} }} }} }}""", {"x": "normal", "s": "normal"}),
+    "parameter_conv1d": (_input("x", 2, 3, 9) + f"""
+layer {{ name: "conv" type: "Convolution" bottom: "x" top: "c"
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}
+layer {{ name: "p" type: "Parameter" top: "p" parameter_param {{ shape {{ dim: 2 dim: 4 dim: 7 }} }} }}
+layer {{ name: "sum" type: "Eltwise" bottom: "c" bottom: "p" top: "y" }}""", {"x": "normal"}),
+    "embed": (_input("x", 2, 3) + f"""
+layer {{ name: "embed" type: "Embed" bottom: "x" top: "y"
+  embed_param {{ num_output: 4 input_dim: 10 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+              {"x": "index"}),
+    "conv3d": (_input("x", 2, 2, 5, 6, 6) + f"""
+layer {{ name: "conv" type: "Convolution" bottom: "x" top: "y"
+  convolution_param {{ num_output: 3 kernel_size: 3 pad: 1 stride: 2 weight_filler {{ {_U} }}
+                      bias_filler {{ {_U} }} }} }}""", {"x": "normal"}),
+}
+
+
+def held_out_inputs(spec: Path, kinds: dict[str, str]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(6)
+    shapes = netspec.load(str(spec), phase="TEST").inputs
+    made = {"normal": lambda shape: rng.standard_normal(shape),
+            "index": lambda shape: rng.integers(0, 10, shape),
+            "cont": lambda shape: (np.arange(shape[0])[:, None] % 3 != 0) * np.ones(shape)}  # restarts at 0, 3
+    return {blob: made[kind](shapes[blob]).astype(np.float32) for blob, kind in kinds.items()}
+
+
+def held_out_case(name: str, caffe: str, folder: Path) -> bool:
+    """netspec's weights (its own fillers) in Caffe, then Caffe's weights (Caffe's fillers) in netspec."""
+    text, kinds = HELD_OUT[name]
+    spec = folder / f"{name}.prototxt"
+    spec.write_text(f'name: "{name}"\n{text}\n', encoding="utf-8")
+    inputs = held_out_inputs(spec, kinds)
+    torch.manual_seed(0)
+    export = export_caffemodel(netspec.compile(str(spec), phase="TEST"), folder / "netspec.caffemodel")
+    ok = check(f"{name} (weights written by netspec, run by Caffe)", export.prototxt,
+               read_prototxt(export.prototxt), export.caffemodel, caffe, folder, inputs, with_onnx=False)
+    solver = pb.SolverParameter(net=str(spec), base_lr=0.01, lr_policy="fixed", max_iter=0, display=0,
+                                random_seed=1, snapshot_prefix="caffe", solver_mode=pb.SolverParameter.CPU)
+    (folder / "solver.prototxt").write_text(text_format.MessageToString(solver), encoding="utf-8")
+    run_caffe(caffe, ["train", "-solver=solver.prototxt"], folder)
+    return check(f"{name} (weights made by Caffe, loaded by netspec)", spec, read_prototxt(spec),
+                 folder / "caffe_iter_0.caffemodel", caffe, folder, inputs, with_onnx=False) and ok
 
 
 # Solver settings as in Caffe's examples, each with weight decay and a learning-rate policy. AdaGrad,
@@ -357,8 +472,11 @@ def caffe_data_batch(caffe: str, source: Path, mean: Path, folder: Path) -> tupl
     weights = folder / "none.caffemodel"  # `caffe test` insists on weights; the net has none
     weights.write_bytes(pb.NetParameter(name="lmdb").SerializeToString())
     run_caffe(caffe, ["test", f"-model={model}", f"-weights={weights}", "-iterations=1"], folder)
-    with h5py.File(files[0][0], "r") as f:
-        return text, {"data": np.asarray(f["data"]), "label": np.asarray(f["label"]).ravel()}
+    out = {}
+    for path, blob in files:
+        with h5py.File(path, "r") as f:
+            out[blob] = np.asarray(f["data"])
+    return text, out
 
 
 def lmdb_case(caffe: str, folder: Path) -> bool:
@@ -391,7 +509,7 @@ def lmdb_case(caffe: str, folder: Path) -> bool:
             spec = folder / "data_net.prototxt"
             spec.write_text(text, encoding="utf-8")
             got = Feeder(netspec.load(str(spec), phase="TEST"), torch.device("cpu"), seed=0).next()
-            same_label = np.array_equal(got["label"].numpy(), batch["label"])
+            same_label = np.array_equal(got["label"].numpy(), batch["label"].ravel())
             worst = float(np.abs(got["data"].numpy() - batch["data"].reshape(got["data"].shape)).max())
             print(f"  netspec's Data layer vs Caffe's on {who} database: max |difference| {worst:.2e}, "
                   f"labels equal: {same_label}")
@@ -399,17 +517,165 @@ def lmdb_case(caffe: str, folder: Path) -> bool:
     return ok
 
 
+# ImageData: (new_height, new_width) -> ... for images of 40 x 50: shrunk by a non-integer factor (where
+# Pillow's antialiasing filter differs most), exactly halved (OpenCV then averages 2 x 2 blocks, its
+# INTER_AREA path), enlarged
+RESIZES = ((7, 9), (20, 25), (61, 73))
+
+
+def resize_images(folder: Path) -> Path:
+    """A list of colour and grey JPEGs and PNGs of 40 x 50 (smooth gradients under noise, as photos)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:40, 0:50]
+    lines = []
+    for i, name in enumerate(["colour.jpg", "colour.png", "grey.jpg", "grey.png"]):
+        base = np.stack([yy * 6, xx * 5, (yy + xx) * 3], axis=-1) + rng.integers(-60, 60, (40, 50, 3))
+        pixels = np.clip(base, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels if name.startswith("colour") else pixels[..., 1]).save(folder / name)
+        lines.append(f"{name} {i}")
+    listing = folder / "list.txt"
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return listing
+
+
+def caffe_image_batches(caffe: str, folder: Path, listing: Path) -> dict[str, np.ndarray]:
+    """Caffe's ImageData batch (every image of the list) for each size in RESIZES, colour and grey:
+    'colour_7x9' -> (4, 3, 7, 9)."""
+    out = {}
+    for (h, w), color in ((size, color) for size in RESIZES for color in (True, False)):
+        net = pb.NetParameter(name="images")
+        layer = net.layer.add(name="data", type="ImageData", top=["data", "label"])
+        p = layer.image_data_param
+        p.source, p.root_folder, p.batch_size, p.new_height, p.new_width, p.is_color = (
+            str(listing), f"{folder}/", 4, h, w, color)
+        files = with_hdf5_outputs(net, ["data"], folder)
+        model = folder / "images.prototxt"
+        model.write_text(text_format.MessageToString(net), encoding="utf-8")
+        weights = folder / "none.caffemodel"
+        weights.write_bytes(pb.NetParameter(name="images").SerializeToString())
+        run_caffe(caffe, ["test", f"-model={model}", f"-weights={weights}", "-iterations=1"], folder)
+        with h5py.File(files[0][0], "r") as f:
+            out[f"{'colour' if color else 'grey'}_{h}x{w}"] = np.asarray(f["data"]).reshape(4, 3 if color else 1, h, w)
+    return out
+
+
+def netspec_image_batch(folder: Path, listing: Path, key: str) -> np.ndarray:
+    from netspec.train.feeder import Feeder
+
+    color, size = key.split("_")
+    h, w = size.split("x")
+    spec = folder / "netspec_images.prototxt"
+    spec.write_text(f'name: "images" layer {{ name: "data" type: "ImageData" top: "data" top: "label" '
+                    f'image_data_param {{ source: "{listing}" root_folder: "{folder}/" batch_size: 4 new_height: {h} '
+                    f'new_width: {w} is_color: {str(color == "colour").lower()} }} }}', encoding="utf-8")
+    return Feeder(netspec.load(str(spec), phase="TEST"), torch.device("cpu"), seed=0).next()["data"].numpy()
+
+
+def imagedata_case(caffe: str, folder: Path, record: bool = False) -> bool:
+    """netspec's ImageData batches against Caffe's for resized JPEGs and PNGs; with `record`, the images
+    and Caffe's batches are stored in tests/data/opencv_resize for the test suite."""
+    listing = resize_images(folder)
+    theirs = caffe_image_batches(caffe, folder, listing)
+    ok = True
+    for key, want in theirs.items():
+        got = netspec_image_batch(folder, listing, key)
+        diff = np.abs(got - want)
+        print(f"ImageData {key}: max |netspec - caffe| {diff.max():g}, pixels that differ {int((diff > 0).sum())} "
+              f"of {diff.size}")
+        ok = ok and diff.max() <= 1
+    if record:
+        out = ROOT / "tests" / "data" / "opencv_resize"
+        out.mkdir(exist_ok=True)
+        for line in listing.read_text(encoding="utf-8").split():
+            if not line.isdigit():
+                shutil.copyfile(folder / line, out / line)
+        shutil.copyfile(listing, out / "list.txt")
+        np.savez_compressed(out / "caffe_batches.npz", **{k: v.astype(np.uint8) for k, v in theirs.items()})
+        print(f"wrote {out}")
+    return ok
+
+
+MVN_NET = """name: "mvn_eps"
+layer { name: "x" type: "Parameter" top: "x" parameter_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "t" type: "Parameter" top: "t" parameter_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } }
+  param { lr_mult: 0 } }
+layer { name: "mvn" type: "MVN" bottom: "x" top: "y" mvn_param { eps: 0.3 } }
+layer { name: "mvn_across" type: "MVN" bottom: "x" top: "z" mvn_param { across_channels: true eps: 0.3 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+layer { name: "loss_across" type: "EuclideanLoss" bottom: "z" bottom: "t" top: "loss_across" }
+"""
+
+
+def mvn_case(caffe: str, folder: Path, record: bool = False) -> bool:
+    """MVN's gradient with a large eps, where Caffe's formula is not the true gradient: x is a learned
+    blob (a Parameter layer), and one SGD step with learning rate 1 moves it by Caffe's gradient."""
+    from netspec.caffemodel import read_caffemodel, write_caffemodel
+
+    spec = folder / "mvn_eps.prototxt"
+    spec.write_text(MVN_NET, encoding="utf-8")
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((2, 3, 4, 5)) * rng.uniform(0.2, 3, (2, 3, 1, 1))).astype(np.float32)
+    t = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    net = read_prototxt(spec)
+    write_caffemodel(folder / "init.caffemodel", "mvn_eps", [(lp, {"x": [x], "t": [t]}[lp.name])
+                                                              for lp in net.layer if lp.name in ("x", "t")])
+    solver = pb.SolverParameter(net=str(spec), base_lr=1.0, lr_policy="fixed", max_iter=1, display=0,
+                                snapshot_prefix="mvn", solver_mode=pb.SolverParameter.CPU)
+    (folder / "solver.prototxt").write_text(text_format.MessageToString(solver), encoding="utf-8")
+    run_caffe(caffe, ["train", "-solver=solver.prototxt", "-weights=init.caffemodel"], folder)
+    theirs = x - read_caffemodel(folder / "mvn_iter_1.caffemodel").blobs["x"][0]
+    module = netspec.compile(str(spec), phase="TRAIN", weights=str(folder / "init.caffemodel"))
+    blobs = module.blobs()
+    (blobs["loss"] + blobs["loss_across"]).backward()
+    ours = module.caffe_params()["x"][0].grad.numpy()
+    true = _true_mvn_gradient(x, t)
+    scale = float(np.abs(theirs).max())
+    worst = float(np.abs(ours - theirs).max()) / scale
+    print(f"MVN, eps 0.3: netspec's gradient vs Caffe's, relative {worst:.2e}; the true gradient is "
+          f"{float(np.abs(true - theirs).max()) / scale:.2e} from Caffe's")
+    if record:
+        out = ROOT / "tests" / "data" / "caffe_made"
+        (out / "mvn_eps.prototxt").write_text("# MVN with a large eps (tools/crosscheck_caffe.py fixture): x_grad is "
+                                              "real Caffe's gradient\n" + MVN_NET, encoding="utf-8")
+        np.savez(out / "mvn_eps.npz", x=x, t=t, x_grad=theirs)
+        print(f"wrote {out}: mvn_eps.prototxt and mvn_eps.npz")
+    return worst <= BLOB_RTOL
+
+
+def _true_mvn_gradient(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The exact gradient of the same two losses, by autograd through the plain formula, in float64."""
+    xs = torch.from_numpy(x).double().requires_grad_(True)
+    loss = 0
+    for start in (2, 1):
+        flat = xs.flatten(start)
+        centred = flat - flat.mean(-1, keepdim=True)
+        y = (centred / (centred.pow(2).mean(-1, keepdim=True).sqrt() + 0.3)).reshape(x.shape)
+        loss = loss + ((y - torch.from_numpy(t).double()) ** 2).sum() / (2 * x.shape[0])
+    loss.backward()
+    return xs.grad.numpy()
+
+
+# tests/data/caffe_made: net -> (its weights, its blobs)
+FIXTURES = {"net": ("weights.caffemodel", "caffe_blobs.npz"),
+            "zero_axis": ("zero_axis.caffemodel", "zero_axis_blobs.npz")}
+
+
 def fixture_case(caffe: str, folder: Path) -> bool:
     out = ROOT / "tests" / "data" / "caffe_made"
-    case = ZooCase("net.prototxt", "net.prototxt", {"data": (3, 14, 14)})
-    weights = random_weights(caffe, case, out, folder)
-    shutil.copyfile(weights, out / "weights.caffemodel")
-    module = netspec.compile(str(out / "net.prototxt"), phase="TEST", weights=str(weights))
-    inputs = {"data": np.random.default_rng(4).standard_normal((BATCH, 3, 14, 14)).astype(np.float32)}
-    blobs = [b for b in module.net.shapes if b != "data"]
-    theirs = caffe_blobs(caffe, read_prototxt(out / "net.prototxt"), weights, inputs, blobs, folder)
-    np.savez(out / "caffe_blobs.npz", **inputs, **{k: v.reshape(module.net.shapes[k]) for k, v in theirs.items()})
-    print(f"wrote {out}: weights.caffemodel and caffe_blobs.npz ({', '.join(theirs)})")
+    for net, (weights_name, blobs_name) in FIXTURES.items():
+        spec = out / f"{net}.prototxt"
+        inputs = {"data": np.random.default_rng(4).standard_normal(netspec.load(str(spec)).inputs["data"])
+                  .astype(np.float32)}
+        case = ZooCase(spec.name, spec.name, {"data": inputs["data"].shape[1:]})
+        weights = random_weights(caffe, case, out, folder)
+        shutil.copyfile(weights, out / weights_name)
+        module = netspec.compile(str(spec), phase="TEST", weights=str(weights))
+        blobs = [b for b in module.net.shapes if b != "data"]
+        theirs = caffe_blobs(caffe, read_prototxt(spec), weights, inputs, blobs, folder)
+        np.savez(out / blobs_name, **inputs, **{k: v.reshape(module.net.shapes[k]) for k, v in theirs.items()})
+        print(f"wrote {out}: {weights_name} and {blobs_name} ({', '.join(theirs)})")
     return True
 
 
@@ -418,17 +684,28 @@ def main() -> int:
     parser.add_argument("--caffe", required=True, help="the caffe command-line tool")
     parser.add_argument("--caffe-root", required=True, type=Path, help="a BVLC Caffe checkout (for its nets)")
     parser.add_argument("cases", nargs="*",
-                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'solvers' or 'lmdb' (default: all)")
+                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'held_out', 'solvers', 'lmdb', 'imagedata' or "
+                             "'mvn' (default: all); 'fixture' remakes the data in tests/data made by Caffe")
     args = parser.parse_args()
     ok = True
-    for name in args.cases or [*ZOO, "models", "solvers", "lmdb"]:
+    for name in args.cases or [*ZOO, "models", "held_out", "solvers", "lmdb", "imagedata", "mvn"]:
         with tempfile.TemporaryDirectory() as tmp:
             if name == "fixture":
                 ok = fixture_case(args.caffe, Path(tmp)) and ok
+                ok = imagedata_case(args.caffe, Path(tmp), record=True) and ok
+                ok = mvn_case(args.caffe, Path(tmp), record=True) and ok
+            elif name == "mvn":
+                ok = mvn_case(args.caffe, Path(tmp)) and ok
+            elif name == "imagedata":
+                ok = imagedata_case(args.caffe, Path(tmp)) and ok
             elif name == "solvers":
                 ok = solvers_case(args.caffe, args.caffe_root, Path(tmp)) and ok
             elif name == "lmdb":
                 ok = lmdb_case(args.caffe, Path(tmp)) and ok
+            elif name == "held_out":
+                for net in HELD_OUT:
+                    with tempfile.TemporaryDirectory() as sub:
+                        ok = held_out_case(net, args.caffe, Path(sub)) and ok
             elif name == "models":
                 for spec in sorted((ROOT / "models").glob("*.yaml")):
                     with tempfile.TemporaryDirectory() as sub:

@@ -215,16 +215,18 @@ def load_arrays(p: pb.DatasetParameter, base_dir: str, phase: int) -> tuple[np.n
 
 
 def _resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resizing of (N, C, H, W) float images, channel by channel."""
+    """(N, C, H, W) float records resized as Caffe resizes images (OpenCV's INTER_LINEAR), channel by
+    channel."""
     import numpy as np
-    from PIL import Image
+
+    from netspec.data import images as opencv
 
     if images.shape[2:] == (height, width):
         return images
     out = np.empty((*images.shape[:2], height, width), dtype=np.float32)
     for i in range(images.shape[0]):
         for c in range(images.shape[1]):
-            out[i, c] = np.asarray(Image.fromarray(images[i, c], mode="F").resize((width, height), Image.BILINEAR))
+            out[i, c] = opencv.resize(np.ascontiguousarray(images[i, c], dtype=np.float32), height, width)
     return out
 
 
@@ -302,25 +304,24 @@ def _read_csv(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_folder(path: Path, p: pb.DatasetParameter) -> tuple[np.ndarray, np.ndarray]:
     import numpy as np
-    from PIL import Image
+
+    from netspec.data import images as opencv
 
     classes, first = _folder_head(path)
-    gray = _image_channels(first) == 1
+    color = "gray" if _image_channels(first) == 1 else "color"
     h, w = probe.image_size(first)
-    size = (w, h)  # every image is brought to the first one's size; new_height/new_width resize after
+    # every image is brought to new_height x new_width (each given or the first image's), in one resize
+    height, width = p.new_height or h, p.new_width or w
     images, labels = [], []
     for index, cls in enumerate(classes):
         for f in sorted((path / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(f) as im:
-                    im = im.convert("L" if gray else "RGB")
-                    if im.size != size:
-                        im = im.resize(size, Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.float32)
-            except OSError as e:
+                pixels = opencv.read(f, color, height, width)
+            except (OSError, ValueError) as e:
                 raise DataError(f"cannot read image '{f}': {e}", field="source") from None
-            images.append(arr[None] if gray else arr.transpose(2, 0, 1))
+            chw = opencv.to_chw(pixels).astype(np.float32)
+            images.append(chw if color == "gray" else chw[::-1])  # a Dataset's images are RGB, Caffe's BGR
             labels.append(index)
     return np.stack(images), np.asarray(labels, dtype=np.float32)

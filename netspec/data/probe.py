@@ -94,17 +94,25 @@ def leveldb_first_record(path: Path) -> bytes:
     raise DataError(f"LevelDB '{path}' has no records", field="source")
 
 
-GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}  # Pillow's one-channel image modes
+GRAY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "F"}  # Pillow's one-channel image modes
+ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}  # more than 8 bits a value
 
 
-def decoded_mode(image_mode: str, force_color: bool, force_gray: bool) -> str:
-    """How Caffe decodes an encoded Datum: in colour or grey as forced, else as the image is (OpenCV's
-    IMREAD_ANYCOLOR: grey stays one channel, anything else, palette and alpha included, is BGR)."""
+def decoded_channels(image_mode: str, force_color: bool, force_gray: bool) -> int:
+    """How many channels Caffe decodes an encoded Datum to: 3 or 1 as forced, else the image's own
+    (DecodeDatumToCVMatNative, OpenCV's IMREAD_UNCHANGED: grey 1, palette 3, with alpha 4, grey with alpha
+    included). It reads only the header, so that checking a spec needs no OpenCV; netspec.data.images
+    decodes."""
     if force_color and force_gray:
         raise DataError("transform_param sets both force_color and force_gray", field="force_gray")
     if force_color or force_gray:
-        return "RGB" if force_color else "L"
-    return "L" if image_mode in GRAY_MODES else "RGB"
+        return 3 if force_color else 1
+    if image_mode in WIDE_MODES:
+        raise DataError(f"encoded records hold {image_mode} images (more than 8 bits a value), which Caffe's Data "
+                        "layer refuses unless they are decoded to 8 bits", field="force_gray",
+                        hint="set transform_param { force_gray: true } or force_color")
+    return 1 if image_mode in GRAY_MODES else 4 if image_mode in ALPHA_MODES else 3
 
 
 _LMDB: dict[tuple[str, int], object] = {}

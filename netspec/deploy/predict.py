@@ -49,23 +49,17 @@ def read_input(path: str, shape: tuple[int, ...], channel_order: str) -> np.ndar
 
 
 def _image(path: Path, record: tuple[int, ...], channel_order: str) -> np.ndarray:
-    from PIL import Image
+    from netspec.data import images
 
     if len(record) != 3:
         raise DataError(f"the model takes records of shape {record}, not images")
     channels, height, width = record
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if height > 0 and width > 0 and im.size != (width, height):
-                im = im.resize((width, height), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32)
-    except OSError as e:
+        pixels = images.read(path, "gray" if channels == 1 else "color", height, width)
+    except (OSError, ValueError) as e:
         raise DataError(f"cannot read image '{path}': {e}") from None
-    if channels == 1:
-        return arr[None]
-    arr = arr.transpose(2, 0, 1)
-    return arr[::-1] if channel_order == "BGR" else arr
+    arr = images.to_chw(pixels).astype(np.float32)  # OpenCV's BGR
+    return arr if channels == 1 or channel_order == "BGR" else arr[::-1]
 
 
 def top_k(scores: np.ndarray, k: int, labels: list[str] | None) -> list[tuple[int, str, float]]:

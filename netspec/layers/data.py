@@ -175,8 +175,7 @@ class Data(_SourceLayer):
             tp = s.lp.transform_param
             with Image.open(io.BytesIO(datum.data)) as im:
                 w, h = im.size
-                mode = probe.decoded_mode(im.mode, p.force_encoded_color or tp.force_color, tp.force_gray)
-            c = 3 if mode == "RGB" else 1
+                c = probe.decoded_channels(im.mode, p.force_encoded_color or tp.force_color, tp.force_gray)
         return _batch_and_label(s, p.batch_size, transformed(s, c, h, w))
 
 

@@ -119,8 +119,8 @@ class PReLU(Neuron):
         b = bottoms[0]
         if len(b) < 2:
             raise ShapeError(f"PReLU needs a bottom with at least 2 axes (N, C, ...), got {fmt(b)}")
-        n = 1 if s.p.channel_shared else b[1]
-        return [BlobDef("slope", (n,), filler_or(s.p.filler, s.p.HasField("filler"), value=0.25))]
+        shape = () if s.p.channel_shared else (b[1],)  # Caffe's shared slope is a 0-axis blob
+        return [BlobDef("slope", shape, filler_or(s.p.filler, s.p.HasField("filler"), value=0.25))]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F

@@ -202,7 +202,8 @@ class Bias(LayerDef):
 @register
 class MVN(LayerDef):
     """Mean-variance normalisation of each item (per channel unless across_channels):
-    y = (x - mean) / (std + eps), or only the mean removed when normalize_variance is false.
+    y = (x - mean) / (std + eps), or only the mean removed when normalize_variance is false. The gradient
+    is Caffe's, which leaves out eps's part (the true gradient when eps is 0).
 
     layer { name: "mvn" type: "MVN" bottom: "x" top: "y" mvn_param { across_channels: true } }
     """
@@ -231,7 +232,13 @@ class MVN(LayerDef):
             centred = flat - flat.mean(-1, keepdim=True)
             if normalize:
                 std = torch.sqrt((centred * centred).mean(-1, keepdim=True))
-                centred = centred / (std + eps)
+                # Caffe's backward pass, dx = (dy - mean(dy) - y * mean(y * dy)) / (std + eps), is the true
+                # gradient only for eps = 0: it leaves out a factor std / (std + eps) on the path through
+                # std. netspec computes Caffe's: the divisor has the value std + eps and the gradient of
+                # std * std / (std + eps)
+                shrink = (std / (std + eps)).detach()
+                divisor = std * shrink + (std + eps - std * shrink).detach()
+                centred = centred / divisor
             return [centred.reshape(x.shape)]
 
         return forward

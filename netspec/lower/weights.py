@@ -69,8 +69,8 @@ def apply_weights(params: dict[str, list[torch.Tensor]], weights: Weights, sourc
         problems = []
         if len(given) != len(blobs):
             problems.append(f"{layer}: {len(given)} blob(s) in the file, {len(blobs)} in the net")
-        given = [v.reshape(t.shape) if (layer, i) in weights.legacy and legacy_fits(tuple(t.shape), tuple(v.shape))
-                 else v for i, (t, v) in enumerate(zip(blobs, given, strict=False))] + given[len(blobs):]
+        given = [v.reshape(t.shape) if _fits(t, v, (layer, i) in weights.legacy) else v
+                 for i, (t, v) in enumerate(zip(blobs, given, strict=False))] + given[len(blobs):]
         for i, (target, value) in enumerate(zip(blobs, given, strict=False)):
             if tuple(target.shape) != tuple(value.shape):
                 problems.append(f"{layer} blob {i}: {fmt(tuple(value.shape))} in the file, {fmt(tuple(target.shape))} "
@@ -88,3 +88,11 @@ def apply_weights(params: dict[str, list[torch.Tensor]], weights: Weights, sourc
                            hint="layers are matched by name and blobs by shape; pass --allow-missing to start the "
                                 "mismatched layers from their fillers")
     return report
+
+
+def _fits(target: torch.Tensor, value: torch.Tensor, legacy: bool) -> bool:
+    """Whether a blob of another shape still fits: Caffe's legacy 4-D shapes, and a one-value blob for a
+    0-axis parameter, which netspec wrote as (1,) before it used Caffe's 0-axis shape."""
+    if legacy:
+        return legacy_fits(tuple(target.shape), tuple(value.shape))
+    return target.dim() == 0 and tuple(value.shape) == (1,)

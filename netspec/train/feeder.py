@@ -9,7 +9,6 @@ resumed from a snapshot sees exactly the batches an uninterrupted run would have
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from netspec._proto import netspec_pb2 as pb
-from netspec.data import probe
+from netspec.data import images, probe
 from netspec.data.datasets import load_arrays
 from netspec.errors import DataError, NetspecError
 from netspec.graph import Node
@@ -62,7 +61,7 @@ class ArrayRecords(Records):
 
 
 class ImageListRecords(Records):
-    """Caffe's ImageData source: "path label" lines, images read with Pillow."""
+    """Caffe's ImageData source: "path label" lines, images read as Caffe reads them (netspec.data.images)."""
 
     def __init__(self, node: Node) -> None:
         p = node.spec.p
@@ -75,26 +74,19 @@ class ImageListRecords(Records):
             except (IndexError, ValueError):
                 raise DataError(f"{listing}:{n}: expected 'path label', got '{line}'") from None
         self.base_dir, self.color = node.spec.base_dir, p.is_color
-        self.size = (p.new_width, p.new_height) if p.new_height else None
+        self.size = (p.new_height, p.new_width)  # Caffe resizes when both are given
 
     def __len__(self) -> int:
         return len(self.items)
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
-        from PIL import Image
-
         path, label = self.items[i]
         file = probe.resolve(path, self.base_dir, "image")
         try:
-            with Image.open(file) as im:
-                im = im.convert("RGB" if self.color else "L")
-                if self.size:
-                    im = im.resize(self.size, Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except OSError as e:
+            pixels = images.read(file, "color" if self.color else "gray", *self.size)
+        except (OSError, ValueError) as e:
             raise DataError(f"cannot read image '{file}': {e}") from None
-        # Caffe stores images as BGR
-        return (arr[..., ::-1].transpose(2, 0, 1) if self.color else arr[None]), label
+        return images.to_chw(pixels), label
 
 
 class DatumRecords(Records):
@@ -131,13 +123,12 @@ class DatumRecords(Records):
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
         d = pb.Datum.FromString(self._value(i))
-        if d.encoded:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(d.data)) as im:
-                mode = probe.decoded_mode(im.mode, self.force_color, self.force_gray)
-                arr = np.asarray(im.convert(mode), dtype=np.uint8)
-            arr = arr[..., ::-1].transpose(2, 0, 1) if mode == "RGB" else arr[None]
+        if d.encoded:  # Caffe's DecodeDatumToCVMat(Native)
+            color = "color" if self.force_color else "gray" if self.force_gray else "native"
+            try:
+                arr = images.to_chw(images.decode(d.data, color))
+            except ValueError as e:
+                raise DataError(f"record {i} of '{self.path}': {e}") from None
         elif d.float_data:
             arr = np.asarray(d.float_data, dtype=np.float32).reshape(d.channels, d.height, d.width)
         else:
