@@ -25,12 +25,21 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except NetspecError as e:
-            if click.get_current_context().find_root().params.get("debug"):
+            ctx = click.get_current_context()
+            if ctx.find_root().params.get("debug"):
                 raise
+            if ctx.params.get("as_json"):  # a program reading stdout gets the error in the form it asked for
+                click.echo(json.dumps({"error": _error_fields(e)}, indent=1))
             click.echo(f"error: {e}" if e.loc is None and e.layer is None else str(e), err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error_fields(e: NetspecError) -> dict[str, Any]:
+    return {"message": e.msg, "file": e.loc.file if e.loc else None, "line": e.loc.line if e.loc else None,
+            "column": e.loc.col if e.loc else None, "layer": e.layer, "type": e.layer_type, "field": e.field,
+            "hint": e.hint, "text": str(e)}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

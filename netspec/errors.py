@@ -111,12 +111,15 @@ class ExportError(NetspecError):
 
 
 def did_you_mean(word: str, choices: Iterable[str], what: str = "") -> str | None:
-    """A hint naming the closest of `choices` to a misspelt `word`, or None."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        if word.lower() in lowered:
-            close = [lowered[word.lower()]]
+    """A hint naming the closest of `choices` to a misspelt `word`, or None. Case is ignored (a user who
+    writes `convolution` means Convolution, not Deconvolution), and an exact match but for case wins."""
+    by_lower: dict[str, str] = {}
+    for c in choices:
+        by_lower.setdefault(c.lower(), c)
+    if word.lower() in by_lower:
+        close = [by_lower[word.lower()]]
+    else:
+        close = [by_lower[c] for c in difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)]
     if not close:
         return None
     return f"did you mean {what}'{close[0]}'?" if what else f"did you mean '{close[0]}'?"

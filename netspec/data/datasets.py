@@ -79,7 +79,7 @@ def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
         features = p.num_features if p.source == "blobs" else 2
         classes = p.num_classes if p.source in ("blobs", "spirals") else 2
         return SourceInfo((features,), (), classes)
-    path = probe.resolve(p.source, base_dir, "dataset_param.source")
+    path = _source_path(p.source, base_dir)
     if kind == "npz":
         shapes = _npz_shapes(path)
         if p.data_key not in shapes:
@@ -99,6 +99,33 @@ def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
     classes, first = _folder_head(path)
     h, w = probe.image_size(first)
     return SourceInfo((_image_channels(first), h, w), (), len(classes))
+
+
+def _source_path(source: str, base_dir: str) -> Path:
+    """The file or folder a source names. A name that is none, and no built-in set either, is most often a
+    misspelt set (`wines`) or file: the message names the closest and lists the sets that exist."""
+    for candidate in (Path(source), Path(base_dir) / source):
+        if candidate.exists():
+            return probe.resolve(source, base_dir, "dataset_param.source")
+    import difflib
+
+    from netspec.errors import did_you_mean
+
+    names = [*BUNDLED, *GENERATED]
+    near_sets = did_you_mean(source, names)
+    near_files: list[str] = []
+    for folder in dict.fromkeys((Path(source).parent, (Path(base_dir) / source).parent)):
+        try:
+            names = [f.name for f in folder.iterdir()]
+        except OSError:
+            continue
+        near_files += [str(folder / n) for n in difflib.get_close_matches(Path(source).name, names, n=3, cutoff=0.75)]
+    hint = (f"{near_sets} " if near_sets else "") + "; ".join(filter(None, [
+        ("files with near names: " + ", ".join(near_files)) if near_files else None,
+        "bundled sets: " + ", ".join(BUNDLED), "generated: " + ", ".join(GENERATED)]))
+    raise DataError(f"dataset_param.source '{source}' is neither a bundled or generated set nor an existing file "
+                    "or folder", field="source",
+                    hint=hint + "; files are read from the working directory, then from the spec's folder")
 
 
 def _npy_header(f: object) -> tuple[int, ...]:
@@ -243,7 +270,7 @@ def _load_all(p: pb.DatasetParameter, base_dir: str) -> tuple[np.ndarray, np.nda
         return bunch.data.astype(np.float32), target, None
     if kind == "generated":
         return (*_generate(p), None)
-    path = probe.resolve(p.source, base_dir, "dataset_param.source")
+    path = _source_path(p.source, base_dir)
     if kind == "npz":
         with np.load(path, allow_pickle=False) as z:
             data = np.asarray(z[p.data_key], dtype=np.float32)

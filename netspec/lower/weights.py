@@ -17,6 +17,8 @@ from netspec.caffemodel import is_caffe_weights, legacy_fits, read_caffemodel
 from netspec.errors import WeightsError
 from netspec.layers.base import fmt
 
+ACCEPTED = "a netspec snapshot (*.pt, written by netspec train or import) or a Caffe .caffemodel / .caffemodel.h5"
+
 
 @dataclass(frozen=True)
 class Weights:
@@ -51,10 +53,16 @@ def read_weights(path: str | Path) -> Weights:
         return Weights({k: [torch.from_numpy(a) for a in v] for k, v in caffe.blobs.items()}, caffe.legacy)
     if not str(path).endswith(".pt"):
         raise WeightsError(f"cannot tell the format of weights file '{path}' from its name",
-                           hint="give a netspec snapshot (*.pt) or a Caffe .caffemodel / .caffemodel.h5")
+                           hint=f"--weights takes {ACCEPTED}")
+    if not Path(path).is_file():
+        raise WeightsError(f"weights file '{path}' does not exist", hint=f"--weights takes {ACCEPTED}")
     from netspec.train import snapshot
 
-    return Weights(snapshot.load(path)["blobs"])
+    try:
+        state = snapshot.load(path)
+    except WeightsError:  # a PyTorch checkpoint or any other file: what it is matters less than what is taken
+        raise WeightsError(f"'{path}' is not a netspec snapshot; --weights takes {ACCEPTED}") from None
+    return Weights(state["blobs"])
 
 
 def apply_weights(params: dict[str, list[torch.Tensor]], weights: Weights, source: str,
