@@ -200,13 +200,25 @@ def train(spec: str, solver_file: str | None, weights: str | None, resume: str |
         return
     if summary["stopped"] == "interrupted":
         click.echo(f"stopped at iteration {summary['iterations']}")
+    if summary["best_iteration"] is not None:
+        when = f" (the best weights, from iteration {summary['best_iteration']})"
+    elif summary["tested_at"] is not None and summary["tested_at"] != summary["iterations"]:
+        when = f" (the last one, at iteration {summary['tested_at']})"
+    else:
+        when = ""
+    if summary["stopped"] == "interrupted" and not summary["test"]:
+        click.echo("test: none was run")
     for i, outputs in enumerate(summary["test"]):
         label = "test" if len(summary["test"]) == 1 else f"test #{i}"
-        click.echo(f"{label}: " + ", ".join(f"{k} = {v:.4f}" for k, v in outputs.items()))
+        click.echo(f"{label}{when}: " + ", ".join(f"{k} = {v:.4f}" for k, v in outputs.items()))
     if summary["snapshot"]:
         click.echo(f"snapshot: {summary['snapshot']}")
+    if summary["best"]:
+        click.echo(f"best:     {summary['best']}")
     if summary["metrics"]:
         click.echo(f"metrics:  {summary['metrics']}  (netspec plot {summary['metrics']} -o curves.png)")
+    if summary["stopped"] == "interrupted":
+        sys.exit(130)  # as a shell reports a run that Ctrl-C stopped
 
 
 @main.command(name="test")
@@ -222,10 +234,12 @@ def test_command(spec: str, weights: str | None, iterations: int | None, device:
 
     means = evaluate(spec, weights, iterations, device)
     n = int(means.pop("(iterations)"))
-    loss = means.pop("(loss)")
+    loss = means.pop("(loss)", None)
     for name, value in means.items():
         click.echo(f"{name} = {value:.6g}")
-    click.echo(f"loss = {loss:.6g} ({n} batches)")
+    if loss is not None:
+        click.echo(f"total loss = {loss:.6g} (the weighted sum of the loss outputs)")
+    click.echo(f"({n} batch{'' if n == 1 else 'es'})")
 
 
 @main.command(name="time")
@@ -252,12 +266,13 @@ def time_command(spec: str, iterations: int, phase: str, device: str | None) -> 
 @main.command()
 @click.argument("metrics", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="curves.png or curves.svg")
+@click.option("--log", is_flag=True, help="Draw the losses on a logarithmic axis.")
 @user_errors
-def plot(metrics: str, output: str) -> None:
+def plot(metrics: str, output: str, log: bool) -> None:
     """Draw the training curves of a metrics CSV."""
     from netspec.train.plot import plot as draw
 
-    draw(metrics, output)
+    draw(metrics, output, log=log)
     click.echo(f"wrote {output}")
 
 

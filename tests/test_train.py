@@ -131,7 +131,7 @@ def test_sighup_snapshots_and_goes_on_and_sigint_snapshots_and_stops(tmp_path: P
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0
+    assert proc.returncode == 130
     assert b"stopped at iteration" in stdout
     assert len(list((tmp_path / "run").glob("small_iter_*.pt"))) >= len(first) + 1
 

@@ -123,8 +123,9 @@ def _source_path(source: str, base_dir: str) -> Path:
     hint = (f"{near_sets} " if near_sets else "") + "; ".join(filter(None, [
         ("files with near names: " + ", ".join(near_files)) if near_files else None,
         "bundled sets: " + ", ".join(BUNDLED), "generated: " + ", ".join(GENERATED)]))
-    raise DataError(f"dataset_param.source '{source}' is neither a bundled or generated set nor an existing file "
-                    "or folder", field="source",
+    what = ("does not exist" if Path(source).suffix else
+            "is neither a bundled or generated set nor an existing file or folder")
+    raise DataError(f"dataset_param.source '{source}' {what}", field="source",
                     hint=hint + "; files are read from the working directory, then from the spec's folder")
 
 

@@ -117,11 +117,11 @@ def evaluate(spec: str, weights: str | None, iterations: int | None, device: str
                     sums[name] = sums.get(name, 0.0) + float(value.float()) * (size or 1)
             seen += size or 1
     means = {name: total / seen for name, total in sums.items()}
-    n = len(sizes)
-    loss = sum(means[t] * w for info in net.layers for t, w in zip(info.node.tops, info.node.loss_weights,
-                                                                   strict=True) if w and t in means)
-    means["(loss)"] = float(loss)
-    means["(iterations)"] = float(n)
+    terms = [(t, w) for info in net.layers for t, w in zip(info.node.tops, info.node.loss_weights, strict=True)
+             if w and t in means]
+    if [w for _, w in terms] != [1.0]:  # one loss top of weight 1 is the total already
+        means["(loss)"] = float(sum(means[t] * w for t, w in terms))
+    means["(iterations)"] = float(len(sizes))
     return means
 
 

@@ -63,7 +63,8 @@ def _ticks(lo: float, hi: float) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step) + 1)]
 
 
-def plot(path: str, out: str, width: int = 900, panel_height: int = 260) -> None:
+def plot(path: str, out: str, width: int = 900, panel_height: int = 260, log: bool = False) -> None:
+    """Draws the curves; `log` puts the loss panel on a logarithmic axis (values <= 0 are left out)."""
     series = read_metrics(path)
     panels = _panels(series)
     if not panels:
@@ -71,15 +72,25 @@ def plot(path: str, out: str, width: int = 900, panel_height: int = 260) -> None
     suffix = Path(out).suffix.lower()
     if suffix not in (".svg", ".png"):
         raise DataError(f"cannot draw '{out}': name the output *.svg or *.png")
-    shapes = _layout(series, panels, width, panel_height)
+    shapes = _layout(series, panels, width, panel_height, log)
     if suffix == ".svg":
         Path(out).write_text(_svg(shapes, width, panel_height * len(panels)), encoding="utf-8")
     else:
         _png(shapes, width, panel_height * len(panels)).save(out)
 
 
+def _range(values: list[float]) -> tuple[float, float]:
+    """The axis of a panel. A flat curve gets a band of 10% around its value (or 1 around 0), so that it is
+    drawn mid-panel with ticks near the value rather than at 0 on a -0.5..0.5 axis."""
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):
+        pad = 0.1 * abs(lo) if lo else 1.0
+        lo, hi = lo - pad, hi + pad
+    return lo, hi
+
+
 def _layout(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str, list[str]]], width: int,
-            height: int) -> list[tuple[str, ...]]:
+            height: int, log: bool = False) -> list[tuple[str, ...]]:
     """Drawing commands: ("line", color, x1, y1, x2, y2), ("text", color, x, y, text), ("poly", color, pts)."""
     cmds: list[tuple[str, ...]] = []
     left, right, top_pad, bottom_pad = 70, 20, 28, 30
@@ -87,21 +98,25 @@ def _layout(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str
     x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     for p, (title, keys) in enumerate(panels):
         y0 = p * height
-        values = [v for k in keys for _, v in series[k] if math.isfinite(v)]
-        lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-        if hi - lo < 1e-12:
-            lo, hi = lo - 0.5, hi + 0.5
+        scaled = log and title == "loss"
+
+        def y_of(v: float, scaled: bool = scaled) -> float:
+            return (math.log10(v) if v > 0 else math.nan) if scaled else v
+
+        values = [y_of(v) for k in keys for _, v in series[k] if math.isfinite(y_of(v))]
+        lo, hi = _range(values)
         plot_w, plot_h = width - left - right, height - top_pad - bottom_pad
 
         def px(x: float, y: float, lo: float = lo, hi: float = hi, y0: int = y0, w: int = plot_w,
                h: int = plot_h) -> tuple[float, float]:
             return left + (x - x_lo) / (x_hi - x_lo) * w, y0 + top_pad + (1 - (y - lo) / (hi - lo)) * h
 
-        cmds.append(("text", "#000000", str(left), str(y0 + 18), title))
-        for t in _ticks(lo, hi):
+        cmds.append(("text", "#000000", str(left), str(y0 + 18), title + (" (log scale)" if scaled else "")))
+        decades = [float(d) for d in range(math.ceil(lo), math.floor(hi) + 1)] if scaled else []
+        for t in decades if len(decades) >= 2 else _ticks(lo, hi):  # a log axis ticks at powers of 10
             _, y = px(x_lo, t)
             cmds.append(("line", "#dddddd", str(left), str(y), str(left + plot_w), str(y)))
-            cmds.append(("text", "#444444", "4", str(y + 4), f"{t:.4g}"))
+            cmds.append(("text", "#444444", "4", str(y + 4), f"{10**t if scaled else t:.4g}"))
         for t in _ticks(x_lo, x_hi):
             x, _ = px(t, lo)
             cmds.append(("text", "#444444", str(x - 10), str(y0 + height - 10), f"{t:.0f}"))
@@ -109,7 +124,7 @@ def _layout(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str
                       str(y0 + top_pad + plot_h)))
         for i, key in enumerate(keys):
             color = COLORS[i % len(COLORS)]
-            pts = [px(x, v) for x, v in series[key] if math.isfinite(v)]
+            pts = [px(x, y_of(v)) for x, v in series[key] if math.isfinite(y_of(v))]
             cmds.append(("poly", color, " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)))
             cmds.append(("text", color, str(left + plot_w - 180), str(y0 + 18 + 14 * i), key))
     return cmds

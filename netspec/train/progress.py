@@ -4,6 +4,7 @@ CSV, a plain-text log, and TensorBoard scalars when TensorBoard is installed."""
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,25 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _bar(done: int, total: int, epoch: float, loss: float, lr: float, samples_per_s: float, eta: float) -> str:
+    """The bar line, shorter than the terminal is wide: a line that wraps cannot be redrawn in place, and
+    each redraw would leave a stale row. Fields are dropped from the right until it fits."""
+    columns = shutil.get_terminal_size((80, 24)).columns - 1
+    fields = [f"loss {loss:.4g}", f"lr {lr:.3g}", f"ETA {_duration(eta)}", f"epoch {epoch:.2f}",
+              f"{samples_per_s:,.0f}/s"]
+    count = f"{done}/{total}"
+
+    def rest() -> int:  # the columns left for the bar itself
+        return columns - len(count) - 3 - sum(len(f) + 2 for f in fields)
+
+    while fields and rest() < 10:
+        fields.pop()
+    width = max(0, min(24, rest()))
+    filled = int(width * done / max(total, 1))
+    line = f"[{'#' * filled}{'.' * (width - filled)}] {count}" + "".join(f"  {f}" for f in fields)
+    return line[:columns]
 
 
 class Progress:
@@ -56,9 +76,7 @@ class Progress:
         if self.tty:
             now = time.perf_counter()
             if now - self._last_draw >= 0.1 or done == self.total:
-                width = 24
-                filled = int(width * done / max(self.total, 1))
-                self.stream.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {text}")
+                self.stream.write("\r\033[K" + _bar(done, self.total, epoch, loss, lr, samples_per_s, eta))
                 self.stream.flush()
                 self._bar, self._last_draw = True, now
             if due and self.log:

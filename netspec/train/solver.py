@@ -125,6 +125,7 @@ class Solver:
         self._requests: set[str] = set()
         self.early = self._early_stopping()
         self.last_test: list[dict[str, float]] = []
+        self.tested_at: int | None = None  # the iteration whose weights last_test measured
         for path in p.weights:  # the solver's own `weights`, as Caffe's --weights
             from netspec.lower.weights import apply_weights, read_weights
 
@@ -288,15 +289,21 @@ class Solver:
                 node = info.node
                 where = (node, f"the output '{bad[0]}' of this layer became NaN or infinite")
                 break
-        if where is None:
-            for info in reversed(self.train_net.layers):
-                params = self.net.caffe_params().get(info.node.name, [])
-                if any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params):
-                    where = (info.node, "the gradient of this layer's parameters became NaN or infinite")
-                    break
+        if where is None:  # the layer nearest the loss whose gradient is not finite is where it started
+            nodes = {info.node.name: info.node for info in self.train_net.layers}
+            for b in reversed(self.updater.blobs):
+                grad = b.tensor.grad
+                if grad is None or bool(torch.isfinite(torch.linalg.vector_norm(grad.float()))):
+                    continue
+                layer, _, index = b.key.rpartition(":")
+                what = ("became NaN or infinite" if not bool(torch.isfinite(grad).all()) else
+                        f"grew too large (largest value {float(grad.abs().max()):.3g}; its L2 norm overflows)")
+                where = (nodes[layer], f"the gradient of this layer's parameter blob {index} {what}, with the "
+                         f"loss at {loss:.6g}")
+                break
         if saved is not None:
             self.snapshot(saved)
-        node, what = where if where else (None, f"the loss became {loss}")
+        node, what = where if where else (None, f"the loss became {loss:.6g}")
         error = TrainingError(f"iteration {self.iter}: {what}; training stopped before updating the weights",
                               hint="lower base_lr, set clip_gradients, or check the data for extreme values"
                               + (f"; the weights so far are in {saved}" if saved else ""))
@@ -341,7 +348,7 @@ class Solver:
                         sums[name] = sums.get(name, 0.0) + float(value.float()) * weight
                 seen += weight
             results.append({name: total / seen for name, total in sums.items()})
-        self.last_test = results
+        self.last_test, self.tested_at = results, self.iter
         return results
 
     # ---- snapshots ---------------------------------------------------------------------------------
@@ -493,24 +500,27 @@ class Solver:
                 due = p.snapshot and self.iter % p.snapshot == 0 and self.iter < self.max_iter
                 if (due or self._requests) and out is not None:
                     last_snapshot = self.snapshot()
-                    progress.line(f"snapshot: {last_snapshot}")
+                    if "stop" not in self._requests:  # a stopped run's summary names it
+                        progress.line(f"snapshot: {last_snapshot}")
                     self._requests.discard("snapshot")
                 if "stop" in self._requests:
                     stopped = "interrupted"
                     break
             if stopped is None and self.test_nets and tested_at != self.iter:
                 self._run_test(progress, metrics)
-            if self.early is not None and self.early.best_blobs:
-                self._restore_best(progress)
             if out is not None and p.snapshot_after_train and (last_snapshot is None or
                                                                last_snapshot != self._snapshot_path()):
-                last_snapshot = self.snapshot()
+                last_snapshot = self.snapshot()  # before the best weights come back: _iter_N holds N's
+            if self.early is not None and self.early.best_blobs:
+                self._restore_best(progress)
         finally:
             progress.close()
             if metrics is not None:
                 metrics.close()
-        return {"iterations": self.iter, "stopped": stopped, "test": self.last_test,
-                "snapshot": str(last_snapshot) if last_snapshot else None,
+        best = self.early.best_iter if self.early is not None and self.early.best_blobs else None
+        return {"iterations": self.iter, "stopped": stopped, "test": self.last_test, "tested_at": self.tested_at,
+                "best_iteration": best, "snapshot": str(last_snapshot) if last_snapshot else None,
+                "best": f"{self._prefix()}_best.pt" if best is not None and out is not None else None,
                 "metrics": str(out / "metrics.csv") if out is not None else None}
 
     def _batch_size(self) -> int:
@@ -522,7 +532,7 @@ class Solver:
             shown = ", ".join(f"{k} = {v:.5g}" for k, v in outputs.items())
             progress.line(f"test{'' if len(results) == 1 else f' #{i}'} at iteration {self.iter}: {shown}")
         if metrics is not None:
-            values: dict[str, float | int] = {"iteration": self.iter, "lr": self.lr}
+            values: dict[str, float | int] = {"iteration": self.iter}  # the training row has its rate
             for i, outputs in enumerate(results):
                 for name, value in outputs.items():
                     values[_column(i, name, len(results))] = value
@@ -558,6 +568,7 @@ class Solver:
         progress.line(f"kept the best weights ({es.metric} {es.best:.5g} at iteration {es.best_iter})")
         if self.test_nets:
             self.test()
+            self.tested_at = es.best_iter
 
 
 def _column(i: int, name: str, n: int) -> str:
