@@ -191,12 +191,17 @@ def train(spec: str, solver_file: str | None, weights: str | None, resume: str |
     if "overfit" in summary:
         result = summary["overfit"]
         ok = result["accuracy"] >= 1.0
+        why = {"fitted": "stopped as soon as they were fitted", "max_iter": "stopped at max_iter",
+               "passes": f"stopped after the limit of {commands.OVERFIT_PASSES} passes",
+               "interrupted": "stopped by Ctrl-C"}
         click.echo(f"overfit check: {100 * result['accuracy']:.1f}% training accuracy on {result['examples']} examples "
+                   f"after {result['iterations']} iterations ({result['passes']:.3g} passes; "
+                   f"{why[result['stopped']]}) "
                    + ("- the net can fit them" if ok else
                       "- a net that cannot fit a handful of examples usually has a bug (labels, loss, learning rate, "
                       "or too few iterations)"))
         if not ok:
-            sys.exit(1)
+            sys.exit(130 if result["stopped"] == "interrupted" else 1)
         return
     if summary["stopped"] == "interrupted":
         click.echo(f"stopped at iteration {summary['iterations']}")

@@ -143,3 +143,14 @@ def test_plot_flat_curves_and_log_axis(tmp_path: Path) -> None:
     assert labels == ["0.1", "1", "10"]
     steps = [b - a for a, b in itertools.pairwise(ys)]
     assert max(steps) - min(steps) < 0.2  # a geometric decay is a straight line on a log axis
+
+
+def test_overfit_stops_after_a_bounded_number_of_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from netspec.train import commands
+
+    monkeypatch.setattr(commands, "OVERFIT_PASSES", 5)
+    spec = small_spec(tmp_path, max_iter=1000)
+    code, out = cli("train", spec, "--overfit", "20", "--set", "solver.base_lr=0", "--out", str(tmp_path / "o"),
+                    "--quiet")
+    assert code == 1
+    assert " on 20 examples after 5 iterations (5 passes; stopped after the limit of 5 passes) - a net that " in out

@@ -195,10 +195,16 @@ def test_overfit_check(tmp_path: Path) -> None:
     spec = small_spec(tmp_path, max_iter=150)
     code, out = cli("train", spec, "--overfit", "20", "--out", str(tmp_path / "o"), "--quiet")
     assert code == 0, out
-    assert "overfit check: 100.0% training accuracy on 20 examples - the net can fit them" in out
+    iterations = int(out.split(" after ")[1].split()[0])
+    assert out == (f"overfit check: 100.0% training accuracy on 20 examples after {iterations} iterations "
+                   f"({iterations} passes; stopped as soon as they were fitted) - the net can fit them\n")
+    assert iterations < 150  # it stopped before max_iter
     code, out = cli("train", spec, "--overfit", "200", "--set", "solver.max_iter=1", "--out", str(tmp_path / "p"),
                     "--quiet")
-    assert code == 1 and "usually has a bug" in out
+    assert code == 1 and "after 1 iterations (0.143 passes; stopped at max_iter) - a net that cannot fit" in out
+    code, out = cli("train", spec, "--overfit", "20", "--set", "solver.base_lr=0", "--out", str(tmp_path / "q"),
+                    "--quiet")
+    assert code == 1 and "after 150 iterations (150 passes; stopped at max_iter)" in out
 
 
 @pytest.mark.parametrize(("arrays", "message"), [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +51,40 @@ def train(spec: str, *, solver_file: str | None = None, weights: str | None = No
     return summary
 
 
+OVERFIT_PASSES = 300  # passes over the examples after which a net that has not fitted them is said not to
+
+
 def _overfit(solver: Solver, n: int) -> dict[str, Any]:
-    """Trains on the first n examples only and measures the training accuracy on them."""
+    """Trains on the first n examples only, measuring the training accuracy on them after every pass, and
+    stops as soon as they are all classified right, at max_iter, or after OVERFIT_PASSES passes."""
     if n <= 0:
         raise SolverError("--overfit takes a positive number of examples")
     feeder = solver.feeder
     if not feeder.sources:
         raise SolverError("--overfit needs a data layer to take the examples from")
     feeder.limit_to(n)
-    solver.test_nets, solver.test_defs = [], []
-    summary = solver.solve()
     accuracy = _training_accuracy(solver, feeder)
-    summary["overfit"] = {"examples": min(n, feeder.records), "accuracy": accuracy}
-    summary["out"] = str(solver.out_dir)
-    summary["name"] = solver.train_net.name
-    return summary
+    examples = min(n, feeder.records)
+    per_pass = max(1, math.ceil(examples / (feeder.batch * solver.param.iter_size)))
+    limit = min(solver.max_iter, OVERFIT_PASSES * per_pass)
+    fitted = False
+    with solver._signals():
+        while solver.iter < limit and "stop" not in solver._requests:
+            solver.step()
+            if solver.iter % per_pass == 0 or solver.iter == limit:
+                fitted = accuracy() >= 1.0
+                if fitted:
+                    break
+    stopped = ("fitted" if fitted else "interrupted" if "stop" in solver._requests else
+               "max_iter" if limit == solver.max_iter else "passes")
+    return {"overfit": {"examples": examples, "accuracy": accuracy(), "iterations": solver.iter,
+                        "passes": solver.iter / per_pass, "stopped": stopped},
+            "out": str(solver.out_dir), "name": solver.train_net.name}
 
 
-@torch.no_grad()
-def _training_accuracy(solver: Solver, feeder: Feeder) -> float:
-    """The fraction of the kept training examples the net classifies right (TEST-phase behaviour)."""
+def _training_accuracy(solver: Solver, feeder: Feeder) -> Callable[[], float]:
+    """A measure of the fraction of the kept training examples the net classifies right (TEST-phase
+    behaviour), built once and run after every pass."""
     source = feeder.sources[0]
     if source.arrays is None or len(source.tops) < 2:
         raise SolverError("--overfit needs labelled data held in memory")
@@ -80,9 +96,15 @@ def _training_accuracy(solver: Solver, feeder: Feeder) -> float:
     transform = Transform.of(test_node, solver.device)
     data = transform.apply(source.arrays[data_top], None)
     labels = source.arrays[label_top]
-    blobs = module.blobs(**{data_top: data, label_top: labels})
-    predicted = blobs[scores_blob].flatten(1).argmax(1).float()
-    return float((predicted == labels.flatten()).float().mean())
+
+    @torch.no_grad()
+    def measure() -> float:
+        module.eval()
+        blobs = module.blobs(**{data_top: data, label_top: labels})
+        predicted = blobs[scores_blob].flatten(1).argmax(1).float()
+        return float((predicted == labels.flatten()).float().mean())
+
+    return measure
 
 
 def _scores_for(net: Net, label: str) -> str:
