@@ -36,6 +36,11 @@ def _preprocessed(net: netspec.Net, name: str, x: torch.Tensor) -> torch.Tensor:
     """What the spec's data layer does to a record, written out from its transform_param."""
     layer = next(i.node for i in net.layers if name in i.node.tops)
     tp = layer.lp.transform_param
+    if layer.lp.dataset_param.standardize:
+        from netspec.data.datasets import standardization
+
+        mean, std = standardization(layer.lp.dataset_param, layer.spec.base_dir)
+        x = (x - torch.from_numpy(mean)) / torch.from_numpy(std)
     if tp.mean_value:
         x = x - torch.tensor(list(tp.mean_value)).reshape(1, -1, *([1] * (x.dim() - 2)))
     return x * tp.scale

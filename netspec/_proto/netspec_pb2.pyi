@@ -1205,7 +1205,7 @@ class MaxoutParameter(_message.Message):
     def __init__(self, num_output: _Optional[int] = ..., num_pieces: _Optional[int] = ..., bias_term: _Optional[bool] = ..., weight_filler: _Optional[_Union[FillerParameter, _Mapping]] = ..., bias_filler: _Optional[_Union[FillerParameter, _Mapping]] = ..., axis: _Optional[int] = ...) -> None: ...
 
 class DatasetParameter(_message.Message):
-    __slots__ = ("source", "batch_size", "shuffle", "split", "test_fraction", "seed", "record_shape", "new_height", "new_width", "num_samples", "num_features", "num_classes", "noise", "data_key", "label_key", "label_column")
+    __slots__ = ("source", "batch_size", "shuffle", "split", "test_fraction", "seed", "record_shape", "new_height", "new_width", "num_samples", "num_features", "num_classes", "noise", "data_key", "label_key", "label_column", "standardize")
     class Split(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         AUTO: _ClassVar[DatasetParameter.Split]
@@ -1232,6 +1232,7 @@ class DatasetParameter(_message.Message):
     DATA_KEY_FIELD_NUMBER: _ClassVar[int]
     LABEL_KEY_FIELD_NUMBER: _ClassVar[int]
     LABEL_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    STANDARDIZE_FIELD_NUMBER: _ClassVar[int]
     source: str
     batch_size: int
     shuffle: bool
@@ -1248,7 +1249,8 @@ class DatasetParameter(_message.Message):
     data_key: str
     label_key: str
     label_column: int
-    def __init__(self, source: _Optional[str] = ..., batch_size: _Optional[int] = ..., shuffle: _Optional[bool] = ..., split: _Optional[_Union[DatasetParameter.Split, str]] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., record_shape: _Optional[_Union[BlobShape, _Mapping]] = ..., new_height: _Optional[int] = ..., new_width: _Optional[int] = ..., num_samples: _Optional[int] = ..., num_features: _Optional[int] = ..., num_classes: _Optional[int] = ..., noise: _Optional[float] = ..., data_key: _Optional[str] = ..., label_key: _Optional[str] = ..., label_column: _Optional[int] = ...) -> None: ...
+    standardize: bool
+    def __init__(self, source: _Optional[str] = ..., batch_size: _Optional[int] = ..., shuffle: _Optional[bool] = ..., split: _Optional[_Union[DatasetParameter.Split, str]] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., record_shape: _Optional[_Union[BlobShape, _Mapping]] = ..., new_height: _Optional[int] = ..., new_width: _Optional[int] = ..., num_samples: _Optional[int] = ..., num_features: _Optional[int] = ..., num_classes: _Optional[int] = ..., noise: _Optional[float] = ..., data_key: _Optional[str] = ..., label_key: _Optional[str] = ..., label_column: _Optional[int] = ..., standardize: _Optional[bool] = ...) -> None: ...
 
 class V1LayerParameter(_message.Message):
     __slots__ = ("bottom", "top", "name", "include", "exclude", "type", "blobs", "param", "blob_share_mode", "blobs_lr", "weight_decay", "loss_weight", "accuracy_param", "argmax_param", "concat_param", "contrastive_loss_param", "convolution_param", "data_param", "dropout_param", "dummy_data_param", "eltwise_param", "exp_param", "hdf5_data_param", "hdf5_output_param", "hinge_loss_param", "image_data_param", "infogain_loss_param", "inner_product_param", "lrn_param", "memory_data_param", "mvn_param", "pooling_param", "power_param", "relu_param", "sigmoid_param", "softmax_param", "slice_param", "tanh_param", "threshold_param", "window_data_param", "transform_param", "loss_param", "layer")

@@ -217,19 +217,15 @@ def load_arrays(p: pb.DatasetParameter, base_dir: str, phase: int) -> tuple[np.n
     split = p.split
     if split == p.AUTO:
         split = p.TRAIN if phase == pb.TRAIN else p.TEST
-    if presplit is not None and split != p.ALL:
-        keep = presplit if split == p.TEST else ~presplit
-    elif split == p.ALL:
+    if split == p.ALL:
         keep = np.ones(len(data), dtype=bool)
     else:
-        if not 0 < p.test_fraction < 1:
-            raise DataError(f"test_fraction must be between 0 and 1, got {p.test_fraction}", field="test_fraction")
-        order = np.random.default_rng(p.seed).permutation(len(data))
-        n_test = max(1, round(len(data) * p.test_fraction))
-        test = np.zeros(len(data), dtype=bool)
-        test[order[:n_test]] = True
+        test = _test_part(p, len(data), presplit)
         keep = test if split == p.TEST else ~test
+    stats = _statistics(p, data, presplit) if p.standardize else None
     data = data[keep]
+    if stats is not None:
+        data = (data - stats[0]) / stats[1]
     labels = None if labels is None else labels[keep]
     if p.HasField("record_shape"):
         shape = tuple(int(d) for d in p.record_shape.dim)
@@ -240,6 +236,40 @@ def load_arrays(p: pb.DatasetParameter, base_dir: str, phase: int) -> tuple[np.n
     if (p.new_height or p.new_width) and data.ndim == 4:
         data = _resize(data, p.new_height or data.shape[2], p.new_width or data.shape[3])
     return data, labels
+
+
+def _test_part(p: pb.DatasetParameter, n: int, presplit: np.ndarray | None) -> np.ndarray:
+    """Which records are the test part: the source's own split, else a seeded shuffle's first share."""
+    import numpy as np
+
+    if presplit is not None:
+        return presplit
+    if not 0 < p.test_fraction < 1:
+        raise DataError(f"test_fraction must be between 0 and 1, got {p.test_fraction}", field="test_fraction")
+    order = np.random.default_rng(p.seed).permutation(n)
+    test = np.zeros(n, dtype=bool)
+    test[order[:max(1, round(n * p.test_fraction))]] = True
+    return test
+
+
+def _statistics(p: pb.DatasetParameter, data: np.ndarray, presplit: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's mean and standard deviation over the training part only (over every record with
+    split ALL), so that nothing of the test part leaks into training; a constant feature keeps scale 1."""
+    import numpy as np
+
+    train = data if p.split == p.ALL else data[~_test_part(p, len(data), presplit)]
+    mean = train.mean(axis=0, dtype=np.float64)
+    std = train.std(axis=0, dtype=np.float64)
+    std[std < 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def standardization(p: pb.DatasetParameter, base_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and standard deviation a `standardize` Dataset applies to each feature of a record (the
+    export moves them into the deployed graph)."""
+    data, _, presplit = _load_all(p, base_dir)
+    return _statistics(p, data, presplit)
 
 
 def _resize(images: np.ndarray, height: int, width: int) -> np.ndarray:

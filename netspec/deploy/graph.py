@@ -10,8 +10,10 @@ deployed model takes records as the source stores them (cropped to the net's inp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,10 +38,14 @@ class Preprocess:
     scale: float
     mean: tuple[float, ...] | None = None
     mean_file: Path | None = None
+    # a `standardize` Dataset's (x - mean) / std per feature, flattened, done before the above
+    standardize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def describe(self) -> dict[str, object]:
         return {"scale": self.scale, "mean": list(self.mean) if self.mean else None,
-                "mean_file": self.mean_file.name if self.mean_file else None}
+                "mean_file": self.mean_file.name if self.mean_file else None,
+                "standardize": {"mean": list(self.standardize[0]), "std": list(self.standardize[1])}
+                if self.standardize else None}
 
 
 @dataclass(frozen=True)
@@ -80,13 +86,29 @@ def plan(net: Net) -> DeployPlan:
         tp = node.lp.transform_param
         mean_file = probe.resolve(tp.mean_file, node.spec.base_dir, "transform_param.mean_file") if tp.mean_file \
             else None
-        if tp.scale != 1 or tp.mean_value or mean_file:
+        standardize = _standardization(node, inputs[top])
+        if tp.scale != 1 or tp.mean_value or mean_file or standardize:
             preprocessing[top] = Preprocess(float(tp.scale), tuple(float(v) for v in tp.mean_value) or None,
-                                            mean_file)
+                                            mean_file, standardize)
     # recurrent layers take (T, N, ...): their inputs' batch axis is 1, the time axis stays fixed
     recurrent = {b for info in kept if info.node.type in ("RNN", "LSTM", "LSTMUnit") for b in info.node.bottoms}
     axes = {name: 1 if name in recurrent and len(shape) > 1 else 0 for name, shape in inputs.items()}
     return DeployPlan(tuple(i.node.name for i in kept), inputs, outputs, preprocessing, order, axes)
+
+
+def _standardization(node: Any, shape: Shape) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The training part's statistics of a `standardize` Dataset, read from its source again (the split is
+    seeded, so they are the ones training used)."""
+    if not (node.lp.HasField("dataset_param") and node.lp.dataset_param.standardize):
+        return None
+    from netspec.data.datasets import standardization
+
+    mean, std = standardization(node.lp.dataset_param, node.spec.base_dir)
+    if mean.size != math.prod(shape[1:]):
+        raise ExportError(f"'{node.name}' standardizes records of {mean.size} values, but the net's input "
+                          f"'{node.tops[0]}' has {math.prod(shape[1:])} (resized or cropped records)",
+                          hint="standardize tabular records; scale images with transform_param instead")
+    return tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel())
 
 
 def _needed(layers: list[LayerInfo], outputs: tuple[str, ...]) -> list[LayerInfo]:
@@ -133,6 +155,10 @@ class DeployModule(nn.Module):
         self._steps = [s for s in module._steps if s.name in set(deploy.layers)]
         self._means: dict[str, str] = {}
         for name, pre in deploy.preprocessing.items():
+            if pre.standardize is not None:
+                record = (1, *deploy.inputs[name][1:])
+                self.register_buffer(f"center_{name}", torch.tensor(pre.standardize[0]).reshape(record))
+                self.register_buffer(f"spread_{name}", torch.tensor(pre.standardize[1]).reshape(record))
             mean = _mean_tensor(name, pre, deploy.inputs[name])
             if mean is not None:
                 self._means[name] = f"mean_{len(self._means)}"
@@ -142,6 +168,8 @@ class DeployModule(nn.Module):
         env = dict(zip(self.input_names, inputs, strict=True))
         for name, pre in self.plan.preprocessing.items():
             x = env[name]
+            if pre.standardize is not None:
+                x = (x - self._buffers[f"center_{name}"]) / self._buffers[f"spread_{name}"]
             if name in self._means:
                 x = x - self._buffers[self._means[name]]
             env[name] = x * pre.scale if pre.scale != 1 else x
