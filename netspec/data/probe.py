@@ -13,19 +13,31 @@ from pathlib import Path
 from typing import Any
 
 from netspec.errors import DataError
+from netspec.files import Kind, checked
 
 
-def resolve(path: str, base_dir: str, what: str) -> Path:
-    """The file a spec names: from the working directory first, then from the spec's folder."""
+def resolve(path: str, base_dir: str, what: str, kind: Kind = "file") -> Path:
+    """The file (or folder, as `kind` says) a spec names: from the working directory first, then from the
+    spec's folder; anything but a regular file or folder is refused (netspec.files)."""
     if not path:
         raise DataError(f"{what} is not set", field="source")
     for candidate in (Path(path), Path(base_dir) / path):
-        if candidate.exists():
-            return candidate
+        if candidate.exists() or candidate.is_symlink():
+            try:
+                return checked(candidate, what, kind)
+            except DataError as e:
+                e.field = "source"
+                raise
     hint = "paths are read from the working directory, then from the spec's folder"
     if what.endswith("source"):
         hint += "; to check the net without its data, give its top shapes: netspec check --shape BLOB=N,C,H,W"
     raise DataError(f"{what} '{path}' does not exist", field="source", hint=hint)
+
+
+def database_kind(p: Any) -> Kind:
+    """What a Data layer's source may be: an LMDB is a folder or (made with subdir=False) one file; a
+    LevelDB is always a folder."""
+    return "any" if p.backend == p.LMDB else "folder"
 
 
 def read_list(path: Path, what: str) -> list[str]:

@@ -103,7 +103,7 @@ class DatumRecords(Records):
 
     def __init__(self, node: Node) -> None:
         p = node.spec.p
-        self.path = probe.resolve(p.source, node.spec.base_dir, "data_param.source")
+        self.path = probe.resolve(p.source, node.spec.base_dir, "data_param.source", probe.database_kind(p))
         self.lmdb = p.backend == p.LMDB
         self._txn = None
         if self.lmdb:
