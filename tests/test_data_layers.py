@@ -255,16 +255,26 @@ def test_a_mean_file_must_be_a_regular_file(tmp_path: Path) -> None:
                            "netspec opens only regular files")
 
 
-def test_an_npy_header_larger_than_its_file_is_refused_before_allocating(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_an_array_header_larger_than_its_file_is_refused_before_allocating(tmp_path: Path, suffix: str) -> None:
+    import io
+    import zipfile
+
     header = np.lib.format.header_data_from_array_1_0(np.zeros((2, 3), np.float32))
     header["shape"] = (2**40, 3)  # 12 TiB declared, 24 bytes held
-    with open(tmp_path / "huge.npy", "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        f.write(bytes(24))
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    array = buffer.getvalue() + bytes(24)
+    path = tmp_path / f"huge{suffix}"
+    if suffix == ".npy":
+        path.write_bytes(array)
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("data.npy", array)
     with pytest.raises(DataError) as e:
-        load_arrays(pb.DatasetParameter(source=str(tmp_path / "huge.npy")), ".", pb.TRAIN)
-    assert e.value.msg == (f"'{tmp_path / 'huge.npy'}' declares an array of shape (1099511627776, 3) "
-                           "(13194139533312 bytes) but holds 24 bytes")
+        load_arrays(pb.DatasetParameter(source=str(path)), ".", pb.TRAIN)
+    where = f"'{path}'" + (" (data.npy)" if suffix == ".npz" else "")
+    assert e.value.msg == f"{where} declares an array of shape (1099511627776, 3) (13194139533312 bytes) but holds 24 bytes"
 
 
 @pytest.mark.parametrize(("params", "expected"), [

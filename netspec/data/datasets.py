@@ -270,22 +270,28 @@ def _load_all(p: pb.DatasetParameter, base_dir: str) -> tuple[np.ndarray, np.nda
         return (*_generate(p), None)
     path = _path(p, kind, base_dir)
     if kind in ("npz", "npy"):
-        if kind == "npz":  # the headers first: they refuse arrays larger than the file holds
-            _npz_shapes(path)
-        else:
-            _npy_shape(path)
-        try:
-            if kind == "npy":
-                return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32), None, None
-            with np.load(path, allow_pickle=False) as z:
-                data = np.asarray(z[p.data_key], dtype=np.float32)
-                labels = np.asarray(z[p.label_key], dtype=np.float32) if p.label_key in z.files else None
-            return data, labels, None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise DataError(f"cannot read '{path}' as a .{kind} array: {e}", field="source") from None
+        return (*_read_arrays(path, kind, p), None)
     if kind == "csv":
         return (*_read_csv(path, p.label_column), None)
     return (*_read_folder(path, p), None)
+
+
+def _read_arrays(path: Path, kind: str, p: pb.DatasetParameter) -> tuple[np.ndarray, np.ndarray | None]:
+    """A .npy array, or a .npz file's data and labels; the headers are checked against the file's size
+    first, so a damaged or hostile header cannot make numpy allocate what the file does not hold."""
+    import numpy as np
+
+    try:
+        if kind == "npy":
+            _npy_shape(path)
+            return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32), None
+        _npz_shapes(path)
+        with np.load(path, allow_pickle=False) as z:
+            data = np.asarray(z[p.data_key], dtype=np.float32)
+            labels = np.asarray(z[p.label_key], dtype=np.float32) if p.label_key in z.files else None
+        return data, labels
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read '{path}' as a .{kind} array: {e}", field="source") from None
 
 
 def _generate(p: pb.DatasetParameter) -> tuple[np.ndarray, np.ndarray]:
