@@ -290,3 +290,31 @@ def test_generated_sets_are_bounded(write_spec: Callable[..., str], params: str,
     with pytest.raises(ParamError) as e:
         data_net(write_spec, f'type: "Dataset" dataset_param {{ {params} }}')
     assert e.value.msg == expected
+
+
+def test_sources_loaded_whole_must_fit_the_memory_limit(tmp_path: Path, write_spec: Callable[..., str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compressed file of a few kB can hold gigabytes of zeros: the size is checked before reading."""
+    import h5py
+
+    from netspec.train.feeder import Feeder
+
+    monkeypatch.setenv("NETSPEC_MAX_MEMORY_MB", "1")
+    np.savez_compressed(tmp_path / "zeros.npz", data=np.zeros((512, 1024), np.float32), label=np.zeros(512))
+    with pytest.raises(DataError) as e:
+        load_arrays(pb.DatasetParameter(source=str(tmp_path / "zeros.npz")), ".", pb.TRAIN)
+    assert e.value.msg == (f"'{tmp_path / 'zeros.npz'}' holds 524,800 values (2 MiB as float32), more than the 1 MiB "
+                           "netspec loads into memory")
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("data", data=np.zeros((512, 1024), np.float32), compression="gzip")
+    (tmp_path / "list.txt").write_text("a.h5\n")
+    net = data_net(write_spec, f'type: "HDF5Data" hdf5_data_param {{ source: "{tmp_path / "list.txt"}" batch_size: 2 }}',
+                   'top: "data"')
+    with pytest.raises(DataError) as e:
+        Feeder(net, torch.device("cpu"), seed=0)
+    assert e.value.msg == (f"hdf5_data_param.source '{tmp_path / 'list.txt'}' (up to '{tmp_path / 'a.h5'}') holds 524,288 "
+                           "values (2 MiB as float32), more than the 1 MiB netspec loads into memory")
+    monkeypatch.setenv("NETSPEC_MAX_MEMORY_MB", "lots")
+    with pytest.raises(DataError) as e:
+        Feeder(net, torch.device("cpu"), seed=0)
+    assert e.value.msg == "NETSPEC_MAX_MEMORY_MB must be a whole number of MiB, got 'lots'"

@@ -283,9 +283,11 @@ def _read_arrays(path: Path, kind: str, p: pb.DatasetParameter) -> tuple[np.ndar
 
     try:
         if kind == "npy":
-            _npy_shape(path)
+            probe.check_fits(math.prod(_npy_shape(path)), f"'{path}'")
             return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32), None
-        _npz_shapes(path)
+        shapes = _npz_shapes(path)
+        probe.check_fits(sum(math.prod(shapes[k]) for k in {p.data_key, p.label_key} if k in shapes),
+                         f"'{path}'")
         with np.load(path, allow_pickle=False) as z:
             data = np.asarray(z[p.data_key], dtype=np.float32)
             labels = np.asarray(z[p.label_key], dtype=np.float32) if p.label_key in z.files else None

@@ -34,6 +34,24 @@ def resolve(path: str, base_dir: str, what: str, kind: Kind = "file") -> Path:
     raise DataError(f"{what} '{path}' does not exist", field="source", hint=hint)
 
 
+def memory_limit() -> int:
+    """Bytes of data netspec loads into memory at once: NETSPEC_MAX_MEMORY_MB, 2 GiB by default."""
+    text = os.environ.get("NETSPEC_MAX_MEMORY_MB", "2048")
+    if not text.strip().isdigit():
+        raise DataError(f"NETSPEC_MAX_MEMORY_MB must be a whole number of MiB, got '{text}'")
+    return int(text) * 2**20
+
+
+def check_fits(values: int, what: str) -> None:
+    """Refuses a source loaded whole (Dataset files, HDF5Data) whose float32 values exceed the memory limit,
+    before they are read: a small compressed file can hold any number of zeros."""
+    need, limit = 4 * values, memory_limit()
+    if need > limit:
+        raise DataError(f"{what} holds {values:,} values ({need / 2**20:,.0f} MiB as float32), more than the "
+                        f"{limit / 2**20:,.0f} MiB netspec loads into memory",
+                        hint="raise NETSPEC_MAX_MEMORY_MB, or store the data in an LMDB, which is streamed")
+
+
 def database_kind(p: Any) -> Kind:
     """What a Data layer's source may be: an LMDB is a folder or (made with subdir=False) one file; a
     LevelDB is always a folder."""
