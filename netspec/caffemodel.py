@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import DataError, WeightsError
+from netspec.files import checked
 
 SUFFIXES = (".caffemodel", ".caffemodel.h5")
 
@@ -39,9 +40,7 @@ class CaffeWeights:
 
 def read_caffemodel(path: str | Path) -> CaffeWeights:
     """The blobs of a .caffemodel or .caffemodel.h5 file; WeightsError if it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file '{path}' does not exist")
+    path = checked(path, "weights file", error=WeightsError)
     if str(path).endswith(".h5"):
         return _read_h5(path)
     net = pb.NetParameter()

@@ -101,6 +101,16 @@ def _parse_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _given_files(*flags: tuple[str, str | None]) -> None:
+    """Refuses an input named on the command line that is not a regular file, by its flag, before any
+    work starts (the library checks again, naming the file's role)."""
+    from netspec.files import checked
+
+    for flag, path in flags:
+        if path is not None:
+            checked(path, flag)
+
+
 def _phase_dependent(net: Any) -> bool:
     layers = list(net.layer) + list(net.layers)
     return any(layer.include or layer.exclude for layer in layers)
@@ -158,8 +168,8 @@ _device_option = click.option("--device", default=None,
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a solver field (solver.base_lr=0.01) or a layer field (conv1.convolution_param."
                    "num_output=32); repeatable.")
-@click.option("--out", type=click.Path(file_okay=False), help="Where snapshots, metrics and the log go "
-              "(default: runs/<spec name>).")
+@click.option("--out", type=click.Path(file_okay=False), help="Where snapshots, metrics, the log and HDF5Output "
+              "files go (default: runs/<spec name>).")
 @_device_option
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), help="Mixed precision for the forward pass.")
 @click.option("--compile", "use_compile", is_flag=True, help="Run the forward pass through torch.compile.")
@@ -174,6 +184,7 @@ def train(spec: str, solver_file: str | None, weights: str | None, resume: str |
     """Train a net: a YAML spec with a solver section, or a Caffe solver prototxt."""
     from netspec.train import commands
 
+    _given_files(("--solver", solver_file), ("--weights", weights), ("--resume", resume))
     summary = commands.train(spec, solver_file=solver_file, weights=weights, resume=resume, overrides=overrides,
                              out=out, device=device, amp=amp, compile=use_compile, overfit=overfit,
                              allow_missing=allow_missing, quiet=quiet)
@@ -205,13 +216,17 @@ def train(spec: str, solver_file: str | None, weights: str | None, resume: str |
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="The weights to test: a snapshot (.pt) or a .caffemodel.")
 @click.option("--iterations", type=int, help="Batches to run (default: one pass over the test data).")
+@click.option("--out", type=click.Path(file_okay=False), help="Where HDF5Output layers write their files "
+              "(default: the current folder).")
 @_device_option
 @user_errors
-def test_command(spec: str, weights: str | None, iterations: int | None, device: str | None) -> None:
+def test_command(spec: str, weights: str | None, iterations: int | None, out: str | None, device: str | None
+                 ) -> None:
     """Run a net's TEST phase over its data and print the mean of each output."""
     from netspec.train.commands import evaluate
 
-    means = evaluate(spec, weights, iterations, device)
+    _given_files(("--weights", weights))
+    means = evaluate(spec, weights, iterations, device, out=out)
     n = int(means.pop("(iterations)"))
     loss = means.pop("(loss)")
     for name, value in means.items():
@@ -291,6 +306,7 @@ def export(spec: str, weights: str | None, onnx_path: str | None, caffemodel: st
     from netspec.deploy.commands import compiled
     from netspec.deploy.commands import export as run_export
 
+    _given_files(("--weights", weights), ("--labels", labels))
     if not onnx_path and not caffemodel:
         raise NetspecError("say what to write: --onnx FILE.onnx and/or --caffemodel FILE.caffemodel")
     if caffemodel:
@@ -357,6 +373,7 @@ def predict(model: str, weights: str | None, input_path: str, top_k: int, labels
     """Run one input through a spec or an ONNX model and print the top classes."""
     from netspec.deploy.commands import predict as run_predict
 
+    _given_files(("--weights", weights), ("--input", input_path), ("--labels", labels))
     output, rows = run_predict(model, weights, input_path, top_k, labels)
     click.echo(f"{output}:")
     for rank, (index, label, score) in enumerate(rows, 1):

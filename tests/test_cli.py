@@ -83,3 +83,16 @@ def test_check_never_imports_torch(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
     print(f"netspec check of GoogLeNet: {elapsed:.3f} s wall (measured, not asserted)")
+
+
+def test_a_spec_that_is_not_a_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    import os
+
+    pipe = tmp_path / "net.yaml"
+    os.mkfifo(pipe)  # reading it would block until something writes to it
+    assert run("check", str(pipe)) == (1, f"error: spec file '{pipe}' is a FIFO (named pipe); netspec opens only "
+                                          "regular files\n")
+    zero = tmp_path / "zero.prototxt"
+    zero.symlink_to("/dev/zero")  # reading it would never end
+    assert run("check", str(zero)) == (1, f"error: spec file '{zero}' is a character device; netspec opens only "
+                                          "regular files\n")

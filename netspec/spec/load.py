@@ -9,6 +9,7 @@ from google.protobuf.message import Message
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import DataError, SourceLoc, SpecSyntaxError
+from netspec.files import checked
 from netspec.spec.build import BuildOptions, SourceMap, build_message
 from netspec.spec.prototxt import parse_prototxt
 from netspec.spec.tree import Mapping
@@ -46,11 +47,7 @@ def spec_format(path: str) -> str:
 
 def read_text(path: str, what: str = "spec file") -> str:
     """A text file's contents, or a DataError saying why it cannot be read."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{what} '{path}' does not exist")
-    if p.is_dir():
-        raise DataError(f"{what} '{path}' is a directory, not a file")
+    p = checked(path, what)
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError:

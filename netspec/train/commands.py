@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from netspec.errors import NetspecError, SolverError
+from netspec.files import output_folder
 from netspec.lower.module import NetModule, compile_net
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import Net, build_net
@@ -95,8 +97,9 @@ def _scores_for(net: Net, label: str) -> str:
 
 
 def evaluate(spec: str, weights: str | None, iterations: int | None, device: str | None = None,
-             phase: str = "TEST") -> dict[str, float]:
-    """Caffe's `test`: runs the TEST net over its data and returns the mean of each output."""
+             phase: str = "TEST", out: str | None = None) -> dict[str, float]:
+    """Caffe's `test`: runs the TEST net over its data and returns the mean of each output. Files the
+    net writes (HDF5Output) go into `out`, by default the working folder (where Caffe writes them)."""
     module = compile_net(spec, phase, weights)
     net = module.net
     dev = pick_device(device)
@@ -110,7 +113,7 @@ def evaluate(spec: str, weights: str | None, iterations: int | None, device: str
     sizes: list[int | None] = [None] * iterations if iterations else list(feeder.one_pass())
     sums: dict[str, float] = {}
     seen = 0
-    with torch.no_grad():
+    with torch.no_grad(), output_folder(out or "."):
         for size in sizes:
             for name, value in module(**feeder.next(size)).items():
                 if value.numel() == 1:
@@ -139,4 +142,5 @@ def benchmark(spec: str, iterations: int, phase: str, device: str | None = None
                      or i.node.type == "Accuracy")
         t = torch.zeros(shape, device=dev) if labels else torch.randn(shape, device=dev)
         inputs[blob] = t.requires_grad_(not labels)
-    return time_net(module, inputs, iterations, backward=phase == "TRAIN")
+    with tempfile.TemporaryDirectory(prefix="netspec-time-") as scratch, output_folder(scratch):
+        return time_net(module, inputs, iterations, backward=phase == "TRAIN")  # what layers write is dropped

@@ -11,15 +11,14 @@ import math
 from pathlib import Path
 
 from netspec.errors import DataError
+from netspec.files import checked
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 
 
 def read_metrics(path: str) -> dict[str, list[tuple[float, float]]]:
     """series name -> [(iteration, value)] from a netspec metrics CSV."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"metrics file '{path}' does not exist")
+    p = checked(path, "metrics file")
     try:
         with open(p, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from netspec.errors import DataError, NetspecError, SolverError, WeightsError
+from netspec.files import output_folder
 from netspec.lower.module import NetModule
 from netspec.net import Net, build_net
 from netspec.train import snapshot
@@ -250,7 +251,8 @@ class Solver:
             batch = self._inputs(inputs)
             batches.append(batch)
             loss = self._loss(batch)
-            (loss * self._loss_scale).backward()
+            if loss.requires_grad:  # else nothing learnable feeds the loss: Caffe runs the passes all the same
+                (loss * self._loss_scale).backward()
             total += float(loss.detach())
         if self._loss_scale != 1.0:
             for b in self.updater.blobs:
@@ -450,7 +452,7 @@ class Solver:
 
     def solve(self, resume: str | Path | None = None) -> dict[str, Any]:
         """Trains to max_iter (or until stopped), as `netspec train` does; returns a summary."""
-        with self._signals():
+        with self._signals(), output_folder(self.out_dir or "."):
             return self._solve(resume)
 
     def _solve(self, resume: str | Path | None) -> dict[str, Any]:
@@ -469,6 +471,9 @@ class Solver:
                             out / "train.log" if out is not None else None, quiet=self.quiet)
         progress.line(f"training '{self.train_net.name}' on {self.device.type} for {self.max_iter} iterations "
                       f"(seed {self.seed})" + (f", from iteration {self.iter}" if self.iter else ""))
+        if not any(b.tensor.requires_grad for b in self.updater.blobs):
+            progress.line("note: the TRAIN net has no parameters to learn (none, or all with lr_mult 0): the "
+                          "iterations run forward passes only, as Caffe's do, and change no weights")
         last_snapshot, stopped = None, None
         tested_at = -1
         window_start, window_iter = _now(), self.iter
