@@ -642,17 +642,25 @@ class Defect:
 
 
 def _innermost(tb: Any) -> tuple[str, str]:
-    frames = [f for f in traceback.extract_tb(tb) if f.filename.startswith(PACKAGE_DIR)]
-    if not frames:
+    """The innermost netspec frame: `file:qualified function` (stable across edits, unlike line numbers,
+    and telling one layer's `infer` from another's), and `file:line`."""
+    found = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(PACKAGE_DIR):
+            found = tb
+        tb = tb.tb_next
+    if found is None:
         return "(outside netspec)", "?"
-    f = frames[-1]
-    rel = os.path.relpath(f.filename, ROOT)
-    return f"{rel}:{f.name}", f"{rel}:{f.lineno}"
+    code = found.tb_frame.f_code
+    rel = Path(os.path.relpath(code.co_filename, ROOT)).as_posix()
+    return f"{rel}:{code.co_qualname}", f"{rel}:{found.tb_lineno}"
 
 
 def defect_of(exc: BaseException) -> tuple[str, str]:
     frame, where = _innermost(exc.__traceback__)
     kind = "Hang" if isinstance(exc, CaseTimeout) else type(exc).__name__
+    if isinstance(exc, RecursionError):  # which frame of the cycle overflows depends on the caller's depth
+        frame = frame.split(":")[0]
     return f"{kind} in {frame}", where
 
 

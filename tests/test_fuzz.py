@@ -29,20 +29,32 @@ FUZZ = DATA / "fuzz"
 
 # signature -> owner: what. Emptied as the owners' fixes land (see the module docstring).
 KNOWN_DEFECTS: dict[str, str] = {
+    # parsing (numbers, strings, nesting)
     "ValueError in netspec/spec/build.py:_int_value": "parsing: octal integers (08, 010, -010)",
     "ValueError in netspec/spec/build.py:_float_value": "parsing: a float field spelt in octal (010)",
     "OverflowError in netspec/spec/build.py:_float_value": "parsing: an integer too big for a double",
     "ValueError in netspec/spec/build.py:_enum_value": "parsing: an enum number spelt in octal (01)",
-    "RecursionError in netspec/spec/prototxt.py:loc": "parsing: prototxt nesting limit",
-    "RecursionError in netspec/spec/yamltree.py:_loc": "parsing: YAML nesting limit",
-    "ValueError in netspec/spec/prototxt.py:one": "parsing: a bad \\x escape",
+    "RecursionError in netspec/spec/prototxt.py": "parsing: no prototxt nesting limit",
+    "RecursionError in netspec/spec/yamltree.py": "parsing: no YAML nesting limit",
+    "ValueError in netspec/spec/prototxt.py:_unescape.<locals>.one": "parsing: a bad \\x escape",
     "UnicodeEncodeError in netspec/spec/build.py:build_message": "parsing: a lone surrogate in a string",
-    "IndexError in netspec/layers/utility.py:infer": "shaperules: ArgMax of a 0-axis blob",
-    "IndexError in netspec/layers/loss.py:infer": "shaperules: a loss over 0-axis blobs",
+    # shaperules (shape rules on degenerate blobs, lowering)
+    "IndexError in netspec/layers/utility.py:ArgMax.infer": "shaperules: ArgMax of a 0-axis blob",
+    "IndexError in netspec/layers/loss.py:MultinomialLogisticLoss.infer": "shaperules: loss over 0-axis blobs",
+    "IndexError in netspec/layers/loss.py:HingeLoss.infer": "shaperules: HingeLoss over 0-axis blobs",
     "ZeroDivisionError in netspec/layers/vision.py:pooled_size": "shaperules: SPP over a zero-size bottom",
-    "Hang in netspec/layers/vision.py:<listcomp>": "shaperules: pooling shape rule is O(elements)",
-    "RuntimeError in netspec/layers/loss.py:forward": "shaperules: ContrastiveLoss lowering on zero-size bottoms",
-    "IndexError in netspec/layers/common.py:forward": "shaperules: Embed forward with indices out of range (time)",
+    "Hang in netspec/layers/vision.py:_window_extent.<locals>.<listcomp>": "shaperules: pooling is O(elements)",
+    "ZeroDivisionError in netspec/layers/neuron.py:Log.lower": "shaperules: Log with base 1",
+    "RuntimeError in netspec/layers/loss.py:ContrastiveLoss.lower.<locals>.forward":
+        "shaperules: ContrastiveLoss lowering on zero-size bottoms",
+    "IndexError in netspec/layers/loss.py:SigmoidCrossEntropyLoss.lower.<locals>.forward":
+        "shaperules: SigmoidCrossEntropyLoss lowering on 0-axis bottoms",
+    "IndexError in netspec/layers/utility.py:ArgMax.lower.<locals>.flattened":
+        "shaperules: ArgMax lowering on a 1-axis bottom",
+    "RuntimeError in netspec/layers/vision.py:Im2col.lower.<locals>.forward":
+        "shaperules: Im2col lowering on a bottom with 0 channels",
+    "IndexError in netspec/layers/common.py:Embed.lower.<locals>.forward":
+        "shaperules: Embed forward has no index check (time feeds it randn)",
 }
 
 
@@ -59,7 +71,7 @@ def test_fuzzed_specs_are_accepted_or_refused_with_one_line(tmp_path: Path) -> N
     with memory_limit(2048):
         for i in range(CASES):
             case = gen.case(i)
-            outcome = run_case(case, tmp_path, timeout=5.0, time_fraction=0.02, rng=rng)
+            outcome = run_case(case, tmp_path, timeout=20.0, time_fraction=0.02, rng=rng)
             accepted += outcome.accepted
             for d in outcome.defects:
                 if not any(_same(d.signature, known) for known in KNOWN_DEFECTS):
@@ -116,7 +128,7 @@ def test_fuzz_regression(path: Path, tmp_path: Path) -> None:
         pytest.xfail(KNOWN_DEFECTS[signature])  # and strict: see test_known_defects_still_fail
     case = Case(path.name, path.read_bytes().decode("utf-8", "surrogateescape"), "regression")
     with memory_limit(2048):
-        result = run_case(case, tmp_path, timeout=10.0, time_fraction=1.0, rng=random.Random(0))
+        result = run_case(case, tmp_path, timeout=30.0, time_fraction=1.0, rng=random.Random(0))
     assert result.defects == []
     if outcome != "either":
         assert result.accepted == (outcome == "accepted"), outcome
@@ -138,8 +150,11 @@ def test_known_defects_still_fail(tmp_path: Path) -> None:
         assert repros, f"no regression spec in tests/data/fuzz/ for known defect {signature!r}"
         for path in repros:
             case = Case(path.name, path.read_bytes().decode("utf-8", "surrogateescape"), "regression")
+            # A known hang needs only to outlast a short limit; the rest get a long one, so that a loaded
+            # machine does not pass for a hang.
+            timeout = 5.0 if signature.startswith("Hang") else 30.0
             with memory_limit(2048):
-                result = run_case(case, tmp_path, timeout=5.0, time_fraction=1.0, rng=random.Random(0))
+                result = run_case(case, tmp_path, timeout=timeout, time_fraction=1.0, rng=random.Random(0))
             if not any(_same(signature, d.signature) for d in result.defects):
                 fixed.append(f"{path.name}: {signature}")
     assert not fixed, "fixed - delete these from KNOWN_DEFECTS: " + "; ".join(fixed)
