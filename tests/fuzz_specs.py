@@ -12,6 +12,7 @@ message line (and an optional hint line) and exit status 1 - never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -225,6 +226,10 @@ _ODD_STRINGS = ["", " ", "\u00e9t\u00e9", "\U0001f4a5", "\u202eabc", "\ufeffx", 
                 "{}", "'", "\\", '"']
 _RAW_ESCAPES = ["\\ud800", "\\udfff", "\\xZZ", "\\x", "\\777", "\\400", "\\u12", "\\", "\\q", "\\U0010ffff",
                 "\\x00", "\\0"]
+# Data paths: devices, folders, escapes from the run's folder (never /dev/stdin: a worker reads its cases there).
+_PATH_FIELDS = {"source", "mean_file", "file_name", "root_folder", "snapshot_prefix"}
+_PATHS = ["/dev/zero", "/dev/null", "/dev/urandom", "../outside.h5", "out/../../x.h5", "/tmp", ".", "",
+          "missing.txt", "/etc/passwd", "/nonexistent/dir/x.h5", "a\nb", "/proc/self/status"]
 _BLOBS = ["data", "label", "conv1", "ip1", "loss", "x", "", "data2", "top", "a.b", "1"]
 
 
@@ -261,6 +266,8 @@ class Values:
             return Lit(self.rng.choice(self.types) if r < 0.9 else self.rng.choice(["", "conv", "Python", "X"]), True)
         if name in ("bottom", "top", "name") and r < 0.7:
             return Lit(self.rng.choice(_BLOBS), True)
+        if name in _PATH_FIELDS and r < 0.6:
+            return Lit(self.rng.choice(_PATHS), True)
         if r < 0.5:
             return Lit(_escape(self.rng.choice(_ODD_STRINGS)), True)
         if r < 0.7:
@@ -585,13 +592,12 @@ class Generator:
         r = rng.random()
         if r < 0.3:
             root, desc, how = m.stack(), pb.NetParameter.DESCRIPTOR, ["random stack"]
-            text = None
         else:
             seed = rng.choice(self.seeds if hostile else self.net_seeds)
             how = [seed.name]
             if seed.tree is None or (hostile and r > 0.9):
                 return self._text_only(seed, rng, how)
-            root, desc, text = _copy(seed.tree), seed.desc, None
+            root, desc = _copy(seed.tree), seed.desc
             assert isinstance(root, Map)
             for _ in range(rng.choice([1, 1, 1, 2, 2, 3, 5] if hostile else [1, 1, 2])):
                 how.append(m.mutate(root, desc))
@@ -606,7 +612,8 @@ class Generator:
         for _ in range(rng.randint(1, 3)):
             text, edit = text_edit(text, rng)
             how.append(edit)
-        return Case(f"case{Path(seed.name).stem}{Path(seed.name).suffix}", text, "; ".join(how))
+        path = Path(seed.name.removesuffix(":net_param"))
+        return Case(f"case{path.stem}{path.suffix}", text, "; ".join(how))
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -706,6 +713,11 @@ def run_case(case: Case, workdir: Path, timeout: float = 10.0, time_fraction: fl
     """`check` and `convert` on one case, and `draw` (SVG) when `check` accepts it, and for `time_fraction`
     of the small accepted nets, `time` for one iteration; a spec that `check` accepts must convert to
     one that is accepted too."""
+    with contextlib.chdir(workdir):  # whatever a case writes by a relative path lands there
+        return _run_case(case, workdir, timeout, time_fraction, rng)
+
+
+def _run_case(case: Case, workdir: Path, timeout: float, time_fraction: float, rng: random.Random | None) -> Outcome:
     spec = workdir / case.name
     spec.write_bytes(case.data())
     defects = []
