@@ -42,6 +42,7 @@ KNOWN_DEFECTS: dict[str, str] = {
     "IndexError in netspec/layers/utility.py:ArgMax.infer": "shaperules: ArgMax of a 0-axis blob",
     "IndexError in netspec/layers/loss.py:MultinomialLogisticLoss.infer": "shaperules: loss over 0-axis blobs",
     "IndexError in netspec/layers/loss.py:HingeLoss.infer": "shaperules: HingeLoss over 0-axis blobs",
+    "IndexError in netspec/layers/loss.py:ContrastiveLoss.infer": "shaperules: ContrastiveLoss over 0-axis blobs",
     "ZeroDivisionError in netspec/layers/vision.py:pooled_size": "shaperules: SPP over a zero-size bottom",
     "Hang in netspec/layers/vision.py:_window_extent.<locals>.<listcomp>": "shaperules: pooling is O(elements)",
     "ZeroDivisionError in netspec/layers/neuron.py:Log.lower": "shaperules: Log with base 1",
