@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import string
 import traceback
@@ -699,6 +700,7 @@ class Outcome:
     accepted: bool
     defects: list[Defect]
     timed: bool = False
+    trained: bool = False
 
 
 def _tiny(summary_json: str) -> bool:
@@ -709,15 +711,17 @@ def _tiny(summary_json: str) -> bool:
 
 
 def run_case(case: Case, workdir: Path, timeout: float = 10.0, time_fraction: float = 0.0,
-             rng: random.Random | None = None) -> Outcome:
+             rng: random.Random | None = None, train_fraction: float = 0.0) -> Outcome:
     """`check` and `convert` on one case, and `draw` (SVG) when `check` accepts it, and for `time_fraction`
     of the small accepted nets, `time` for one iteration; a spec that `check` accepts must convert to
-    one that is accepted too."""
+    one that is accepted too. For `train_fraction` of the accepted specs with a solver section, `train`
+    for one iteration (slow: for long runs, not the test)."""
     with contextlib.chdir(workdir):  # whatever a case writes by a relative path lands there
-        return _run_case(case, workdir, timeout, time_fraction, rng)
+        return _run_case(case, workdir, timeout, time_fraction, rng, train_fraction)
 
 
-def _run_case(case: Case, workdir: Path, timeout: float, time_fraction: float, rng: random.Random | None) -> Outcome:
+def _run_case(case: Case, workdir: Path, timeout: float, time_fraction: float, rng: random.Random | None,
+              train_fraction: float) -> Outcome:
     spec = workdir / case.name
     spec.write_bytes(case.data())
     defects = []
@@ -742,7 +746,13 @@ def _run_case(case: Case, workdir: Path, timeout: float, time_fraction: float, r
         timed = True
         _, _, d = invoke(["time", str(spec), "--iterations", "1", "--device", "cpu"], timeout * 3)
         defects += [d] if d else []
-    return Outcome(accepted, defects, timed)
+    trained = accepted and rng is not None and rng.random() < train_fraction and "solver" in case.text
+    if trained:
+        _, _, d = invoke(["train", str(spec), "--set", "solver.max_iter=1", "--set", "solver.max_epoch=0",
+                          "--out", str(workdir / "run"), "--device", "cpu", "--quiet"], timeout * 6)
+        defects += [d] if d else []
+        shutil.rmtree(workdir / "run", ignore_errors=True)
+    return Outcome(accepted, defects, timed, trained)
 
 
 @contextmanager
@@ -766,7 +776,8 @@ def memory_limit(megabytes: int) -> Iterator[None]:
 
 def reproduces(case: Case, defect: Defect, workdir: Path, timeout: float) -> bool:
     timed = 1.0 if defect.command.startswith("netspec time") else 0.0
-    outcome = run_case(case, workdir, timeout, timed, random.Random(0))
+    trained = 1.0 if defect.command.startswith("netspec train") else 0.0
+    outcome = run_case(case, workdir, timeout, timed, random.Random(0), trained)
     return any(d.signature == defect.signature for d in outcome.defects)
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker(seed: int, timeout: float, memory_mb: int, time_fraction: float, minimize: bool) -> None:
+def worker(seed: int, timeout: float, memory_mb: int, time_fraction: float, train_fraction: float,
+           minimize: bool) -> None:
     """Reads case numbers on stdin, answers one JSON line per case on stdout."""
     sys.path.insert(0, str(ROOT))
     import random
@@ -45,8 +46,10 @@ def worker(seed: int, timeout: float, memory_mb: int, time_fraction: float, mini
             request = json.loads(line)
             i = request["case"]
             case = gen.case(i)
-            outcome = run_case(case, workdir, timeout, time_fraction, random.Random(f"{seed}:{i}:time"))
-            answer = {"case": i, "accepted": outcome.accepted, "timed": outcome.timed, "defects": []}
+            outcome = run_case(case, workdir, timeout, time_fraction, random.Random(f"{seed}:{i}:time"),
+                               train_fraction)
+            answer = {"case": i, "accepted": outcome.accepted, "timed": outcome.timed, "trained": outcome.trained,
+                      "defects": []}
             for d in outcome.defects:
                 found = {"signature": d.signature, "where": d.where, "command": d.command, "detail": d.detail}
                 if minimize and request.get("minimize"):
@@ -63,7 +66,8 @@ def worker(seed: int, timeout: float, memory_mb: int, time_fraction: float, mini
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         cmd = [sys.executable, __file__, "--worker", "--seed", str(args.seed), "--timeout", str(args.timeout),
-               "--memory-mb", str(args.memory_mb), "--time-fraction", str(args.time_fraction)]
+               "--memory-mb", str(args.memory_mb), "--time-fraction", str(args.time_fraction),
+               "--train-fraction", str(args.train_fraction)]
         if args.minimize:
             cmd.append("--minimize")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -104,11 +108,13 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=int, default=3072, help="Address space a worker may add.")
     parser.add_argument("--time-fraction", type=float, default=0.25,
                         help="The share of small accepted nets also run through `netspec time`.")
+    parser.add_argument("--train-fraction", type=float, default=0.0,
+                        help="The share of accepted specs with a solver section also trained for one iteration.")
     parser.add_argument("--minimize", action="store_true", help="Shrink the first spec of each defect.")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.seed, args.timeout, args.memory_mb, args.time_fraction, args.minimize)
+        worker(args.seed, args.timeout, args.memory_mb, args.time_fraction, args.train_fraction, args.minimize)
         return
 
     sys.path.insert(0, str(ROOT))
@@ -116,25 +122,25 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     found: dict[str, dict] = {}
-    accepted = timed = hangs = 0
+    accepted = timed = trained = 0
     started = time.monotonic()
     w = Worker(args)
-    # A case runs up to four commands; a worker answers within that, or it is stuck where its alarm cannot
+    # A case runs up to six commands; a worker answers within that, or it is stuck where its alarm cannot
     # reach (inside C code).
-    wait = args.timeout * 8 + 60
+    wait = args.timeout * 14 + 60
     for i in range(args.start, args.start + args.cases):
         answer = w.ask(i, False, wait)
         if answer is None:
-            hangs += 1
             case = Generator(args.seed).case(i)
             code = w.proc.returncode
             sig = "Hang (worker killed)" if code == -9 else f"Worker died (exit status {code})"
-            answer = {"case": i, "accepted": False, "timed": False, "spec": case.text, "name": case.name,
-                      "how": case.how, "defects": [{"signature": sig, "where": "?", "command": "netspec check",
-                                                    "detail": ""}]}
+            answer = {"case": i, "accepted": False, "timed": False, "trained": False, "spec": case.text,
+                      "name": case.name, "how": case.how,
+                      "defects": [{"signature": sig, "where": "?", "command": "netspec check", "detail": ""}]}
             w = Worker(args)
         accepted += answer["accepted"]
         timed += answer["timed"]
+        trained += answer.get("trained", False)
         for d in answer["defects"]:
             entry = found.setdefault(d["signature"], {"count": 0, "cases": [], **d, "spec": answer["spec"],
                                                       "name": answer["name"], "how": answer["how"], "case": i})
@@ -157,12 +163,13 @@ def main() -> None:
             else:
                 w = Worker(args)
     w.kill()
-    write(args.out, found, args.cases, accepted, timed, time.monotonic() - started)
-    print(f"{args.cases} cases ({accepted} accepted, {timed} timed) in {time.monotonic() - started:.0f} s: "
-          f"{len(found)} distinct defects; see {args.out / 'summary.md'}")
+    write(args.out, found, args.cases, accepted, timed, trained, time.monotonic() - started)
+    print(f"{args.cases} cases ({accepted} accepted, {timed} timed, {trained} trained) in "
+          f"{time.monotonic() - started:.0f} s: {len(found)} distinct defects; see {args.out / 'summary.md'}")
 
 
-def write(out: Path, found: dict[str, dict], cases: int, accepted: int, timed: int, seconds: float) -> None:
+def write(out: Path, found: dict[str, dict], cases: int, accepted: int, timed: int, trained: int,
+          seconds: float) -> None:
     from tests.fuzz_specs import Case
 
     rows = ["| defect | where | cases | first | command |", "| --- | --- | --- | --- | --- |"]
@@ -178,8 +185,8 @@ def write(out: Path, found: dict[str, dict], cases: int, accepted: int, timed: i
         (folder / "cases.txt").write_text(" ".join(map(str, e["cases"])) + "\n")
         rows.append(f"| {sig} | {e['where']} | {e['count']} | {e['cases'][0]} | {e['command']} |")
     (out / "summary.md").write_text(
-        f"{cases} cases, {accepted} accepted, {timed} timed, {seconds:.0f} s, {len(found)} distinct defects\n\n"
-        + "\n".join(rows) + "\n")
+        f"{cases} cases, {accepted} accepted, {timed} timed, {trained} trained, {seconds:.0f} s, "
+        f"{len(found)} distinct defects\n\n" + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
