@@ -54,6 +54,7 @@ KNOWN_DEFECTS: dict[str, str] = {
         "shaperules: ArgMax lowering on a 1-axis bottom",
     "RuntimeError in netspec/layers/vision.py:Im2col.lower.<locals>.forward":
         "shaperules: Im2col lowering on a bottom with 0 channels",
+    "RuntimeError in netspec/layers/vision.py:pool2d": "shaperules: STOCHASTIC pooling of negative values (time)",
     "IndexError in netspec/layers/common.py:Embed.lower.<locals>.forward":
         "shaperules: Embed forward has no index check (time feeds it randn)",
 }
