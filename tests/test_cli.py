@@ -96,3 +96,15 @@ def test_a_spec_that_is_not_a_regular_file_is_refused_unread(tmp_path: Path) -> 
     zero.symlink_to("/dev/zero")  # reading it would never end
     assert run("check", str(zero)) == (1, f"error: spec file '{zero}' is a character device; netspec opens only "
                                           "regular files\n")
+
+def test_a_message_quoting_control_characters_stays_on_one_line(tmp_path: Path) -> None:
+    """Found by the fuzzer: a blob name with a newline split the message (and the hint) over lines."""
+    spec = tmp_path / "net.prototxt"
+    spec.write_text('layer { name: "x" type: "Input" top: "a\\nb\\033[31m\u202e" '
+                    'input_param { shape { dim: 1 } } }\n'
+                    'layer { name: "abs" type: "AbsVal" bottom: "x" top: "y" }\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["check", str(spec)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"{spec}:2:36: layer 'abs' (AbsVal): unknown bottom blob 'x'",
+        "  hint: blobs defined so far: a\\nb\\x1b[31m\\u202e"]
