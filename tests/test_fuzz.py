@@ -29,15 +29,6 @@ FUZZ = DATA / "fuzz"
 
 # signature -> owner: what. Emptied as the owners' fixes land (see the module docstring).
 KNOWN_DEFECTS: dict[str, str] = {
-    # parsing (numbers, strings, nesting)
-    "ValueError in netspec/spec/build.py:_int_value": "parsing: octal integers (08, 010, -010)",
-    "ValueError in netspec/spec/build.py:_float_value": "parsing: a float field spelt in octal (010)",
-    "OverflowError in netspec/spec/build.py:_float_value": "parsing: an integer too big for a double",
-    "ValueError in netspec/spec/build.py:_enum_value": "parsing: an enum number spelt in octal (01)",
-    "RecursionError in netspec/spec/prototxt.py": "parsing: no prototxt nesting limit",
-    "RecursionError in netspec/spec/yamltree.py": "parsing: no YAML nesting limit",
-    "ValueError in netspec/spec/prototxt.py:_unescape.<locals>.one": "parsing: a bad \\x escape",
-    "UnicodeEncodeError in netspec/spec/build.py:build_message": "parsing: a lone surrogate in a string",
     # shaperules (shape rules on degenerate blobs, lowering)
     "IndexError in netspec/layers/utility.py:ArgMax.infer": "shaperules: ArgMax of a 0-axis blob",
     "IndexError in netspec/layers/loss.py:MultinomialLogisticLoss.infer": "shaperules: loss over 0-axis blobs",
