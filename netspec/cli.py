@@ -211,6 +211,42 @@ def train(spec: str, solver_file: str | None, weights: str | None, resume: str |
         click.echo(f"metrics:  {summary['metrics']}  (netspec plot {summary['metrics']} -o curves.png)")
 
 
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--sweep", "sweep_file", type=click.Path(dir_okay=False),
+              help="The sweep settings in a file of their own (YAML or prototxt), e.g. for a Caffe prototxt net.")
+@click.option("--solver", "solver_file", type=click.Path(dir_okay=False),
+              help="Train the net with the settings of this Caffe solver file.")
+@click.option("--trials", type=int, help="How many trials to finish (default: the sweep's `trials`).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="The sweep's folder: a folder per trial, trials.csv, best.yaml (default: runs/<spec name>-sweep).")
+@click.option("--resume", is_flag=True, help="Continue the sweep in --out, running only the trials not finished.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Set a field in every trial, as `netspec train --set` does; repeatable.")
+@_device_option
+@user_errors
+def sweep(spec: str, sweep_file: str | None, solver_file: str | None, trials: int | None, out: str | None,
+          resume: bool, overrides: tuple[str, ...], device: str | None) -> None:
+    """Search hyperparameters: train a trial per sampled setting and keep the best (needs Optuna)."""
+    from netspec.train.sweep import sweep as run_sweep
+
+    try:
+        summary = run_sweep(spec, out=out, trials=trials, resume=resume, solver_file=solver_file,
+                            sweep_file=sweep_file, overrides=overrides, device=device, echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo("sweep interrupted; `netspec sweep ... --resume` continues it", err=True)
+        sys.exit(130)
+    best = summary["best"]
+    click.echo(f"{summary['trials']} trial(s) finished, {summary['complete']} complete; trials: "
+               f"{summary['out']}/trials.csv")
+    if best is None:
+        click.echo("no trial completed: see each trial's error.txt and train.log")
+        sys.exit(1)
+    settings = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+    click.echo(f"best: trial {best['trial']}, {best['metric']} = {best['value']:.5g} ({settings})")
+    click.echo(f"spec: {best['spec']}  (netspec train {best['spec']})")
+
+
 @main.command(name="test")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False),
@@ -256,11 +292,11 @@ def time_command(spec: str, iterations: int, phase: str, device: str | None) -> 
 
 
 @main.command()
-@click.argument("metrics", type=click.Path(dir_okay=False))
+@click.argument("metrics", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="curves.png or curves.svg")
 @user_errors
 def plot(metrics: str, output: str) -> None:
-    """Draw the training curves of a metrics CSV."""
+    """Draw the training curves of a metrics CSV, or a sweep folder's metric per trial and best so far."""
     from netspec.train.plot import plot as draw
 
     draw(metrics, output)

@@ -119,6 +119,11 @@ class ExportError(NetspecError):
     """An export whose result fails its checks."""
 
 
+class SweepError(NetspecError):
+    """A sweep whose settings or ranges cannot be searched, or that cannot go on (Optuna missing, a
+    finished sweep's folder reused)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], what: str = "") -> str | None:
     """A hint naming the closest of `choices` to a misspelt `word`, or None."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -62,11 +62,24 @@ def _ticks(lo: float, hi: float) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step) + 1)]
 
 
-def plot(path: str, out: str, width: int = 900, panel_height: int = 260) -> None:
-    series = read_metrics(path)
-    panels = _panels(series)
+def plot(path: str, out: str) -> None:
+    """Draws a run's metrics CSV, or a sweep folder's trials (the metric of each trial and the best so far)."""
+    if Path(path).is_dir():
+        from netspec.train.sweep import read_trials
+
+        metric, points, best = read_trials(path)
+        series = {metric: points, "best so far": best}
+        panels = [(f"{metric} per trial", [metric, "best so far"])] if points else []
+    else:
+        series = read_metrics(path)
+        panels = _panels(series)
     if not panels:
         raise DataError(f"'{path}' has no values to plot yet")
+    _draw(series, panels, out)
+
+
+def _draw(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str, list[str]]], out: str,
+          width: int = 900, panel_height: int = 260) -> None:
     suffix = Path(out).suffix.lower()
     if suffix not in (".svg", ".png"):
         raise DataError(f"cannot draw '{out}': name the output *.svg or *.png")

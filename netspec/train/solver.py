@@ -14,7 +14,7 @@ import math
 import secrets
 import signal
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,9 @@ class Solver:
         self._requests: set[str] = set()
         self.early = self._early_stopping()
         self.last_test: list[dict[str, float]] = []
+        # Called after each test during solve() with the iteration and the first test net's outputs; a
+        # true answer stops training there (a sweep prunes a trial this way).
+        self.on_test: Callable[[int, dict[str, float]], bool] | None = None
         for path in p.weights:  # the solver's own `weights`, as Caffe's --weights
             from netspec.lower.weights import apply_weights, read_weights
 
@@ -532,7 +535,11 @@ class Solver:
                 for name, value in outputs.items():
                     values[_column(i, name, len(results))] = value
             metrics.write(**values)
-        return self._early_check(results[0], progress) if self.early is not None and results else None
+        stop = self._early_check(results[0], progress) if self.early is not None and results else None
+        if stop is None and self.on_test is not None and results and self.on_test(self.iter, results[0]):
+            progress.line(f"stopped at iteration {self.iter}: pruned")
+            stop = "pruned"
+        return stop
 
     def _early_check(self, outputs: dict[str, float], progress: Progress) -> str | None:
         es = self.early
