@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -127,11 +128,33 @@ def convert(source: str, target: str, upgrade: bool) -> None:
             upgraded.solver.CopyFrom(net.solver)
         net = upgraded
     text = to_yaml(net) if fmt == YAML else to_prototxt(net)
+    if fmt == YAML:
+        from netspec.editor_schema import installed_schema, modeline
+
+        text = modeline(os.path.relpath(installed_schema(), Path(target).resolve().parent)) + text
     try:
         Path(target).write_text(text, encoding="utf-8")
     except OSError as e:
         raise NetspecError(f"cannot write '{target}': {e.strerror}") from None
     click.echo(f"wrote {target} ({len(net.layer) + len(net.layers)} layers)")
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the schema here (default: print it).")
+@user_errors
+def schema(output: str | None) -> None:
+    """Print the JSON Schema of YAML specs, for editor completion and checking."""
+    from netspec.editor_schema import schema_text
+
+    text = schema_text()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise NetspecError(f"cannot write '{output}': {e.strerror}") from None
+    click.echo(f"wrote {output}")
 
 
 @main.command()
