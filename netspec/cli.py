@@ -65,7 +65,7 @@ def check(spec: str, phase: str | None, stage: tuple[str, ...], level: int | Non
     """Check a net and show every layer's shapes, parameters and MACs.
 
     Without --phase, layers that only the other phase includes are checked too."""
-    from netspec.net import build_net
+    from netspec.net import build_net, has_phase_rules
     from netspec.report import summary, table
     from netspec.spec.load import read_net
 
@@ -73,7 +73,7 @@ def check(spec: str, phase: str | None, stage: tuple[str, ...], level: int | Non
     fed = _parse_shapes(shapes)
     net = build_net(spec_file, phase, _stages(stage), level, fed)
     warnings = list(net.warnings)
-    if phase is None and _phase_dependent(spec_file.message):
+    if phase is None and has_phase_rules(spec_file.message):
         other = "TRAIN" if net.phase == "TEST" else "TEST"
         try:
             warnings += build_net(spec_file, other, _stages(stage), level, fed).warnings
@@ -100,11 +100,6 @@ def _parse_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
             raise NetspecError(f"--shape takes BLOB=D0,D1,... (like data=64,1,28,28), got '{item}'")
         out[blob] = shape
     return out
-
-
-def _phase_dependent(net: Any) -> bool:
-    layers = list(net.layer) + list(net.layers)
-    return any(layer.include or layer.exclude for layer in layers)
 
 
 @main.command()
@@ -314,7 +309,8 @@ def plot(metrics: str, output: str) -> None:
 @main.command(name="draw")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="net.svg, net.png, or net.dot for Graphviz; the suffix picks the format.")
+              help="net.svg, net.png, net.dot for Graphviz, or net.html to explore in a browser; the suffix picks "
+                   "the format.")
 @_phase_option
 @_stage_option
 @click.option("--rankdir", type=click.Choice(["TB", "LR", "BT", "RL"], case_sensitive=False), default="TB",

@@ -303,7 +303,7 @@ def test_the_draw_command(tmp_path: Path) -> None:
     assert "  rankdir=LR;" in out.read_text()
     result = CliRunner().invoke(main, ["draw", str(MODELS / "lenet.prototxt"), "-o", str(tmp_path / "x.jpg")])
     assert (result.exit_code, result.output) == (1, f"error: cannot draw to '{tmp_path / 'x.jpg'}': give a .svg, "
-                                                    ".png or .dot file\n")
+                                                    ".png, .dot or .html file\n")
 
 
 def assert_apart(pic: Picture) -> None:
