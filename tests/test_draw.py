@@ -341,7 +341,7 @@ def test_png_is_a_drawn_picture(tmp_path: Path, rankdir: str) -> None:
 
 def test_an_unknown_suffix_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "x.jpg"
-    with pytest.raises(NetspecError, match=r"cannot draw to '.*x\.jpg': give a \.svg, \.png or \.dot file"):
+    with pytest.raises(NetspecError, match=r"cannot draw to '.*x\.jpg': give a \.svg, \.png, \.dot or \.html file"):
         draw(LENET, str(out))
     assert not out.exists()
 
