@@ -162,8 +162,10 @@ function find(){
 function next(){
   if (!hits.length) return;
   hitAt = (hitAt + 1) % hits.length;
-  const b = hits[hitAt].getBBox();
-  box = {x: b.x + b.width / 2 - box.w / 2, y: b.y + b.height / 2 - box.h / 2, w: box.w, h: box.h};
+  const b = hits[hitAt].getBBox(), r = canvas.getBoundingClientRect();
+  const k = Math.min(box.w / r.width, 1);  // zoomed out to see the whole net: come close enough to read
+  box = {x: b.x + b.width / 2 - r.width * k / 2, y: b.y + b.height / 2 - r.height * k / 2, w: r.width * k,
+         h: r.height * k};
   apply(); pick(hits[hitAt]);
 }
 canvas.addEventListener("wheel", ev => {
