@@ -60,6 +60,12 @@ def _scalar(fd: FieldDescriptor) -> dict[str, Any]:
     return {"type": ["string", "number", "boolean"]}  # YAML quoting is syntax: `name: 1` is the string "1"
 
 
+def _either(test: dict[str, Any], then: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """One of two forms, told apart by `test`: if/then/else rather than anyOf, so that a validator
+    reports the mistake inside the form that was written, not that no form fits."""
+    return {"if": test, "then": then, "else": other}
+
+
 def _value(fd: FieldDescriptor) -> dict[str, Any]:
     """The schema of one value of a field (an item, for a repeated one)."""
     if fd.type != FieldDescriptor.TYPE_MESSAGE:
@@ -67,20 +73,22 @@ def _value(fd: FieldDescriptor) -> dict[str, Any]:
     ref = {"$ref": f"#/definitions/{_name(fd.message_type)}"}
     name = fd.message_type.name
     if name == "BlobShape":  # `shape: [64, 1, 28, 28]`
-        return {"anyOf": [ref, {"type": "array", "items": {"type": "integer", "minimum": 0}}]}
+        return _either({"type": "array"}, {"type": "array", "items": {"type": "integer", "minimum": 0}}, ref)
     if name == "FillerParameter":  # `weight_filler: xavier`
-        return {"anyOf": [ref, {"type": "string"}]}
-    return {"anyOf": [ref, {"type": "null"}]}  # `loss_param:` with nothing after it
+        return _either({"type": "string"}, {"type": "string"}, ref)
+    return _either({"type": "null"}, {}, ref)  # `loss_param:` with nothing after it
 
 
 def _field(fd: FieldDescriptor) -> dict[str, Any]:
     item = _value(fd)
     if fd.is_repeated:
-        schema: dict[str, Any] = {"anyOf": [{"type": "array", "items": item}, item, {"type": "null"}]}
+        schema = _either({"type": "array"}, {"type": "array", "items": item}, _either({"type": "null"}, {}, item))
+        if fd.message_type is not None and fd.message_type.name == "BlobShape":  # a list of dims is one shape
+            schema = _either({"type": "array", "items": {"type": "integer"}}, {"items": {"minimum": 0}}, schema)
         if fd.message_type is not None and fd.message_type.name == "SweepRange":
             keyed = {"type": "object", "additionalProperties": _sweep_range(keyed=True),
                      "propertyNames": {"pattern": r"\."}}
-            schema["anyOf"].insert(0, keyed)
+            schema = _either({"type": "object", "propertyNames": {"pattern": r"\."}}, keyed, schema)
     else:
         schema = dict(item)
         if fd.type != FieldDescriptor.TYPE_MESSAGE and fd.has_default_value:
