@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +65,7 @@ def check(spec: str, phase: str | None, stage: tuple[str, ...], level: int | Non
     """Check a net and show every layer's shapes, parameters and MACs.
 
     Without --phase, layers that only the other phase includes are checked too."""
-    from netspec.net import build_net
+    from netspec.net import build_net, has_phase_rules
     from netspec.report import summary, table
     from netspec.spec.load import read_net
 
@@ -72,7 +73,7 @@ def check(spec: str, phase: str | None, stage: tuple[str, ...], level: int | Non
     fed = _parse_shapes(shapes)
     net = build_net(spec_file, phase, _stages(stage), level, fed)
     warnings = list(net.warnings)
-    if phase is None and _phase_dependent(spec_file.message):
+    if phase is None and has_phase_rules(spec_file.message):
         other = "TRAIN" if net.phase == "TEST" else "TEST"
         try:
             warnings += build_net(spec_file, other, _stages(stage), level, fed).warnings
@@ -111,11 +112,6 @@ def _given_files(*flags: tuple[str, str | None]) -> None:
             checked(path, flag)
 
 
-def _phase_dependent(net: Any) -> bool:
-    layers = list(net.layer) + list(net.layers)
-    return any(layer.include or layer.exclude for layer in layers)
-
-
 @main.command()
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.argument("target", type=click.Path(dir_okay=False))
@@ -137,11 +133,33 @@ def convert(source: str, target: str, upgrade: bool) -> None:
             upgraded.solver.CopyFrom(net.solver)
         net = upgraded
     text = to_yaml(net) if fmt == YAML else to_prototxt(net)
+    if fmt == YAML:
+        from netspec.editor_schema import installed_schema, modeline
+
+        text = modeline(os.path.relpath(installed_schema(), Path(target).resolve().parent)) + text
     try:
         Path(target).write_text(text, encoding="utf-8")
     except OSError as e:
         raise NetspecError(f"cannot write '{target}': {e.strerror}") from None
     click.echo(f"wrote {target} ({len(net.layer) + len(net.layers)} layers)")
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the schema here (default: print it).")
+@user_errors
+def schema(output: str | None) -> None:
+    """Print the JSON Schema of YAML specs, for editor completion and checking."""
+    from netspec.editor_schema import schema_text
+
+    text = schema_text()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise NetspecError(f"cannot write '{output}': {e.strerror}") from None
+    click.echo(f"wrote {output}")
 
 
 @main.command()
@@ -306,7 +324,8 @@ def plot(metrics: str, output: str) -> None:
 @main.command(name="draw")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="net.svg, net.png, or net.dot for Graphviz; the suffix picks the format.")
+              help="net.svg, net.png, net.dot for Graphviz, or net.html to explore in a browser; the suffix picks "
+                   "the format.")
 @_phase_option
 @_stage_option
 @click.option("--rankdir", type=click.Choice(["TB", "LR", "BT", "RL"], case_sensitive=False), default="TB",

@@ -162,3 +162,8 @@ def _hidden_layers(net: Net) -> set[str]:
         if any(t in feeds_learning for t in node.tops) or any(b.lr_mult != 0 for b in info.blobs):
             feeds_learning.update(node.bottoms)
     return hidden
+
+
+def has_phase_rules(spec: pb.NetParameter) -> bool:
+    """Whether some layer is included or excluded by a rule, so that the phases may differ."""
+    return any(layer.include or layer.exclude for layer in (*spec.layer, *spec.layers))
