@@ -267,7 +267,7 @@ def test_import_errors_come_before_anything_is_written(tmp_path: Path) -> None:
 
 
 def test_weights_only_snapshot_cannot_be_resumed(tmp_path: Path) -> None:
-    from netspec.train import snapshot
+    from netspec import snapshot
 
     module = netspec.compile(str(MODELS / "xor_train.yaml"))
     snapshot.save_weights(module.caffe_params(), tmp_path / "w.pt")

@@ -16,9 +16,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from netspec import snapshot
 from netspec.cli import main
 from netspec.errors import WeightsError
-from netspec.train import snapshot
 from netspec.train.solver import Solver
 from tests.conftest import MODELS
 
