@@ -309,7 +309,7 @@ def test_mean_file_moves_into_the_exported_graph(tmp_path: Path) -> None:
 
 
 def test_mean_file_is_read_for_training(tmp_path: Path) -> None:
-    from netspec.train.feeder import read_mean_file
+    from netspec.data.feeder import read_mean_file
 
     mean = np.random.default_rng(0).standard_normal((1, 3, 4, 5)).astype(np.float32)
     (tmp_path / "m.binaryproto").write_bytes(_blobproto(mean, legacy=False))

@@ -119,7 +119,7 @@ def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Pa
     import lmdb
     from PIL import Image
 
-    from netspec.train.feeder import DatumRecords
+    from netspec.data.feeder import DatumRecords
 
     buf = io.BytesIO()
     Image.new(mode, (5, 4), 7 if mode in ("L", "P") else (7,) * len(mode)).save(buf, "PNG")

@@ -308,8 +308,8 @@ def test_large_sources_stream_through_a_dataloader(tmp_path: Path, monkeypatch: 
     import lmdb
 
     from netspec._proto import netspec_pb2 as pb
+    from netspec.data.feeder import Feeder
     from netspec.net import load
-    from netspec.train.feeder import Feeder
 
     env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
     with env.begin(write=True) as txn:

@@ -362,7 +362,7 @@ def caffe_data_batch(caffe: str, source: Path, mean: Path, folder: Path) -> tupl
 
 
 def lmdb_case(caffe: str, folder: Path) -> bool:
-    from netspec.train.feeder import Feeder
+    from netspec.data.feeder import Feeder
 
     listing = images(folder)
     tools = Path(caffe).parent

@@ -155,7 +155,7 @@ class DeployModule(nn.Module):
 def _mean_tensor(name: str, pre: Preprocess, shape: Shape) -> torch.Tensor | None:
     """The mean to subtract from input `name`, shaped to broadcast over a batch."""
     if pre.mean_file is not None:
-        from netspec.train.feeder import read_mean_file
+        from netspec.data.feeder import read_mean_file
 
         image = read_mean_file(str(pre.mean_file), "")
         height, width = shape[-2:]

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 from netspec import snapshot
+from netspec.data.feeder import FEEDABLE, Feeder
 from netspec.errors import DataError, NetspecError, SolverError, WeightsError
 from netspec.lower.module import NetModule
 from netspec.net import Net, build_net
 from netspec.train.config import SolverConfig, load_config, with_solver_file
-from netspec.train.feeder import FEEDABLE, Feeder
 from netspec.train.progress import Metrics, Progress
 from netspec.train.schedule import Schedule
 from netspec.train.updates import Learnable, Updater
