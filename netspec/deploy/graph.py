@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from netspec.caffemodel import read_mean_file
 from netspec.data import probe
 from netspec.errors import ExportError
 from netspec.graph import final_blobs
@@ -155,9 +156,7 @@ class DeployModule(nn.Module):
 def _mean_tensor(name: str, pre: Preprocess, shape: Shape) -> torch.Tensor | None:
     """The mean to subtract from input `name`, shaped to broadcast over a batch."""
     if pre.mean_file is not None:
-        from netspec.data.feeder import read_mean_file
-
-        image = read_mean_file(str(pre.mean_file), "")
+        image = torch.from_numpy(read_mean_file(pre.mean_file))
         height, width = shape[-2:]
         c, h, w = image.shape
         if len(shape) != 4 or c != shape[1] or h < height or w < width:
