@@ -131,7 +131,6 @@ class DeployModule(nn.Module):
         self.plan = deploy
         self.input_names = list(deploy.inputs)
         self.output_names = list(deploy.outputs)
-        self._steps = [s for s in module._steps if s.name in set(deploy.layers)]
         self._means: dict[str, str] = {}
         for name, pre in deploy.preprocessing.items():
             mean = _mean_tensor(name, pre, deploy.inputs[name])
@@ -146,10 +145,7 @@ class DeployModule(nn.Module):
             if name in self._means:
                 x = x - self._buffers[self._means[name]]
             env[name] = x * pre.scale if pre.scale != 1 else x
-        for step in self._steps:
-            params = [self.net._tensor(ref) for ref in step.params]
-            ys = step.forward(params, [env[b] for b in step.bottoms])
-            env.update(zip(step.tops, ys, strict=True))
+        env = self.net.run(env, layers=self.plan.layers)
         return tuple(env[name] for name in self.output_names)
 
 
