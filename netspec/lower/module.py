@@ -118,7 +118,7 @@ class NetModule(nn.Module):
                 forward = node.definition.lower(node.spec, info.bottom_shapes, info.top_shapes)
             except NetspecError as e:
                 raise node.error_context(e, net.graph.smap) from None
-            caffe_grad = node.definition.caffe_backward(node.spec) if node.name in stale else None  # type: ignore[attr-defined]
+            caffe_grad = node.definition.caffe_backward(node.spec) if node.name in stale else None
             steps.append(Step(node.name, forward, tuple(refs), node.bottoms, node.tops, caffe_grad))
         self._steps = tuple(steps)
         self._plans: dict[tuple[tuple[str, ...] | None, str | None], _Plan] = {}
