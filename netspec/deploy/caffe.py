@@ -20,8 +20,8 @@ from netspec.fillerspec import CAFFE_TYPES
 from netspec.lower.module import NetModule
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import build_net
-from netspec.spec.emit import to_prototxt, to_yaml
-from netspec.spec.load import read_net
+from netspec.netfile import read_net, to_yaml
+from netspec.spec.emit import to_prototxt
 from netspec.spec.upgrade import upgrade_net
 
 FIRST_NETSPEC_FIELD = 7001  # schemas/netspec.proto numbers netspec's own fields from here

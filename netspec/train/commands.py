@@ -12,7 +12,7 @@ from netspec.errors import NetspecError, SolverError
 from netspec.lower.module import NetModule, compile_net
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import Net, build_net
-from netspec.spec.load import read_net
+from netspec.netfile import read_net
 from netspec.train.solver import Solver, pick_device
 from netspec.train.timing import time_net
 
