@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from netspec.errors import NetspecError, ShapeError, did_you_mean
+from netspec.fillers import fill
 from netspec.graph import stale_reads
 from netspec.layers.base import Forward, Shape, fmt
-from netspec.lower.fillers import fill
 from netspec.net import Net
 
 
