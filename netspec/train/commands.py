@@ -73,7 +73,8 @@ def _training_accuracy(solver: Solver, feeder: Feeder) -> float:
     if source.arrays is None or len(source.tops) < 2:
         raise SolverError("--overfit needs labelled data held in memory")
     net = build_net(solver.config.train.spec, "TEST", solver.config.train.stages, solver.config.train.level)
-    module = solver._shared(NetModule(net).to(solver.device))
+    module = NetModule(net).to(solver.device)
+    module.share_weights(solver.net)
     data_top, label_top = source.tops[0], source.tops[1]
     scores_blob = _scores_for(net, label_top)
     test_node = next(i.node for i in net.layers if data_top in i.node.tops)
