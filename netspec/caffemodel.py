@@ -9,6 +9,7 @@ and numpy are needed: no torch, no Caffe.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,3 +170,11 @@ def read_binaryproto(path: Path, what: str = "a Caffe .binaryproto blob") -> np.
         raise DataError(f"cannot read '{path}': {e.strerror}") from None
     except (DecodeError, RuntimeError, ValueError, WeightsError):
         raise DataError(f"'{path}' is not {what}") from None
+
+
+def read_mean_file(path: Path) -> np.ndarray:
+    """A Caffe .binaryproto mean image as one float32 (C, H, W) array."""
+    mean = read_binaryproto(path, "a Caffe .binaryproto mean file").astype(np.float32)
+    if mean.ndim < 3 or math.prod(mean.shape[:-3]) != 1:
+        raise DataError(f"mean file '{path}' holds a blob of shape {mean.shape}, not one C x H x W image")
+    return mean.reshape(mean.shape[-3:])

@@ -66,8 +66,8 @@ def check(spec: str, phase: str | None, stage: tuple[str, ...], level: int | Non
 
     Without --phase, layers that only the other phase includes are checked too."""
     from netspec.net import build_net, has_phase_rules
+    from netspec.netfile import read_net
     from netspec.report import summary, table
-    from netspec.spec.load import read_net
 
     spec_file = read_net(spec)
     fed = _parse_shapes(shapes)
@@ -120,8 +120,9 @@ def _given_files(*flags: tuple[str, str | None]) -> None:
 @user_errors
 def convert(source: str, target: str, upgrade: bool) -> None:
     """Convert a net between prototxt and YAML (by the file names) without loss."""
-    from netspec.spec.emit import to_prototxt, to_yaml
-    from netspec.spec.load import YAML, read_net, spec_format
+    from netspec.netfile import read_net, to_yaml
+    from netspec.spec.emit import to_prototxt
+    from netspec.spec.load import YAML, spec_format
     from netspec.spec.upgrade import upgrade_net
 
     spec = read_net(source)

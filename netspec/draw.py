@@ -2,7 +2,8 @@
 
 DOT text is for those who have Graphviz. SVG and PNG are laid out here, with Sugiyama's layered method
 (ranks by longest path, bend points on edges that span ranks, barycenter ordering against crossings,
-Brandes-Köpf coordinates), so that drawing needs no program beyond Pillow.
+Brandes-Köpf coordinates), so that drawing needs no program beyond Pillow. HTML is that SVG in a page to
+explore in a browser.
 """
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ from __future__ import annotations
 import bisect
 import html
 import itertools
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import NetspecError
 from netspec.layers.base import Shape, fmt
 from netspec.layers.vision import conv_geometry, pool_geometry
-from netspec.net import Net, load
+from netspec.net import Net, has_phase_rules, load
+from netspec.netfile import read_net
 from netspec.shapes import LayerInfo
+from netspec.spec.emit import to_prototxt
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -69,8 +74,6 @@ def draw(spec: str, output: str, phase: str | None = None, stages: tuple[str, ..
     """
     suffix, rankdir = _check_output(output, rankdir)
     if suffix == ".html":
-        from netspec.draw_html import html_page
-
         _write(output, html_page(spec, phase, stages, rankdir, shapes))
         return
     net = load(spec, phase=phase, stages=stages, shapes=shapes)
@@ -213,6 +216,57 @@ def _window(text: str, stride: Sequence[int], pad: Sequence[int]) -> str:
     if any(pad):
         text += f", pad {dims(pad)}"
     return text
+
+
+# --- a page to explore in a browser -----------------------------------------------------------------------------
+# Viewers such as Netron show no intermediate shapes for Caffe models, nor what each layer costs; netspec knows
+# both statically. The page is self-contained (the SVG laid out below, and draw_page.html's inline script and
+# style, written for netspec; nothing is fetched), so it can be mailed, archived with a model or opened offline.
+
+
+def html_page(spec: str, phase: str | None = None, stages: tuple[str, ...] = (), rankdir: str = "TB",
+              shapes: dict[str, tuple[int, ...]] | None = None) -> str:
+    """The page for a spec: one view for `phase`, or for both phases when none is given and the spec has
+    phase rules (its own phase first, as `netspec check` picks it)."""
+    first = load(spec, phase=phase, stages=stages, shapes=shapes)
+    nets = [first]
+    if phase is None and has_phase_rules(read_net(spec).message):  # the spec's own phase first, as check
+        nets.append(load(spec, phase="TRAIN" if first.phase == "TEST" else "TEST", stages=stages, shapes=shapes))
+    views = [_view(net, rankdir) for net in nets]
+    data = json.dumps([v["data"] for v in views]).replace("</", "<\\/")
+    name = html.escape(views[0]["name"] or "net")
+    tabs = "".join(f'<button class="phase" data-view="{i}">{html.escape(v["data"]["phase"])}</button>'
+                   for i, v in enumerate(views)) if len(views) > 1 else ""
+    svgs = "".join(f'<div class="view" data-view="{i}"{"" if i == 0 else " hidden"}>{v["svg"]}</div>'
+                   for i, v in enumerate(views))
+    page = resources.files("netspec").joinpath("draw_page.html").read_text(encoding="utf-8")
+    return (page.replace("{{name}}", name).replace("{{tabs}}", tabs).replace("{{svgs}}", svgs)
+            .replace("{{data}}", data))
+
+
+def _view(net: Net, rankdir: str) -> dict[str, Any]:
+    boxes, edges, members = _diagram(net, fold=True)
+    svg = _svg(net.name, _layout(boxes, edges, rankdir, _svg_text_width))
+    svg = svg.replace("<svg ", '<svg class="net" ', 1)
+    entries = []
+    for box, infos in zip(boxes, members, strict=True):
+        if box.output:
+            entries.append({"id": box.id, "output": True, "blob": box.lines[0], "shape": box.lines[1]})
+            continue
+        entries.append({"id": box.id, "layers": [_layer(info) for info in infos]})
+    data = {"name": net.name, "phase": net.phase, "layers": len(net.layers), "params": net.num_params,
+            "macs": net.num_macs, "boxes": entries}
+    return {"name": net.name, "svg": svg, "data": data}
+
+
+def _layer(info: LayerInfo) -> dict[str, Any]:
+    node = info.node
+    return {
+        "name": node.name, "type": node.type, "loc": f"{node.loc.file}:{node.loc.line}",
+        "bottoms": [[b, _shape_text(s)] for b, s in zip(node.bottoms, info.bottom_shapes, strict=True)],
+        "tops": [[t, _shape_text(s)] for t, s in zip(node.tops, info.top_shapes, strict=True)],
+        "params": info.num_params, "macs": info.macs, "spec": to_prototxt(node.lp).strip(),
+    }
 
 
 # --- Graphviz DOT ----------------------------------------------------------------------------------------------

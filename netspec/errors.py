@@ -100,7 +100,7 @@ class GraphError(NetspecError):
 
 
 class ShapeError(NetspecError):
-    """A layer cannot accept the shapes of its bottoms."""
+    """A layer cannot accept the shapes of its bottoms (or, as a compiled net runs, the tensors fed to it)."""
 
 
 class DataError(NetspecError):

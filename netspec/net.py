@@ -9,8 +9,9 @@ from netspec._proto import netspec_pb2 as pb
 from netspec.errors import NetspecError, SpecFieldError
 from netspec.graph import Graph, NetState, build_graph, stale_reads
 from netspec.layers.base import Shape
+from netspec.netfile import read_net
 from netspec.shapes import LayerInfo, infer_shapes
-from netspec.spec.load import SpecFile, read_net
+from netspec.spec.load import SpecFile
 from netspec.spec.upgrade import SourcedLayer, upgrade_net
 
 

@@ -122,7 +122,7 @@ def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Pa
     import lmdb
     from PIL import Image
 
-    from netspec.train.feeder import DatumRecords
+    from netspec.data.feeder import DatumRecords
 
     buf = io.BytesIO()
     Image.new(mode, (5, 4), 7 if mode in ("L", "P") else (7,) * len(mode)).save(buf, "PNG")
@@ -183,7 +183,7 @@ def test_encoded_records_of_16_bit_images_need_a_forced_decoding(tmp_path: Path,
     import lmdb
     from PIL import Image
 
-    from netspec.train.feeder import DatumRecords
+    from netspec.data.feeder import DatumRecords
 
     buf = io.BytesIO()
     Image.fromarray(np.full((4, 5), 40000, np.uint16)).save(buf, "PNG")
@@ -273,11 +273,11 @@ def test_data_sources_are_regular_files_or_folders(tmp_path: Path, write_spec: C
 
 
 def test_a_mean_file_must_be_a_regular_file(tmp_path: Path) -> None:
-    from netspec.train.feeder import read_mean_file
+    from netspec.data.probe import resolve
 
     (tmp_path / "mean.binaryproto").symlink_to("/dev/zero")
     with pytest.raises(DataError) as e:
-        read_mean_file("mean.binaryproto", str(tmp_path))
+        resolve("mean.binaryproto", str(tmp_path), "transform_param.mean_file")
     assert e.value.msg == (f"transform_param.mean_file '{tmp_path / 'mean.binaryproto'}' is a character device; "
                            "netspec opens only regular files")
 
@@ -324,7 +324,7 @@ def test_sources_loaded_whole_must_fit_the_memory_limit(tmp_path: Path, write_sp
     """A compressed file of a few kB can hold gigabytes of zeros: the size is checked before reading."""
     import h5py
 
-    from netspec.train.feeder import Feeder
+    from netspec.data.feeder import Feeder
 
     monkeypatch.setenv("NETSPEC_MAX_MEMORY_MB", "1")
     np.savez_compressed(tmp_path / "zeros.npz", data=np.zeros((512, 1024), np.float32), label=np.zeros(512))

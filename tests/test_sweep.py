@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from netspec.cli import main
 from netspec.errors import SweepError
-from netspec.spec.emit import to_prototxt, to_yaml
-from netspec.spec.load import load_net_text
+from netspec.netfile import load_net_text, to_yaml
+from netspec.spec.emit import to_prototxt
 from netspec.train.sweep import read_sweep, sweep
 
 optuna = pytest.importorskip("optuna")

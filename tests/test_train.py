@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from netspec import snapshot
 from netspec.cli import main
 from netspec.errors import WeightsError
-from netspec.train import snapshot
 from netspec.train.solver import Solver
 from tests.conftest import MODELS
 
@@ -407,8 +407,8 @@ def test_large_sources_stream_through_a_dataloader(tmp_path: Path, monkeypatch: 
     import lmdb
 
     from netspec._proto import netspec_pb2 as pb
+    from netspec.data.feeder import Feeder
     from netspec.net import load
-    from netspec.train.feeder import Feeder
 
     env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
     with env.begin(write=True) as txn:

@@ -138,7 +138,7 @@ class DummyData(LayerDef):
         return self._shapes(s)
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        from netspec.lower.fillers import fill
+        from netspec.fillers import fill
 
         plan = list(zip(tops, self.fillers(s), strict=True))
 

@@ -52,7 +52,7 @@ def read_weights(path: str | Path) -> Weights:
     if not str(path).endswith(".pt"):
         raise WeightsError(f"cannot tell the format of weights file '{path}' from its name",
                            hint="give a netspec snapshot (*.pt) or a Caffe .caffemodel / .caffemodel.h5")
-    from netspec.train import snapshot
+    from netspec import snapshot
 
     return Weights(snapshot.load(path)["blobs"])
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
+from netspec.data.feeder import Feeder, Transform
 from netspec.errors import NetspecError, SolverError
 from netspec.files import output_folder
 from netspec.lower.module import NetModule, compile_net
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import Net, build_net
-from netspec.spec.load import read_net
-from netspec.train.feeder import Feeder, Transform
+from netspec.netfile import read_net
 from netspec.train.solver import Solver, pick_device
 from netspec.train.timing import time_net
 
@@ -75,7 +75,8 @@ def _training_accuracy(solver: Solver, feeder: Feeder) -> float:
     if source.arrays is None or len(source.tops) < 2:
         raise SolverError("--overfit needs labelled data held in memory")
     net = build_net(solver.config.train.spec, "TEST", solver.config.train.stages, solver.config.train.level)
-    module = solver._shared(NetModule(net).to(solver.device))
+    module = NetModule(net).to(solver.device)
+    module.share_weights(solver.net)
     data_top, label_top = source.tops[0], source.tops[1]
     scores_blob = _scores_for(net, label_top)
     test_node = next(i.node for i in net.layers if data_top in i.node.tops)

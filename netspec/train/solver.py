@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
+from netspec import snapshot
+from netspec.data.feeder import FEEDABLE, Feeder
 from netspec.errors import DataError, NetspecError, SolverError, WeightsError
 from netspec.files import output_folder
 from netspec.lower.module import NetModule
 from netspec.net import Net, build_net
-from netspec.train import snapshot
 from netspec.train.config import SolverConfig, load_config, with_solver_file
-from netspec.train.feeder import FEEDABLE, Feeder
 from netspec.train.progress import Metrics, Progress
 from netspec.train.schedule import Schedule
 from netspec.train.updates import Learnable, Updater
@@ -107,7 +107,9 @@ class Solver:
         self.train_net: Net = build_net(config.train.spec, "TRAIN", config.train.stages, config.train.level)
         self.net = NetModule(self.train_net).to(self.device)
         self.test_defs = [build_net(t.spec, "TEST", t.stages, t.level) for t in config.tests]
-        self.test_nets = [self._shared(NetModule(d).to(self.device)) for d in self.test_defs]
+        self.test_nets = [NetModule(d).to(self.device) for d in self.test_defs]
+        for test in self.test_nets:
+            test.share_weights(self.net)
         self._forward = torch.compile(self.net) if compile else self.net
         self._loss_tops = [(t, w) for info in self.train_net.layers
                            for t, w in zip(info.node.tops, info.node.loss_weights, strict=True) if w]
@@ -135,19 +137,6 @@ class Solver:
             apply_weights(self.net.caffe_params(), read_weights(path), path)
 
     # ---- construction ---------------------------------------------------------------------------
-
-    def _shared(self, test: NetModule) -> NetModule:
-        """A TEST net that uses the TRAIN net's tensors for every blob of a layer of the same name."""
-        train = self.net.caffe_params()
-        for layer, refs in test._param_lists.items():
-            if layer not in train:
-                continue
-            for (key, is_buffer, _), tensor in zip(refs, train[layer], strict=False):
-                if is_buffer and tensor.shape == test._buffers[key].shape:
-                    test._buffers[key] = tensor
-                elif not is_buffer and tensor.shape == test.blob_params[key].shape:
-                    test.blob_params[key] = tensor  # type: ignore[assignment]
-        return test
 
     def _learnables(self) -> list[Learnable]:
         params = self.net.caffe_params()

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import NetspecError, SourceLoc, SweepError, did_you_mean
+from netspec.netfile import read_net, to_yaml
 from netspec.spec.build import SourceMap
-from netspec.spec.emit import to_yaml
-from netspec.spec.load import parse_message, parse_tree, read_net, read_text, spec_format
+from netspec.spec.load import parse_message, parse_tree, read_text, spec_format
 
 if TYPE_CHECKING:
     import optuna

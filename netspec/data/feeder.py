@@ -9,7 +9,6 @@ resumed from a snapshot sees exactly the batches an uninterrupted run would have
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from netspec._proto import netspec_pb2 as pb
+from netspec.caffemodel import read_mean_file
 from netspec.data import images, probe
 from netspec.data.datasets import load_arrays
 from netspec.errors import DataError, NetspecError
@@ -212,7 +212,8 @@ class Transform:
         if tp.mean_value:
             mean = torch.tensor(list(tp.mean_value), dtype=torch.float32).reshape(-1, 1, 1)
         elif tp.mean_file:
-            mean = read_mean_file(tp.mean_file, node.spec.base_dir)
+            path = probe.resolve(tp.mean_file, node.spec.base_dir, "transform_param.mean_file")
+            mean = torch.from_numpy(read_mean_file(path))
         return Transform(tp.scale, None if mean is None else mean.to(device), tp.crop_size, tp.mirror,
                          node.spec.train)
 
@@ -242,17 +243,6 @@ class Transform:
         x = x.gather(2, rows)
         cols = (lefts[:, None] + steps)[:, None, None, :].expand(n, c, k, k)
         return x.gather(3, cols)
-
-
-def read_mean_file(name: str, base_dir: str) -> torch.Tensor:
-    """A Caffe .binaryproto mean image as a (C, H, W) tensor."""
-    from netspec.caffemodel import read_binaryproto
-
-    path = probe.resolve(name, base_dir, "transform_param.mean_file")
-    mean = read_binaryproto(path, "a Caffe .binaryproto mean file").astype(np.float32)
-    if mean.ndim < 3 or math.prod(mean.shape[:-3]) != 1:
-        raise DataError(f"mean file '{path}' holds a blob of shape {mean.shape}, not one C x H x W image")
-    return torch.from_numpy(mean.reshape(mean.shape[-3:]))
 
 
 # ---- batches -------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def load(path: str | Path) -> dict[str, Any]:
         raise WeightsError(f"snapshot '{path}' has no checksum (format version 1, written by an older netspec); "
                            f"this netspec reads version {VERSION}",
                            hint="its weights are torch.load(path, weights_only=True)['blobs']; "
-                                "netspec.train.snapshot.save_weights writes them in the current format")
+                                "netspec.snapshot.save_weights writes them in the current format")
     if actual is None or saved != actual:
         raise WeightsError(f"snapshot '{path}' is damaged: its contents do not match their checksum",
                            hint="it changed after netspec wrote it; use an earlier snapshot")
