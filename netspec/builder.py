@@ -155,7 +155,7 @@ class NetSpec:
         return to_prototxt(self.to_proto())
 
     def to_yaml(self) -> str:
-        from netspec.spec.emit import to_yaml
+        from netspec.netfile import to_yaml
 
         return to_yaml(self.to_proto())
 

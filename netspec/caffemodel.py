@@ -9,6 +9,7 @@ and numpy are needed: no torch, no Caffe.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import DataError, WeightsError
+from netspec.files import checked
 
 SUFFIXES = (".caffemodel", ".caffemodel.h5")
 
@@ -39,9 +41,7 @@ class CaffeWeights:
 
 def read_caffemodel(path: str | Path) -> CaffeWeights:
     """The blobs of a .caffemodel or .caffemodel.h5 file; WeightsError if it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file '{path}' does not exist")
+    path = checked(path, "weights file", error=WeightsError)
     if str(path).endswith(".h5"):
         return _read_h5(path)
     net = pb.NetParameter()
@@ -170,3 +170,11 @@ def read_binaryproto(path: Path, what: str = "a Caffe .binaryproto blob") -> np.
         raise DataError(f"cannot read '{path}': {e.strerror}") from None
     except (DecodeError, RuntimeError, ValueError, WeightsError):
         raise DataError(f"'{path}' is not {what}") from None
+
+
+def read_mean_file(path: Path) -> np.ndarray:
+    """A Caffe .binaryproto mean image as one float32 (C, H, W) array."""
+    mean = read_binaryproto(path, "a Caffe .binaryproto mean file").astype(np.float32)
+    if mean.ndim < 3 or math.prod(mean.shape[:-3]) != 1:
+        raise DataError(f"mean file '{path}' holds a blob of shape {mean.shape}, not one C x H x W image")
+    return mean.reshape(mean.shape[-3:])

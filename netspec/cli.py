@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -73,15 +74,15 @@ def check(spec: str, phase: str | None, stage: tuple[str, ...], level: int | Non
     """Check a net and show every layer's shapes, parameters and MACs.
 
     Without --phase, layers that only the other phase includes are checked too."""
-    from netspec.net import build_net
+    from netspec.net import build_net, has_phase_rules
+    from netspec.netfile import read_net
     from netspec.report import summary, table
-    from netspec.spec.load import read_net
 
     spec_file = read_net(spec)
     fed = _parse_shapes(shapes)
     net = build_net(spec_file, phase, _stages(stage), level, fed)
     warnings = list(net.warnings)
-    if phase is None and _phase_dependent(spec_file.message):
+    if phase is None and has_phase_rules(spec_file.message):
         other = "TRAIN" if net.phase == "TEST" else "TEST"
         try:
             warnings += build_net(spec_file, other, _stages(stage), level, fed).warnings
@@ -110,9 +111,14 @@ def _parse_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _phase_dependent(net: Any) -> bool:
-    layers = list(net.layer) + list(net.layers)
-    return any(layer.include or layer.exclude for layer in layers)
+def _given_files(*flags: tuple[str, str | None]) -> None:
+    """Refuses an input named on the command line that is not a regular file, by its flag, before any
+    work starts (the library checks again, naming the file's role)."""
+    from netspec.files import checked
+
+    for flag, path in flags:
+        if path is not None:
+            checked(path, flag)
 
 
 @main.command()
@@ -123,8 +129,9 @@ def _phase_dependent(net: Any) -> bool:
 @user_errors
 def convert(source: str, target: str, upgrade: bool) -> None:
     """Convert a net between prototxt and YAML (by the file names) without loss."""
-    from netspec.spec.emit import to_prototxt, to_yaml
-    from netspec.spec.load import YAML, read_net, spec_format
+    from netspec.netfile import read_net, to_yaml
+    from netspec.spec.emit import to_prototxt
+    from netspec.spec.load import YAML, spec_format
     from netspec.spec.upgrade import upgrade_net
 
     spec = read_net(source)
@@ -136,11 +143,33 @@ def convert(source: str, target: str, upgrade: bool) -> None:
             upgraded.solver.CopyFrom(net.solver)
         net = upgraded
     text = to_yaml(net) if fmt == YAML else to_prototxt(net)
+    if fmt == YAML:
+        from netspec.editor_schema import installed_schema, modeline
+
+        text = modeline(os.path.relpath(installed_schema(), Path(target).resolve().parent)) + text
     try:
         Path(target).write_text(text, encoding="utf-8")
     except OSError as e:
         raise NetspecError(f"cannot write '{target}': {e.strerror}") from None
     click.echo(f"wrote {target} ({len(net.layer) + len(net.layers)} layers)")
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the schema here (default: print it).")
+@user_errors
+def schema(output: str | None) -> None:
+    """Print the JSON Schema of YAML specs, for editor completion and checking."""
+    from netspec.editor_schema import schema_text
+
+    text = schema_text()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise NetspecError(f"cannot write '{output}': {e.strerror}") from None
+    click.echo(f"wrote {output}")
 
 
 @main.command()
@@ -167,8 +196,8 @@ _device_option = click.option("--device", default=None,
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a solver field (solver.base_lr=0.01) or a layer field (conv1.convolution_param."
                    "num_output=32); repeatable.")
-@click.option("--out", type=click.Path(file_okay=False), help="Where snapshots, metrics and the log go "
-              "(default: runs/<spec name>).")
+@click.option("--out", type=click.Path(file_okay=False), help="Where snapshots, metrics, the log and HDF5Output "
+              "files go (default: runs/<spec name>).")
 @_device_option
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), help="Mixed precision for the forward pass.")
 @click.option("--compile", "use_compile", is_flag=True, help="Run the forward pass through torch.compile.")
@@ -183,6 +212,7 @@ def train(spec: str, solver_file: str | None, weights: str | None, resume: str |
     """Train a net: a YAML spec with a solver section, or a Caffe solver prototxt."""
     from netspec.train import commands
 
+    _given_files(("--solver", solver_file), ("--weights", weights), ("--resume", resume))
     summary = commands.train(spec, solver_file=solver_file, weights=weights, resume=resume, overrides=overrides,
                              out=out, device=device, amp=amp, compile=use_compile, overfit=overfit,
                              allow_missing=allow_missing, quiet=quiet)
@@ -226,18 +256,58 @@ def train(spec: str, solver_file: str | None, weights: str | None, resume: str |
         sys.exit(130)  # as a shell reports a run that Ctrl-C stopped
 
 
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--sweep", "sweep_file", type=click.Path(dir_okay=False),
+              help="The sweep settings in a file of their own (YAML or prototxt), e.g. for a Caffe prototxt net.")
+@click.option("--solver", "solver_file", type=click.Path(dir_okay=False),
+              help="Train the net with the settings of this Caffe solver file.")
+@click.option("--trials", type=int, help="How many trials to finish (default: the sweep's `trials`).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="The sweep's folder: a folder per trial, trials.csv, best.yaml (default: runs/<spec name>-sweep).")
+@click.option("--resume", is_flag=True, help="Continue the sweep in --out, running only the trials not finished.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Set a field in every trial, as `netspec train --set` does; repeatable.")
+@_device_option
+@user_errors
+def sweep(spec: str, sweep_file: str | None, solver_file: str | None, trials: int | None, out: str | None,
+          resume: bool, overrides: tuple[str, ...], device: str | None) -> None:
+    """Search hyperparameters: train a trial per sampled setting and keep the best (needs Optuna)."""
+    from netspec.train.sweep import sweep as run_sweep
+
+    try:
+        summary = run_sweep(spec, out=out, trials=trials, resume=resume, solver_file=solver_file,
+                            sweep_file=sweep_file, overrides=overrides, device=device, echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo("sweep interrupted; `netspec sweep ... --resume` continues it", err=True)
+        sys.exit(130)
+    best = summary["best"]
+    click.echo(f"{summary['trials']} trial(s) finished, {summary['complete']} complete; trials: "
+               f"{summary['out']}/trials.csv")
+    if best is None:
+        click.echo("no trial completed: see each trial's error.txt and train.log")
+        sys.exit(1)
+    settings = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+    click.echo(f"best: trial {best['trial']}, {best['metric']} = {best['value']:.5g} ({settings})")
+    click.echo(f"spec: {best['spec']}  (netspec train {best['spec']})")
+
+
 @main.command(name="test")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="The weights to test: a snapshot (.pt) or a .caffemodel.")
 @click.option("--iterations", type=int, help="Batches to run (default: one pass over the test data).")
+@click.option("--out", type=click.Path(file_okay=False), help="Where HDF5Output layers write their files "
+              "(default: the current folder).")
 @_device_option
 @user_errors
-def test_command(spec: str, weights: str | None, iterations: int | None, device: str | None) -> None:
+def test_command(spec: str, weights: str | None, iterations: int | None, out: str | None, device: str | None
+                 ) -> None:
     """Run a net's TEST phase over its data and print the mean of each output."""
     from netspec.train.commands import evaluate
 
-    means = evaluate(spec, weights, iterations, device)
+    _given_files(("--weights", weights))
+    means = evaluate(spec, weights, iterations, device, out=out)
     n = int(means.pop("(iterations)"))
     loss = means.pop("(loss)", None)
     for name, value in means.items():
@@ -269,12 +339,12 @@ def time_command(spec: str, iterations: int, phase: str, device: str | None) -> 
 
 
 @main.command()
-@click.argument("metrics", type=click.Path(dir_okay=False))
+@click.argument("metrics", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="curves.png or curves.svg")
 @click.option("--log", is_flag=True, help="Draw the losses on a logarithmic axis.")
 @user_errors
 def plot(metrics: str, output: str, log: bool) -> None:
-    """Draw the training curves of a metrics CSV."""
+    """Draw the training curves of a metrics CSV, or a sweep folder's metric per trial and best so far."""
     from netspec.train.plot import plot as draw
 
     draw(metrics, output, log=log)
@@ -284,7 +354,8 @@ def plot(metrics: str, output: str, log: bool) -> None:
 @main.command(name="draw")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="net.svg, net.png, or net.dot for Graphviz; the suffix picks the format.")
+              help="net.svg, net.png, net.dot for Graphviz, or net.html to explore in a browser; the suffix picks "
+                   "the format.")
 @_phase_option
 @_stage_option
 @click.option("--rankdir", type=click.Choice(["TB", "LR", "BT", "RL"], case_sensitive=False), default="TB",
@@ -320,6 +391,7 @@ def export(spec: str, weights: str | None, onnx_path: str | None, caffemodel: st
     from netspec.deploy.commands import compiled
     from netspec.deploy.commands import export as run_export
 
+    _given_files(("--weights", weights), ("--labels", labels))
     if not onnx_path and not caffemodel:
         raise NetspecError("say what to write: --onnx FILE.onnx and/or --caffemodel FILE.caffemodel")
     if caffemodel:
@@ -386,6 +458,7 @@ def predict(model: str, weights: str | None, input_path: str, top_k: int, labels
     """Run one input through a spec or an ONNX model and print the top classes."""
     from netspec.deploy.commands import predict as run_predict
 
+    _given_files(("--weights", weights), ("--input", input_path), ("--labels", labels))
     output, rows = run_predict(model, weights, input_path, top_k, labels)
     click.echo(f"{output}:")
     for rank, (index, label, score) in enumerate(rows, 1):

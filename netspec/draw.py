@@ -2,7 +2,8 @@
 
 DOT text is for those who have Graphviz. SVG and PNG are laid out here, with Sugiyama's layered method
 (ranks by longest path, bend points on edges that span ranks, barycenter ordering against crossings,
-Brandes-Köpf coordinates), so that drawing needs no program beyond Pillow.
+Brandes-Köpf coordinates), so that drawing needs no program beyond Pillow. HTML is that SVG in a page to
+explore in a browser.
 """
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ from __future__ import annotations
 import bisect
 import html
 import itertools
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import NetspecError
 from netspec.layers.base import Shape, fmt
 from netspec.layers.vision import conv_geometry, pool_geometry
-from netspec.net import Net, load
+from netspec.net import Net, has_phase_rules, load
+from netspec.netfile import read_net
 from netspec.shapes import LayerInfo
+from netspec.spec.emit import to_prototxt
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -51,7 +56,7 @@ Rect = tuple[float, float, float, float]  # x0, y0, x1, y1
 
 def draw(spec: str, output: str, phase: str | None = None, stages: tuple[str, ...] = (), rankdir: str = "TB",
          shapes: dict[str, tuple[int, ...]] | None = None) -> None:
-    """Draws a net's layer graph to `output` (.svg, .png or .dot), each edge labelled with its blob's shape.
+    """Draws a net's layer graph to `output` (.svg, .png, .dot or .html), each edge labelled with its blob's shape.
 
     Reviewing a net means following its blobs through branches, in-place layers and losses while checking
     their sizes; a picture shows both at once, and one without Graphviz can be drawn anywhere netspec runs.
@@ -68,23 +73,33 @@ def draw(spec: str, output: str, phase: str | None = None, stages: tuple[str, ..
             (that error itself).
     """
     suffix, rankdir = _check_output(output, rankdir)
+    if suffix == ".html":
+        _write(output, html_page(spec, phase, stages, rankdir, shapes))
+        return
     net = load(spec, phase=phase, stages=stages, shapes=shapes)
-    boxes, edges = _diagram(net)
-    try:
-        if suffix == ".dot":
-            Path(output).write_text(_dot(net.name, boxes, edges, rankdir), encoding="utf-8")
-        elif suffix == ".svg":
-            Path(output).write_text(_svg(net.name, _layout(boxes, edges, rankdir, _svg_text_width)), encoding="utf-8")
-        else:
+    boxes, edges, _ = _diagram(net)
+    if suffix == ".dot":
+        _write(output, _dot(net.name, boxes, edges, rankdir))
+    elif suffix == ".svg":
+        _write(output, _svg(net.name, _layout(boxes, edges, rankdir, _svg_text_width)))
+    else:
+        try:
             _png(boxes, edges, rankdir).save(output, format="PNG")
+        except OSError as e:
+            raise NetspecError(f"cannot write '{output}': {e.strerror}") from None
+
+
+def _write(output: str, text: str) -> None:
+    try:
+        Path(output).write_text(text, encoding="utf-8")
     except OSError as e:
         raise NetspecError(f"cannot write '{output}': {e.strerror}") from None
 
 
 def _check_output(output: str, rankdir: str) -> tuple[str, str]:
     suffix = Path(output).suffix.lower()
-    if suffix not in (".svg", ".png", ".dot"):
-        raise NetspecError(f"cannot draw to '{output}': give a .svg, .png or .dot file")
+    if suffix not in (".svg", ".png", ".dot", ".html"):
+        raise NetspecError(f"cannot draw to '{output}': give a .svg, .png, .dot or .html file")
     if rankdir.upper() not in RANKDIRS:
         raise NetspecError(f"unknown rankdir '{rankdir}': use TB (top to bottom), LR, BT or RL")
     folder = Path(output).parent
@@ -117,15 +132,27 @@ class _Edge:
     label: str
 
 
-def _diagram(net: Net) -> tuple[list[_Box], list[_Edge]]:
-    """The boxes and edges, boxes in execution order: every edge goes from an earlier box to a later one."""
+def _diagram(net: Net, fold: bool = False) -> tuple[list[_Box], list[_Edge], list[list[LayerInfo]]]:
+    """The boxes and edges, boxes in execution order: every edge goes from an earlier box to a later one;
+    and the layers each box stands for. With `fold`, a layer that works in place (a ReLU after a
+    convolution) is drawn inside the box of the layer whose top it rewrites, as Netron draws activations."""
     boxes: list[_Box] = []
     edges: list[_Edge] = []
+    members: list[list[LayerInfo]] = []
     ids: set[str] = set()
     writer: dict[str, tuple[int, Shape | None]] = {}  # blob -> (box of the layer that last wrote it, shape)
     for info in net.layers:
         node, here = info.node, len(boxes)
+        if fold and node.tops and node.tops == node.bottoms and len({writer[b][0] for b in node.bottoms}) == 1:
+            host = writer[node.bottoms[0]][0]
+            old = boxes[host]
+            boxes[host] = _Box(old.id, (*old.lines, f"+ {node.type} {node.name}"), old.fill)
+            members[host].append(info)
+            for top, shape in zip(node.tops, info.top_shapes, strict=True):
+                writer[top] = (host, shape)
+            continue
         boxes.append(_Box(_unique(node.name, ids), (node.name, node.type, *_summary(info)), _fill(info)))
+        members.append([info])
         for blob in dict.fromkeys(node.bottoms):  # a blob read twice is one connection
             src, shape = writer[blob]
             edges.append(_Edge(src, here, blob, f"{blob} {_shape_text(shape)}"))
@@ -134,8 +161,9 @@ def _diagram(net: Net) -> tuple[list[_Box], list[_Edge]]:
     for blob in net.outputs:
         src, shape = writer[blob]
         boxes.append(_Box(_unique(f"output:{blob}", ids), (blob, _shape_text(shape)), _OUTPUT_FILL, output=True))
+        members.append([])
         edges.append(_Edge(src, len(boxes) - 1, blob, ""))
-    return boxes, edges
+    return boxes, edges, members
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -188,6 +216,57 @@ def _window(text: str, stride: Sequence[int], pad: Sequence[int]) -> str:
     if any(pad):
         text += f", pad {dims(pad)}"
     return text
+
+
+# --- a page to explore in a browser -----------------------------------------------------------------------------
+# Viewers such as Netron show no intermediate shapes for Caffe models, nor what each layer costs; netspec knows
+# both statically. The page is self-contained (the SVG laid out below, and draw_page.html's inline script and
+# style, written for netspec; nothing is fetched), so it can be mailed, archived with a model or opened offline.
+
+
+def html_page(spec: str, phase: str | None = None, stages: tuple[str, ...] = (), rankdir: str = "TB",
+              shapes: dict[str, tuple[int, ...]] | None = None) -> str:
+    """The page for a spec: one view for `phase`, or for both phases when none is given and the spec has
+    phase rules (its own phase first, as `netspec check` picks it)."""
+    first = load(spec, phase=phase, stages=stages, shapes=shapes)
+    nets = [first]
+    if phase is None and has_phase_rules(read_net(spec).message):  # the spec's own phase first, as check
+        nets.append(load(spec, phase="TRAIN" if first.phase == "TEST" else "TEST", stages=stages, shapes=shapes))
+    views = [_view(net, rankdir) for net in nets]
+    data = json.dumps([v["data"] for v in views]).replace("</", "<\\/")
+    name = html.escape(views[0]["name"] or "net")
+    tabs = "".join(f'<button class="phase" data-view="{i}">{html.escape(v["data"]["phase"])}</button>'
+                   for i, v in enumerate(views)) if len(views) > 1 else ""
+    svgs = "".join(f'<div class="view" data-view="{i}"{"" if i == 0 else " hidden"}>{v["svg"]}</div>'
+                   for i, v in enumerate(views))
+    page = resources.files("netspec").joinpath("draw_page.html").read_text(encoding="utf-8")
+    return (page.replace("{{name}}", name).replace("{{tabs}}", tabs).replace("{{svgs}}", svgs)
+            .replace("{{data}}", data))
+
+
+def _view(net: Net, rankdir: str) -> dict[str, Any]:
+    boxes, edges, members = _diagram(net, fold=True)
+    svg = _svg(net.name, _layout(boxes, edges, rankdir, _svg_text_width))
+    svg = svg.replace("<svg ", '<svg class="net" ', 1)
+    entries = []
+    for box, infos in zip(boxes, members, strict=True):
+        if box.output:
+            entries.append({"id": box.id, "output": True, "blob": box.lines[0], "shape": box.lines[1]})
+            continue
+        entries.append({"id": box.id, "layers": [_layer(info) for info in infos]})
+    data = {"name": net.name, "phase": net.phase, "layers": len(net.layers), "params": net.num_params,
+            "macs": net.num_macs, "boxes": entries}
+    return {"name": net.name, "svg": svg, "data": data}
+
+
+def _layer(info: LayerInfo) -> dict[str, Any]:
+    node = info.node
+    return {
+        "name": node.name, "type": node.type, "loc": f"{node.loc.file}:{node.loc.line}",
+        "bottoms": [[b, _shape_text(s)] for b, s in zip(node.bottoms, info.bottom_shapes, strict=True)],
+        "tops": [[t, _shape_text(s)] for t, s in zip(node.tops, info.top_shapes, strict=True)],
+        "params": info.num_params, "macs": info.macs, "spec": to_prototxt(node.lp).strip(),
+    }
 
 
 # --- Graphviz DOT ----------------------------------------------------------------------------------------------
@@ -533,13 +612,14 @@ def _svg(name: str, pic: _Picture) -> str:
     for text, (x0, y0, _, _) in pic.labels:
         out.append(f'<text class="label" x="{x0:.1f}" y="{y0 + _FONT_SIZE:.1f}" fill="{_LABEL_INK}">'
                    f"{html.escape(text)}</text>")
-    for box, (x0, y0, x1, y1) in pic.boxes:
+    for i, (box, (x0, y0, x1, y1)) in enumerate(pic.boxes):
         if box.output:
             shape = (f'<ellipse cx="{(x0 + x1) / 2:.1f}" cy="{(y0 + y1) / 2:.1f}" rx="{(x1 - x0) / 2:.1f}" '
                      f'ry="{(y1 - y0) / 2:.1f}"')
         else:
             shape = f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" rx="4"'
-        out.append(f'<g class="{"output" if box.output else "layer"}"><title>{html.escape(box.id)}</title>'
+        kind = "output" if box.output else "layer"
+        out.append(f'<g class="{kind}" data-box="{i}"><title>{html.escape(box.id)}</title>'
                    f'{shape} fill="{box.fill}" stroke="{_INK}"/>')
         top = (y0 + y1) / 2 - len(box.lines) * _LINE / 2
         for i, line in enumerate(box.lines):

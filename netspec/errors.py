@@ -9,6 +9,7 @@ context is attached in one place.
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Self
@@ -64,10 +65,18 @@ class NetspecError(Exception):
         if self.layer is not None:
             kind = f" ({shown(self.layer_type)})" if self.layer_type else ""
             where += f"layer '{shown(self.layer)}'{kind}: "
-        text = where + self.msg
+        text = one_line(where + self.msg)
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {one_line(self.hint)}"
         return text
+
+
+def one_line(text: str) -> str:
+    """`text` with the characters that would break its line or the terminal escaped (\\n, \\x1b, \\u202e,
+    a lone surrogate): a message quotes what the user wrote, which may hold any code point."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch == " " or unicodedata.category(ch)[0] not in "CZ" else ascii(ch)[1:-1] for ch in text)
 
 
 class SpecSyntaxError(NetspecError):
@@ -91,7 +100,7 @@ class GraphError(NetspecError):
 
 
 class ShapeError(NetspecError):
-    """A layer cannot accept the shapes of its bottoms."""
+    """A layer cannot accept the shapes of its bottoms (or, as a compiled net runs, the tensors fed to it)."""
 
 
 class DataError(NetspecError):
@@ -108,6 +117,11 @@ class WeightsError(NetspecError):
 
 class ExportError(NetspecError):
     """An export whose result fails its checks."""
+
+
+class SweepError(NetspecError):
+    """A sweep whose settings or ranges cannot be searched, or that cannot go on (Optuna missing, a
+    finished sweep's folder reused)."""
 
 
 def did_you_mean(word: str, choices: Iterable[str], what: str = "") -> str | None:
@@ -128,6 +142,5 @@ def did_you_mean(word: str, choices: Iterable[str], what: str = "") -> str | Non
 def shown(text: str) -> str:
     """A value from the user's input as a message quotes it: escaped and shortened, so that any value (a
     string with line breaks, an integer thousands of digits long) still gives one short line."""
-    if not text.isprintable():
-        text = repr(text)[1:-1]
+    text = one_line(text)
     return text if len(text) <= 80 else f"{text[:40]}...{text[-10:]} ({len(text)} characters)"

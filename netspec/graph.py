@@ -14,7 +14,6 @@ from netspec._proto import netspec_pb2 as pb
 from netspec.errors import GraphError, NetspecError, ParamError, SourceLoc, did_you_mean
 from netspec.layers import get as get_layer
 from netspec.layers.base import LayerDef, LayerSpec
-from netspec.layers.neuron import Neuron
 from netspec.spec.build import Path, SourceMap
 from netspec.spec.upgrade import SourcedLayer
 
@@ -92,14 +91,13 @@ def stale_reads(graph: Graph) -> dict[str, str]:
     out = {}
     for i, node in enumerate(graph.nodes):
         d = node.definition
-        if not isinstance(d, Neuron) or not d.reads_blobs_in_backward():
+        if not d.reads_blobs_in_backward():
             continue
         read = {node.bottoms[0], node.tops[0]}
         writers = [n for n in graph.nodes[i + 1:] if read.intersection(n.tops)]
         if writers:
-            harmless = all(isinstance(w.definition, Neuron) and (
-                w.definition.keeps_values(w.spec)
-                or (d.reads_only_sign(node.spec) and w.definition.keeps_sign(w.spec))) for w in writers)
+            harmless = all(w.definition.keeps_values(w.spec)
+                           or (d.reads_only_sign(node.spec) and w.definition.keeps_sign(w.spec)) for w in writers)
             if not harmless:
                 out[node.name] = writers[0].name
         elif node.bottoms[0] == node.tops[0] and not d.inplace_exact(node.spec):

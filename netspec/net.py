@@ -9,8 +9,9 @@ from netspec._proto import netspec_pb2 as pb
 from netspec.errors import NetspecError, SpecFieldError
 from netspec.graph import Graph, NetState, build_graph, stale_reads
 from netspec.layers.base import Shape
+from netspec.netfile import read_net
 from netspec.shapes import LayerInfo, infer_shapes
-from netspec.spec.load import SpecFile, read_net
+from netspec.spec.load import SpecFile
 from netspec.spec.upgrade import SourcedLayer, upgrade_net
 
 
@@ -162,3 +163,8 @@ def _hidden_layers(net: Net) -> set[str]:
         if any(t in feeds_learning for t in node.tops) or any(b.lr_mult != 0 for b in info.blobs):
             feeds_learning.update(node.bottoms)
     return hidden
+
+
+def has_phase_rules(spec: pb.NetParameter) -> bool:
+    """Whether some layer is included or excluded by a rule, so that the phases may differ."""
+    return any(layer.include or layer.exclude for layer in (*spec.layer, *spec.layers))

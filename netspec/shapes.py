@@ -64,6 +64,7 @@ def infer_shapes(graph: Graph, fed: dict[str, Shape] | None = None) -> tuple[lis
     unknown: dict[str, Node] = {}  # blobs whose shape cannot be known -> the opaque layer they came from
     shared: dict[str, ParamBlob] = {}
     owners: dict[str, Node] = {}
+    named: dict[str, Node] = {}
     infos = []
     for node in graph.nodes:
         try:
@@ -81,21 +82,27 @@ def infer_shapes(graph: Graph, fed: dict[str, Shape] | None = None) -> tuple[lis
                                      f"'{src.name}' (line {src.loc.line}), whose code netspec never runs",
                                      field="bottom", hint="replace that layer with built-in ones")
             info = _infer_node(node, shapes, shared, fed or {})
-            if info.blobs:
-                _unique_owner(node, owners)
+            _unique_owner(node, bool(info.blobs), owners, named)
         except NetspecError as e:
             raise node.error_context(e, graph.smap) from None
         infos.append(info)
     return infos, shapes
 
 
-def _unique_owner(node: Node, owners: dict[str, Node]) -> None:
-    """Weights are matched to layers by name, so two layers with parameters cannot share a name (Caffe
-    allows duplicate names, and shipped nets use them for parameter-free layers)."""
-    first = owners.setdefault(node.name, node)
-    if first is not node:
-        raise ParamError(f"another layer with parameters is also named '{node.name}' (line {first.loc.line}); "
+def _unique_owner(node: Node, has_blobs: bool, owners: dict[str, Node], named: dict[str, Node]) -> None:
+    """Weights are matched to layers by name, so a layer with parameters needs a name no other layer has.
+    Caffe allows duplicate names, and shipped nets use them for parameter-free layers; but its
+    CopyTrainedLayersFrom finds a layer by name (the last one so named), so weights meant for a layer
+    with parameters would go to its namesake."""
+    first = named.setdefault(node.name, node)
+    owner = owners.setdefault(node.name, node) if has_blobs else owners.get(node.name)
+    if first is node or owner is None:
+        return
+    if owner is not node:
+        raise ParamError(f"another layer with parameters is also named '{node.name}' (line {owner.loc.line}); "
                          "weights are matched to layers by name", hint="rename one of them")
+    raise ParamError(f"another layer is also named '{node.name}' (line {first.loc.line}), and this one has "
+                     "parameters; weights are matched to layers by name", hint="rename one of them")
 
 
 def _fed_tops(node: Node, fed: dict[str, Shape]) -> tuple[Shape, ...] | None:

@@ -8,7 +8,8 @@ import netspec
 from netspec.layers.base import In
 from netspec.lower.module import NetModule
 from netspec.net import build_net
-from netspec.spec.load import PROTOTXT, load_net_text
+from netspec.netfile import load_net_text
+from netspec.spec.load import PROTOTXT
 
 
 def net_text(type_name: str, fields: str, inputs: tuple[In, ...], tops: int) -> str:

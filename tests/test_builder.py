@@ -17,7 +17,7 @@ from netspec import layers as L
 from netspec import params as P
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import SpecFieldError
-from netspec.spec.load import read_net
+from netspec.netfile import read_net
 
 HERE = Path(__file__).name
 
@@ -204,6 +204,6 @@ def test_builder_equals_the_written_spec(num_output: int, kernel: int, stride: i
             f'num_output: {num_output * group} kernel_size: {kernel} stride: {stride} pad: {pad} group: {group} '
             f'bias_term: {str(bias).lower()} }} }}'
             f'layer {{ name: "act" type: "ReLU" bottom: "conv" top: "conv" relu_param {{ negative_slope: {slope!r} }} }}')
-    from netspec.spec.load import load_net_text
+    from netspec.netfile import load_net_text
 
     assert n.to_proto() == load_net_text(text, "written.prototxt", "prototxt").message

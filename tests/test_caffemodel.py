@@ -268,7 +268,7 @@ def test_import_errors_come_before_anything_is_written(tmp_path: Path) -> None:
 
 
 def test_weights_only_snapshot_cannot_be_resumed(tmp_path: Path) -> None:
-    from netspec.train import snapshot
+    from netspec import snapshot
 
     module = netspec.compile(str(MODELS / "xor_train.yaml"))
     snapshot.save_weights(module.caffe_params(), tmp_path / "w.pt")
@@ -310,14 +310,14 @@ def test_mean_file_moves_into_the_exported_graph(tmp_path: Path) -> None:
 
 
 def test_mean_file_is_read_for_training(tmp_path: Path) -> None:
-    from netspec.train.feeder import read_mean_file
+    from netspec.caffemodel import read_mean_file
 
     mean = np.random.default_rng(0).standard_normal((1, 3, 4, 5)).astype(np.float32)
     (tmp_path / "m.binaryproto").write_bytes(_blobproto(mean, legacy=False))
-    np.testing.assert_array_equal(read_mean_file("m.binaryproto", str(tmp_path)).numpy(), mean[0])
+    np.testing.assert_array_equal(read_mean_file(tmp_path / "m.binaryproto"), mean[0])
     (tmp_path / "bad.binaryproto").write_bytes(b"\xff\xff\xff")
     with pytest.raises(DataError, match=r"is not a Caffe \.binaryproto mean file"):
-        read_mean_file("bad.binaryproto", str(tmp_path))
+        read_mean_file(tmp_path / "bad.binaryproto")
 
 
 def test_infogain_matrix_from_a_binaryproto(write_spec, tmp_path: Path) -> None:

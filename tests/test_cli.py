@@ -83,3 +83,28 @@ def test_check_never_imports_torch(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
     print(f"netspec check of GoogLeNet: {elapsed:.3f} s wall (measured, not asserted)")
+
+
+def test_a_spec_that_is_not_a_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    import os
+
+    pipe = tmp_path / "net.yaml"
+    os.mkfifo(pipe)  # reading it would block until something writes to it
+    assert run("check", str(pipe)) == (1, f"error: spec file '{pipe}' is a FIFO (named pipe); netspec opens only "
+                                          "regular files\n")
+    zero = tmp_path / "zero.prototxt"
+    zero.symlink_to("/dev/zero")  # reading it would never end
+    assert run("check", str(zero)) == (1, f"error: spec file '{zero}' is a character device; netspec opens only "
+                                          "regular files\n")
+
+def test_a_message_quoting_control_characters_stays_on_one_line(tmp_path: Path) -> None:
+    """Found by the fuzzer: a blob name with a newline split the message (and the hint) over lines."""
+    spec = tmp_path / "net.prototxt"
+    spec.write_text('layer { name: "x" type: "Input" top: "a\\nb\\033[31m\u202e" '
+                    'input_param { shape { dim: 1 } } }\n'
+                    'layer { name: "abs" type: "AbsVal" bottom: "x" top: "y" }\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["check", str(spec)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"{spec}:2:36: layer 'abs' (AbsVal): unknown bottom blob 'x'",
+        "  hint: blobs defined so far: a\\nb\\x1b[31m\\u202e"]

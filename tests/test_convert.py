@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netspec._proto import netspec_pb2 as pb
-from netspec.spec.emit import to_prototxt, to_yaml
-from netspec.spec.load import PROTOTXT, YAML, load_net_text, read_net
+from netspec.netfile import load_net_text, read_net, to_yaml
+from netspec.spec.emit import to_prototxt
+from netspec.spec.load import PROTOTXT, YAML
 from tests.conftest import CAFFE, MODELS
 from tests.test_prototxt import layers, names
 

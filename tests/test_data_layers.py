@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 import netspec
 from netspec._proto import netspec_pb2 as pb
 from netspec.data.datasets import load_arrays
-from netspec.errors import DataError
+from netspec.errors import DataError, ParamError
+from netspec.files import output_folder
 
 
 def data_net(write_spec: Callable[..., str], layer: str, tops: str = 'top: "data" top: "label"') -> netspec.Net:
@@ -120,7 +122,7 @@ def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Pa
     import lmdb
     from PIL import Image
 
-    from netspec.train.feeder import DatumRecords
+    from netspec.data.feeder import DatumRecords
 
     buf = io.BytesIO()
     Image.new(mode, (5, 4), 7 if mode in ("L", "P") else (7,) * len(mode)).save(buf, "PNG")
@@ -154,17 +156,21 @@ def test_mean_values_must_match_channels(tmp_path: Path, write_spec: Callable[..
     assert e.value.msg == "2 mean_value entries for 3 channels; give 1 or 3"
 
 
-def test_hdf5_output_appends_every_batch(tmp_path: Path, write_spec: Callable[..., str]) -> None:
+def hdf5_output_net(write_spec: Callable[..., str], file_name: str) -> str:
+    return write_spec(
+        'layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n'
+        f'layer {{ name: "save" type: "HDF5Output" bottom: "x" bottom: "y" hdf5_output_param {{ file_name: "{file_name}" }} }}')
+
+
+def test_hdf5_output_appends_every_batch_inside_the_output_folder(tmp_path: Path, write_spec: Callable[..., str]
+                                                                  ) -> None:
     import h5py
 
-    out = tmp_path / "out.h5"
-    net = netspec.load(write_spec(
-        'layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n'
-        f'layer {{ name: "save" type: "HDF5Output" bottom: "x" bottom: "y" hdf5_output_param {{ file_name: "{out}" }} }}'))
-    module = netspec.compile(net)
-    for _ in range(2):
-        module(x=torch.ones(2, 3), y=torch.zeros(2))
-    with h5py.File(out) as f:
+    module = netspec.compile(netspec.load(hdf5_output_net(write_spec, "preds/out.h5")))
+    with output_folder(tmp_path / "run"):
+        for _ in range(2):
+            module(x=torch.ones(2, 3), y=torch.zeros(2))
+    with h5py.File(tmp_path / "run" / "preds" / "out.h5") as f:
         assert f["data"].shape == (4, 3) and f["label"].shape == (4,)
 
 
@@ -177,7 +183,7 @@ def test_encoded_records_of_16_bit_images_need_a_forced_decoding(tmp_path: Path,
     import lmdb
     from PIL import Image
 
-    from netspec.train.feeder import DatumRecords
+    from netspec.data.feeder import DatumRecords
 
     buf = io.BytesIO()
     Image.fromarray(np.full((4, 5), 40000, np.uint16)).save(buf, "PNG")
@@ -193,3 +199,149 @@ def test_encoded_records_of_16_bit_images_need_a_forced_decoding(tmp_path: Path,
     net = data_net(write_spec, layer + " transform_param { force_gray: true }")
     image, _ = DatumRecords(net.layers[0].node).read(0)
     assert image.shape == (1, 4, 5) and image.max() == 40000 >> 8  # OpenCV keeps the high byte
+
+@pytest.mark.parametrize(("file_name", "problem"), [
+    ("../out.h5", "goes up through '..'"), ("a/../../out.h5", "goes up through '..'"),
+    ("/tmp/out.h5", "is an absolute path"), ("/dev/null", "is an absolute path")])
+def test_hdf5_output_never_writes_outside_the_output_folder(write_spec: Callable[..., str], file_name: str,
+                                                            problem: str) -> None:
+    with pytest.raises(ParamError) as e:
+        netspec.load(hdf5_output_net(write_spec, file_name))
+    assert e.value.msg == f"file_name '{file_name}' {problem}; HDF5Output writes only inside the run's output folder"
+    assert e.value.layer == "save" and e.value.loc is not None and e.value.loc.line == 2
+
+
+def _h5_with_other_data(target: Path) -> None:
+    import h5py
+
+    with h5py.File(target, "w") as f:
+        f["data"] = np.zeros((1, 5), np.float32)
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (Path.mkdir, "HDF5Output file '{target}' is a folder, not a file"),
+    (lambda t: t.symlink_to("/dev/null"),
+     "HDF5Output file '{target}' is a character device; netspec opens only regular files"),
+    (lambda t: t.write_text("not HDF5"),
+     "cannot append to HDF5Output file '{target}': Unable to synchronously open file (file signature not found)"),
+    (_h5_with_other_data,
+     "HDF5Output file '{target}' already holds 'data' as (1, 5), which batches of shape (2, 3) cannot be appended to"),
+], ids=["folder", "device", "not-hdf5", "other-shape"])
+def test_hdf5_output_to_a_file_it_cannot_append_to(tmp_path: Path, write_spec: Callable[..., str],
+                                                   make: Callable[[Path], object], expected: str) -> None:
+    module = netspec.compile(netspec.load(hdf5_output_net(write_spec, "out.h5")))
+    target = tmp_path / "out.h5"
+    make(target)
+    with pytest.raises(DataError) as e, output_folder(tmp_path):
+        module(x=torch.ones(2, 3), y=torch.zeros(2))
+    assert e.value.msg == expected.format(target=target)
+
+
+SPECIAL_SOURCES = [  # (layer, the path it names relative to tmp_path, what the path is, the expected message)
+    ('type: "Dataset" dataset_param { source: "PATH/zero.npy" }', "zero.npy", "zero",
+     "dataset_param.source 'PATH/zero.npy' is a character device; netspec opens only regular files"),
+    ('type: "Dataset" dataset_param { source: "PATH/pipe" }', "pipe", "fifo",
+     "dataset_param.source 'PATH/pipe' is a FIFO (named pipe); netspec opens only regular files and folders"),
+    ('type: "HDF5Data" hdf5_data_param { source: "PATH/list.txt" batch_size: 2 }', "list.txt", "fifo",
+     "hdf5_data_param.source 'PATH/list.txt' is a FIFO (named pipe); netspec opens only regular files"),
+    ('type: "HDF5Data" hdf5_data_param { source: "PATH/list.txt" batch_size: 2 }', "a.h5", "zero",
+     "HDF5 file 'PATH/a.h5' is a character device; netspec opens only regular files"),
+    ('type: "ImageData" image_data_param { source: "PATH/list.txt" root_folder: "PATH/" batch_size: 2 }', "a.h5",
+     "zero", "image 'PATH/a.h5' is a character device; netspec opens only regular files"),
+    ('type: "Data" data_param { source: "PATH/db" batch_size: 2 backend: LMDB }', "db", "zero",
+     "data_param.source 'PATH/db' is a character device; netspec opens only regular files and folders"),
+    ('type: "Data" data_param { source: "PATH/db" batch_size: 2 backend: LEVELDB }', "db", "file",
+     "data_param.source 'PATH/db' is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize(("layer", "name", "kind", "expected"), SPECIAL_SOURCES,
+                         ids=["npy-device", "folder-fifo", "list-fifo", "listed-device", "image-device", "lmdb-device",
+                              "leveldb-file"])
+def test_data_sources_are_regular_files_or_folders(tmp_path: Path, write_spec: Callable[..., str], layer: str,
+                                                   name: str, kind: str, expected: str) -> None:
+    """A device never ends and a FIFO blocks: reading either would hang or fill the memory."""
+    (tmp_path / "list.txt").write_text("a.h5\n")
+    path = tmp_path / name
+    path.unlink(missing_ok=True)
+    {"zero": lambda: path.symlink_to("/dev/zero"), "fifo": lambda: os.mkfifo(path),
+     "file": lambda: path.write_text("")}[kind]()
+    with pytest.raises(DataError) as e:
+        data_net(write_spec, layer.replace("PATH", str(tmp_path)))
+    assert e.value.msg == expected.replace("PATH", str(tmp_path))
+    assert e.value.layer == "d" and e.value.loc is not None
+
+
+def test_a_mean_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    from netspec.data.probe import resolve
+
+    (tmp_path / "mean.binaryproto").symlink_to("/dev/zero")
+    with pytest.raises(DataError) as e:
+        resolve("mean.binaryproto", str(tmp_path), "transform_param.mean_file")
+    assert e.value.msg == (f"transform_param.mean_file '{tmp_path / 'mean.binaryproto'}' is a character device; "
+                           "netspec opens only regular files")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_an_array_header_larger_than_its_file_is_refused_before_allocating(tmp_path: Path, suffix: str) -> None:
+    import io
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((2, 3), np.float32))
+    header["shape"] = (2**40, 3)  # 12 TiB declared, 24 bytes held
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    array = buffer.getvalue() + bytes(24)
+    path = tmp_path / f"huge{suffix}"
+    if suffix == ".npy":
+        path.write_bytes(array)
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("data.npy", array)
+    with pytest.raises(DataError) as e:
+        load_arrays(pb.DatasetParameter(source=str(path)), ".", pb.TRAIN)
+    where = f"'{path}'" + (" (data.npy)" if suffix == ".npz" else "")
+    assert e.value.msg == f"{where} declares an array of shape (1099511627776, 3) (13194139533312 bytes) but holds 24 bytes"
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ("source: 'blobs' num_classes: 2147483648", "num_classes 2147483648 x 2 features makes 4,294,967,296 values; "
+                                                "a generated set holds at most 134,217,728 (512 MiB)"),
+    ("source: 'blobs' num_features: 100000 num_samples: 10000",
+     "num_samples 10000 x 100000 features makes 1,000,000,000 values; a generated set holds at most 134,217,728 "
+     "(512 MiB)"),
+    ("source: 'spirals' num_samples: 4294967295", "num_samples 4294967295 x 2 features makes 8,589,934,590 values; "
+                                                  "a generated set holds at most 134,217,728 (512 MiB)"),
+])
+def test_generated_sets_are_bounded(write_spec: Callable[..., str], params: str, expected: str) -> None:
+    with pytest.raises(ParamError) as e:
+        data_net(write_spec, f'type: "Dataset" dataset_param {{ {params} }}')
+    assert e.value.msg == expected
+
+
+def test_sources_loaded_whole_must_fit_the_memory_limit(tmp_path: Path, write_spec: Callable[..., str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compressed file of a few kB can hold gigabytes of zeros: the size is checked before reading."""
+    import h5py
+
+    from netspec.data.feeder import Feeder
+
+    monkeypatch.setenv("NETSPEC_MAX_MEMORY_MB", "1")
+    np.savez_compressed(tmp_path / "zeros.npz", data=np.zeros((512, 1024), np.float32), label=np.zeros(512))
+    with pytest.raises(DataError) as e:
+        load_arrays(pb.DatasetParameter(source=str(tmp_path / "zeros.npz")), ".", pb.TRAIN)
+    assert e.value.msg == (f"'{tmp_path / 'zeros.npz'}' holds 524,800 values (2 MiB as float32), more than the 1 MiB "
+                           "netspec loads into memory")
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("data", data=np.zeros((512, 1024), np.float32), compression="gzip")
+    (tmp_path / "list.txt").write_text("a.h5\n")
+    net = data_net(write_spec, f'type: "HDF5Data" hdf5_data_param {{ source: "{tmp_path / "list.txt"}" batch_size: 2 }}',
+                   'top: "data"')
+    with pytest.raises(DataError) as e:
+        Feeder(net, torch.device("cpu"), seed=0)
+    assert e.value.msg == (f"hdf5_data_param.source '{tmp_path / 'list.txt'}' (up to '{tmp_path / 'a.h5'}') holds 524,288 "
+                           "values (2 MiB as float32), more than the 1 MiB netspec loads into memory")
+    monkeypatch.setenv("NETSPEC_MAX_MEMORY_MB", "lots")
+    with pytest.raises(DataError) as e:
+        Feeder(net, torch.device("cpu"), seed=0)
+    assert e.value.msg == "NETSPEC_MAX_MEMORY_MB must be a whole number of MiB, got 'lots'"

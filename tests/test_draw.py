@@ -303,7 +303,7 @@ def test_the_draw_command(tmp_path: Path) -> None:
     assert "  rankdir=LR;" in out.read_text()
     result = CliRunner().invoke(main, ["draw", str(MODELS / "lenet.prototxt"), "-o", str(tmp_path / "x.jpg")])
     assert (result.exit_code, result.output) == (1, f"error: cannot draw to '{tmp_path / 'x.jpg'}': give a .svg, "
-                                                    ".png or .dot file\n")
+                                                    ".png, .dot or .html file\n")
 
 
 def assert_apart(pic: Picture) -> None:
@@ -341,7 +341,7 @@ def test_png_is_a_drawn_picture(tmp_path: Path, rankdir: str) -> None:
 
 def test_an_unknown_suffix_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "x.jpg"
-    with pytest.raises(NetspecError, match=r"cannot draw to '.*x\.jpg': give a \.svg, \.png or \.dot file"):
+    with pytest.raises(NetspecError, match=r"cannot draw to '.*x\.jpg': give a \.svg, \.png, \.dot or \.html file"):
         draw(LENET, str(out))
     assert not out.exists()
 

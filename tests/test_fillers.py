@@ -9,8 +9,8 @@ import torch
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import ParamError
+from netspec.fillers import fill
 from netspec.fillerspec import check_filler, fans
-from netspec.lower.fillers import fill
 
 F = pb.FillerParameter
 

@@ -109,6 +109,11 @@ layer { name: "fc" type: "InnerProduct" bottom: "a" top: "fc" param { name: "sha
      "shared param 'w' has lr_mult 2.0 here but 1.0 in layer 'fa'"),
     ('layer { name: "fa" type: "InnerProduct" bottom: "data" top: "f2" inner_product_param { num_output: 3 } }',
      ParamError, "another layer with parameters is also named 'fa' (line 2); weights are matched to layers by name"),
+    ('layer { name: "fa" type: "ReLU" bottom: "fa" top: "fa" }',  # Caffe would load fa's weights into the ReLU
+     ParamError, "another layer with parameters is also named 'fa' (line 2); weights are matched to layers by name"),
+    ('layer { name: "data" type: "InnerProduct" bottom: "data" top: "f2" inner_product_param { num_output: 3 } }',
+     ParamError, "another layer is also named 'data' (line 1), and this one has parameters; weights are matched to "
+                 "layers by name"),
     ('layer { name: "x" type: "ReLU" bottom: "data" top: "fa_out" include { phase: TEST } exclude { phase: TRAIN } }',
      GraphError, "a layer may have include rules or exclude rules, not both"),
     ('layer { name: "x" type: "Concat" bottom: "data" bottom: "fa" top: "fa" }', GraphError,

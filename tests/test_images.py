@@ -23,8 +23,8 @@ import netspec
 from netspec._proto import netspec_pb2 as pb
 from netspec.data import images
 from netspec.data.datasets import load_arrays
+from netspec.data.feeder import Feeder
 from netspec.deploy.predict import read_input
-from netspec.train.feeder import Feeder
 from tests.conftest import DATA
 
 FOLDER = DATA / "opencv_resize"

@@ -11,6 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from netspec.cli import main
+from netspec.errors import WeightsError
+from netspec.lower.weights import read_weights
 from tests.conftest import MODELS
 
 ACCEPTED = "a netspec snapshot (*.pt, written by netspec train or import) or a Caffe .caffemodel / .caffemodel.h5"
@@ -68,8 +70,11 @@ def test_weights_that_are_not_a_snapshot(tmp_path: Path, content: bytes | None) 
 
 def test_a_missing_weights_file_is_not_called_a_snapshot(tmp_path: Path) -> None:
     code, _, err = run("test", str(MODELS / "logistic_regression.yaml"), "--weights", str(tmp_path / "w.pt"))
-    assert (code, err) == (1, f"error: weights file '{tmp_path / 'w.pt'}' does not exist\n"
-                              f"  hint: --weights takes {ACCEPTED}\n")
+    assert (code, err) == (1, f"error: --weights '{tmp_path / 'w.pt'}' does not exist\n")
+    with pytest.raises(WeightsError) as e:
+        read_weights(tmp_path / "w.pt")  # the library call, without the command line's check
+    assert (e.value.msg, e.value.hint) == (f"weights file '{tmp_path / 'w.pt'}' does not exist",
+                                           f"--weights takes {ACCEPTED}")
 
 
 def test_check_json_prints_errors_as_json(write_spec: Callable[..., str]) -> None:

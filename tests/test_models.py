@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import netspec
-from netspec.spec.load import read_net
+from netspec.netfile import read_net
 from tests.conftest import MODELS
 
 SPECS = sorted(p.name for p in MODELS.iterdir())

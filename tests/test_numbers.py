@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import SpecFieldError, SpecSyntaxError
+from netspec.netfile import load_net_text
 from netspec.spec.build import BuildOptions, SourceMap, build_message
-from netspec.spec.load import PROTOTXT, YAML, load_net_text
+from netspec.spec.load import PROTOTXT, YAML
 from netspec.spec.prototxt import parse_prototxt
 from netspec.spec.yamltree import parse_yaml
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import SpecFieldError, SpecSyntaxError
-from netspec.spec.load import PROTOTXT, load_net_text
+from netspec.netfile import load_net_text
+from netspec.spec.load import PROTOTXT
 from tests.conftest import CAFFE, MODELS
 
 PROTOTXTS = sorted(glob.glob(str(CAFFE / "*" / "*.prototxt")) + glob.glob(str(MODELS / "*.prototxt")))

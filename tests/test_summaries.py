@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from netspec.train import snapshot
+from netspec import snapshot
 from netspec.train.progress import Progress
 from netspec.train.solver import Solver
 from tests.conftest import MODELS

@@ -52,3 +52,18 @@ def test_layer_docs_are_generated_from_the_registry_and_current() -> None:
         if definition.param_field:
             assert f"`{definition.param_field}` (" in text
     assert "| `round_mode` | CEIL \\| FLOOR | `CEIL` |" in text
+
+
+def test_fuzz_tool_writes_a_folder_per_distinct_defect(tmp_path: Path) -> None:
+    out = tmp_path / "fuzz"
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz.py"), "--cases", "30", "--out", str(out),
+                             "--time-fraction", "0"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = (out / "summary.md").read_text().splitlines()
+    assert summary[0].startswith("30 cases, ")
+    rows = [line for line in summary[4:] if line.startswith("| ")]
+    folders = [p for p in out.iterdir() if p.is_dir()]
+    assert len(folders) == len(rows) == int(summary[0].split(", ")[-1].split()[0])
+    for folder in folders:
+        assert (folder / "traceback.txt").read_text().startswith("netspec ")
+        assert len(list(folder.glob("spec.*"))) == 1

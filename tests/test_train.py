@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,10 +17,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from netspec import snapshot
 from netspec.cli import main
 from netspec.errors import WeightsError
-from netspec.train import snapshot
 from netspec.train.solver import Solver
 from tests.conftest import MODELS
 
@@ -155,9 +159,104 @@ def test_corrupt_and_mismatched_snapshots_are_refused(tmp_path: Path) -> None:
         snapshot.load(pickle)
 
 
+TINY = """
+name: tiny
+layer:
+  - {name: data, type: Dataset, top: [data, label], dataset_param: {source: blobs, num_samples: 40, batch_size: 8}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [data, label]}
+  - {name: save, type: HDF5Output, bottom: [data, label], hdf5_output_param: {file_name: preds/out.h5},
+     include: {phase: TEST}}
+solver: {type: SGD, base_lr: 0.1, max_iter: 2, random_seed: 1}
+"""
+
+
+def test_a_flipped_tensor_byte_is_refused_at_resume(tmp_path: Path) -> None:
+    spec = tmp_path / "fc.yaml"
+    spec.write_text(TINY.replace("{name: loss, type: SoftmaxWithLoss, bottom: [data, label]}",
+                                 "{name: fc, type: InnerProduct, bottom: data, top: fc, inner_product_param: "
+                                 "{num_output: 2}}\n  - {name: loss, type: SoftmaxWithLoss, bottom: [fc, label]}"))
+    Solver(str(spec), out_dir=tmp_path / "a", quiet=True).solve()
+    good = tmp_path / "a" / "fc_iter_2.pt"
+    raw = bytearray(good.read_bytes())
+    weights = snapshot.load(good)["blobs"]["fc"][0]
+    at = bytes(raw).find(weights.numpy().tobytes())
+    assert at > 0
+    raw[at + 5] ^= 0x01  # one bit of one weight: torch.load alone would load it as a slightly different value
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(raw)
+    code, out = cli("train", str(spec), "--resume", str(bad))
+    assert (code, out) == (1, f"error: snapshot '{bad}' is damaged: its contents do not match their checksum\n"
+                              "  hint: it changed after netspec wrote it; use an earlier snapshot\n")
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+_SMALL_STATE = {"format": snapshot.FORMAT, "version": snapshot.VERSION, "iter": 7, "solver_type": "SGD",
+                "blobs": {"fc": [torch.arange(12, dtype=torch.float32).reshape(3, 4), torch.full((3,), 0.5)]},
+                "history": {"fc:0": [torch.ones(3, 4)]}, "rng": {"torch": torch.arange(16, dtype=torch.uint8)},
+                "losses": [0.25, 0.125]}
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.floats(0, 1, exclude_max=True), xor=st.integers(1, 255))
+def test_any_flipped_byte_is_refused_or_harmless(tmp_path: Path, where: float, xor: int) -> None:
+    """A flipped byte anywhere (tensor data, pickle, zip headers) is refused with one line naming the file,
+    or, where it lands in bytes nothing reads, loads exactly what was saved: never a traceback, never
+    different values."""
+    good = tmp_path / "good.pt"
+    if not good.exists():
+        snapshot.save_atomic(_SMALL_STATE, good)
+    raw = bytearray(good.read_bytes())
+    raw[int(where * len(raw))] ^= xor
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(raw)
+    try:
+        loaded = snapshot.load(bad)
+    except WeightsError as e:
+        assert "\n" not in e.msg
+        assert re.fullmatch(rf"snapshot '{re.escape(str(bad))}' is damaged: its contents do not match their checksum"
+                            rf"|'{re.escape(str(bad))}' is not a (readable )?netspec snapshot( \(.+\))?", e.msg), e.msg
+    else:
+        assert _same(loaded, _SMALL_STATE)
+
+
+def test_snapshots_without_a_checksum_are_refused(tmp_path: Path) -> None:
+    old = tmp_path / "old.pt"
+    torch.save({"format": snapshot.FORMAT, "version": 1, "blobs": {"fc": [torch.ones(2)]}}, old)
+    with pytest.raises(WeightsError) as e:
+        snapshot.load(old)
+    assert e.value.msg == (f"snapshot '{old}' has no checksum (format version 1, written by an older netspec); this "
+                           "netspec reads version 2")
+
+
+def test_named_inputs_must_be_regular_files(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path, max_iter=1)
+    pipe = tmp_path / "pipe.pt"
+    os.mkfifo(pipe)
+    code, out = cli("train", spec, "--resume", str(pipe))
+    assert (code, out) == (1, f"error: --resume '{pipe}' is a FIFO (named pipe); netspec opens only regular files\n")
+    code, out = cli("train", spec, "--weights", "/dev/zero")
+    assert (code, out) == (1, "error: --weights '/dev/zero' is a character device; netspec opens only regular files\n")
+    link = tmp_path / "w.caffemodel"
+    link.symlink_to("/dev/zero")
+    code, out = cli("test", spec, "--weights", str(link))
+    assert (code, out) == (1, f"error: --weights '{link}' is a character device; netspec opens only regular files\n")
+    with pytest.raises(WeightsError) as e:
+        snapshot.load(pipe)
+    assert e.value.msg == f"snapshot '{pipe}' is a FIFO (named pipe); netspec opens only regular files"
+
+
 def test_an_interrupted_write_leaves_the_old_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "s.pt"
-    snapshot.save_atomic({"format": snapshot.FORMAT, "version": 1, "n": torch.ones(3)}, target)
+    snapshot.save_atomic({"format": snapshot.FORMAT, "version": snapshot.VERSION, "n": torch.ones(3)}, target)
 
     def crash(obj: object, f: object) -> None:
         f.write(b"partial")  # type: ignore[attr-defined]
@@ -165,7 +264,7 @@ def test_an_interrupted_write_leaves_the_old_snapshot(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        snapshot.save_atomic({"format": snapshot.FORMAT, "version": 1, "n": torch.zeros(3)}, target)
+        snapshot.save_atomic({"format": snapshot.FORMAT, "version": snapshot.VERSION, "n": torch.zeros(3)}, target)
     monkeypatch.undo()
     assert torch.equal(snapshot.load(target)["n"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]
@@ -314,8 +413,8 @@ def test_large_sources_stream_through_a_dataloader(tmp_path: Path, monkeypatch: 
     import lmdb
 
     from netspec._proto import netspec_pb2 as pb
+    from netspec.data.feeder import Feeder
     from netspec.net import load
-    from netspec.train.feeder import Feeder
 
     env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
     with env.begin(write=True) as txn:
@@ -373,3 +472,29 @@ def test_set_values_are_refused_with_one_located_line(value: str, message: str) 
     with pytest.raises(NetspecError) as e:
         load_config(str(MODELS / "xor_train.yaml"), (value,))
     assert str(e.value).split("\n")[0].removeprefix(str(MODELS) + "/") == message
+
+def test_a_net_with_nothing_to_learn_runs_its_iterations(tmp_path: Path) -> None:
+    """As in Caffe, the passes run (they update BatchNorm statistics, write HDF5Output) and no weight changes."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    code, out = cli("train", str(spec), "--out", str(tmp_path / "r"))
+    assert code == 0, out
+    assert ("note: the TRAIN net has no parameters to learn (none, or all with lr_mult 0): the iterations run forward "
+            "passes only, as Caffe's do, and change no weights") in out.splitlines()
+    assert (tmp_path / "r" / "tiny_iter_2.pt").is_file()
+
+
+def test_hdf5_output_writes_into_the_out_folder_of_test_and_nowhere_in_time(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import h5py
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    code, out = cli("test", str(spec), "--out", "results")
+    assert code == 0, out
+    with h5py.File(tmp_path / "results" / "preds" / "out.h5") as f:
+        assert f["data"].shape == (8, 2) and f["label"].shape == (8,)  # the test part: 8 of 40 records
+    code, out = cli("time", str(spec), "--phase", "TEST", "--iterations", "2")
+    assert code == 0, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "tiny.yaml"]

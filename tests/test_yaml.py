@@ -6,7 +6,8 @@ import pytest
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import SpecFieldError, SpecSyntaxError
-from netspec.spec.load import PROTOTXT, YAML, load_net_text
+from netspec.netfile import load_net_text
+from netspec.spec.load import PROTOTXT, YAML
 
 
 def yaml_net(text: str) -> pb.NetParameter:

@@ -480,7 +480,7 @@ def caffe_data_batch(caffe: str, source: Path, mean: Path, folder: Path) -> tupl
 
 
 def lmdb_case(caffe: str, folder: Path) -> bool:
-    from netspec.train.feeder import Feeder
+    from netspec.data.feeder import Feeder
 
     listing = images(folder)
     tools = Path(caffe).parent
@@ -562,7 +562,7 @@ def caffe_image_batches(caffe: str, folder: Path, listing: Path) -> dict[str, np
 
 
 def netspec_image_batch(folder: Path, listing: Path, key: str) -> np.ndarray:
-    from netspec.train.feeder import Feeder
+    from netspec.data.feeder import Feeder
 
     color, size = key.split("_")
     h, w = size.split("x")

@@ -11,13 +11,15 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.data import probe
-from netspec.errors import DataError
+from netspec.errors import DataError, ParamError
+from netspec.files import checked
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,6 +45,7 @@ BUNDLED = {
     "diabetes": Bundled("load_diabetes", 442, 10, 0),
 }
 GENERATED = ("xor", "spirals", "blobs")
+GENERATED_LIMIT = 2**27  # values in a generated array (512 MiB as float32): records and blobs' class centres
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,13 @@ def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
     if kind == "generated":
         features = p.num_features if p.source == "blobs" else 2
         classes = p.num_classes if p.source in ("blobs", "spirals") else 2
+        for field_name, rows in (("num_samples", p.num_samples), ("num_classes", classes)):
+            if rows * max(1, features) > GENERATED_LIMIT:
+                raise ParamError(f"{field_name} {rows} x {features} features makes {rows * features:,} values; a "
+                                 f"generated set holds at most {GENERATED_LIMIT:,} (512 MiB)",
+                                 field="num_features" if features > rows else field_name)
         return SourceInfo((features,), (), classes)
-    path = _source_path(p.source, base_dir)
+    path = _path(p, kind, base_dir)
     if kind == "npz":
         shapes = _npz_shapes(path)
         if p.data_key not in shapes:
@@ -101,18 +109,21 @@ def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
     return SourceInfo((_image_channels(first), h, w), (), len(classes))
 
 
-def _source_path(source: str, base_dir: str) -> Path:
-    """The file or folder a source names. A name that is none, and no built-in set either, is most often a
-    misspelt set (`wines`) or file: the message names the closest and lists the sets that exist."""
-    for candidate in (Path(source), Path(base_dir) / source):
-        if candidate.exists():
-            return probe.resolve(source, base_dir, "dataset_param.source")
+def _path(p: pb.DatasetParameter, kind: str, base_dir: str) -> Path:
+    """The source file, or folder of class folders (checked to be one with a better message below)."""
+    if not any(c.exists() for c in (Path(p.source), Path(base_dir) / p.source)):
+        _no_source(p.source, base_dir)
+    return probe.resolve(p.source, base_dir, "dataset_param.source", "any" if kind == "folder" else "file")
+
+
+def _no_source(source: str, base_dir: str) -> NoReturn:
+    """A source that names no file and no built-in set is most often a misspelt set (`wines`) or file: the
+    message names the closest and lists the sets that exist."""
     import difflib
 
     from netspec.errors import did_you_mean
 
-    names = [*BUNDLED, *GENERATED]
-    near_sets = did_you_mean(source, names)
+    near_sets = did_you_mean(source, [*BUNDLED, *GENERATED])
     near_files: list[str] = []
     for folder in dict.fromkeys((Path(source).parent, (Path(base_dir) / source).parent)):
         try:
@@ -129,34 +140,42 @@ def _source_path(source: str, base_dir: str) -> Path:
                     hint=hint + "; files are read from the working directory, then from the spec's folder")
 
 
-def _npy_header(f: object) -> tuple[int, ...]:
+def _npy_header(f: object, stored: int, where: str) -> tuple[int, ...]:
+    """The shape in a .npy header; refuses a header that declares more data than the `stored` bytes
+    hold, before anything of that size is allocated."""
     import numpy as np
 
     fmt = np.lib.format
     version = fmt.read_magic(f)  # type: ignore[arg-type]
     read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    shape, _, _ = read(f)  # type: ignore[arg-type]
-    return tuple(int(d) for d in shape)
+    shape, _, dtype = read(f)  # type: ignore[arg-type]
+    shape = tuple(int(d) for d in shape)
+    declared = math.prod(shape) * dtype.itemsize
+    held = stored - f.tell()  # type: ignore[attr-defined]
+    if declared > held:
+        raise DataError(f"{where} declares an array of shape {shape} ({declared} bytes) but holds {held} bytes",
+                        field="source", hint="the file is truncated or damaged")
+    return shape
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     try:
         with zipfile.ZipFile(path) as z:
             out = {}
-            for name in z.namelist():
-                if name.endswith(".npy"):
-                    with z.open(name) as f:
-                        out[name[:-4]] = _npy_header(f)
+            for info in z.infolist():
+                if info.filename.endswith(".npy"):
+                    with z.open(info) as f:
+                        out[info.filename[:-4]] = _npy_header(f, info.file_size, f"'{path}' ({info.filename})")
             return out
-    except (OSError, zipfile.BadZipFile, ValueError) as e:
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
         raise DataError(f"cannot read '{path}' as a .npz archive: {e}", field="source") from None
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
     try:
         with open(path, "rb") as f:
-            return _npy_header(f)
-    except (OSError, ValueError) as e:
+            return _npy_header(f, path.stat().st_size, f"'{path}'")
+    except (OSError, ValueError, EOFError) as e:
         raise DataError(f"cannot read '{path}' as a .npy array: {e}", field="source") from None
 
 
@@ -192,11 +211,17 @@ def _folder_head(path: Path) -> tuple[list[str], Path]:
         raise DataError(f"image folder '{path}' has no class sub-folders", field="source",
                         hint="put the images of each class in a sub-folder named after the class")
     for cls in classes:
-        for f in sorted((path / cls).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                return classes, f
+        for f in _images(path / cls):
+            return classes, f
     raise DataError(f"image folder '{path}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
                     field="source")
+
+
+def _images(folder: Path) -> Iterator[Path]:
+    """The image files of a class folder, in name order; only regular files (netspec.files)."""
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() in IMAGE_SUFFIXES:
+            yield checked(f, "image", "file")
 
 
 def _image_channels(path: Path) -> int:
@@ -301,17 +326,32 @@ def _load_all(p: pb.DatasetParameter, base_dir: str) -> tuple[np.ndarray, np.nda
         return bunch.data.astype(np.float32), target, None
     if kind == "generated":
         return (*_generate(p), None)
-    path = _source_path(p.source, base_dir)
-    if kind == "npz":
-        with np.load(path, allow_pickle=False) as z:
-            data = np.asarray(z[p.data_key], dtype=np.float32)
-            labels = np.asarray(z[p.label_key], dtype=np.float32) if p.label_key in z.files else None
-        return data, labels, None
-    if kind == "npy":
-        return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32), None, None
+    path = _path(p, kind, base_dir)
+    if kind in ("npz", "npy"):
+        return (*_read_arrays(path, kind, p), None)
     if kind == "csv":
         return (*_read_csv(path, p.label_column), None)
     return (*_read_folder(path, p), None)
+
+
+def _read_arrays(path: Path, kind: str, p: pb.DatasetParameter) -> tuple[np.ndarray, np.ndarray | None]:
+    """A .npy array, or a .npz file's data and labels; the headers are checked against the file's size
+    first, so a damaged or hostile header cannot make numpy allocate what the file does not hold."""
+    import numpy as np
+
+    try:
+        if kind == "npy":
+            probe.check_fits(math.prod(_npy_shape(path)), f"'{path}'")
+            return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32), None
+        shapes = _npz_shapes(path)
+        probe.check_fits(sum(math.prod(shapes[k]) for k in {p.data_key, p.label_key} if k in shapes),
+                         f"'{path}'")
+        with np.load(path, allow_pickle=False) as z:
+            data = np.asarray(z[p.data_key], dtype=np.float32)
+            labels = np.asarray(z[p.label_key], dtype=np.float32) if p.label_key in z.files else None
+        return data, labels
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read '{path}' as a .{kind} array: {e}", field="source") from None
 
 
 def _generate(p: pb.DatasetParameter) -> tuple[np.ndarray, np.ndarray]:
@@ -372,9 +412,7 @@ def _read_folder(path: Path, p: pb.DatasetParameter) -> tuple[np.ndarray, np.nda
     height, width = p.new_height or h, p.new_width or w
     images, labels = [], []
     for index, cls in enumerate(classes):
-        for f in sorted((path / cls).iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        for f in _images(path / cls):
             try:
                 pixels = opencv.read(f, color, height, width)
             except (OSError, ValueError) as e:

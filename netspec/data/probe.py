@@ -13,19 +13,49 @@ from pathlib import Path
 from typing import Any
 
 from netspec.errors import DataError
+from netspec.files import Kind, checked
 
 
-def resolve(path: str, base_dir: str, what: str) -> Path:
-    """The file a spec names: from the working directory first, then from the spec's folder."""
+def resolve(path: str, base_dir: str, what: str, kind: Kind = "file") -> Path:
+    """The file (or folder, as `kind` says) a spec names: from the working directory first, then from the
+    spec's folder; anything but a regular file or folder is refused (netspec.files)."""
     if not path:
         raise DataError(f"{what} is not set", field="source")
     for candidate in (Path(path), Path(base_dir) / path):
-        if candidate.exists():
-            return candidate
+        if candidate.exists() or candidate.is_symlink():
+            try:
+                return checked(candidate, what, kind)
+            except DataError as e:
+                e.field = "source"
+                raise
     hint = "paths are read from the working directory, then from the spec's folder"
     if what.endswith("source"):
         hint += "; to check the net without its data, give its top shapes: netspec check --shape BLOB=N,C,H,W"
     raise DataError(f"{what} '{path}' does not exist", field="source", hint=hint)
+
+
+def memory_limit() -> int:
+    """Bytes of data netspec loads into memory at once: NETSPEC_MAX_MEMORY_MB, 2 GiB by default."""
+    text = os.environ.get("NETSPEC_MAX_MEMORY_MB", "2048")
+    if not text.strip().isdigit():
+        raise DataError(f"NETSPEC_MAX_MEMORY_MB must be a whole number of MiB, got '{text}'")
+    return int(text) * 2**20
+
+
+def check_fits(values: int, what: str) -> None:
+    """Refuses a source loaded whole (Dataset files, HDF5Data) whose float32 values exceed the memory limit,
+    before they are read: a small compressed file can hold any number of zeros."""
+    need, limit = 4 * values, memory_limit()
+    if need > limit:
+        raise DataError(f"{what} holds {values:,} values ({need / 2**20:,.0f} MiB as float32), more than the "
+                        f"{limit / 2**20:,.0f} MiB netspec loads into memory",
+                        hint="raise NETSPEC_MAX_MEMORY_MB, or store the data in an LMDB, which is streamed")
+
+
+def database_kind(p: Any) -> Kind:
+    """What a Data layer's source may be: an LMDB is a folder or (made with subdir=False) one file; a
+    LevelDB is always a folder."""
+    return "any" if p.backend == p.LMDB else "folder"
 
 
 def read_list(path: Path, what: str) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
+from netspec import snapshot
 from netspec._proto import netspec_pb2 as pb
 from netspec.caffemodel import write_caffemodel
 from netspec.deploy.export import deploy_module, export_onnx
@@ -19,10 +20,9 @@ from netspec.fillerspec import CAFFE_TYPES
 from netspec.lower.module import NetModule
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import build_net
-from netspec.spec.emit import to_prototxt, to_yaml
-from netspec.spec.load import read_net
+from netspec.netfile import read_net, to_yaml
+from netspec.spec.emit import to_prototxt
 from netspec.spec.upgrade import upgrade_net
-from netspec.train import snapshot
 
 FIRST_NETSPEC_FIELD = 7001  # schemas/netspec.proto numbers netspec's own fields from here
 

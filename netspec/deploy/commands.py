@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from netspec.deploy.export import ExportReport, export_onnx
 from netspec.errors import DataError
+from netspec.files import checked
 from netspec.lower.module import NetModule, compile_net
 from netspec.net import Net
 
 
 def read_labels(path: str) -> list[str]:
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = checked(path, "labels file").read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read labels file '{path}': {e}") from None
     labels = [ln.strip() for ln in lines if ln.strip()]
@@ -31,7 +30,7 @@ def compiled(spec: str, weights: str | None) -> NetModule:
 def spec_batch(net: Net, limit: int = 5) -> dict[str, torch.Tensor] | None:
     """A few records of the spec's own TEST data, as the deploy graph takes them (before mean and scale,
     centre-cropped), or None when the net has no readable data."""
-    from netspec.train.feeder import FEEDABLE, Feeder
+    from netspec.data.feeder import FEEDABLE, Feeder
 
     if not any(i.node.type in FEEDABLE for i in net.layers):
         return None

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netspec.caffemodel import read_mean_file
 from netspec.data import probe
 from netspec.errors import ExportError
 from netspec.graph import final_blobs
@@ -152,7 +153,6 @@ class DeployModule(nn.Module):
         self.plan = deploy
         self.input_names = list(deploy.inputs)
         self.output_names = list(deploy.outputs)
-        self._steps = [s for s in module._steps if s.name in set(deploy.layers)]
         self._means: dict[str, str] = {}
         for name, pre in deploy.preprocessing.items():
             if pre.standardize is not None:
@@ -173,19 +173,14 @@ class DeployModule(nn.Module):
             if name in self._means:
                 x = x - self._buffers[self._means[name]]
             env[name] = x * pre.scale if pre.scale != 1 else x
-        for step in self._steps:
-            params = [self.net._tensor(ref) for ref in step.params]
-            ys = step.forward(params, [env[b] for b in step.bottoms])
-            env.update(zip(step.tops, ys, strict=True))
+        env = self.net.run(env, layers=self.plan.layers)
         return tuple(env[name] for name in self.output_names)
 
 
 def _mean_tensor(name: str, pre: Preprocess, shape: Shape) -> torch.Tensor | None:
     """The mean to subtract from input `name`, shaped to broadcast over a batch."""
     if pre.mean_file is not None:
-        from netspec.train.feeder import read_mean_file
-
-        image = read_mean_file(str(pre.mean_file), "")
+        image = torch.from_numpy(read_mean_file(pre.mean_file))
         height, width = shape[-2:]
         c, h, w = image.shape
         if len(shape) != 4 or c != shape[1] or h < height or w < width:

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from netspec.errors import DataError
+from netspec.files import checked
 
 IMAGES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
 def read_input(path: str, shape: tuple[int, ...], channel_order: str) -> np.ndarray:
     """One record shaped for a model input of `shape` (batch axis first, -1 where free), with a batch axis."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"input file '{path}' does not exist")
+    p = checked(path, "input file")
     record = tuple(d for d in shape[1:])
     suffix = p.suffix.lower()
     if suffix == ".npy":

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from netspec.errors import DataError
+from netspec.files import checked
 
 # Open Inference Protocol datatype <-> onnxruntime type <-> numpy dtype
 DATATYPES = {
@@ -50,9 +50,7 @@ class Runtime:
     def __init__(self, path: str, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        p = Path(path)
-        if not p.is_file():
-            raise DataError(f"model file '{path}' does not exist")
+        p = checked(path, "model file")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 1
         options.inter_op_num_threads = 1

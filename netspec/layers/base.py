@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 Shape = tuple[int, ...]
 # params (in blob order), bottoms -> tops
 Forward = Callable[[Sequence["torch.Tensor"], Sequence["torch.Tensor"]], list["torch.Tensor"]]
+# Caffe's gradient formula: (input at forward, bottom data, top data, top diff) -> bottom diff
+Grad = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,35 @@ class LayerDef:
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         """A function computing the tops from the parameter blobs and the bottoms, with torch."""
         raise NotImplementedError(f"{self.type} has no lowering")
+
+    # Caffe's backward pass reads blob values as they are at backward time; neurons override these so that
+    # the graph can tell when a later in-place layer changes that value (graph.stale_reads).
+
+    def caffe_backward(self, s: LayerSpec) -> Grad | None:
+        """Caffe's gradient formula, with bottom and top data as Caffe reads them at backward time. None:
+        the backward pass reads no blob data."""
+        return None
+
+    @classmethod
+    def reads_blobs_in_backward(cls) -> bool:
+        return cls.caffe_backward is not LayerDef.caffe_backward
+
+    def inplace_exact(self, s: LayerSpec) -> bool:
+        """Whether reading its own in-place output in backward still gives the true gradient."""
+        return True
+
+    def reads_only_sign(self, s: LayerSpec) -> bool:
+        """Whether Caffe's backward uses only where the blob is > 0 (so a later layer that keeps the
+        sign does not change the gradient)."""
+        return False
+
+    def keeps_sign(self, s: LayerSpec) -> bool:
+        """Whether, wherever its gradient is not zero, the output is > 0 exactly where the input is."""
+        return False
+
+    def keeps_values(self, s: LayerSpec) -> bool:
+        """Whether the output equals the input (so overwriting a blob with it changes nothing)."""
+        return False
 
 
 # ---- helpers shared by the shape rules --------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from netspec._proto import netspec_pb2 as pb
 from netspec.data import probe
 from netspec.errors import DataError, ParamError, ShapeError
+from netspec.files import confinement_problem, output_path
 from netspec.layers.base import (
     NONE,
     Arity,
@@ -137,7 +138,7 @@ class DummyData(LayerDef):
         return self._shapes(s)
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        from netspec.lower.fillers import fill
+        from netspec.fillers import fill
 
         plan = list(zip(tops, self.fillers(s), strict=True))
 
@@ -161,7 +162,7 @@ class Data(_SourceLayer):
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
-        path = probe.resolve(p.source, s.base_dir, "data_param.source")
+        path = probe.resolve(p.source, s.base_dir, "data_param.source", probe.database_kind(p))
         first = probe.lmdb_first_record(path) if p.backend == p.LMDB else probe.leveldb_first_record(path)
         datum = pb.Datum()
         try:
@@ -284,6 +285,8 @@ class MemoryData(_SourceLayer):
 @register
 class HDF5Output(LayerDef):
     """Appends its two bottoms to the datasets "data" and "label" of an HDF5 file at every forward pass.
+    file_name is a relative path inside the run's output folder (`--out` of train and test); an absolute
+    path or one through '..' is refused, so a spec cannot write elsewhere (see netspec.files).
 
     layer { name: "out" type: "HDF5Output" bottom: "ip2" bottom: "label"
             hdf5_output_param { file_name: "predictions.h5" } }
@@ -297,6 +300,11 @@ class HDF5Output(LayerDef):
 
     def check(self, s: LayerSpec) -> None:
         require(bool(s.p.file_name), "file_name must be set", "file_name")
+        problem = confinement_problem(s.p.file_name)
+        if problem:
+            raise ParamError(f"file_name '{s.p.file_name}' {problem}; HDF5Output writes only inside the run's "
+                             "output folder", field="file_name",
+                             hint="give a relative name, and the folder with --out (netspec train/test)")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         if bottoms[0][:1] != bottoms[1][:1]:
@@ -321,9 +329,23 @@ def _append_hdf5(file_name: str, arrays: dict[str, object]) -> None:
         import h5py
     except ImportError:
         raise DataError("HDF5Output needs h5py: pip install h5py") from None
-    with h5py.File(file_name, "a") as f:
-        for name, tensor in arrays.items():
-            value = tensor.detach().cpu().numpy()  # type: ignore[attr-defined]
+    path = output_path(file_name, "HDF5Output file")
+    values = {name: tensor.detach().cpu().numpy() for name, tensor in arrays.items()}  # type: ignore[attr-defined]
+    try:
+        f = h5py.File(path, "a")
+    except OSError as e:
+        raise DataError(f"cannot append to HDF5Output file '{path}': {_first_line(e)}",
+                        hint="it exists and is not an HDF5 file; remove it or choose another file_name") from None
+    with f:
+        for name, value in values.items():
+            ds = f.get(name)
+            if ds is not None and not (isinstance(ds, h5py.Dataset) and ds.maxshape[:1] == (None,)
+                                       and ds.shape[1:] == value.shape[1:]):
+                shape = tuple(ds.shape) if isinstance(ds, h5py.Dataset) else "a group"
+                raise DataError(f"HDF5Output file '{path}' already holds '{name}' as {shape}, which "
+                                f"batches of shape {fmt(value.shape)} cannot be appended to",
+                                hint="remove the file or choose another file_name")
+        for name, value in values.items():
             if name not in f:
                 f.create_dataset(name, data=value, maxshape=(None, *value.shape[1:]), chunks=True)
             else:
@@ -331,6 +353,9 @@ def _append_hdf5(file_name: str, arrays: dict[str, object]) -> None:
                 ds.resize(ds.shape[0] + value.shape[0], axis=0)
                 ds[-value.shape[0]:] = value
 
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 @register

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from netspec.errors import ShapeError
 from netspec.layers.base import (
     BlobDef,
     Example,
     Forward,
+    Grad,
     In,
     LayerDef,
     LayerSpec,
@@ -21,13 +21,7 @@ from netspec.layers.base import (
 )
 from netspec.layers.registry import register
 
-if TYPE_CHECKING:
-    import torch
-
 _X = (In((2, 3, 4, 5)),)
-
-
-Grad = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 class Neuron(LayerDef):
@@ -43,32 +37,6 @@ class Neuron(LayerDef):
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         return [bottoms[0]]
-
-    def caffe_backward(self, s: LayerSpec) -> Grad | None:
-        """Caffe's gradient formula: (input at forward, bottom data, top data, top diff) -> bottom diff,
-        with bottom and top data as Caffe reads them at backward time. None: reads no blob data."""
-        return None
-
-    def inplace_exact(self, s: LayerSpec) -> bool:
-        """Whether reading its own in-place output in backward still gives the true gradient."""
-        return True
-
-    @classmethod
-    def reads_blobs_in_backward(cls) -> bool:
-        return cls.caffe_backward is not Neuron.caffe_backward
-
-    def reads_only_sign(self, s: LayerSpec) -> bool:
-        """Whether Caffe's backward uses only where the blob is > 0 (so a later layer that keeps the
-        sign does not change the gradient)."""
-        return False
-
-    def keeps_sign(self, s: LayerSpec) -> bool:
-        """Whether, wherever its gradient is not zero, the output is > 0 exactly where the input is."""
-        return False
-
-    def keeps_values(self, s: LayerSpec) -> bool:
-        """Whether the output equals the input (so overwriting a blob with it changes nothing)."""
-        return False
 
 
 @register

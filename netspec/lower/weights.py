@@ -54,13 +54,15 @@ def read_weights(path: str | Path) -> Weights:
     if not str(path).endswith(".pt"):
         raise WeightsError(f"cannot tell the format of weights file '{path}' from its name",
                            hint=f"--weights takes {ACCEPTED}")
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise WeightsError(f"weights file '{path}' does not exist", hint=f"--weights takes {ACCEPTED}")
-    from netspec.train import snapshot
+    from netspec import snapshot
 
     try:
         state = snapshot.load(path)
-    except WeightsError:  # a PyTorch checkpoint or any other file: what it is matters less than what is taken
+    except WeightsError as e:  # a PyTorch checkpoint or any other file: what it is matters less than what is taken
+        if "is not a readable netspec snapshot" not in e.msg and "is not a netspec snapshot" not in e.msg:
+            raise  # a netspec snapshot that is damaged or of another version says so
         raise WeightsError(f"'{path}' is not a netspec snapshot; --weights takes {ACCEPTED}") from None
     return Weights(state["blobs"])
 

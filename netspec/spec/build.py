@@ -114,7 +114,17 @@ def repeated_items(fd: FieldDescriptor, value: Node) -> list[Node]:
         return list(value.items)
     if isinstance(value, Scalar) and value.text == "" and not value.quoted:
         return []  # YAML `top:` with nothing after it: an empty list
+    if (isinstance(value, Mapping) and fd.message_type is not None and fd.message_type.name == "SweepRange"
+            and all("." in key for key, _, _ in value.items)):
+        # `parameters: {solver.base_lr: {type: loguniform, ...}}`: keyed by dotted path, as people write sweeps
+        return [_keyed(key, key_loc, item) for key, key_loc, item in value.items]
     return [value]
+
+
+def _keyed(key: str, key_loc: SourceLoc, item: Node) -> Node:
+    if not isinstance(item, Mapping):
+        return item  # reported by fill_message as a value that is not a message
+    return Mapping(item.loc, [("path", key_loc, Scalar(key, True, key_loc)), *item.items])
 
 
 def _all_scalars(seq: Sequence) -> bool:

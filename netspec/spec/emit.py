@@ -17,7 +17,6 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from netspec._proto import netspec_pb2 as pb
-from netspec.spec.yamldefaults import wiring_defaults
 
 
 def to_prototxt(message: Message) -> str:
@@ -122,17 +121,20 @@ def _field(fd: FieldDescriptor, value: Any) -> Any:
     return _scalar(fd, value)
 
 
-def to_yaml(net: pb.NetParameter) -> str:
-    """A net as YAML text."""
+Wiring = list[str] | None  # a layer's top or bottom as reading YAML fills it in; None: it fills in nothing
+
+
+def yaml_text(net: pb.NetParameter, implied: list[tuple[Wiring, Wiring]]) -> str:
+    """A net as YAML text, leaving out each layer's `implied` (top, bottom): what reading fills back in."""
     doc: dict[str, Any] = {}
     for fd, value in net.ListFields():
-        doc[fd.name] = _layers(net) if fd.name == "layer" else _field(fd, value)
+        doc[fd.name] = _layers(net, implied) if fd.name == "layer" else _field(fd, value)
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
 
 
-def _layers(net: pb.NetParameter) -> list[dict[str, Any]]:
+def _layers(net: pb.NetParameter, implied: list[tuple[Wiring, Wiring]]) -> list[dict[str, Any]]:
     layers = []
-    for layer, defaults in zip(net.layer, wiring_defaults(net), strict=True):
+    for layer, defaults in zip(net.layer, implied, strict=True):
         entry: dict[str, Any] = {}
         for fd, value in layer.ListFields():
             entry[fd.name] = _field(fd, value)

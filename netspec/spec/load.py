@@ -8,11 +8,11 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from netspec._proto import netspec_pb2 as pb
-from netspec.errors import DataError, SourceLoc, SpecSyntaxError
+from netspec.errors import DataError, SpecSyntaxError
+from netspec.files import checked
 from netspec.spec.build import BuildOptions, SourceMap, build_message
 from netspec.spec.prototxt import parse_prototxt
 from netspec.spec.tree import Mapping
-from netspec.spec.yamldefaults import fill_yaml_defaults
 from netspec.spec.yamltree import parse_yaml
 
 PROTOTXT = "prototxt"
@@ -46,11 +46,7 @@ def spec_format(path: str) -> str:
 
 def read_text(path: str, what: str = "spec file") -> str:
     """A text file's contents, or a DataError saying why it cannot be read."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{what} '{path}' does not exist")
-    if p.is_dir():
-        raise DataError(f"{what} '{path}' is a directory, not a file")
+    p = checked(path, what)
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -69,27 +65,10 @@ def parse_message(tree: Mapping, message: Message, path: str, fmt: str) -> Sourc
     return smap
 
 
-def load_net_text(text: str, path: str, fmt: str) -> SpecFile:
-    """A net spec from text; `path` names it in messages."""
-    net = pb.NetParameter()
-    smap = parse_message(parse_tree(text, path, fmt), net, path, fmt)
-    if fmt == YAML:
-        fill_yaml_defaults(net, smap)
-    return SpecFile(path, fmt, net, smap)
-
-
-def read_net(path: str) -> SpecFile:
-    """A net spec from a file."""
-    fmt = spec_format(path)
-    text = read_text(path)
-    tree = parse_tree(text, path, fmt)
-    if fmt == PROTOTXT and is_solver(tree):
-        raise SpecSyntaxError(f"'{path}' is a solver, not a net", loc=SourceLoc(path, 1),
-                              hint="give the net file it names (net: ...), or use `netspec train`")
+def parse_net(tree: Mapping, path: str, fmt: str) -> SpecFile:
+    """A net spec from its syntax tree, as written: YAML's wiring defaults are netspec.netfile's to add."""
     net = pb.NetParameter()
     smap = parse_message(tree, net, path, fmt)
-    if fmt == YAML:
-        fill_yaml_defaults(net, smap)
     return SpecFile(path, fmt, net, smap)
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from netspec.data.feeder import Feeder, Transform
 from netspec.errors import NetspecError, SolverError
+from netspec.files import output_folder
 from netspec.lower.module import NetModule, compile_net
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import Net, build_net
-from netspec.spec.load import read_net
-from netspec.train.feeder import Feeder, Transform
+from netspec.netfile import read_net
 from netspec.train.solver import Solver, pick_device
 from netspec.train.timing import time_net
 
@@ -89,7 +91,8 @@ def _training_accuracy(solver: Solver, feeder: Feeder) -> Callable[[], float]:
     if source.arrays is None or len(source.tops) < 2:
         raise SolverError("--overfit needs labelled data held in memory")
     net = build_net(solver.config.train.spec, "TEST", solver.config.train.stages, solver.config.train.level)
-    module = solver._shared(NetModule(net).to(solver.device))
+    module = NetModule(net).to(solver.device)
+    module.share_weights(solver.net)
     data_top, label_top = source.tops[0], source.tops[1]
     scores_blob = _scores_for(net, label_top)
     test_node = next(i.node for i in net.layers if data_top in i.node.tops)
@@ -117,8 +120,9 @@ def _scores_for(net: Net, label: str) -> str:
 
 
 def evaluate(spec: str, weights: str | None, iterations: int | None, device: str | None = None,
-             phase: str = "TEST") -> dict[str, float]:
-    """Caffe's `test`: runs the TEST net over its data and returns the mean of each output."""
+             phase: str = "TEST", out: str | None = None) -> dict[str, float]:
+    """Caffe's `test`: runs the TEST net over its data and returns the mean of each output. Files the
+    net writes (HDF5Output) go into `out`, by default the working folder (where Caffe writes them)."""
     module = compile_net(spec, phase, weights)
     net = module.net
     dev = pick_device(device)
@@ -132,7 +136,7 @@ def evaluate(spec: str, weights: str | None, iterations: int | None, device: str
     sizes: list[int | None] = [None] * iterations if iterations else list(feeder.one_pass())
     sums: dict[str, float] = {}
     seen = 0
-    with torch.no_grad():
+    with torch.no_grad(), output_folder(out or "."):
         for size in sizes:
             for name, value in module(**feeder.next(size)).items():
                 if value.numel() == 1:
@@ -161,4 +165,5 @@ def benchmark(spec: str, iterations: int, phase: str, device: str | None = None
                      or i.node.type == "Accuracy")
         t = torch.zeros(shape, device=dev) if labels else torch.randn(shape, device=dev)
         inputs[blob] = t.requires_grad_(not labels)
-    return time_net(module, inputs, iterations, backward=phase == "TRAIN")
+    with tempfile.TemporaryDirectory(prefix="netspec-time-") as scratch, output_folder(scratch):
+        return time_net(module, inputs, iterations, backward=phase == "TRAIN")  # what layers write is dropped

@@ -12,12 +12,12 @@ from google.protobuf.message import Message
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import SolverError, SourceLoc, SpecFieldError, SpecSyntaxError, did_you_mean, shown
+from netspec.netfile import load_net_text, read_net
 from netspec.spec.build import BuildOptions, SourceMap, fill_message, repeated_items, scalar_value
 from netspec.spec.load import (
     PROTOTXT,
     SpecFile,
     is_solver,
-    load_net_text,
     parse_message,
     parse_tree,
     read_text,
@@ -85,8 +85,6 @@ def load_config(path: str, overrides: tuple[str, ...] = ()) -> SolverConfig:
 def with_solver_file(net_path: str, solver_path: str, overrides: tuple[str, ...] = ()) -> SolverConfig:
     """A net trained with the settings of a separate solver file (`netspec train NET --solver FILE`)."""
     config = load_config(solver_path, ())
-    from netspec.spec.load import read_net
-
     spec = read_net(net_path)
     config.train = NetSource(spec, tuple(config.param.train_state.stage))
     n = max(1, len(config.param.test_iter)) if config.param.test_interval or config.param.test_iter else 0
@@ -121,8 +119,6 @@ def _yaml_tests(config: SolverConfig, spec: SpecFile) -> None:
 
 def _net_file(name: str, solver_path: str, smap: SourceMap, field_name: str) -> SpecFile:
     """A net named by a solver: from the working directory (as Caffe), else beside the solver."""
-    from netspec.spec.load import read_net
-
     for candidate in (Path(name), Path(solver_path).parent / name):
         if candidate.is_file():
             return read_net(str(candidate))

@@ -11,15 +11,14 @@ import math
 from pathlib import Path
 
 from netspec.errors import DataError
+from netspec.files import checked
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 
 
 def read_metrics(path: str) -> dict[str, list[tuple[float, float]]]:
     """series name -> [(iteration, value)] from a netspec metrics CSV."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"metrics file '{path}' does not exist")
+    p = checked(path, "metrics file")
     try:
         with open(p, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -63,12 +62,25 @@ def _ticks(lo: float, hi: float) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step) + 1)]
 
 
-def plot(path: str, out: str, width: int = 900, panel_height: int = 260, log: bool = False) -> None:
-    """Draws the curves; `log` puts the loss panel on a logarithmic axis (values <= 0 are left out)."""
-    series = read_metrics(path)
-    panels = _panels(series)
+def plot(path: str, out: str, log: bool = False) -> None:
+    """Draws a run's metrics CSV, or a sweep folder's trials (the metric of each trial and the best so far);
+    `log` puts the loss panel on a logarithmic axis (values <= 0 are left out)."""
+    if Path(path).is_dir():
+        from netspec.train.sweep import read_trials
+
+        metric, points, best = read_trials(path)
+        series = {metric: points, "best so far": best}
+        panels = [(f"{metric} per trial", [metric, "best so far"])] if points else []
+    else:
+        series = read_metrics(path)
+        panels = _panels(series)
     if not panels:
         raise DataError(f"'{path}' has no values to plot yet")
+    _draw(series, panels, out, log=log)
+
+
+def _draw(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str, list[str]]], out: str,
+          width: int = 900, panel_height: int = 260, log: bool = False) -> None:
     suffix = Path(out).suffix.lower()
     if suffix not in (".svg", ".png"):
         raise DataError(f"cannot draw '{out}': name the output *.svg or *.png")

@@ -14,19 +14,20 @@ import math
 import secrets
 import signal
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from netspec import snapshot
+from netspec.data.feeder import FEEDABLE, Feeder
 from netspec.errors import DataError, NetspecError, SolverError, WeightsError
+from netspec.files import output_folder
 from netspec.lower.module import NetModule
 from netspec.net import Net, build_net
-from netspec.train import snapshot
 from netspec.train.config import SolverConfig, load_config, with_solver_file
-from netspec.train.feeder import FEEDABLE, Feeder
 from netspec.train.progress import Metrics, Progress
 from netspec.train.schedule import Schedule
 from netspec.train.updates import Learnable, Updater
@@ -106,7 +107,9 @@ class Solver:
         self.train_net: Net = build_net(config.train.spec, "TRAIN", config.train.stages, config.train.level)
         self.net = NetModule(self.train_net).to(self.device)
         self.test_defs = [build_net(t.spec, "TEST", t.stages, t.level) for t in config.tests]
-        self.test_nets = [self._shared(NetModule(d).to(self.device)) for d in self.test_defs]
+        self.test_nets = [NetModule(d).to(self.device) for d in self.test_defs]
+        for test in self.test_nets:
+            test.share_weights(self.net)
         self._forward = torch.compile(self.net) if compile else self.net
         self._loss_tops = [(t, w) for info in self.train_net.layers
                            for t, w in zip(info.node.tops, info.node.loss_weights, strict=True) if w]
@@ -126,25 +129,15 @@ class Solver:
         self.early = self._early_stopping()
         self.last_test: list[dict[str, float]] = []
         self.tested_at: int | None = None  # the iteration whose weights last_test measured
+        # Called after each test during solve() with the iteration and the first test net's outputs; a
+        # true answer stops training there (a sweep prunes a trial this way).
+        self.on_test: Callable[[int, dict[str, float]], bool] | None = None
         for path in p.weights:  # the solver's own `weights`, as Caffe's --weights
             from netspec.lower.weights import apply_weights, read_weights
 
             apply_weights(self.net.caffe_params(), read_weights(path), path)
 
     # ---- construction ---------------------------------------------------------------------------
-
-    def _shared(self, test: NetModule) -> NetModule:
-        """A TEST net that uses the TRAIN net's tensors for every blob of a layer of the same name."""
-        train = self.net.caffe_params()
-        for layer, refs in test._param_lists.items():
-            if layer not in train:
-                continue
-            for (key, is_buffer, _), tensor in zip(refs, train[layer], strict=False):
-                if is_buffer and tensor.shape == test._buffers[key].shape:
-                    test._buffers[key] = tensor
-                elif not is_buffer and tensor.shape == test.blob_params[key].shape:
-                    test.blob_params[key] = tensor  # type: ignore[assignment]
-        return test
 
     def _learnables(self) -> list[Learnable]:
         params = self.net.caffe_params()
@@ -251,7 +244,8 @@ class Solver:
             batch = self._inputs(inputs)
             batches.append(batch)
             loss = self._loss(batch)
-            (loss * self._loss_scale).backward()
+            if loss.requires_grad:  # else nothing learnable feeds the loss: Caffe runs the passes all the same
+                (loss * self._loss_scale).backward()
             total += float(loss.detach())
         if self._loss_scale != 1.0:
             for b in self.updater.blobs:
@@ -457,7 +451,7 @@ class Solver:
 
     def solve(self, resume: str | Path | None = None) -> dict[str, Any]:
         """Trains to max_iter (or until stopped), as `netspec train` does; returns a summary."""
-        with self._signals():
+        with self._signals(), output_folder(self.out_dir or "."):
             return self._solve(resume)
 
     def _solve(self, resume: str | Path | None) -> dict[str, Any]:
@@ -476,6 +470,9 @@ class Solver:
                             out / "train.log" if out is not None else None, quiet=self.quiet)
         progress.line(f"training '{self.train_net.name}' on {self.device.type} for {self.max_iter} iterations "
                       f"(seed {self.seed})" + (f", from iteration {self.iter}" if self.iter else ""))
+        if not any(b.tensor.requires_grad for b in self.updater.blobs):
+            progress.line("note: the TRAIN net has no parameters to learn (none, or all with lr_mult 0): the "
+                          "iterations run forward passes only, as Caffe's do, and change no weights")
         last_snapshot, stopped = None, None
         tested_at = -1
         window_start, window_iter = _now(), self.iter
@@ -537,7 +534,11 @@ class Solver:
                 for name, value in outputs.items():
                     values[_column(i, name, len(results))] = value
             metrics.write(**values)
-        return self._early_check(results[0], progress) if self.early is not None and results else None
+        stop = self._early_check(results[0], progress) if self.early is not None and results else None
+        if stop is None and self.on_test is not None and results and self.on_test(self.iter, results[0]):
+            progress.line(f"stopped at iteration {self.iter}: pruned")
+            stop = "pruned"
+        return stop
 
     def _early_check(self, outputs: dict[str, float], progress: Progress) -> str | None:
         es = self.early

@@ -9,7 +9,6 @@ resumed from a snapshot sees exactly the batches an uninterrupted run would have
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from netspec._proto import netspec_pb2 as pb
+from netspec.caffemodel import read_mean_file
 from netspec.data import images, probe
 from netspec.data.datasets import load_arrays
 from netspec.errors import DataError, NetspecError
@@ -26,10 +26,6 @@ from netspec.graph import Node
 from netspec.net import Net
 
 FEEDABLE = ("Dataset", "HDF5Data", "ImageData", "Data")
-
-
-def _memory_limit() -> int:
-    return int(os.environ.get("NETSPEC_MAX_MEMORY_MB", "2048")) * 2**20
 
 
 # ---- reading records ---------------------------------------------------------------------------------
@@ -95,7 +91,7 @@ class DatumRecords(Records):
 
     def __init__(self, node: Node) -> None:
         p = node.spec.p
-        self.path = probe.resolve(p.source, node.spec.base_dir, "data_param.source")
+        self.path = probe.resolve(p.source, node.spec.base_dir, "data_param.source", probe.database_kind(p))
         self.lmdb = p.backend == p.LMDB
         self._txn = None
         if self.lmdb:
@@ -174,13 +170,24 @@ def _hdf5_arrays(node: Node) -> dict[str, np.ndarray]:
 
     listing = probe.resolve(node.spec.p.source, node.spec.base_dir, "hdf5_data_param.source")
     parts: dict[str, list[np.ndarray]] = {t: [] for t in node.tops}
+    values = 0
     for name in probe.read_list(listing, "HDF5 file list"):
         file = probe.resolve(name, str(listing.parent), "HDF5 file")
-        with h5py.File(file, "r") as f:
+        try:
+            f = h5py.File(file, "r")
+        except OSError as e:
+            raise DataError(f"cannot read HDF5 file '{file}': {e}") from None
+        with f:
             for top in node.tops:
-                if top not in f:
+                if not isinstance(f.get(top), h5py.Dataset):
                     raise DataError(f"HDF5 file '{file}' has no dataset '{top}'")
+                values += f[top].size
+                probe.check_fits(values, f"hdf5_data_param.source '{listing}' (up to '{file}')")
                 parts[top].append(np.asarray(f[top], dtype=np.float32))
+    for top, arrays in parts.items():
+        if len({a.shape[1:] for a in arrays}) > 1:
+            raise DataError(f"the HDF5 files of '{listing}' hold records of different shapes in '{top}': "
+                            + ", ".join(sorted({str(a.shape[1:]) for a in arrays})[:3]))
     return {top: np.concatenate(arrays) for top, arrays in parts.items()}
 
 
@@ -205,7 +212,8 @@ class Transform:
         if tp.mean_value:
             mean = torch.tensor(list(tp.mean_value), dtype=torch.float32).reshape(-1, 1, 1)
         elif tp.mean_file:
-            mean = read_mean_file(tp.mean_file, node.spec.base_dir)
+            path = probe.resolve(tp.mean_file, node.spec.base_dir, "transform_param.mean_file")
+            mean = torch.from_numpy(read_mean_file(path))
         return Transform(tp.scale, None if mean is None else mean.to(device), tp.crop_size, tp.mirror,
                          node.spec.train)
 
@@ -235,17 +243,6 @@ class Transform:
         x = x.gather(2, rows)
         cols = (lefts[:, None] + steps)[:, None, None, :].expand(n, c, k, k)
         return x.gather(3, cols)
-
-
-def read_mean_file(name: str, base_dir: str) -> torch.Tensor:
-    """A Caffe .binaryproto mean image as a (C, H, W) tensor."""
-    from netspec.caffemodel import read_binaryproto
-
-    path = probe.resolve(name, base_dir, "transform_param.mean_file")
-    mean = read_binaryproto(path, "a Caffe .binaryproto mean file").astype(np.float32)
-    if mean.ndim < 3 or math.prod(mean.shape[:-3]) != 1:
-        raise DataError(f"mean file '{path}' holds a blob of shape {mean.shape}, not one C x H x W image")
-    return torch.from_numpy(mean.reshape(mean.shape[-3:]))
 
 
 # ---- batches -------------------------------------------------------------------------------------
@@ -400,7 +397,7 @@ class Feeder:
                 continue
             try:
                 arrays, records = records_for(node)
-                if records is not None and records.bytes_estimate() <= (limit or _memory_limit()):
+                if records is not None and records.bytes_estimate() <= (limit or probe.memory_limit()):
                     arrays, records = _load_all(node, records), None
                 batch, shuffle = _batch_and_shuffle(node, train)
                 self.sources.append(Source(node, batch, shuffle, seed + len(self.sources), device, records, arrays))

@@ -1,17 +1,46 @@
-"""YAML's conveniences for layer wiring: `top` defaults to the layer's name and `bottom` to the first
-top of the previous layer that has one.
+"""Net spec files, read and written with YAML's conveniences for layer wiring: `top` defaults to the
+layer's name and `bottom` to the first top of the previous layer that has one.
 
 Reading applies them; writing (netspec convert) leaves out exactly what reading would put back, so a
-round trip gives an equal message.
+round trip gives an equal message. Which layers take bottoms or give tops is their type's arity, so this
+sits above both the syntax (`spec`) and the layer types (`layers`), which do not import each other.
 """
 
 from __future__ import annotations
 
 from netspec._proto import netspec_pb2 as pb
+from netspec.errors import SourceLoc, SpecSyntaxError
 from netspec.layers import all_types
 from netspec.spec.build import SourceMap
+from netspec.spec.emit import Wiring, yaml_text
+from netspec.spec.load import PROTOTXT, YAML, SpecFile, is_solver, parse_net, parse_tree, read_text, spec_format
 
-Wiring = list[str] | None
+
+def load_net_text(text: str, path: str, fmt: str) -> SpecFile:
+    """A net spec from text; `path` names it in messages."""
+    spec = parse_net(parse_tree(text, path, fmt), path, fmt)
+    if fmt == YAML:
+        fill_yaml_defaults(spec.message, spec.smap)
+    return spec
+
+
+def read_net(path: str) -> SpecFile:
+    """A net spec from a file."""
+    fmt = spec_format(path)
+    text = read_text(path)
+    tree = parse_tree(text, path, fmt)
+    if fmt == PROTOTXT and is_solver(tree):
+        raise SpecSyntaxError(f"'{path}' is a solver, not a net", loc=SourceLoc(path, 1),
+                              hint="give the net file it names (net: ...), or use `netspec train`")
+    spec = parse_net(tree, path, fmt)
+    if fmt == YAML:
+        fill_yaml_defaults(spec.message, spec.smap)
+    return spec
+
+
+def to_yaml(net: pb.NetParameter) -> str:
+    """A net as YAML text, without the tops and bottoms reading it would fill in."""
+    return yaml_text(net, wiring_defaults(net))
 
 
 def _layer_defaults(layer: pb.LayerParameter, previous: str | None) -> tuple[Wiring, Wiring]:
