@@ -37,6 +37,10 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+UNTRAINED = ("warning: no --weights: the spec's weights are its fillers' (untrained); give a snapshot or a "
+             ".caffemodel for a trained model")
+
+
 def _error_fields(e: NetspecError) -> dict[str, Any]:
     return {"message": e.msg, "file": e.loc.file if e.loc else None, "line": e.loc.line if e.loc else None,
             "column": e.loc.col if e.loc else None, "layer": e.layer, "type": e.layer_type, "field": e.field,
@@ -402,6 +406,8 @@ def export(spec: str, weights: str | None, onnx_path: str | None, caffemodel: st
     if onnx_path:
         for line in run_export(spec, weights, onnx_path, opset, batch, labels, not no_verify).lines():
             click.echo(line)
+    if weights is None:
+        click.echo(UNTRAINED, err=True)
 
 
 @main.command("import")
@@ -455,14 +461,25 @@ def serve(model: str, host: str, port: int, threads: int | None, workers: int | 
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line.")
 @user_errors
 def predict(model: str, weights: str | None, input_path: str, top_k: int, labels: str | None) -> None:
-    """Run one input through a spec or an ONNX model and print the top classes."""
+    """Run inputs (an image, every CSV row, a .npy batch) through a spec or an ONNX model and print the top
+    classes, or the output values when they are not class scores."""
     from netspec.deploy.commands import predict as run_predict
 
     _given_files(("--weights", weights), ("--input", input_path), ("--labels", labels))
-    output, rows = run_predict(model, weights, input_path, top_k, labels)
-    click.echo(f"{output}:")
-    for rank, (index, label, score) in enumerate(rows, 1):
-        click.echo(f"  {rank}. {label:<20} {score:<10.4g}" + (f"  (class {index})" if label != str(index) else ""))
+    result = run_predict(model, weights, input_path, top_k, labels)
+    if weights is None and not model.endswith(".onnx"):
+        click.echo(UNTRAINED, err=True)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if result.values is not None:  # not class scores: the values themselves, a row per record
+        click.echo(f"{result.output}:")
+        for row in result.values.reshape(result.values.shape[0], -1):
+            click.echo("  " + " ".join(f"{v:.6g}" for v in row))
+        return
+    for n, rows in enumerate(result.classes or []):
+        click.echo(f"{result.output}:" if len(result.classes or []) == 1 else f"{result.output} (record {n + 1}):")
+        for rank, (index, label, score) in enumerate(rows, 1):
+            click.echo(f"  {rank}. {label:<20} {score:<10.4g}" + (f"  (class {index})" if label != str(index) else ""))
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ def test_export_names_preprocessing_and_netspec_only_layers(tmp_path: Path) -> N
     spec.write_text("layer:\n- {name: x, type: Input, input_param: {shape: [2, 3]}}\n"
                     "- {name: ip, type: InnerProduct, inner_product_param: {num_output: 2}}\n- {name: g, type: GELU}\n")
     code, out = run("export", str(spec), "--caffemodel", str(tmp_path / "g.caffemodel"))
-    assert code == 0 and out.splitlines()[-1] == "note: these layers use netspec's additions, which Caffe cannot " \
+    assert code == 0 and out.splitlines()[-2] == "note: these layers use netspec's additions, which Caffe cannot " \
                                                  "read: g"
     assert run("export", str(spec)) == (1, "error: say what to write: --onnx FILE.onnx and/or --caffemodel "
                                            "FILE.caffemodel\n")

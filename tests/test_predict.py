@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import netspec
-from netspec.cli import main
+from netspec.cli import UNTRAINED, main
 from netspec.deploy.predict import read_input
 from netspec.errors import DataError
 from netspec.lower.weights import apply_weights, read_weights
@@ -101,12 +101,53 @@ def test_spec_and_onnx_model_predict_the_same(trained: tuple[Path, Path, Path], 
     assert [(label, round(score, 4)) for label, score in _ranked(out)] == want
 
 
-def test_without_labels_classes_are_numbered(tmp_path: Path) -> None:
-    path = tmp_path / "x.npy"
-    np.save(path, np.zeros((1, 2), dtype=np.float32))
+def test_an_output_that_is_not_class_scores_is_printed_as_values(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n0,0\n0,1\n1,0\n1,1\n")  # a header, then every row is a record
     code, out = run("predict", str(MODELS / "xor.yaml"), "--input", str(path), "--top-k", "1")
     assert code == 0
-    assert out.splitlines()[0] == "xor:" and out.splitlines()[1].split()[:2] == ["1.", "0"]
+    lines = out.splitlines()
+    assert lines[0] == UNTRAINED  # xor.yaml's fillers are what predicts here
+    assert lines[1] == "xor:" and [round(float(v)) for v in " ".join(lines[2:]).split()] == [0, 1, 1, 0]
+
+
+def test_every_row_of_a_csv_is_a_record_and_classes_are_numbered(trained: tuple[Path, Path, Path],
+                                                                  tmp_path: Path) -> None:
+    weights, _, _ = trained
+    from sklearn.datasets import load_digits
+
+    x = load_digits().images[:3].reshape(3, 64)
+    path = tmp_path / "rows.csv"
+    path.write_text("".join(",".join(f"{v:g}" for v in row) + "\n" for row in x))
+    code, out = run("predict", str(MODELS / "digits_cnn.yaml"), "--weights", str(weights), "--input", str(path),
+                    "--top-k", "1")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0::2] == ["prob (record 1):", "prob (record 2):", "prob (record 3):"]
+    for n, line in enumerate(lines[1::2]):
+        scores = _scores(weights, x[n].reshape(8, 8).astype(np.float32))
+        assert line.split()[:2] == ["1.", str(int(scores.argmax()))]
+
+
+def test_a_0_255_image_is_scaled_to_the_training_range_with_a_note(trained: tuple[Path, Path, Path],
+                                                                     tmp_path: Path) -> None:
+    weights, onnx_path, _ = trained
+    x = _digit()
+    big = tmp_path / "big.png"  # the digit as a usual image: 0..255, 32x32
+    Image.fromarray((x * 255 / 16).round().astype(np.uint8), mode="L").resize((32, 32), Image.NEAREST).save(big)
+    code, out = run("predict", str(onnx_path), "--input", str(big), "--top-k", "1")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[:2] == ["note: the 32x32 image was resized to 8x8, the model's input size",
+                         "note: the pixels (0..255) were scaled to 0..16, the range of the training data (a guess: "
+                         "check that it is what the model takes)"]
+    assert lines[3].split()[1:3] == ["digit", str(int(_scores(weights, x).argmax()))]
+
+
+def test_export_without_weights_warns(tmp_path: Path) -> None:
+    code, out = run("export", str(MODELS / "logistic_regression.yaml"), "--onnx", str(tmp_path / "m.onnx"),
+                    "--no-verify")
+    assert code == 0 and out.splitlines()[-1] == UNTRAINED
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -142,11 +183,11 @@ def test_other_mistakes(trained: tuple[Path, Path, Path], tmp_path: Path) -> Non
     text.write_text("1 2 3")
     code, out = run("predict", str(onnx_path), "--input", str(text))
     assert (code, out) == (1, f"error: cannot tell what '{text}' holds from its name\n  hint: give a .npy array, an "
-                              "image (.png, .jpg, ...) or a .csv row\n")
+                              "image (.png, .jpg, ...) or a .csv of rows\n")
     csv = tmp_path / "x.csv"
     csv.write_text("1,2,x\n")
     assert run("predict", str(onnx_path), "--input", str(csv)) == (
-        1, f"error: the last row of '{csv}' is not all numbers: 1,2,x\n")
+        1, f"error: {csv}:1: the row is not all numbers: 1,2,x\n")
 
 
 def test_images_are_resized_and_put_in_the_models_channel_order(tmp_path: Path) -> None:

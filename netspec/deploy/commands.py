@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
 
 from netspec.deploy.export import ExportReport, export_onnx
@@ -27,7 +30,7 @@ def compiled(spec: str, weights: str | None) -> NetModule:
     return compile_net(spec, "TEST", weights)
 
 
-def spec_batch(net: Net, limit: int = 5) -> dict[str, torch.Tensor] | None:
+def spec_batch(net: Net, limit: int | None = 5) -> dict[str, torch.Tensor] | None:
     """A few records of the spec's own TEST data, as the deploy graph takes them (before mean and scale,
     centre-cropped), or None when the net has no readable data."""
     from netspec.data.feeder import FEEDABLE, Feeder
@@ -64,7 +67,8 @@ def export(spec: str, weights: str | None, out: str, opset: int, batch: str, lab
     module = compiled(spec, weights)
     size: str | int = batch if batch == "dynamic" else _batch(batch)
     return export_onnx(module, out, opset=opset, batch=size, labels=read_labels(labels) if labels else None,
-                       verify=verify, data=spec_batch(module.net) if verify else None)
+                       verify=verify, data=spec_batch(module.net) if verify else None,
+                       ranges=input_ranges(module.net))
 
 
 def _batch(text: str) -> int:
@@ -79,14 +83,25 @@ def _batch(text: str) -> int:
     return value
 
 
-def predict(model: str, weights: str | None, input_path: str, k: int, labels: str | None
-            ) -> tuple[str, list[tuple[int, str, float]]]:
-    """The top k classes for one input, from an ONNX model (onnxruntime) or a spec (PyTorch)."""
-    from netspec.deploy.predict import read_input, top_k
+@dataclass
+class Prediction:
+    """What `netspec predict` prints: per input record, the top classes, or the output values when the
+    output is not class scores; and notes on what was guessed."""
+
+    output: str
+    classes: list[list[tuple[int, str, float]]] | None
+    values: np.ndarray | None
+    notes: list[str] = field(default_factory=list)
+
+
+def predict(model: str, weights: str | None, input_path: str, k: int, labels: str | None) -> Prediction:
+    """Every record of an input file through an ONNX model (onnxruntime) or a spec (PyTorch)."""
+    from netspec.deploy.predict import class_scores, read_input, top_k
 
     names = read_labels(labels) if labels else None
     if k <= 0:
         raise DataError("--top-k must be positive")
+    notes: list[str] = []
     if model.endswith(".onnx"):
         from netspec.deploy.runtime import Runtime
 
@@ -95,18 +110,31 @@ def predict(model: str, weights: str | None, input_path: str, k: int, labels: st
         runtime = Runtime(model)
         if len(runtime.inputs) != 1:
             raise DataError(f"the model takes {len(runtime.inputs)} inputs; predict feeds one")
-        x = read_input(input_path, runtime.inputs[0].shape, runtime.channel_order)
+        value_range = runtime.input_ranges.get(runtime.inputs[0].name)
+        x = read_input(input_path, runtime.inputs[0].shape, runtime.channel_order, value_range, notes)
         output = next((o for o in runtime.outputs if o.name == "prob"), runtime.outputs[0])
-        scores = runtime.run({runtime.inputs[0].name: x}, [output.name])[0]
-        return output.name, top_k(scores, k, names or runtime.labels)
-    from netspec.deploy.export import deploy_module
+        scores, name = runtime.run({runtime.inputs[0].name: x}, [output.name])[0], output.name
+        names = names or runtime.labels
+    else:
+        from netspec.deploy.export import deploy_module
 
-    deploy = deploy_module(compiled(model, weights))
-    if len(deploy.input_names) != 1:
-        raise DataError(f"the net takes {len(deploy.input_names)} inputs; predict feeds one")
-    name = deploy.input_names[0]
-    x = read_input(input_path, (-1, *deploy.plan.inputs[name][1:]), deploy.plan.channel_order)
-    with torch.no_grad():
-        outputs = deploy(torch.from_numpy(x))
-    index = deploy.output_names.index("prob") if "prob" in deploy.output_names else 0
-    return deploy.output_names[index], top_k(outputs[index].numpy(), k, names)
+        deploy = deploy_module(compiled(model, weights))
+        if len(deploy.input_names) != 1:
+            raise DataError(f"the net takes {len(deploy.input_names)} inputs; predict feeds one")
+        top = deploy.input_names[0]
+        x = read_input(input_path, (-1, *deploy.plan.inputs[top][1:]), deploy.plan.channel_order,
+                       input_ranges(deploy.net.net).get(top), notes)
+        with torch.no_grad():
+            outputs = deploy(torch.from_numpy(x))
+        index = deploy.output_names.index("prob") if "prob" in deploy.output_names else 0
+        scores, name = outputs[index].numpy(), deploy.output_names[index]
+    if not class_scores(scores, names):
+        return Prediction(name, None, scores, notes)
+    return Prediction(name, [top_k(scores, k, names, row) for row in range(scores.shape[0])], None, notes)
+
+
+def input_ranges(net: Net) -> dict[str, tuple[float, float]]:
+    """The lowest and highest value of each input in the spec's own data, as the deploy graph takes it (what
+    predict scales an image to); empty when the data cannot be read."""
+    batch = spec_batch(net, limit=None)
+    return {k: (float(v.min()), float(v.max())) for k, v in (batch or {}).items() if v.numel()}

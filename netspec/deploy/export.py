@@ -114,7 +114,8 @@ def _id_ranges(module: DeployModule) -> dict[str, int]:
 
 def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: str | int = "dynamic",
                 labels: list[str] | None = None, verify: bool = True, optimize: bool = True,
-                data: dict[str, torch.Tensor] | None = None) -> ExportReport:
+                data: dict[str, torch.Tensor] | None = None,
+                ranges: dict[str, tuple[float, float]] | None = None) -> ExportReport:
     """Exports a compiled net's deploy graph to ONNX and checks it.
 
     Args:
@@ -125,6 +126,8 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
         labels: class names recorded in the model's metadata.
         verify: compare onnxruntime with PyTorch at batch 1, an odd batch and on `data`.
         data: a batch of the spec's own data (input blob -> tensor) to verify on.
+        ranges: each input's lowest and highest value in the training data, recorded in the metadata
+            (`netspec predict` scales images to them).
 
     Returns:
         What was exported and how it compared.
@@ -163,7 +166,7 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
     model = onnx.load(str(path), load_external_data=True)
     _check(model, path, deploy, dynamic, batch)
     report = ExportReport(str(path), _io(model.graph.input), _io(model.graph.output), opset)
-    _write_metadata(model, path, module, deploy, labels, external)
+    _write_metadata(model, path, module, deploy, labels, external, ranges)
     if verify:
         _verify(path, deploy, report, ids, data)
         if not report.verified:
@@ -211,7 +214,7 @@ def _check(model: Any, path: Path, deploy: DeployModule, dynamic: bool, batch: s
 
 
 def _write_metadata(model: Any, path: Path, module: NetModule, deploy: DeployModule, labels: list[str] | None,
-                    external: bool) -> None:
+                    external: bool, ranges: dict[str, tuple[float, float]] | None = None) -> None:
     import onnx
 
     spec_path = Path(module.net.spec.path)
@@ -228,6 +231,8 @@ def _write_metadata(model: Any, path: Path, module: NetModule, deploy: DeployMod
     }
     if labels:
         meta["netspec.labels"] = json.dumps(labels)
+    if ranges:  # the training data's values per input, before preprocessing: what predict scales images to
+        meta["netspec.input_ranges"] = json.dumps({k: list(v) for k, v in ranges.items()})
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
