@@ -134,14 +134,16 @@ def test_a_0_255_image_is_scaled_to_the_training_range_with_a_note(trained: tupl
     weights, onnx_path, _ = trained
     x = _digit()
     big = tmp_path / "big.png"  # the digit as a usual image: 0..255, 32x32
-    Image.fromarray((x * 255 / 16).round().astype(np.uint8), mode="L").resize((32, 32), Image.NEAREST).save(big)
+    gray = Image.fromarray((x * 255 / 16).round().astype(np.uint8), mode="L").resize((32, 32), Image.NEAREST)
+    gray.convert("RGB").save(big)
     code, out = run("predict", str(onnx_path), "--input", str(big), "--top-k", "1")
     assert code == 0, out
     lines = out.splitlines()
-    assert lines[:2] == ["note: the 32x32 image was resized to 8x8, the model's input size",
+    assert lines[:3] == ["note: the 32x32 image was resized to 8x8, the model's input size",
+                         "note: the color image was read as grayscale, as the model takes one channel",
                          "note: the pixels (0..255) were scaled to 0..16, the range of the training data (a guess: "
                          "check that it is what the model takes)"]
-    assert lines[3].split()[1:3] == ["digit", str(int(_scores(weights, x).argmax()))]
+    assert lines[4].split()[1:3] == ["digit", str(int(_scores(weights, x).argmax()))]
 
 
 def test_export_without_weights_warns(tmp_path: Path) -> None:

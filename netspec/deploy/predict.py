@@ -84,6 +84,10 @@ def _image(path: Path, record: tuple[int, ...], channel_order: str, value_range:
         raise DataError(f"cannot read image '{path}': {e}") from None
     if size != (height, width):
         notes.append(f"the {size[1]}x{size[0]} image was resized to {width}x{height}, the model's input size")
+    gray = _is_gray(path)
+    if gray is not None and gray != (channels == 1):
+        notes.append("the grayscale image was read as color (3 channels)" if gray else
+                     "the color image was read as grayscale, as the model takes one channel")
     arr = images.to_chw(pixels).astype(np.float32)  # OpenCV's BGR
     if channels == 3 and channel_order != "BGR":
         arr = arr[::-1]
@@ -95,6 +99,17 @@ def _image(path: Path, record: tuple[int, ...], channel_order: str, value_range:
         notes.append(f"the pixels (0..255) were scaled to {lo:g}..{hi:g}, the range of the training data "
                      "(a guess: check that it is what the model takes)")
     return np.ascontiguousarray(arr)
+
+
+def _is_gray(path: Path) -> bool | None:
+    """Whether an image file holds one channel (None when Pillow cannot tell)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.getbands() in (("L",), ("I",), ("F",), ("1",), ("L", "A"))
+    except Exception:  # a format OpenCV reads and Pillow does not: no note
+        return None
 
 
 def class_scores(scores: np.ndarray, labels: list[str] | None) -> bool:
