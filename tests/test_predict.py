@@ -214,3 +214,24 @@ def test_export_errors_exit_1(tmp_path: Path) -> None:
     code, out = run("export", str(MODELS / "xor.yaml"), "--onnx", str(tmp_path / "x.onnx"), "--weights",
                     str(tmp_path / "none.pt"))
     assert (code, out) == (1, f"error: --weights '{tmp_path / 'none.pt'}' does not exist\n")
+
+
+def test_a_model_without_netspec_metadata_gets_notes_for_what_was_guessed(tmp_path: Path) -> None:
+    import onnx
+
+    spec = tmp_path / "rgb.yaml"
+    spec.write_text("layer:\n- {name: data, type: Input, input_param: {shape: [1, 3, 4, 4]}}\n"
+                    "- {name: ip, type: InnerProduct, bottom: data, inner_product_param: {num_output: 2}}\n"
+                    "- {name: prob, type: Softmax, bottom: ip}\n")
+    assert run("export", str(spec), "--onnx", str(tmp_path / "m.onnx"), "--no-verify")[0] == 0
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    del model.metadata_props[:]  # as a model from elsewhere comes
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    path = tmp_path / "red.png"
+    Image.fromarray(np.full((4, 4, 3), 200, dtype=np.uint8), mode="RGB").save(path)
+    code, out = run("predict", str(tmp_path / "m.onnx"), "--input", str(path))
+    assert code == 0, out
+    assert out.splitlines()[:2] == [
+        "note: the model records no range for its input; the pixels are fed as they are (0..255)",
+        "note: the model records no channel order; the image was fed as BGR, as Caffe's models take it"]
+    assert out.splitlines()[2] == "prob:"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ class Prediction:
 
 def predict(model: str, weights: str | None, input_path: str, k: int, labels: str | None) -> Prediction:
     """Every record of an input file through an ONNX model (onnxruntime) or a spec (PyTorch)."""
-    from netspec.deploy.predict import class_scores, read_input, top_k
+    from netspec.deploy.predict import IMAGES, class_scores, read_input, top_k
 
     names = read_labels(labels) if labels else None
     if k <= 0:
@@ -112,6 +113,9 @@ def predict(model: str, weights: str | None, input_path: str, k: int, labels: st
             raise DataError(f"the model takes {len(runtime.inputs)} inputs; predict feeds one")
         value_range = runtime.input_ranges.get(runtime.inputs[0].name)
         x = read_input(input_path, runtime.inputs[0].shape, runtime.channel_order, value_range, notes)
+        if not runtime.channel_order_recorded and Path(input_path).suffix.lower() in IMAGES \
+                and runtime.inputs[0].shape[1:2] == (3,):  # a colour image for a model netspec did not export
+            notes.append("the model records no channel order; the image was fed as BGR, as Caffe's models take it")
         output = next((o for o in runtime.outputs if o.name == "prob"), runtime.outputs[0])
         scores, name = runtime.run({runtime.inputs[0].name: x}, [output.name])[0], output.name
         names = names or runtime.labels

@@ -67,6 +67,7 @@ class Runtime:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.labels: list[str] | None = json.loads(meta["netspec.labels"]) if "netspec.labels" in meta else None
         self.channel_order = meta.get("netspec.channel_order", "BGR")
+        self.channel_order_recorded = "netspec.channel_order" in meta
         self.input_ranges: dict[str, tuple[float, float]] = {
             k: (float(v[0]), float(v[1])) for k, v in json.loads(meta.get("netspec.input_ranges", "{}")).items()}
 
