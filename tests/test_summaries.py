@@ -87,6 +87,12 @@ def test_test_prints_the_loss_once(tmp_path: Path) -> None:
     code, out = cli("test", str(MODELS / "logistic_regression.yaml"))
     assert code == 0
     assert out == "accuracy = 0\nloss = 1.09861\n(1 batch)\n"  # constant fillers: every class equally likely
+    spec = tmp_path / "weighted.yaml"
+    spec.write_text((MODELS / "logistic_regression.yaml").read_text().replace(
+        "bottom: [logits, label]}", "bottom: [logits, label], loss_weight: 2}"))
+    code, out = cli("test", str(spec))
+    assert out == ("accuracy = 0\nloss = 1.09861\ntotal loss = 2.19722 (the weighted sum of the loss outputs)\n"
+                   "(1 batch)\n")
 
 
 def test_one_learning_rate_per_iteration_in_the_metrics(tmp_path: Path) -> None:
