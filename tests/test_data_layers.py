@@ -119,7 +119,7 @@ def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Pa
     import lmdb
     from PIL import Image
 
-    from netspec.train.feeder import DatumRecords
+    from netspec.data.records import DatumRecords
 
     buf = io.BytesIO()
     Image.new(mode, (5, 4), 7 if mode in ("L", "P") else (7,) * len(mode)).save(buf, "PNG")
@@ -130,7 +130,7 @@ def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Pa
     net = data_net(write_spec, f'type: "Data" transform_param {{ {force} }} data_param {{ source: "{tmp_path / "db"}" '
                                'batch_size: 2 backend: LMDB }')
     assert net.shapes["data"] == (2, channels, 4, 5)
-    image, label = DatumRecords(net.layers[0].node).read(0)
+    image, label = DatumRecords(net.layers[0].node.spec).read(0)
     assert image.shape == (channels, 4, 5) and label == 2
 
 

@@ -102,13 +102,13 @@ def _example(shape: tuple[int, ...], batch: int, ints: int | None, gen: torch.Ge
 
 
 def _id_ranges(module: DeployModule) -> dict[str, int]:
-    """Inputs read by an Embed layer take integer ids below its input_dim."""
+    """Inputs that a layer reads as integer ids (an Embed's), with the bound their values stay below."""
     out = {}
     for info in module.net.net.layers:
-        if info.node.type == "Embed":
-            for b in info.node.bottoms:
-                if b in module.plan.inputs:
-                    out[b] = info.node.spec.p.input_dim
+        node = info.node
+        for i, bound in node.definition.int_inputs(node.spec).items():
+            if node.bottoms[i] in module.plan.inputs:
+                out[node.bottoms[i]] = bound
     return out
 
 

@@ -15,7 +15,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
-    filler_or,
+    filled,
     fmt,
     require,
 )
@@ -120,7 +120,7 @@ class PReLU(Neuron):
         if len(b) < 2:
             raise ShapeError(f"PReLU needs a bottom with at least 2 axes (N, C, ...), got {fmt(b)}")
         n = 1 if s.p.channel_shared else b[1]
-        return [BlobDef("slope", (n,), filler_or(s.p.filler, s.p.HasField("filler"), value=0.25))]
+        return [filled("slope", (n,), s.p, "filler", value=0.25)]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F

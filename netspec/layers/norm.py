@@ -16,7 +16,7 @@ from netspec.layers.base import (
     LayerSpec,
     Shape,
     canonical_axis,
-    filler_or,
+    filled,
     fmt,
 )
 from netspec.layers.registry import register
@@ -149,9 +149,9 @@ class Scale(LayerDef):
         p = s.p
         out = []
         if len(bottoms) == 1:
-            out.append(BlobDef("scale", operand, filler_or(p.filler, p.HasField("filler"), value=1.0)))
+            out.append(filled("scale", operand, p, "filler", value=1.0))
         if p.bias_term:
-            out.append(BlobDef("bias", operand, filler_or(p.bias_filler, p.HasField("bias_filler"))))
+            out.append(filled("bias", operand, p, "bias_filler"))
         return out
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -190,7 +190,7 @@ class Bias(LayerDef):
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         if len(bottoms) > 1:
             return []
-        return [BlobDef("bias", _operand(s, bottoms), filler_or(s.p.filler, s.p.HasField("filler")))]
+        return [filled("bias", _operand(s, bottoms), s.p, "filler")]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         operand = _operand(s, bottoms)

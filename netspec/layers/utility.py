@@ -20,6 +20,7 @@ from netspec.layers.base import (
     Shape,
     canonical_axis,
     count,
+    describe_bottoms,
     fmt,
     require,
     shape_of,
@@ -58,7 +59,7 @@ class Concat(LayerDef):
         for i, b in enumerate(bottoms):
             if len(b) != len(first) or b[:axis] != first[:axis] or b[axis + 1:] != first[axis + 1:]:
                 raise ShapeError(f"bottom {i} {fmt(b)} does not match bottom 0 {fmt(first)} on the axes "
-                                 f"other than {axis}", hint=_describe(s, bottoms))
+                                 f"other than {axis}", hint=describe_bottoms(s, bottoms))
             total += b[axis]
         return [(*first[:axis], total, *first[axis + 1:])]
 
@@ -69,10 +70,6 @@ class Concat(LayerDef):
         if len(bottoms) == 1:
             return lambda params, xs: [xs[0]]
         return lambda params, xs: [torch.cat(list(xs), axis)]
-
-
-def _describe(s: LayerSpec, bottoms: Sequence[Shape]) -> str:
-    return ", ".join(f"'{name}' is {fmt(b)}" for name, b in zip(s.lp.bottom, bottoms, strict=True))
 
 
 @register
@@ -163,7 +160,7 @@ class Eltwise(LayerDef):
         for i, b in enumerate(bottoms[1:], 1):
             if b != bottoms[0]:
                 raise ShapeError(f"bottom {i} {fmt(b)} differs from bottom 0 {fmt(bottoms[0])}; Eltwise needs "
-                                 "equal shapes", hint=_describe(s, bottoms))
+                                 "equal shapes", hint=describe_bottoms(s, bottoms))
         return [bottoms[0]]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -437,6 +434,7 @@ class Silence(LayerDef):
     """
 
     type = "Silence"
+    train_only = True
     bottoms = Arity(1, None)
     tops = NONE
     examples = (Example("", _X, tops=0),)

@@ -69,28 +69,33 @@ def parse_message(tree: Mapping, message: Message, path: str, fmt: str) -> Sourc
     return smap
 
 
-def load_net_text(text: str, path: str, fmt: str) -> SpecFile:
-    """A net spec from text; `path` names it in messages."""
-    net = pb.NetParameter()
-    smap = parse_message(parse_tree(text, path, fmt), net, path, fmt)
-    if fmt == YAML:
-        fill_yaml_defaults(net, smap)
-    return SpecFile(path, fmt, net, smap)
-
-
-def read_net(path: str) -> SpecFile:
-    """A net spec from a file."""
+def read_tree(path: str) -> tuple[str, Mapping]:
+    """A spec file's format and syntax tree (a net or, in prototxt, a solver)."""
     fmt = spec_format(path)
-    text = read_text(path)
-    tree = parse_tree(text, path, fmt)
-    if fmt == PROTOTXT and is_solver(tree):
-        raise SpecSyntaxError(f"'{path}' is a solver, not a net", loc=SourceLoc(path, 1),
-                              hint="give the net file it names (net: ...), or use `netspec train`")
+    return fmt, parse_tree(read_text(path), path, fmt)
+
+
+def net_from_tree(tree: Mapping, path: str, fmt: str) -> SpecFile:
+    """A net spec from its syntax tree; `path` names it in messages."""
     net = pb.NetParameter()
     smap = parse_message(tree, net, path, fmt)
     if fmt == YAML:
         fill_yaml_defaults(net, smap)
     return SpecFile(path, fmt, net, smap)
+
+
+def load_net_text(text: str, path: str, fmt: str) -> SpecFile:
+    """A net spec from text; `path` names it in messages."""
+    return net_from_tree(parse_tree(text, path, fmt), path, fmt)
+
+
+def read_net(path: str) -> SpecFile:
+    """A net spec from a file."""
+    fmt, tree = read_tree(path)
+    if fmt == PROTOTXT and is_solver(tree):
+        raise SpecSyntaxError(f"'{path}' is a solver, not a net", loc=SourceLoc(path, 1),
+                              hint="give the net file it names (net: ...), or use `netspec train`")
+    return net_from_tree(tree, path, fmt)
 
 
 _SOLVER_ONLY = set(pb.SolverParameter.DESCRIPTOR.fields_by_name) - set(pb.NetParameter.DESCRIPTOR.fields_by_name)

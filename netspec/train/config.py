@@ -16,11 +16,10 @@ from netspec.spec.load import (
     PROTOTXT,
     SpecFile,
     is_solver,
-    load_net_text,
+    net_from_tree,
     parse_message,
-    parse_tree,
-    read_text,
-    spec_format,
+    read_net,
+    read_tree,
 )
 from netspec.spec.tree import Scalar
 from netspec.spec.yamltree import parse_yaml
@@ -58,22 +57,20 @@ class SolverConfig:
 
 def load_config(path: str, overrides: tuple[str, ...] = ()) -> SolverConfig:
     """Reads a YAML net with a `solver:` section, or a Caffe solver prototxt, and applies overrides."""
-    fmt = spec_format(path)
-    text = read_text(path)
-    tree = parse_tree(text, path, fmt)
+    fmt, tree = read_tree(path)
     if fmt == PROTOTXT and is_solver(tree):
         param = pb.SolverParameter()
         smap = parse_message(tree, param, path, fmt)
         config = _from_solver_file(path, param, smap)
     else:
-        spec = load_net_text(text, path, fmt)
+        spec = net_from_tree(tree, path, fmt)
         net = spec.message
         if not net.HasField("solver"):
             raise SolverError(f"'{path}' is a net without solver settings", loc=SourceLoc(path, 1),
                               hint="add a `solver:` section (base_lr, lr_policy, max_iter, ...) or give --solver FILE")
         param = pb.SolverParameter()
         param.CopyFrom(net.solver)
-        smap = _sub_map(spec.smap, "solver")
+        smap = _sub_map(spec.smap, ("solver",))
         config = SolverConfig(path, param, smap, NetSource(spec, tuple(param.train_state.stage)))
         _yaml_tests(config, spec)
     apply_overrides(config, overrides)
@@ -84,8 +81,6 @@ def load_config(path: str, overrides: tuple[str, ...] = ()) -> SolverConfig:
 def with_solver_file(net_path: str, solver_path: str, overrides: tuple[str, ...] = ()) -> SolverConfig:
     """A net trained with the settings of a separate solver file (`netspec train NET --solver FILE`)."""
     config = load_config(solver_path, ())
-    from netspec.spec.load import read_net
-
     spec = read_net(net_path)
     config.train = NetSource(spec, tuple(config.param.train_state.stage))
     n = max(1, len(config.param.test_iter)) if config.param.test_interval or config.param.test_iter else 0
@@ -94,14 +89,6 @@ def with_solver_file(net_path: str, solver_path: str, overrides: tuple[str, ...]
     apply_overrides(config, overrides)
     check_solver(config)
     return config
-
-
-def _sub_map(smap: SourceMap, prefix: str) -> SourceMap:
-    out = SourceMap(smap.file)
-    for path, loc in smap.locs.items():
-        if path[:1] == (prefix,):
-            out.locs[path[1:]] = loc
-    return out
 
 
 def _state(param: pb.SolverParameter, i: int) -> pb.NetState:
@@ -120,8 +107,6 @@ def _yaml_tests(config: SolverConfig, spec: SpecFile) -> None:
 
 def _net_file(name: str, solver_path: str, smap: SourceMap, field_name: str) -> SpecFile:
     """A net named by a solver: from the working directory (as Caffe), else beside the solver."""
-    from netspec.spec.load import read_net
-
     for candidate in (Path(name), Path(solver_path).parent / name):
         if candidate.is_file():
             return read_net(str(candidate))
@@ -130,10 +115,11 @@ def _net_file(name: str, solver_path: str, smap: SourceMap, field_name: str) -> 
 
 
 def _inline(param: pb.NetParameter, path: str, smap: SourceMap, prefix: tuple) -> SpecFile:
-    return SpecFile(path, PROTOTXT, param, _sub_map_path(smap, prefix))
+    return SpecFile(path, PROTOTXT, param, _sub_map(smap, prefix))
 
 
-def _sub_map_path(smap: SourceMap, prefix: tuple) -> SourceMap:
+def _sub_map(smap: SourceMap, prefix: tuple) -> SourceMap:
+    """The locations under `prefix`, keyed by their path below it (a message nested in another file's)."""
     out = SourceMap(smap.file)
     n = len(prefix)
     for p, loc in smap.locs.items():
