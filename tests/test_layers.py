@@ -3,6 +3,9 @@ module computes, and its gradient is right (checked against finite differences i
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -85,3 +88,26 @@ def test_gradients_match_finite_differences(case: tuple[LayerDef, int, Example])
 
     start = [(float_inputs[n] if n in float_inputs else params[n]).clone().requires_grad_(True) for n in names]
     assert torch.autograd.gradcheck(f, start, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+# String literals outside netspec/layers/ that equal a type name but are no comparison with one: the V1
+# upgrade table maps Caffe's old enum to type names (a format table), and netspec.params builds message
+# names from the suffix "Parameter".
+NAMES_ALLOWED = {"netspec/spec/upgrade.py": None, "netspec/params.py": {"Parameter"}}
+
+
+def test_no_module_outside_layers_names_a_layer_type() -> None:
+    # facts about a layer type live on its LayerDef; the rest of netspec asks the LayerDef
+    root = Path(netspec.__file__).parent
+    names = set(all_types())
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        if rel.startswith(("netspec/layers/", "netspec/_proto/")):
+            continue
+        allowed = NAMES_ALLOWED.get(rel, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Constant) and node.value in names and allowed is not None
+                    and node.value not in allowed):
+                found.append(f"{rel}:{node.lineno}: {node.value!r}")
+    assert found == []

@@ -106,7 +106,7 @@ def _id_ranges(module: DeployModule) -> dict[str, int]:
     out = {}
     for info in module.net.net.layers:
         node = info.node
-        for i, bound in node.definition.int_inputs(node.spec).items():
+        for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]
             if node.bottoms[i] in module.plan.inputs:
                 out[node.bottoms[i]] = bound
     return out
@@ -260,7 +260,7 @@ def _verify(path: Path, deploy: DeployModule, report: ExportReport, ids: dict[st
         max_abs = max_rel = 0.0
         ok = True
         for e, g in zip(expected, got, strict=True):
-            e = e.numpy()
+            e = e.detach().numpy()  # an output may be a parameter itself (a Parameter layer's)
             if e.shape != g.shape:
                 ok = False
                 max_abs = max_rel = float("inf")

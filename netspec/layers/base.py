@@ -176,7 +176,7 @@ class LayerDef:
         lp = s.lp.loss_param
         return lp.ignore_label if lp.HasField("ignore_label") else None
 
-    def int_inputs(self, s: LayerSpec) -> dict[int, int]:
+    def int_inputs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> dict[int, int]:
         """Bottoms that hold integer ids, by index, with the bound their values stay below."""
         return {}
 

@@ -30,9 +30,9 @@ class InnerProduct(LayerDef):
     """
 
     type = "InnerProduct"
+    onnx_ops = frozenset({"Add", "Gemm", "MatMul", "Reshape"})
     param_field = "inner_product_param"
     category = "common"
-    onnx_ops = frozenset({"Gemm"})
     draw_colour = "#CE93D8"
     examples = (
         Example("inner_product_param { num_output: 5 }", (In((3, 4)),)),
@@ -90,6 +90,7 @@ class Embed(LayerDef):
     """
 
     type = "Embed"
+    onnx_ops = frozenset({"Add", "Cast", "Gather"})
     param_field = "embed_param"
     category = "common"
     examples = (Example("embed_param { input_dim: 7 num_output: 3 }", (In((2, 4), "label", 7),)),)
@@ -106,7 +107,7 @@ class Embed(LayerDef):
         p = s.p
         return weight_and_bias(p, (p.input_dim, p.num_output), (p.num_output,))
 
-    def int_inputs(self, s: LayerSpec) -> dict[int, int]:
+    def int_inputs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> dict[int, int]:
         return {0: s.p.input_dim}
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:

@@ -110,6 +110,7 @@ class DummyData(LayerDef):
     """
 
     type = "DummyData"
+    onnx_ops = frozenset({"Constant"})
     param_field = "dummy_data_param"
     category = "data"
     bottoms = NONE

@@ -34,6 +34,7 @@ class LayerNorm(LayerDef):
     """
 
     type = "LayerNorm"
+    onnx_ops = frozenset({"LayerNormalization"})
     param_field = "layer_norm_param"
     category = "normalization"
     origin = "netspec"
@@ -74,6 +75,7 @@ class GELU(LayerDef):
     """
 
     type = "GELU"
+    onnx_ops = frozenset({"Add", "Div", "Erf", "Mul", "Pow", "Tanh"})
     param_field = "gelu_param"
     category = "neuron"
     origin = "netspec"
@@ -98,6 +100,7 @@ class Maxout(LayerDef):
     """
 
     type = "Maxout"
+    onnx_ops = frozenset({"Add", "Gemm", "MatMul", "ReduceMax", "Reshape"})
     param_field = "maxout_param"
     category = "common"
     origin = "netspec"

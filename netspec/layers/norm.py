@@ -37,9 +37,10 @@ class BatchNorm(LayerDef):
     """
 
     type = "BatchNorm"
+    onnx_ops = frozenset({"Add", "Div", "Mul", "ReduceMean", "Reshape", "Sqrt", "Sub"})
     param_field = "batch_norm_param"
     category = "normalization"
-    examples = (Example("", (In((4, 3, 2, 2)),)),
+    examples = (Example("", (In((2, 3, 2, 2)),)),
                 Example("batch_norm_param { use_global_stats: false }", (In((5, 3)),)),
                 Example("", (In((4, 2, 3)),), phase="TRAIN"))
 
@@ -132,6 +133,7 @@ class Scale(LayerDef):
     """
 
     type = "Scale"
+    onnx_ops = frozenset({"Add", "Mul", "Reshape"})
     param_field = "scale_param"
     category = "normalization"
     bottoms = Arity(1, 2)
@@ -178,6 +180,7 @@ class Bias(LayerDef):
     """
 
     type = "Bias"
+    onnx_ops = frozenset({"Add", "Reshape"})
     param_field = "bias_param"
     category = "normalization"
     bottoms = Arity(1, 2)
@@ -208,6 +211,7 @@ class MVN(LayerDef):
     """
 
     type = "MVN"
+    onnx_ops = frozenset({"Add", "Div", "Mul", "ReduceMean", "Reshape", "Sqrt", "Sub"})
     param_field = "mvn_param"
     category = "normalization"
     examples = (Example("", (In((2, 3, 4, 5)),)),

@@ -92,6 +92,8 @@ class RNN(_Recurrent):
     """
 
     type = "RNN"
+    onnx_ops = frozenset({
+        "Add", "Concat", "ConstantOfShape", "Gather", "Gemm", "MatMul", "Mul", "Reshape", "Tanh", "Unsqueeze"})
     examples = (Example("recurrent_param { num_output: 3 weight_filler { type: 'uniform' min: -0.5 max: 0.5 } }",
                         (In((4, 2, 5)), In((4, 2), "binary"))),
                 Example("recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: 'gaussian' "
@@ -138,6 +140,8 @@ class LSTM(_Recurrent):
     """
 
     type = "LSTM"
+    onnx_ops = frozenset({"Add", "Concat", "ConstantOfShape", "Gather", "Gemm", "MatMul", "Mul", "Reshape", "Sigmoid",
+                          "Slice", "Tanh", "Unsqueeze"})
     states = 2
     gates = 4
     examples = (Example("recurrent_param { num_output: 3 weight_filler { type: 'uniform' min: -0.5 max: 0.5 } "
@@ -200,6 +204,7 @@ class LSTMUnit(LayerDef):
     """
 
     type = "LSTMUnit"
+    onnx_ops = frozenset({"Add", "Mul", "Sigmoid", "Slice", "Tanh", "Unsqueeze"})
     category = "recurrent"
     batch_axis = 1  # (T, N, ...): time first
     bottoms = Arity(3, 3)

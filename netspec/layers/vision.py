@@ -180,6 +180,7 @@ class Convolution(_FilterConv):
     """
 
     type = "Convolution"
+    onnx_ops = frozenset({"Conv"})
     examples = (
         Example("convolution_param { num_output: 4 kernel_size: 3 }", (In((2, 3, 8, 8)),)),
         Example("convolution_param { num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2 dilation: 2 }",
@@ -233,6 +234,7 @@ class Deconvolution(_FilterConv):
     """
 
     type = "Deconvolution"
+    onnx_ops = frozenset({"ConvTranspose"})
     examples = (
         Example("convolution_param { num_output: 4 kernel_size: 3 stride: 2 }", (In((2, 3, 5, 5)),)),
         Example("convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 2 dilation: 1 }",
@@ -277,6 +279,7 @@ class Im2col(_ConvBase):
     """
 
     type = "Im2col"
+    onnx_ops = frozenset({"Gather", "Pad", "Reshape", "Transpose"})
     bottoms = ONE
     tops = ONE
     examples = (Example("convolution_param { kernel_size: 3 stride: 2 pad: 1 }", (In((2, 3, 6, 5)),)),)
@@ -479,6 +482,7 @@ class Pooling(LayerDef):
     """
 
     type = "Pooling"
+    onnx_ops = frozenset({"AveragePool", "MaxPool", "Pad"})
     param_field = "pooling_param"
     category = "vision"
     tops = Arity(1, 2)
@@ -539,6 +543,7 @@ class SPP(LayerDef):
     """
 
     type = "SPP"
+    onnx_ops = frozenset({"AveragePool", "Concat", "MaxPool", "Pad", "Reshape"})
     param_field = "spp_param"
     category = "vision"
     examples = (
@@ -596,6 +601,7 @@ class Crop(LayerDef):
     """
 
     type = "Crop"
+    onnx_ops = frozenset({"Slice"})
     param_field = "crop_param"
     category = "vision"
     bottoms = Arity(2, 2)
@@ -642,6 +648,7 @@ class LRN(LayerDef):
     """
 
     type = "LRN"
+    onnx_ops = frozenset({"Add", "AveragePool", "Div", "Mul", "Pad", "Pow", "Reshape", "Squeeze"})
     param_field = "lrn_param"
     category = "normalization"
     examples = (
