@@ -2,8 +2,11 @@
 
 A layer type is one `LayerDef` subclass in one module: its parameters (a message of the schema), its
 arity, its shape rule (`infer`, pure Python), its parameter blobs (`blobs`, shapes in Caffe's order),
-its cost (`macs`) and its lowering to PyTorch (`lower`, the only method that imports torch). Layer code
-raises `ParamError`/`ShapeError` with the message alone; the driver adds file, line and layer name.
+its cost (`macs`) and its lowering to PyTorch (`lower`, the only method that imports torch). Every other
+fact about the type that the rest of netspec needs (its ONNX operators, whether only training needs it, its
+class or batch axis, how a data layer's records are read, its summary in drawings) is an attribute or
+method here too, so that code outside `netspec/layers/` never compares type names. Layer code raises
+`ParamError`/`ShapeError` with the message alone; the driver adds file, line and layer name.
 """
 
 from __future__ import annotations
