@@ -82,12 +82,6 @@ class Input(LayerDef):
     bottoms = NONE
     tops = Arity(1, None)
     feeds = True
-    reads_records = True
-
-    def records(self, s: LayerSpec) -> dict[str, np.ndarray]:
-        from netspec.data.records import hdf5_arrays
-
-        return hdf5_arrays(s)
     examples = ()
 
     def check(self, s: LayerSpec) -> None:
@@ -253,6 +247,12 @@ class HDF5Data(LayerDef):
     bottoms = NONE
     tops = Arity(1, None)
     feeds = True
+    reads_records = True
+
+    def records(self, s: LayerSpec) -> dict[str, np.ndarray]:
+        from netspec.data.records import hdf5_arrays
+
+        return hdf5_arrays(s)
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
