@@ -15,11 +15,6 @@ from netspec.fillerspec import check_filler
 from netspec.graph import Graph, Node
 from netspec.layers.base import Shape, count, fmt
 
-# The parameter-message field that usually holds a blob's filler, to point errors at it.
-_FILLER_FIELDS = {"weight": "weight_filler", "bias": "bias_filler", "W_xh": "weight_filler",
-                  "W_xc": "weight_filler", "W_hh": "weight_filler", "W_hc": "weight_filler",
-                  "W_ho": "weight_filler", "b_h": "bias_filler", "b_c": "bias_filler", "b_o": "bias_filler"}
-
 
 @dataclass(frozen=True)
 class ParamBlob:
@@ -108,7 +103,7 @@ def _unique_owner(node: Node, has_blobs: bool, owners: dict[str, Node], named: d
 def _fed_tops(node: Node, fed: dict[str, Shape]) -> tuple[Shape, ...] | None:
     if all(t in fed for t in node.tops):
         return tuple(fed[t] for t in node.tops)
-    has_label = node.type in ("Data", "ImageData", "MemoryData") and len(node.tops) == 2
+    has_label = node.definition.label_top and len(node.tops) == 2
     if has_label and node.tops[0] in fed and fed[node.tops[0]]:
         data = fed[node.tops[0]]
         return data, (data[0],)
@@ -136,7 +131,7 @@ def _infer_node(node: Node, shapes: dict[str, Shape], shared: dict[str, ParamBlo
         try:
             check_filler(bd.filler, bd.shape)
         except NetspecError as e:
-            e.field = f"{_FILLER_FIELDS.get(bd.role, 'filler')}.{e.field}"
+            e.field = f"{bd.filler_field}.{e.field}"
             raise
         spec = lp.param[j] if j < len(lp.param) else pb.ParamSpec()
         blob = ParamBlob(node.name, j, bd.role, bd.shape, bd.filler, bd.learnable,

@@ -13,7 +13,7 @@ from netspec.errors import NetspecError
 from netspec.layers import all_types
 from netspec.layers.base import In
 from tests.layer_harness import load_layer, run
-from tests.test_layers import FED_ONLY, NOT_RUN
+from tests.test_layers import NOT_RUN
 
 Case = tuple[str, tuple[In, ...], int]  # fields, inputs, number of tops
 dims = st.integers(1, 6)
@@ -183,7 +183,7 @@ def strategy_for(type_name: str) -> st.SearchStrategy[Case]:
         st.integers(1, 3)))
 
 
-TYPES = sorted(t for t in all_types() if t not in FED_ONLY | NOT_RUN)
+TYPES = sorted(t for t, d in all_types().items() if not (d.feeds or d.opaque or t in NOT_RUN))
 
 
 @pytest.mark.parametrize("type_name", TYPES)

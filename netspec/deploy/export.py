@@ -102,13 +102,13 @@ def _example(shape: tuple[int, ...], batch: int, ints: int | None, gen: torch.Ge
 
 
 def _id_ranges(module: DeployModule) -> dict[str, int]:
-    """Inputs read by an Embed layer take integer ids below its input_dim."""
+    """Inputs that a layer reads as integer ids (an Embed's), with the bound their values stay below."""
     out = {}
     for info in module.net.net.layers:
-        if info.node.type == "Embed":
-            for b in info.node.bottoms:
-                if b in module.plan.inputs:
-                    out[b] = info.node.spec.p.input_dim
+        node = info.node
+        for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]
+            if node.bottoms[i] in module.plan.inputs:
+                out[node.bottoms[i]] = bound
     return out
 
 
@@ -260,7 +260,7 @@ def _verify(path: Path, deploy: DeployModule, report: ExportReport, ids: dict[st
         max_abs = max_rel = 0.0
         ok = True
         for e, g in zip(expected, got, strict=True):
-            e = e.numpy()
+            e = e.detach().numpy()  # an output may be a parameter itself (a Parameter layer's)
             if e.shape != g.shape:
                 ok = False
                 max_abs = max_rel = float("inf")

@@ -25,8 +25,6 @@ from netspec.lower.module import NetModule
 from netspec.net import Net
 from netspec.shapes import LayerInfo
 
-TRAIN_ONLY = {"Accuracy", "Silence", "HDF5Output"}
-
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -57,7 +55,7 @@ class DeployPlan:
 
 
 def plan(net: Net) -> DeployPlan:
-    dropped = [info for info in net.layers if info.node.definition.loss or info.node.type in TRAIN_ONLY]
+    dropped = [info for info in net.layers if info.node.definition.train_only]
     origin = _origins(net)
     labels = _label_blobs(dropped, origin)
     kept = [info for info in net.layers if not (info in dropped or info.node.definition.feeds
@@ -74,8 +72,8 @@ def plan(net: Net) -> DeployPlan:
     preprocessing, order = {}, "RGB"
     for info, top in fed:
         node = info.node
-        if node.type in ("Data", "ImageData", "WindowData"):
-            order = "BGR"  # Caffe's data layers hold images as BGR
+        if node.definition.channel_order != "RGB":
+            order = node.definition.channel_order
         if top != node.tops[0] or top not in inputs:
             continue
         tp = node.lp.transform_param
@@ -84,9 +82,12 @@ def plan(net: Net) -> DeployPlan:
         if tp.scale != 1 or tp.mean_value or mean_file:
             preprocessing[top] = Preprocess(float(tp.scale), tuple(float(v) for v in tp.mean_value) or None,
                                             mean_file)
-    # recurrent layers take (T, N, ...): their inputs' batch axis is 1, the time axis stays fixed
-    recurrent = {b for info in kept if info.node.type in ("RNN", "LSTM", "LSTMUnit") for b in info.node.bottoms}
-    axes = {name: 1 if name in recurrent and len(shape) > 1 else 0 for name, shape in inputs.items()}
+    # a layer's batch_axis: recurrent layers take (T, N, ...), so their inputs' batch axis is 1
+    read_at: dict[str, int] = {}
+    for info in kept:
+        for b in info.node.bottoms:
+            read_at[b] = max(read_at.get(b, 0), info.node.definition.batch_axis)
+    axes = {name: read_at.get(name, 0) if len(shape) > 1 else 0 for name, shape in inputs.items()}
     return DeployPlan(tuple(i.node.name for i in kept), inputs, outputs, preprocessing, order, axes)
 
 

@@ -15,7 +15,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
-    filler_or,
+    filled,
     fmt,
     require,
 )
@@ -47,6 +47,7 @@ class ReLU(Neuron):
     """
 
     type = "ReLU"
+    onnx_ops = frozenset({"LeakyRelu", "Relu"})
     param_field = "relu_param"
     examples = (Example("", _X), Example("relu_param { negative_slope: 0.1 }", _X))
 
@@ -80,6 +81,7 @@ class PReLU(Neuron):
     """
 
     type = "PReLU"
+    onnx_ops = frozenset({"PRelu"})
     param_field = "prelu_param"
     examples = (Example("", _X), Example("prelu_param { channel_shared: true }", _X))
 
@@ -88,7 +90,7 @@ class PReLU(Neuron):
         if len(b) < 2:
             raise ShapeError(f"PReLU needs a bottom with at least 2 axes (N, C, ...), got {fmt(b)}")
         shape = () if s.p.channel_shared else (b[1],)  # Caffe's shared slope is a 0-axis blob
-        return [BlobDef("slope", shape, filler_or(s.p.filler, s.p.HasField("filler"), value=0.25))]
+        return [filled("slope", shape, s.p, "filler", value=0.25)]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -104,6 +106,7 @@ class ELU(Neuron):
     """
 
     type = "ELU"
+    onnx_ops = frozenset({"Elu"})
     param_field = "elu_param"
     examples = (Example("elu_param { alpha: 0.5 }", _X),)
 
@@ -129,6 +132,7 @@ class Sigmoid(Neuron):
     """
 
     type = "Sigmoid"
+    onnx_ops = frozenset({"Sigmoid"})
     param_field = "sigmoid_param"
     examples = (Example("", _X),)
 
@@ -149,6 +153,7 @@ class TanH(Neuron):
     """
 
     type = "TanH"
+    onnx_ops = frozenset({"Tanh"})
     param_field = "tanh_param"
     examples = (Example("", _X),)
 
@@ -169,6 +174,7 @@ class AbsVal(Neuron):
     """
 
     type = "AbsVal"
+    onnx_ops = frozenset({"Abs"})
     no_in_place = True
     examples = (Example("", _X),)
 
@@ -186,6 +192,7 @@ class BNLL(Neuron):
     """
 
     type = "BNLL"
+    onnx_ops = frozenset({"Greater", "Softplus", "Where"})
     examples = (Example("", _X),)
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -210,6 +217,7 @@ class Power(Neuron):
     """
 
     type = "Power"
+    onnx_ops = frozenset({"Add", "Mul", "Pow"})
     param_field = "power_param"
     examples = (Example("power_param { power: 2 scale: 0.5 shift: 1 }", _X),
                 Example("power_param { power: 0.5 scale: 2 shift: 0.1 }", (In((2, 3), "positive"),)))
@@ -253,6 +261,7 @@ class Exp(Neuron):
     """
 
     type = "Exp"
+    onnx_ops = frozenset({"Add", "Exp", "Mul"})
     param_field = "exp_param"
     examples = (Example("", _X), Example("exp_param { base: 2 scale: 0.5 shift: 1 }", _X))
 
@@ -282,6 +291,7 @@ class Log(Neuron):
     """
 
     type = "Log"
+    onnx_ops = frozenset({"Add", "Log", "Mul"})
     param_field = "log_param"
     examples = (Example("log_param { base: 10 scale: 2 shift: 0.5 }", (In((2, 3, 4), "positive"),)),)
 
@@ -312,6 +322,7 @@ class Threshold(Neuron):
     """
 
     type = "Threshold"
+    onnx_ops = frozenset({"Cast", "Greater"})
     param_field = "threshold_param"
     examples = (Example("threshold_param { threshold: 0.1 }", _X, gradcheck=False),)
 
@@ -328,6 +339,7 @@ class Clip(Neuron):
     """
 
     type = "Clip"
+    onnx_ops = frozenset({"Clip"})
     param_field = "clip_param"
     examples = (Example("clip_param { min: -0.5 max: 0.7 }", _X),)
 
@@ -356,6 +368,7 @@ class Swish(Neuron):
     """
 
     type = "Swish"
+    onnx_ops = frozenset({"Mul", "Sigmoid"})
     param_field = "swish_param"
     examples = (Example("swish_param { beta: 1.5 }", _X),)
 
@@ -381,6 +394,7 @@ class Dropout(Neuron):
     """
 
     type = "Dropout"
+    onnx_ops = frozenset({"Identity"})
     param_field = "dropout_param"
     category = "common"
     examples = (Example("dropout_param { dropout_ratio: 0.3 }", _X),

@@ -22,9 +22,9 @@ from netspec.layers.base import (
     canonical_axis,
     count,
     expect_axes,
-    filler_or,
     fmt,
     require,
+    weight_and_bias,
 )
 from netspec.layers.registry import register
 
@@ -153,8 +153,26 @@ class _ConvBase(LayerDef):
         return g, channels
 
 
+class _FilterConv(_ConvBase):
+    """Convolution and Deconvolution: a learned filter bank and bias; only the weight's axes differ."""
+
+    draw_colour = "#FF8A80"
+
+    def _weight_axes(self, p: pb.ConvolutionParameter, channels: int) -> tuple[int, int]:
+        """The weight's first two axes (Caffe's order), before the kernel's."""
+        raise NotImplementedError
+
+    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
+        g, channels = self._geometry(s, bottoms)
+        return weight_and_bias(s.p, (*self._weight_axes(s.p, channels), *g.kernel), (s.p.num_output,))
+
+    def summary(self, s: LayerSpec, bottoms: Sequence[Shape]) -> str:
+        g = conv_geometry(s.p, bottoms[0])
+        return _window(f"{s.p.num_output} out, {'x'.join(map(str, g.kernel))}", g.stride, g.pad)
+
+
 @register
-class Convolution(_ConvBase):
+class Convolution(_FilterConv):
     """Convolution over the axes after `axis` (2-D for NCHW), with groups and dilation.
 
     layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
@@ -162,6 +180,7 @@ class Convolution(_ConvBase):
     """
 
     type = "Convolution"
+    onnx_ops = frozenset({"Conv"})
     examples = (
         Example("convolution_param { num_output: 4 kernel_size: 3 }", (In((2, 3, 8, 8)),)),
         Example("convolution_param { num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2 dilation: 2 }",
@@ -188,14 +207,8 @@ class Convolution(_ConvBase):
         top = (*b[: g.axis], s.p.num_output, *out)
         return [top] * len(bottoms)
 
-    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
-        g, channels = self._geometry(s, bottoms)
-        p = s.p
-        out = [BlobDef("weight", (p.num_output, channels // p.group, *g.kernel),
-                       filler_or(p.weight_filler, p.HasField("weight_filler")))]
-        if p.bias_term:
-            out.append(BlobDef("bias", (p.num_output,), filler_or(p.bias_filler, p.HasField("bias_filler"))))
-        return out
+    def _weight_axes(self, p: pb.ConvolutionParameter, channels: int) -> tuple[int, int]:
+        return p.num_output, channels // p.group
 
     def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
         g, channels = self._geometry(s, bottoms)
@@ -212,7 +225,7 @@ class Convolution(_ConvBase):
 
 
 @register
-class Deconvolution(_ConvBase):
+class Deconvolution(_FilterConv):
     """Transposed convolution (Caffe's "deconvolution"); weights are (C_in, num_output / group, k...).
 
     layer { name: "up" type: "Deconvolution" bottom: "score" top: "up"
@@ -221,6 +234,7 @@ class Deconvolution(_ConvBase):
     """
 
     type = "Deconvolution"
+    onnx_ops = frozenset({"ConvTranspose"})
     examples = (
         Example("convolution_param { num_output: 4 kernel_size: 3 stride: 2 }", (In((2, 3, 5, 5)),)),
         Example("convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 2 dilation: 1 }",
@@ -239,14 +253,8 @@ class Deconvolution(_ConvBase):
             out.append(o)
         return [(*b[: g.axis], s.p.num_output, *out)] * len(bottoms)
 
-    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
-        g, channels = self._geometry(s, bottoms)
-        p = s.p
-        out = [BlobDef("weight", (channels, p.num_output // p.group, *g.kernel),
-                       filler_or(p.weight_filler, p.HasField("weight_filler")))]
-        if p.bias_term:
-            out.append(BlobDef("bias", (p.num_output,), filler_or(p.bias_filler, p.HasField("bias_filler"))))
-        return out
+    def _weight_axes(self, p: pb.ConvolutionParameter, channels: int) -> tuple[int, int]:
+        return channels, p.num_output // p.group
 
     def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
         g, _ = self._geometry(s, bottoms)
@@ -271,6 +279,7 @@ class Im2col(_ConvBase):
     """
 
     type = "Im2col"
+    onnx_ops = frozenset({"Gather", "Pad", "Reshape", "Transpose"})
     bottoms = ONE
     tops = ONE
     examples = (Example("convolution_param { kernel_size: 3 stride: 2 pad: 1 }", (In((2, 3, 6, 5)),)),)
@@ -315,6 +324,19 @@ class PoolGeometry:
     stride: tuple[int, int]
     pad: tuple[int, int]
     global_pooling: bool
+
+
+def _window(text: str, stride: Sequence[int], pad: Sequence[int]) -> str:
+    """A window's summary: text, then its stride and pad where they are not 1 and 0."""
+
+    def dims(values: Sequence[int]) -> str:
+        return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+    if any(st != 1 for st in stride):
+        text += f", stride {dims(stride)}"
+    if any(pad):
+        text += f", pad {dims(pad)}"
+    return text
 
 
 def pool_geometry(p: pb.PoolingParameter, b: Shape) -> PoolGeometry:
@@ -460,9 +482,11 @@ class Pooling(LayerDef):
     """
 
     type = "Pooling"
+    onnx_ops = frozenset({"AveragePool", "MaxPool", "Pad"})
     param_field = "pooling_param"
     category = "vision"
     tops = Arity(1, 2)
+    draw_colour = "#FFB74D"
     examples = (
         Example("pooling_param { pool: MAX kernel_size: 3 stride: 2 }", (In((2, 3, 9, 8)),)),
         Example("pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }", (In((2, 2, 7, 6)),)),
@@ -473,6 +497,13 @@ class Pooling(LayerDef):
         Example("pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }",
                 (In((1, 2, 4, 4), "positive"),), gradcheck=False),
     )
+
+    def summary(self, s: LayerSpec, bottoms: Sequence[Shape]) -> str:
+        pool = pb.PoolingParameter.PoolMethod.Name(s.p.pool)
+        g = pool_geometry(s.p, bottoms[0])
+        if g.global_pooling:
+            return f"{pool} global"
+        return _window(f"{pool} {'x'.join(map(str, g.kernel))}", g.stride, g.pad)
 
     def check(self, s: LayerSpec) -> None:
         if s.num_tops == 2:
@@ -512,6 +543,7 @@ class SPP(LayerDef):
     """
 
     type = "SPP"
+    onnx_ops = frozenset({"AveragePool", "Concat", "MaxPool", "Pad", "Reshape"})
     param_field = "spp_param"
     category = "vision"
     examples = (
@@ -569,6 +601,7 @@ class Crop(LayerDef):
     """
 
     type = "Crop"
+    onnx_ops = frozenset({"Slice"})
     param_field = "crop_param"
     category = "vision"
     bottoms = Arity(2, 2)
@@ -615,6 +648,7 @@ class LRN(LayerDef):
     """
 
     type = "LRN"
+    onnx_ops = frozenset({"Add", "AveragePool", "Div", "Mul", "Pad", "Pow", "Reshape", "Squeeze"})
     param_field = "lrn_param"
     category = "normalization"
     examples = (
