@@ -7,10 +7,12 @@ and counts parameters and multiply-accumulates.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 from netspec._proto import netspec_pb2 as pb
-from netspec.errors import NetspecError, ParamError, ShapeError
+from netspec.errors import NetspecError, ParamError, ResourceError, ShapeError
 from netspec.fillerspec import check_filler
 from netspec.graph import Graph, Node
 from netspec.layers.base import Shape, count, fmt
@@ -114,6 +116,10 @@ def _infer_node(node: Node, shapes: dict[str, Shape], shared: dict[str, ParamBlo
     bottoms = tuple(shapes[b] for b in node.bottoms)
     given = _fed_tops(node, fed) if d.feeds else None
     tops = given if given is not None else tuple(d.infer(s, bottoms))
+    for top, shape in zip(node.tops, tops, strict=True):
+        if 0 in shape:  # nothing downstream can compute on it, and no layer rule needs to consider it
+            raise ShapeError(f"top '{top}' would have shape {fmt(shape)}, which holds no values",
+                             hint="every axis of a blob needs a size of at least 1")
     for i, top in enumerate(node.tops):
         if i < len(bottoms) and node.bottoms[i] == top and tops[i] != bottoms[i]:
             raise ShapeError(f"in place, top '{top}' must keep its shape {fmt(bottoms[i])}, but {node.type} makes "
@@ -161,3 +167,95 @@ def _share(blob: ParamBlob, spec: pb.ParamSpec, shared: dict[str, ParamBlob]) ->
                          f"{owner.decay_mult} in layer '{owner.layer}'", field="param")
     return ParamBlob(blob.layer, blob.index, blob.role, blob.shape, owner.filler, owner.learnable, owner.lr_mult,
                      owner.decay_mult, (owner.layer, owner.index))
+
+
+# ---- memory: checked before a net is allocated ------------------------------------------------------
+
+ELEMENT_BYTES = 4  # float32, what compiled nets hold
+MAX_BLOB_VALUES = 2**31 - 1  # Caffe's limit on one blob (INT_MAX values); torch's 32-bit index kernels agree
+LIMIT_VARIABLE = "NETSPEC_MEMORY_LIMIT"
+DEFAULT_LIMIT = 16 * 2**30
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The memory one forward pass of a compiled net holds: its own parameter blobs, and every layer's
+    tops (each layer makes new tensors, in place or not, and training keeps them for backward)."""
+
+    param_bytes: int
+    activation_bytes: int
+    biggest: tuple[LayerInfo, str, Shape]  # the layer, which blob of it ("top 'x'", "weight blob"), its shape
+
+    @property
+    def total_bytes(self) -> int:
+        return self.param_bytes + self.activation_bytes
+
+
+def _blobs(info: LayerInfo) -> list[tuple[str, Shape, bool]]:
+    """A layer's tops of known shape and its own parameter blobs: (which, shape, is a top)."""
+    tops = [(f"top '{t}'", shape, True) for t, shape in zip(info.node.tops, info.top_shapes, strict=True)
+            if shape is not None]
+    return tops + [(f"{b.role} blob", b.shape, False) for b in info.blobs if b.owner is None]
+
+
+def footprint(infos: list[LayerInfo]) -> Footprint | None:
+    """Sums the sizes of every blob from the shapes alone (O(layers), never O(values)); None for a net
+    without blobs."""
+    params = activations = 0
+    biggest: tuple[LayerInfo, str, Shape] | None = None
+    for info in infos:
+        for what, shape, is_top in _blobs(info):
+            n = count(shape)
+            if is_top:
+                activations += n
+            else:
+                params += n
+            if biggest is None or n > count(biggest[2]):
+                biggest = (info, what, shape)
+    if biggest is None:
+        return None
+    return Footprint(params * ELEMENT_BYTES, activations * ELEMENT_BYTES, biggest)
+
+
+def size_text(n_bytes: int) -> str:
+    """Bytes as people read them: 512 B, 3.2 MB, 34.4 GB (powers of 1000)."""
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
+def memory_limit() -> int:
+    """The most bytes a compiled net may hold: NETSPEC_MEMORY_LIMIT (bytes, or with K, M, G or T, powers
+    of 1024), else 16 GiB."""
+    text = os.environ.get(LIMIT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_LIMIT
+    m = re.fullmatch(r"(\d{1,15})\s*([KMGT]?)(?:i?B)?", text, re.IGNORECASE)
+    if not m:
+        raise ResourceError(f"{LIMIT_VARIABLE}={text!r} is not a size", hint="write e.g. 64G or 2000000000")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def check_fits(graph: Graph, infos: list[LayerInfo]) -> None:
+    """Refuses, before anything is allocated, a net with a blob of more than 2^31 - 1 values or whose
+    parameters and activations exceed the memory limit; the error names the biggest blob."""
+    for info in infos:
+        for what, shape, _ in _blobs(info):
+            if count(shape) > MAX_BLOB_VALUES:
+                e = ResourceError(f"its {what} has shape {fmt(shape)}, {count(shape):,} values; a blob holds at "
+                                  f"most {MAX_BLOB_VALUES:,} (2^31 - 1, as in Caffe)",
+                                  hint="make the batch or the layer smaller")
+                raise info.node.error_context(e, graph.smap)
+    fp = footprint(infos)
+    limit = memory_limit()
+    if fp is None or fp.total_bytes <= limit:
+        return
+    info, what, shape = fp.biggest
+    e = ResourceError(f"one forward pass needs {size_text(fp.total_bytes)} (parameters "
+                      f"{size_text(fp.param_bytes)} + activations {size_text(fp.activation_bytes)}), over the limit "
+                      f"of {size_text(limit)}; the biggest blob is this layer's {what} {fmt(shape)}, "
+                      f"{size_text(count(shape) * ELEMENT_BYTES)}",
+                      hint=f"make the batch or the layers smaller, or raise the limit ({LIMIT_VARIABLE}=64G)")
+    raise info.node.error_context(e, graph.smap)

@@ -21,6 +21,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    at_least_axes,
     count,
     fmt,
     require,
@@ -300,6 +301,8 @@ class HDF5Output(LayerDef):
         require(bool(s.p.file_name), "file_name must be set", "file_name")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        for i, b in enumerate(bottoms):
+            at_least_axes(b, 1, "(N, ...): rows are appended along axis 0", f"bottom {i}")
         if bottoms[0][:1] != bottoms[1][:1]:
             raise ShapeError(f"data {fmt(bottoms[0])} and label {fmt(bottoms[1])} need the same first axis")
         return []
