@@ -6,7 +6,7 @@ from typing import Any
 
 from netspec.layers.base import fmt
 from netspec.net import Net
-from netspec.shapes import footprint, size_text
+from netspec.shapes import footprint, memory_text
 
 
 def summary(net: Net) -> dict[str, Any]:
@@ -46,10 +46,11 @@ def summary(net: Net) -> dict[str, Any]:
 def _memory(net: Net) -> dict[str, Any]:
     fp = footprint(net.layers)
     if fp is None:
-        return {"param_bytes": 0, "activation_bytes": 0, "biggest_blob": None}
+        return {"param_bytes": 0, "activation_bytes": 0, "temporary_bytes": 0, "biggest_tensor": None}
     info, what, shape = fp.biggest
     return {"param_bytes": fp.param_bytes, "activation_bytes": fp.activation_bytes,
-            "biggest_blob": {"layer": info.node.name, "blob": what, "shape": list(shape)}}
+            "temporary_bytes": fp.scratch_bytes,
+            "biggest_tensor": {"layer": info.node.name, "tensor": what, "shape": list(shape)}}
 
 
 def _count(n: int) -> str:
@@ -86,8 +87,5 @@ def table(net: Net) -> str:
     ]
     fp = footprint(net.layers)
     if fp is not None:
-        info, what, shape = fp.biggest
-        lines.append(f"memory (float32): parameters {size_text(fp.param_bytes)} + activations "
-                     f"{size_text(fp.activation_bytes)} per forward pass; biggest blob: {what} of layer "
-                     f"'{info.node.name}' {fmt(shape)}")
+        lines.append(memory_text(fp))
     return "\n".join(lines)

@@ -51,6 +51,7 @@ class LayerInfo:
     top_shapes: tuple[Shape | None, ...]  # None: unknown (the tops of an opaque Python layer)
     blobs: tuple[ParamBlob, ...]
     macs: int
+    scratch: Shape | None = None  # the largest temporary tensor of the lowering
 
     @property
     def num_params(self) -> int:
@@ -143,7 +144,7 @@ def _infer_node(node: Node, shapes: dict[str, Shape], shared: dict[str, ParamBlo
         if spec.name:
             blob = _share(blob, spec, shared)
         blobs.append(blob)
-    return LayerInfo(node, bottoms, tops, tuple(blobs), d.macs(s, bottoms, tops))
+    return LayerInfo(node, bottoms, tops, tuple(blobs), d.macs(s, bottoms, tops), d.scratch(s, bottoms, tops))
 
 
 def _share(blob: ParamBlob, spec: pb.ParamSpec, shared: dict[str, ParamBlob]) -> ParamBlob:
@@ -180,34 +181,39 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 @dataclass(frozen=True)
 class Footprint:
-    """The memory one forward pass of a compiled net holds: its own parameter blobs, and every layer's
-    tops (each layer makes new tensors, in place or not, and training keeps them for backward)."""
+    """The memory one forward pass of a compiled net holds: its own parameter blobs, every layer's tops
+    (each layer makes new tensors, in place or not, and training keeps them for backward), and the
+    largest temporary tensor of any layer (they live one at a time)."""
 
     param_bytes: int
     activation_bytes: int
-    biggest: tuple[LayerInfo, str, Shape]  # the layer, which blob of it ("top 'x'", "weight blob"), its shape
+    scratch_bytes: int
+    biggest: tuple[LayerInfo, str, Shape]  # the layer, which tensor of it ("top 'x'", "weight blob"), its shape
 
     @property
     def total_bytes(self) -> int:
-        return self.param_bytes + self.activation_bytes
+        return self.param_bytes + self.activation_bytes + self.scratch_bytes
 
 
-def _blobs(info: LayerInfo) -> list[tuple[str, Shape, bool]]:
-    """A layer's tops of known shape and its own parameter blobs: (which, shape, is a top)."""
-    tops = [(f"top '{t}'", shape, True) for t, shape in zip(info.node.tops, info.top_shapes, strict=True)
+def _blobs(info: LayerInfo) -> list[tuple[str, Shape]]:
+    """A layer's tops of known shape and its own parameter blobs, as (which, shape)."""
+    tops = [(f"top '{t}'", shape) for t, shape in zip(info.node.tops, info.top_shapes, strict=True)
             if shape is not None]
-    return tops + [(f"{b.role} blob", b.shape, False) for b in info.blobs if b.owner is None]
+    return tops + [(f"{b.role} blob", b.shape) for b in info.blobs if b.owner is None]
 
 
 def footprint(infos: list[LayerInfo]) -> Footprint | None:
-    """Sums the sizes of every blob from the shapes alone (O(layers), never O(values)); None for a net
-    without blobs."""
-    params = activations = 0
+    """Sums the sizes of every tensor from the shapes alone (O(layers), never O(values)); None for a net
+    without any."""
+    params = activations = scratch = 0
     biggest: tuple[LayerInfo, str, Shape] | None = None
     for info in infos:
-        for what, shape, is_top in _blobs(info):
+        tensors = _blobs(info) + ([("temporary tensor", info.scratch)] if info.scratch is not None else [])
+        for what, shape in tensors:
             n = count(shape)
-            if is_top:
+            if what == "temporary tensor":
+                scratch = max(scratch, n)
+            elif what.startswith("top "):
                 activations += n
             else:
                 params += n
@@ -215,15 +221,27 @@ def footprint(infos: list[LayerInfo]) -> Footprint | None:
                 biggest = (info, what, shape)
     if biggest is None:
         return None
-    return Footprint(params * ELEMENT_BYTES, activations * ELEMENT_BYTES, biggest)
+    return Footprint(params * ELEMENT_BYTES, activations * ELEMENT_BYTES, scratch * ELEMENT_BYTES, biggest)
 
 
 def size_text(n_bytes: int) -> str:
-    """Bytes as people read them: 512 B, 3.2 MB, 34.4 GB (powers of 1000)."""
-    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+    """Bytes as people read them, in the units of the limit: 512 B, 3.2 MiB, 34.4 GiB."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n_bytes >= scale:
             return f"{n_bytes / scale:.1f} {unit}"
     return f"{n_bytes} B"
+
+
+def _parts(fp: Footprint) -> str:
+    scratch = f" + temporary {size_text(fp.scratch_bytes)}" if fp.scratch_bytes else ""
+    return f"parameters {size_text(fp.param_bytes)} + activations {size_text(fp.activation_bytes)}{scratch}"
+
+
+def memory_text(fp: Footprint) -> str:
+    """The footprint as `netspec check` reports it."""
+    info, what, shape = fp.biggest
+    return (f"memory (float32): {_parts(fp)} per forward pass; biggest tensor: {what} of layer "
+            f"'{info.node.name}' {fmt(shape)}")
 
 
 def memory_limit() -> int:
@@ -242,7 +260,7 @@ def check_fits(graph: Graph, infos: list[LayerInfo]) -> None:
     """Refuses, before anything is allocated, a net with a blob of more than 2^31 - 1 values or whose
     parameters and activations exceed the memory limit; the error names the biggest blob."""
     for info in infos:
-        for what, shape, _ in _blobs(info):
+        for what, shape in _blobs(info):
             if count(shape) > MAX_BLOB_VALUES:
                 e = ResourceError(f"its {what} has shape {fmt(shape)}, {count(shape):,} values; a blob holds at "
                                   f"most {MAX_BLOB_VALUES:,} (2^31 - 1, as in Caffe)",
@@ -253,9 +271,8 @@ def check_fits(graph: Graph, infos: list[LayerInfo]) -> None:
     if fp is None or fp.total_bytes <= limit:
         return
     info, what, shape = fp.biggest
-    e = ResourceError(f"one forward pass needs {size_text(fp.total_bytes)} (parameters "
-                      f"{size_text(fp.param_bytes)} + activations {size_text(fp.activation_bytes)}), over the limit "
-                      f"of {size_text(limit)}; the biggest blob is this layer's {what} {fmt(shape)}, "
+    e = ResourceError(f"one forward pass needs {size_text(fp.total_bytes)} ({_parts(fp)}), over the limit of "
+                      f"{size_text(limit)}; the biggest tensor is this layer's {what} {fmt(shape)}, "
                       f"{size_text(count(shape) * ELEMENT_BYTES)}",
                       hint=f"make the batch or the layers smaller, or raise the limit ({LIMIT_VARIABLE}=64G)")
     raise info.node.error_context(e, graph.smap)

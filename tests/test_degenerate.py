@@ -125,11 +125,11 @@ def test_a_net_over_the_memory_limit_is_refused_before_allocation(write_spec: Ca
     with pytest.raises(ResourceError) as e:
         netspec.compile(path)
     assert str(e.value) == (
-        f"{path}:2:7: layer 'conv' (Convolution): one forward pass needs 3.2 MB (parameters 2.1 KB + "
-        "activations 3.1 MB), over the limit of 1.0 MB; the biggest blob is this layer's top 'conv' "
-        "(64, 20, 24, 24), 2.9 MB\n"
+        f"{path}:2:7: layer 'conv' (Convolution): one forward pass needs 6.5 MiB (parameters 2.0 KiB + "
+        "activations 3.0 MiB + temporary 3.5 MiB), over the limit of 1.0 MiB; the biggest tensor is this "
+        "layer's temporary tensor (64, 25, 576), 3.5 MiB\n"
         "  hint: make the batch or the layers smaller, or raise the limit (NETSPEC_MEMORY_LIMIT=64G)")
-    monkeypatch.setenv("NETSPEC_MEMORY_LIMIT", "4M")
+    monkeypatch.setenv("NETSPEC_MEMORY_LIMIT", "8M")
     assert netspec.compile(path) is not None
 
 
@@ -147,9 +147,9 @@ def test_check_reports_the_size_of_a_huge_net_and_time_refuses_it(write_spec: Ca
     path = _net(write_spec, 64, 1028, 256)
     result = CliRunner().invoke(main, ["check", path])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-1] == ("memory (float32): parameters 26.6 KB + activations 69.0 GB per "
-                                              "forward pass; biggest blob: top 'conv' of layer 'conv' "
-                                              "(64, 256, 1024, 1024)")
+    assert result.output.splitlines()[-1] == ("memory (float32): parameters 26.0 KiB + activations 64.3 GiB + "
+                                              "temporary 6.2 GiB per forward pass; biggest tensor: top 'conv' of "
+                                              "layer 'conv' (64, 256, 1024, 1024)")
     result = CliRunner().invoke(main, ["time", path, "--iterations", "1"])
     assert result.exit_code == 1
     assert result.output.splitlines() == [f"{path}:2:7: layer 'conv' (Convolution): its top 'conv' has shape (64, "
@@ -170,3 +170,18 @@ def test_a_memory_limit_that_is_not_a_size_is_refused(monkeypatch: pytest.Monkey
     with pytest.raises(NetspecError) as e:
         memory_limit()
     assert str(e.value) == "NETSPEC_MEMORY_LIMIT='lots' is not a size\n  hint: write e.g. 64G or 2000000000"
+
+
+def test_a_layer_whose_temporary_tensor_is_too_big_is_refused(write_spec: Callable[..., str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stochastic pooling unfolds every window: 1001x1001 windows of 1000x1000 cells need 3.6 TiB."""
+    monkeypatch.delenv("NETSPEC_MEMORY_LIMIT", raising=False)
+    path = write_spec('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 '
+                      'dim: 2000 dim: 2000 } } }\n'
+                      'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" '
+                      'pooling_param { pool: STOCHASTIC kernel_size: 1000 stride: 1 } }\n')
+    with pytest.raises(ResourceError) as e:
+        netspec.compile(path)
+    assert e.value.msg == ("one forward pass needs 3.6 TiB (parameters 0 B + activations 19.1 MiB + temporary 3.6 TiB), "
+                           "over the limit of 16.0 GiB; the biggest tensor is this layer's temporary tensor "
+                           "(1, 1, 1000000, 1002001), 3.6 TiB")

@@ -139,6 +139,11 @@ class LayerDef:
         """Multiply-accumulates of one forward pass."""
         return 0
 
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        """The shape of the largest temporary tensor the lowering makes besides its tops (unfolded windows,
+        say), which the memory limit counts before anything is allocated; None when there is none."""
+        return None
+
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         """A function computing the tops from the parameter blobs and the bottoms, with torch."""
         raise NotImplementedError(f"{self.type} has no lowering")

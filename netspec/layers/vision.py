@@ -201,6 +201,10 @@ class Convolution(_ConvBase):
         per_output = channels // s.p.group * count(g.kernel)
         return sum(count(t) * per_output for t in tops)
 
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        g, channels = self._geometry(s, bottoms)  # torch's CPU kernel unfolds the windows of a whole batch
+        return (count(bottoms[0][:g.axis]), channels // s.p.group * count(g.kernel), count(tops[0][g.axis + 1:]))
+
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
 
@@ -251,6 +255,10 @@ class Deconvolution(_ConvBase):
         g, _ = self._geometry(s, bottoms)
         per_input = s.p.num_output // s.p.group * count(g.kernel)
         return sum(count(b) * per_input for b in bottoms)
+
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        g, _ = self._geometry(s, bottoms)  # torch's CPU kernel folds columns back one item at a time
+        return (s.p.num_output * count(g.kernel), count(bottoms[0][g.axis + 1:]))
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -499,6 +507,12 @@ class Pooling(LayerDef):
                              "past the input, where Caffe's divisor is undefined",
                              hint="use a stride no larger than the kernel, or round_mode: FLOOR")
         return [(b[0], b[1], *out)] * s.num_tops
+
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        if s.p.pool != s.p.STOCHASTIC:
+            return None
+        g = pool_geometry(s.p, bottoms[0])  # stochastic pooling unfolds every window
+        return (*bottoms[0][:2], count(g.kernel), count(tops[0][2:]))
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         g = pool_geometry(s.p, bottoms[0])
