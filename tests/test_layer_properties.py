@@ -228,6 +228,7 @@ def test_inferred_shapes_hold_for_random_parameters(type_name: str) -> None:
 # Values that break careless rules: zero, negative, one past int32, and far beyond memory. A rule doing
 # O(values) work (a list per output position) on 2^40 runs out the hang guard instead of finishing.
 HUGE = (2**31, 2**40)
+GROWTH = 2**20  # an example's shapes this much larger still relate as they did, with 2^40 values or more
 DEGENERATE_INTS = {FD.TYPE_INT32: [0, 1, 2, 3, -1, -(2**31), 2**31 - 1],
                    FD.TYPE_UINT32: [0, 1, 2, 3, 2**31, 2**32 - 1],
                    FD.TYPE_INT64: [0, 1, 2, -1, -2, *HUGE], FD.TYPE_UINT64: [0, 1, 2, *HUGE]}
@@ -265,11 +266,13 @@ def degenerate_shape() -> st.SearchStrategy[tuple[int, ...]]:
 
 @st.composite
 def mutated_shape(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """A shape that works for the layer, made degenerate in one place: no axes, one axis zero or huge,
-    one axis dropped or added."""
-    edit = draw(st.sampled_from(["scalar", "dim", "drop", "add", "keep"]))
+    """A shape that works for the layer, made degenerate: no axes, one axis zero or huge, every axis
+    2^20 times larger, one axis dropped or added."""
+    edit = draw(st.sampled_from(["scalar", "dim", "grow", "drop", "add", "keep"]))
     if edit == "scalar":
         return ()
+    if edit == "grow":
+        return tuple(d * GROWTH for d in shape)
     if edit == "keep" or not shape:
         return shape
     i = draw(st.integers(0, len(shape) - 1))
@@ -328,6 +331,22 @@ def degenerate_case(draw: st.DrawFn, type_name: str) -> Case:
             elif (values := field_value(f)) is not None:
                 _set(p, f, draw(st.lists(values, min_size=int(not f.is_repeated), max_size=3 if f.is_repeated else 1)))
     return text_format.MessageToString(lp, as_one_line=True), tuple(In(s) for s in shapes), tops
+
+
+EXAMPLES = [(t, i) for t, d in sorted(all_types().items()) for i in range(len(d.examples))]
+
+
+@pytest.mark.parametrize(("type_name", "index"), EXAMPLES, ids=[f"{t}-{i}" for t, i in EXAMPLES])
+def test_shape_rules_of_huge_examples_finish(type_name: str, index: int) -> None:
+    """Every example with every axis 2^20 times larger: inferred from the axes alone, or refused."""
+    ex = all_types()[type_name].examples[index]
+    inputs = tuple(In(tuple(d * GROWTH for d in i.shape), i.kind, i.high) for i in ex.inputs)
+    with hang_guard():
+        try:
+            net = load_layer(type_name, ex.fields, inputs, ex.tops)
+        except REFUSALS:
+            return
+    assert all(s is None or _whole(s) for s in net.layer("under_test").top_shapes)
 
 
 def _whole(shape: tuple[int, ...]) -> bool:
