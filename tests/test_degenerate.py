@@ -185,3 +185,21 @@ def test_a_layer_whose_temporary_tensor_is_too_big_is_refused(write_spec: Callab
     assert e.value.msg == ("one forward pass needs 3.6 TiB (parameters 0 B + activations 19.1 MiB + temporary 3.6 TiB), "
                            "over the limit of 16.0 GiB; the biggest tensor is this layer's temporary tensor "
                            "(1, 1, 1000000, 1002001), 3.6 TiB")
+
+
+@pytest.mark.parametrize(("type_name", "fields", "message"), [
+    ("Scale", "scale_param { axis: 0 num_axes: 0 filler { type: 'positive_unitball' } }",
+     "the positive_unitball filler works on the rows of axis 0, but the blob has shape () (no axes)"),
+    ("Scale", "scale_param { axis: 0 num_axes: 0 filler { type: 'orthogonal' } }",
+     "the orthogonal filler works on the rows of axis 0, but the blob has shape () (no axes)"),
+    ("DummyData", "dummy_data_param { shape { } data_filler { type: 'gaussian' sparse: 1 } }",
+     "the sparse gaussian filler works on the rows of axis 0, but the blob has shape () (no axes)"),
+    ("DummyData", "dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: 'bilinear' } }",
+     "the bilinear filler needs a 4-axis blob with square kernels, got shape (2, 3)"),
+])
+def test_fillers_that_need_rows_are_refused_for_scalar_blobs_before_compiling(type_name: str, fields: str,
+                                                                             message: str) -> None:
+    inputs = (In((2, 3)),) if type_name == "Scale" else ()
+    with pytest.raises(ParamError) as e:
+        load_layer(type_name, fields, inputs, 1)
+    assert e.value.msg == message

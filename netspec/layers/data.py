@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from netspec._proto import netspec_pb2 as pb
 from netspec.data import probe
 from netspec.errors import DataError, ParamError, ShapeError
+from netspec.fillerspec import check_filler
 from netspec.layers.base import (
     NONE,
     Arity,
@@ -135,7 +136,14 @@ class DummyData(LayerDef):
         return fl * s.num_tops if len(fl) == 1 else fl
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
-        return self._shapes(s)
+        shapes = self._shapes(s)
+        for shape, f in zip(shapes, self.fillers(s), strict=True):
+            try:
+                check_filler(f, shape)
+            except ParamError as e:
+                e.field = f"data_filler.{e.field}"
+                raise
+        return shapes
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         from netspec.lower.fillers import fill
