@@ -4,6 +4,7 @@ or accepted and computed without work or memory in proportion to its (huge) size
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -150,6 +151,10 @@ def test_check_reports_the_size_of_a_huge_net_and_time_refuses_it(write_spec: Ca
     assert result.output.splitlines()[-1] == ("memory (float32): parameters 26.0 KiB + activations 64.3 GiB + "
                                               "temporary 6.2 GiB per forward pass; biggest tensor: top 'conv' of "
                                               "layer 'conv' (64, 256, 1024, 1024)")
+    report = json.loads(CliRunner().invoke(main, ["check", path, "--json"]).output)
+    assert (report["param_bytes"], report["activation_bytes"], report["temporary_bytes"]) == (
+        4 * (256 * 25 + 256), 4 * (64 * 1028 * 1028 + 64 * 256 * 1024 * 1024), 4 * 64 * 25 * 1024 * 1024)  # unfolded: (N, C*k*k, H*W)
+    assert report["biggest_tensor"] == {"layer": "conv", "tensor": "top 'conv'", "shape": [64, 256, 1024, 1024]}
     result = CliRunner().invoke(main, ["time", path, "--iterations", "1"])
     assert result.exit_code == 1
     assert result.output.splitlines() == [f"{path}:2:7: layer 'conv' (Convolution): its top 'conv' has shape (64, "
