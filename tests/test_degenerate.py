@@ -80,13 +80,25 @@ def test_huge_nets_count_params_and_macs_exactly() -> None:
      "base^shift = e^1e+30 does not fit float32 (largest 3.403e+38): every output would be inf or nan"),
     ("Exp", "exp_param { base: 10 scale: 3e38 }",
      "ln(base) * scale = 6.90776e+38 does not fit float32 (largest 3.403e+38): every output would be inf or nan"),
-    ("Power", "power_param { power: 1e30 scale: 1e30 }", "power * scale (the gradient's factor) = 1e+60 does not "
-     "fit float32 (largest 3.403e+38): every output would be inf or nan"),
 ])
 def test_constants_that_overflow_float32_are_refused(type_name: str, fields: str, message: str) -> None:
     with pytest.raises(ParamError) as e:
         load_layer(type_name, fields, (In((2, 3)),), 1)
     assert e.value.msg == message
+
+
+@pytest.mark.parametrize(("type_name", "fields", "message"), [
+    ("Log", "log_param { base: 1.5 scale: 3e38 }", "scale / ln(base), the gradient's factor, = 7.39891e+38 does "
+     "not fit float32 (largest 3.403e+38): every gradient would be inf or nan"),
+    ("Power", "power_param { power: 1e30 scale: 1e30 }", "power * scale, the gradient's factor, = 1e+60 does not "
+     "fit float32 (largest 3.403e+38): every gradient would be inf or nan"),
+])
+def test_gradient_factors_that_overflow_float32_are_refused_for_training(type_name: str, fields: str,
+                                                                         message: str) -> None:
+    with pytest.raises(ParamError) as e:
+        load_layer(type_name, fields, (In((2, 3)),), 1, phase="TRAIN")
+    assert e.value.msg == message
+    load_layer(type_name, fields, (In((2, 3)),), 1, phase="TEST")  # inference never computes the gradient
 
 
 def test_exp_with_a_very_negative_shift_is_zero_as_in_caffe() -> None:

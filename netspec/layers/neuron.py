@@ -250,7 +250,8 @@ class Power(Neuron):
     def check(self, s: LayerSpec) -> None:
         for name in ("power", "scale", "shift"):
             _float32(getattr(s.p, name), name, name)
-        _float32(s.p.power * s.p.scale, "power * scale (the gradient's factor)", "scale")
+        if s.train:  # only training computes the gradient
+            _float32(s.p.power * s.p.scale, "power * scale, the gradient's factor,", "scale", "gradient")
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
@@ -278,11 +279,11 @@ class Power(Neuron):
 FLT_MAX = 3.4028234663852886e38
 
 
-def _float32(value: float, what: str, field: str) -> float:
+def _float32(value: float, what: str, field: str, used_by: str = "output") -> float:
     """Refuses a constant of the lowering that float32 (which Caffe and compiled nets compute in) cannot
-    hold: it would turn every output into inf or nan."""
+    hold: it would turn every output (or gradient) into inf or nan."""
     require(math.isfinite(value) and abs(value) <= FLT_MAX,
-            f"{what} = {value:g} does not fit float32 (largest {FLT_MAX:.4g}): every output would be inf or nan",
+            f"{what} = {value:g} does not fit float32 (largest {FLT_MAX:.4g}): every {used_by} would be inf or nan",
             field)
     return value
 
@@ -310,7 +311,7 @@ def _log_constants(p: pb.LogParameter) -> tuple[float, float]:
     ln_base = _log_base(p.base, "base")
     require(ln_base != 0, "base 1 has no logarithm (log_1 divides by ln 1 = 0)", "base")
     _float32(p.shift, "shift", "shift")
-    return 1.0 / ln_base, _float32(p.scale / ln_base, "scale / ln(base)", "scale")
+    return 1.0 / ln_base, p.scale / ln_base
 
 
 @register
@@ -352,7 +353,9 @@ class Log(Neuron):
     examples = (Example("log_param { base: 10 scale: 2 shift: 0.5 }", (In((2, 3, 4), "positive"),)),)
 
     def check(self, s: LayerSpec) -> None:
-        _log_constants(s.p)
+        _, num = _log_constants(s.p)
+        if s.train:  # only training computes the gradient
+            _float32(num, "scale / ln(base), the gradient's factor,", "scale", "gradient")
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
