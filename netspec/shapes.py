@@ -195,33 +195,32 @@ class Footprint:
         return self.param_bytes + self.activation_bytes + self.scratch_bytes
 
 
-def _blobs(info: LayerInfo) -> list[tuple[str, Shape]]:
-    """A layer's tops of known shape and its own parameter blobs, as (which, shape)."""
-    tops = [(f"top '{t}'", shape) for t, shape in zip(info.node.tops, info.top_shapes, strict=True)
-            if shape is not None]
-    return tops + [(f"{b.role} blob", b.shape) for b in info.blobs if b.owner is None]
+def _tensors(info: LayerInfo) -> list[tuple[str, Shape, str]]:
+    """What a layer holds in memory, as (which, shape, kind): its tops of known shape ("activation"), its
+    own parameter blobs ("parameter") and its largest temporary tensor ("temporary")."""
+    out = [(f"top '{t}'", shape, "activation") for t, shape in zip(info.node.tops, info.top_shapes, strict=True)
+           if shape is not None]
+    out += [(f"{b.role} blob", b.shape, "parameter") for b in info.blobs if b.owner is None]
+    if info.scratch is not None:
+        out.append(("temporary tensor", info.scratch, "temporary"))
+    return out
 
 
 def footprint(infos: list[LayerInfo]) -> Footprint | None:
     """Sums the sizes of every tensor from the shapes alone (O(layers), never O(values)); None for a net
     without any."""
-    params = activations = scratch = 0
+    total = {"activation": 0, "parameter": 0, "temporary": 0}
     biggest: tuple[LayerInfo, str, Shape] | None = None
     for info in infos:
-        tensors = _blobs(info) + ([("temporary tensor", info.scratch)] if info.scratch is not None else [])
-        for what, shape in tensors:
+        for what, shape, kind in _tensors(info):
             n = count(shape)
-            if what == "temporary tensor":
-                scratch = max(scratch, n)
-            elif what.startswith("top "):
-                activations += n
-            else:
-                params += n
+            total[kind] = max(total[kind], n) if kind == "temporary" else total[kind] + n
             if biggest is None or n > count(biggest[2]):
                 biggest = (info, what, shape)
     if biggest is None:
         return None
-    return Footprint(params * ELEMENT_BYTES, activations * ELEMENT_BYTES, scratch * ELEMENT_BYTES, biggest)
+    return Footprint(total["parameter"] * ELEMENT_BYTES, total["activation"] * ELEMENT_BYTES,
+                     total["temporary"] * ELEMENT_BYTES, biggest)
 
 
 def size_text(n_bytes: int) -> str:
@@ -258,10 +257,10 @@ def memory_limit() -> int:
 
 def check_fits(graph: Graph, infos: list[LayerInfo]) -> None:
     """Refuses, before anything is allocated, a net with a blob of more than 2^31 - 1 values or whose
-    parameters and activations exceed the memory limit; the error names the biggest blob."""
+    footprint exceeds the memory limit; the error names the biggest tensor."""
     for info in infos:
-        for what, shape in _blobs(info):
-            if count(shape) > MAX_BLOB_VALUES:
+        for what, shape, kind in _tensors(info):
+            if kind != "temporary" and count(shape) > MAX_BLOB_VALUES:
                 e = ResourceError(f"its {what} has shape {fmt(shape)}, {count(shape):,} values; a blob holds at "
                                   f"most {MAX_BLOB_VALUES:,} (2^31 - 1, as in Caffe)",
                                   hint="make the batch or the layer smaller")
