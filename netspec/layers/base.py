@@ -163,6 +163,11 @@ class LayerDef:
         """Multiply-accumulates of one forward pass."""
         return 0
 
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        """The shape of the largest temporary tensor the lowering makes besides its tops (unfolded windows,
+        say), which the memory limit counts before anything is allocated; None when there is none."""
+        return None
+
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         """A function computing the tops from the parameter blobs and the bottoms, with torch."""
         raise NotImplementedError(f"{self.type} has no lowering")
@@ -234,6 +239,8 @@ def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
 
 def canonical_axis(axis: int, ndim: int, what: str = "axis") -> int:
     """Caffe's CanonicalAxisIndex: a negative axis counts from the end; out of range is an error."""
+    if ndim == 0:
+        raise ShapeError(f"{what} {axis} needs a bottom with axes, got a 0-axis (scalar) bottom", field=what)
     if not -ndim <= axis < ndim:
         raise ShapeError(f"{what} {axis} is out of range for a {ndim}-axis bottom "
                          f"(valid: {-ndim} to {ndim - 1})", field=what)
@@ -243,6 +250,15 @@ def canonical_axis(axis: int, ndim: int, what: str = "axis") -> int:
 def expect_axes(shape: Shape, n: int, what: str = "bottom") -> Shape:
     if len(shape) != n:
         raise ShapeError(f"{what} must have {n} axes, got shape {fmt(shape)}")
+    return shape
+
+
+def at_least_axes(shape: Shape, n: int, axes: str, which: str = "the bottom") -> Shape:
+    """Refuses a bottom with fewer than n axes (a 0-axis scalar, say); `axes` names the axes the layer
+    reads, e.g. "(N, ...)"."""
+    if len(shape) < n:
+        raise ShapeError(f"{which} has shape {fmt(shape)}, but needs at least {n} axis{'es' if n > 1 else ''} "
+                         f"{axes}")
     return shape
 
 

@@ -15,6 +15,7 @@ from netspec._proto import netspec_pb2 as pb
 from netspec.data import probe
 from netspec.errors import DataError, ParamError, ShapeError
 from netspec.files import confinement_problem, output_path
+from netspec.fillerspec import check_filler
 from netspec.layers.base import (
     NONE,
     Arity,
@@ -23,6 +24,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    at_least_axes,
     count,
     fmt,
     require,
@@ -142,7 +144,14 @@ class DummyData(LayerDef):
         return fl * s.num_tops if len(fl) == 1 else fl
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
-        return self._shapes(s)
+        shapes = self._shapes(s)
+        for shape, f in zip(shapes, self.fillers(s), strict=True):
+            try:
+                check_filler(f, shape)
+            except ParamError as e:
+                e.field = f"data_filler.{e.field}"
+                raise
+        return shapes
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         from netspec.fillers import fill
@@ -342,6 +351,8 @@ class HDF5Output(LayerDef):
                              hint="give a relative name, and the folder with --out (netspec train/test)")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        for i, b in enumerate(bottoms):
+            at_least_axes(b, 1, "(N, ...): rows are appended along axis 0", f"bottom {i}")
         if bottoms[0][:1] != bottoms[1][:1]:
             raise ShapeError(f"data {fmt(bottoms[0])} and label {fmt(bottoms[1])} need the same first axis")
         return []

@@ -22,6 +22,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    at_least_axes,
     canonical_axis,
     count,
     describe_bottoms,
@@ -76,6 +77,12 @@ def _label_axis(s: LayerSpec, scores: Shape, labels: Shape, axis_value: int) -> 
                          hint=f"bottom '{s.lp.bottom[1]}' should have shape {flat}"
                          + (f" or {spatial}" if spatial != flat else ""))
     return axis, outer, inner
+
+
+def _batched(bottoms: Sequence[Shape]) -> None:
+    """Caffe's LossLayer reads every bottom's first axis as the batch: a 0-axis bottom has none."""
+    for i, b in enumerate(bottoms):
+        at_least_axes(b, 1, "(N, ...)", f"bottom {i}")
 
 
 def _labels_moved(labels: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
@@ -168,6 +175,7 @@ class MultinomialLogisticLoss(_Classifier):
     examples = (Example("", (In((4, 5), "prob"), In((4,), "label", 5))),)
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         probs, labels = bottoms
         if count(labels) != probs[0]:
             raise ShapeError(f"{count(labels)} labels for a batch of {probs[0]}: one label per item "
@@ -211,6 +219,7 @@ class InfogainLoss(_Classifier):
         require(s.p.axis == 1, "InfogainLoss takes one row of class probabilities per item (axis 1)", "axis")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms[:2])
         probs, labels = bottoms[0], bottoms[1]
         if count(labels) != probs[0]:
             raise ShapeError(f"{count(labels)} labels for a batch of {probs[0]}: one label per item ({fmt(probs)})")
@@ -263,6 +272,7 @@ class EuclideanLoss(_Loss):
     examples = (Example("", (In((4, 3)), In((4, 3)))),)
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         a, b = bottoms
         if count(a, 1) != count(b, 1) or a[:1] != b[:1]:
             raise ShapeError(f"the two bottoms need the same shape, got {fmt(a)} and {fmt(b)}",
@@ -292,6 +302,7 @@ class HingeLoss(_Classifier):
                 Example("hinge_loss_param { norm: L2 }", (In((4, 5)), In((4,), "label", 5))))
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         scores, labels = bottoms
         if count(labels) != scores[0]:
             raise ShapeError(f"{count(labels)} labels for a batch of {scores[0]} ({fmt(scores)})")
@@ -328,6 +339,7 @@ class SigmoidCrossEntropyLoss(_Loss):
                         (In((4, 3)), In((4, 3), "binary"))))
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         a, b = bottoms
         if count(a) != count(b):
             raise ShapeError(f"scores {fmt(a)} and targets {fmt(b)} need the same number of values")
@@ -373,6 +385,7 @@ class ContrastiveLoss(_Loss):
                         (In((4, 3)), In((4, 3)), In((4,), "binary"))))
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         a, b, y = bottoms
         if a != b:
             raise ShapeError(f"the two feature bottoms differ: {fmt(a)} and {fmt(b)}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from netspec.errors import ShapeError
+from netspec._proto import netspec_pb2 as pb
+from netspec.errors import ParamError, ShapeError
 from netspec.layers.base import (
     BlobDef,
     Example,
@@ -222,6 +223,12 @@ class Power(Neuron):
     examples = (Example("power_param { power: 2 scale: 0.5 shift: 1 }", _X),
                 Example("power_param { power: 0.5 scale: 2 shift: 0.1 }", (In((2, 3), "positive"),)))
 
+    def check(self, s: LayerSpec) -> None:
+        for name in ("power", "scale", "shift"):
+            _float32(getattr(s.p, name), name, name)
+        if s.train:  # only training computes the gradient
+            _float32(s.p.power * s.p.scale, "power * scale, the gradient's factor,", "scale", "gradient")
+
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
@@ -245,12 +252,42 @@ class Power(Neuron):
         return s.p.power == 1 or s.p.power * s.p.scale == 0
 
 
+FLT_MAX = 3.4028234663852886e38
+
+
+def _float32(value: float, what: str, field: str, used_by: str = "output") -> float:
+    """Refuses a constant of the lowering that float32 (which Caffe and compiled nets compute in) cannot
+    hold: it would turn every output (or gradient) into inf or nan."""
+    require(math.isfinite(value) and abs(value) <= FLT_MAX,
+            f"{what} = {value:g} does not fit float32 (largest {FLT_MAX:.4g}): every {used_by} would be inf or nan",
+            field)
+    return value
+
+
 def _log_base(base: float, field: str) -> float:
     """ln(base), where Caffe's base -1 means e."""
     if base == -1:
         return 1.0
-    require(base > 0, f"base must be positive (or -1 for e), got {base}", field)
+    require(base > 0 and math.isfinite(base), f"base must be positive and finite (or -1 for e), got {base}", field)
     return math.log(base)
+
+
+def _exp_constants(p: pb.ExpParameter) -> tuple[float, float]:
+    """Caffe's inner scale ln(base) * scale and outer scale base^shift, both within float32."""
+    ln_base = _log_base(p.base, "base")
+    inner = _float32(ln_base * p.scale, "ln(base) * scale", "scale")
+    if ln_base * p.shift > math.log(FLT_MAX) or not math.isfinite(ln_base * p.shift):
+        raise ParamError(f"base^shift = e^{ln_base * p.shift:g} does not fit float32 (largest {FLT_MAX:.4g}): "
+                         "every output would be inf or nan", field="shift")
+    return inner, math.exp(ln_base * p.shift)
+
+
+def _log_constants(p: pb.LogParameter) -> tuple[float, float]:
+    """Caffe's 1 / ln(base) and the gradient's scale / ln(base); base 1 has no logarithm."""
+    ln_base = _log_base(p.base, "base")
+    require(ln_base != 0, "base 1 has no logarithm (log_1 divides by ln 1 = 0)", "base")
+    _float32(p.shift, "shift", "shift")
+    return 1.0 / ln_base, p.scale / ln_base
 
 
 @register
@@ -266,20 +303,18 @@ class Exp(Neuron):
     examples = (Example("", _X), Example("exp_param { base: 2 scale: 0.5 shift: 1 }", _X))
 
     def check(self, s: LayerSpec) -> None:
-        _log_base(s.p.base, "base")
+        _exp_constants(s.p)
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        ln_base = _log_base(s.p.base, "base")
-        inner = ln_base * s.p.scale
-        outer = math.exp(ln_base * s.p.shift)  # Caffe's outer scale base^shift
+        inner, outer = _exp_constants(s.p)
         if outer == 1:
             return lambda params, xs: [torch.exp(xs[0] * inner)]
         return lambda params, xs: [torch.exp(xs[0] * inner) * outer]
 
     def caffe_backward(self, s: LayerSpec) -> Grad:
-        inner = _log_base(s.p.base, "base") * s.p.scale
+        inner, _ = _exp_constants(s.p)
         return lambda x, b, t, g: g * t * inner
 
 
@@ -296,17 +331,19 @@ class Log(Neuron):
     examples = (Example("log_param { base: 10 scale: 2 shift: 0.5 }", (In((2, 3, 4), "positive"),)),)
 
     def check(self, s: LayerSpec) -> None:
-        _log_base(s.p.base, "base")
+        _, num = _log_constants(s.p)
+        if s.train:  # only training computes the gradient
+            _float32(num, "scale / ln(base), the gradient's factor,", "scale", "gradient")
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        base_scale = 1.0 / _log_base(s.p.base, "base")
+        base_scale, _ = _log_constants(s.p)
         scale, shift = s.p.scale, s.p.shift
         return lambda params, xs: [torch.log(xs[0] * scale + shift) * base_scale]
 
     def caffe_backward(self, s: LayerSpec) -> Grad:
-        num = s.p.scale / _log_base(s.p.base, "base")
+        _, num = _log_constants(s.p)
         scale, shift = s.p.scale, s.p.shift
         return lambda x, b, t, g: g * num / (b * scale + shift)
 

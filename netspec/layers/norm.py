@@ -15,6 +15,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    at_least_axes,
     canonical_axis,
     filled,
     fmt,
@@ -55,7 +56,7 @@ class BatchNorm(LayerDef):
         return s.p.use_global_stats if s.p.HasField("use_global_stats") else not s.train
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
-        return [bottoms[0]]
+        return [at_least_axes(bottoms[0], 1, "(N, C, ...)")]
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         c = bottoms[0][1] if len(bottoms[0]) > 1 else 1

@@ -18,6 +18,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    at_least_axes,
     canonical_axis,
     count,
     describe_bottoms,
@@ -385,6 +386,7 @@ class ArgMax(LayerDef):
             if p.top_k > b[axis]:
                 raise ShapeError(f"top_k {p.top_k} exceeds the size {b[axis]} of axis {axis}", field="top_k")
             return [(*b[:axis], p.top_k, *b[axis + 1:])]
+        at_least_axes(b, 1, "(N, ...) when no axis is given")
         if p.top_k > count(b, 1):
             raise ShapeError(f"top_k {p.top_k} exceeds the {count(b, 1)} values of each item", field="top_k")
         shape = [1] * max(len(b), 3)
@@ -478,6 +480,8 @@ class Filter(LayerDef):
                 f"{s.num_tops}", "top")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        for i, b in enumerate(bottoms):
+            at_least_axes(b, 1, "(N, ...): Filter keeps items along axis 0", f"bottom {i}")
         selector = bottoms[-1]
         if count(selector, 1) != 1:
             raise ShapeError(f"the selector (last bottom) must hold one value per item, got {fmt(selector)}")
@@ -511,6 +515,7 @@ class BatchReindex(LayerDef):
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         x, index = bottoms
+        at_least_axes(x, 1, "(N, ...): items are gathered along axis 0", "bottom 0")
         if len(index) != 1:
             raise ShapeError(f"the index bottom must have one axis, got {fmt(index)}")
         return [(index[0], *x[1:])]

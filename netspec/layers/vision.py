@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -215,6 +214,10 @@ class Convolution(_FilterConv):
         per_output = channels // s.p.group * count(g.kernel)
         return sum(count(t) * per_output for t in tops)
 
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        g, channels = self._geometry(s, bottoms)  # torch's CPU kernel unfolds the windows of a whole batch
+        return (count(bottoms[0][:g.axis]), channels // s.p.group * count(g.kernel), count(tops[0][g.axis + 1:]))
+
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
 
@@ -260,6 +263,10 @@ class Deconvolution(_FilterConv):
         g, _ = self._geometry(s, bottoms)
         per_input = s.p.num_output // s.p.group * count(g.kernel)
         return sum(count(b) * per_input for b in bottoms)
+
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        g, _ = self._geometry(s, bottoms)  # torch's CPU kernel folds columns back one item at a time
+        return (s.p.num_output * count(g.kernel), count(bottoms[0][g.axis + 1:]))
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -415,8 +422,13 @@ def _window_extent(size: int, k: int, s: int, pad: int, out: int) -> tuple[int, 
     cells to drop), and Caffe's AVE divisor per window (the window clipped at size + pad, counting the
     padding cells before that)."""
     right = (out - 1) * s + k - size - pad
-    divisors = [min(i * s - pad + k, size + pad) - (i * s - pad) for i in range(out)]
-    return right, divisors
+    return right, [_ave_divisor(size, k, s, pad, i) for i in range(out)]
+
+
+def _ave_divisor(size: int, k: int, s: int, pad: int, i: int) -> int:
+    """Caffe's AVE divisor of window i: min(start + k, size + pad) - start, with start = i * s - pad. It
+    shrinks as i grows, so the last window's is the smallest."""
+    return min(k, size + 2 * pad - i * s)
 
 
 def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int],
@@ -520,12 +532,18 @@ class Pooling(LayerDef):
         if min(out) < 1:
             raise ShapeError(f"kernel {_x(g.kernel)} is larger than the padded input {_x(b[2:])}",
                              hint=f"bottom '{s.lp.bottom[0]}' has shape {fmt(b)}")
-        if s.p.pool == s.p.AVE and any(min(_window_extent(size, k, st, pd, o)[1]) <= 0 for size, k, st, pd, o
+        if s.p.pool == s.p.AVE and any(_ave_divisor(size, k, st, pd, o - 1) <= 0 for size, k, st, pd, o
                                        in zip(b[2:], g.kernel, g.stride, g.pad, out, strict=True)):
             raise ShapeError("with this kernel and stride the last average-pooling window would start "
                              "past the input, where Caffe's divisor is undefined",
                              hint="use a stride no larger than the kernel, or round_mode: FLOOR")
         return [(b[0], b[1], *out)] * s.num_tops
+
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        if s.p.pool != s.p.STOCHASTIC:
+            return None
+        g = pool_geometry(s.p, bottoms[0])  # stochastic pooling unfolds every window
+        return (*bottoms[0][:2], count(g.kernel), count(tops[0][2:]))
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         g = pool_geometry(s.p, bottoms[0])
@@ -558,10 +576,14 @@ class SPP(LayerDef):
     def _levels(self, s: LayerSpec, b: Shape) -> list[tuple[PoolGeometry, tuple[int, int]]]:
         h, w = b[2], b[3]
         levels = []
-        for level in range(s.p.pyramid_height):
+        for level in range(s.p.pyramid_height):  # ends by level 41 for any input: 2^level bins outgrow it
             bins = 2**level
-            kernel = (math.ceil(h / bins), math.ceil(w / bins))
+            kernel = (-(-h // bins), -(-w // bins))
             pad = ((kernel[0] * bins - h + 1) // 2, (kernel[1] * bins - w + 1) // 2)
+            if pad[0] >= kernel[0] or pad[1] >= kernel[1]:  # Caffe's pooling refuses these windows too
+                raise ShapeError(f"pyramid level {level} ({bins}x{bins} bins) does not fit the {h}x{w} input: "
+                                 f"its windows {_x(kernel)} would need padding {_x(pad)}, which must be smaller",
+                                 field="pyramid_height", hint=f"use a pyramid_height of at most {level}")
             g = PoolGeometry(kernel, kernel, pad, False)
             out = (pooled_size(h, kernel[0], kernel[0], pad[0], True),
                    pooled_size(w, kernel[1], kernel[1], pad[1], True))
@@ -666,15 +688,21 @@ class LRN(LayerDef):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
 
+        # The sum of squares runs over the n // 2 neighbours on each side that exist: a window wider than
+        # the input sees all of them, so the narrowest such window, with alpha scaled to keep Caffe's
+        # alpha / n (alpha / n^2 within a channel), gives the same values without padding by n.
         n, alpha, beta, k = s.p.local_size, s.p.alpha, s.p.beta, s.p.k
         if s.p.norm_region == s.p.ACROSS_CHANNELS:
-            return lambda params, xs: [F.local_response_norm(xs[0], n, alpha, beta, k)]
-        pad = (n - 1) // 2
+            size = min(n, 2 * bottoms[0][1] - 1)
+            alpha_size = alpha * (size / n)
+            return lambda params, xs: [F.local_response_norm(xs[0], size, alpha_size, beta, k)]
+        size = min(n, 2 * max(bottoms[0][2:]) - 1)
+        pad, alpha_sq = (size - 1) // 2, alpha * (size / n) ** 2
 
         def within(params, xs):
             x = xs[0]
-            mean_sq = F.avg_pool2d(x * x, n, 1, pad, False, count_include_pad=True)
-            return [x * (1 + alpha * mean_sq) ** (-beta)]
+            mean_sq = F.avg_pool2d(x * x, size, 1, pad, False, count_include_pad=True)
+            return [x * (1 + alpha_sq * mean_sq) ** (-beta)]
 
         return within
 
