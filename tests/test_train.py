@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -330,4 +331,24 @@ def test_large_sources_stream_through_a_dataloader(tmp_path: Path, monkeypatch: 
     state = streamed.state()
     after = streamed.next()
     streamed.load_state(state)
+    assert not multiprocessing.active_children()  # the loader that read ahead stopped its workers
     assert torch.equal(streamed.next()["data"], after["data"])
+    assert multiprocessing.active_children()
+    with streamed:  # its workers stop on leaving, not whenever the garbage collector finds them
+        held.load_state(streamed.state())
+        assert torch.equal(streamed.next()["data"], held.next()["data"])
+    assert not multiprocessing.active_children()
+    assert torch.equal(streamed.next()["data"], held.next()["data"])  # reading on after closing starts new ones
+    streamed.close()
+    assert not multiprocessing.active_children()
+
+    monkeypatch.setenv("NETSPEC_MAX_MEMORY_MB", "0")  # the solver's TRAIN and TEST data stream too
+    (tmp_path / "train.prototxt").write_text(
+        spec.read_text().replace(" include { phase: TRAIN }", "")
+        + 'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }\n'
+        + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
+    (tmp_path / "solver.prototxt").write_text('net: "train.prototxt" base_lr: 0.01 max_iter: 3 test_iter: 2 '
+                                              'test_interval: 2 random_seed: 1\n')
+    solver = Solver(str(tmp_path / "solver.prototxt"), quiet=True)
+    assert solver.solve()["iterations"] == 3 and solver.feeder.sources[0].arrays is None
+    assert not multiprocessing.active_children()  # solve() stopped the workers of both nets' data
