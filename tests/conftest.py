@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# One intra-op thread for torch, here and in the processes the tests start (set before torch is imported).
+# The suite's nets are tiny, so a second thread only adds synchronisation, and on a busy machine threads
+# that spin waiting for a descheduled partner make training twenty times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
