@@ -1,9 +1,12 @@
-"""Shared fixtures: paths, a spec writer, and a seeded torch."""
+"""Shared fixtures: paths, a spec writer, a seeded torch, and torch set up for a fast suite."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,3 +43,14 @@ def _seed() -> None:
     except ImportError:
         return
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _onnx_function_table_built_once() -> None:
+    """torch's ONNX exporter rebuilds its table of ONNX functions for every export (about 1 s of CPU,
+    half of exporting a small net); the suite exports dozens of nets, so once the exporter is loaded each
+    opset's table is built once. The exporter only reads the table."""
+    registration = sys.modules.get("torch.onnx._internal.exporter._registration")
+    registry = getattr(registration, "ONNXRegistry", None)
+    if isinstance(inspect.getattr_static(registry, "from_torchlib", None), classmethod):  # not yet replaced
+        registry.from_torchlib = staticmethod(functools.cache(registry.from_torchlib))  # type: ignore[union-attr]
