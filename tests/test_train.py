@@ -70,16 +70,28 @@ def final_weights(path: Path) -> dict[str, list[torch.Tensor]]:
     return snapshot.load(path)["blobs"]
 
 
-def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
-    spec = small_spec(tmp_path)
-    Solver(spec, out_dir=tmp_path / "full", quiet=True).solve()
+FULL = 200  # iterations of the runs that are interrupted and resumed
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[torch.Tensor]]:
+    """The final weights of the small net trained for FULL iterations without a break (shared: both tests of
+    resumption compare with it)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    Solver(small_spec(folder, max_iter=FULL), out_dir=folder / "full", quiet=True).solve()
+    return final_weights(folder / "full" / f"small_iter_{FULL}.pt")
+
+
+def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(
+        tmp_path: Path, uninterrupted: dict[str, list[torch.Tensor]]) -> None:
+    spec = small_spec(tmp_path, max_iter=FULL)
     half = Solver(spec, out_dir=tmp_path / "half", quiet=True)
     half.max_iter = 60  # stop early, as an interruption would
     half.solve()
     Solver(spec, out_dir=tmp_path / "half", quiet=True).solve(resume=tmp_path / "half" / "small_iter_60.pt")
-    full, resumed = final_weights(tmp_path / "full" / "small_iter_120.pt"), final_weights(tmp_path / "half" / "small_iter_120.pt")
-    for layer in full:
-        for a, b in zip(full[layer], resumed[layer], strict=True):
+    resumed = final_weights(tmp_path / "half" / f"small_iter_{FULL}.pt")
+    for layer in uninterrupted:
+        for a, b in zip(uninterrupted[layer], resumed[layer], strict=True):
             assert torch.equal(a, b), layer
 
 
@@ -98,24 +110,25 @@ def _wait_for(out: Path, pattern: str, timeout: float = 60) -> list[Path]:
     raise AssertionError(f"no {pattern} in {out}")
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    spec = small_spec(tmp_path, max_iter=400)
-    Solver(spec, out_dir=tmp_path / "full", quiet=True).solve()
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path,
+                                                        uninterrupted: dict[str, list[torch.Tensor]]) -> None:
+    spec = small_spec(tmp_path, max_iter=FULL)
     proc = _train_process(spec, tmp_path / "killed")
-    _wait_for(tmp_path / "killed", "small_iter_*.pt")
-    time.sleep(0.3)
+    _wait_for(tmp_path / "killed", "small_iter_40.pt")  # the second snapshot: killed while training goes on
     proc.kill()
     proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
     snaps = sorted((tmp_path / "killed").glob("small_iter_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     for snap in snaps:
         snapshot.load(snap)  # every snapshot on disk is whole, whenever the kill came
     last = snaps[-1]
+    assert last.name != f"small_iter_{FULL}.pt"  # it did not finish before the kill
     code, out = cli("train", spec, "--resume", str(last), "--quiet")
     assert code == 0, out
     assert not list((tmp_path / "killed").glob(".*.tmp"))  # a temporary file a kill left behind is cleared
-    full, resumed = final_weights(tmp_path / "full" / "small_iter_400.pt"), final_weights(tmp_path / "killed" / "small_iter_400.pt")
-    for layer in full:
-        for a, b in zip(full[layer], resumed[layer], strict=True):
+    resumed = final_weights(tmp_path / "killed" / f"small_iter_{FULL}.pt")
+    for layer in uninterrupted:
+        for a, b in zip(uninterrupted[layer], resumed[layer], strict=True):
             assert torch.equal(a, b), layer
 
 
@@ -124,8 +137,10 @@ def test_sighup_snapshots_and_goes_on_and_sigint_snapshots_and_stops(tmp_path: P
     spec = small_spec(tmp_path, max_iter=100000)
     Path(spec).write_text(Path(spec).read_text().replace("snapshot: 20,", "snapshot: 0,"))
     proc = _train_process(spec, tmp_path / "run")
-    _wait_for(tmp_path / "run", "metrics.csv")
-    time.sleep(1.0)
+    metrics = _wait_for(tmp_path / "run", "metrics.csv")[0]
+    deadline = time.time() + 60
+    while len(metrics.read_text().splitlines()) < 3 and time.time() < deadline:  # a header and two displays
+        time.sleep(0.05)
     proc.send_signal(signal.SIGHUP)
     first = _wait_for(tmp_path / "run", "small_iter_*.pt")
     assert proc.poll() is None  # still training
@@ -245,7 +260,8 @@ def test_xor_learns_xor_from_random_weights(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["mlp_text.yaml", "keras_cnn.yaml", "resnet_small.yaml", "inception_small.yaml",
                                   "logistic_regression.yaml", "linear_regression.yaml"])
 def test_ready_models_train_on_their_data(tmp_path: Path, name: str) -> None:
-    code, out = cli("train", str(MODELS / name), "--set", "solver.max_epoch=1", "--out", str(tmp_path / "r"), "--quiet")
+    code, out = cli("train", str(MODELS / name), "--set", "solver.max_epoch=0.1", "--out", str(tmp_path / "r"),
+                    "--quiet")  # a few iterations, then a test pass over all the test data
     assert code == 0, out
     assert "test: " in out and "loss = " in out
 
