@@ -23,6 +23,20 @@ MODELS = ROOT / "models"
 CAFFE = DATA / "caffe"
 
 
+DIGIT_LABELS = [f"digit {i}" for i in range(10)]
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/digits_cnn.yaml with its fillers' weights exported with DIGIT_LABELS, once for every test that
+    only reads the file."""
+    import netspec
+
+    path = tmp_path_factory.mktemp("digits_onnx") / "digits.onnx"
+    netspec.export_onnx(netspec.compile(str(MODELS / "digits_cnn.yaml")), path, labels=DIGIT_LABELS, verify=False)
+    return path
+
+
 @pytest.fixture
 def write_spec(tmp_path: Path) -> Callable[[str, str], str]:
     """Writes a spec text to a file in a temporary folder and returns its path."""
