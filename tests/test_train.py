@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +96,24 @@ def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(
             assert torch.equal(a, b), layer
 
 
-def _train_process(spec: str, out: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "netspec", "train", spec, "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+TrainProcess = Callable[[str, Path], "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def train_process() -> Iterator[TrainProcess]:
+    """Starts `netspec train SPEC --out DIR` in a process; one a failed test left running is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(spec: str, out: Path) -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen([sys.executable, "-m", "netspec", "train", spec, "--out", str(out)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _wait_for(out: Path, pattern: str, timeout: float = 60) -> list[Path]:
@@ -110,10 +126,10 @@ def _wait_for(out: Path, pattern: str, timeout: float = 60) -> list[Path]:
     raise AssertionError(f"no {pattern} in {out}")
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path,
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, train_process: TrainProcess,
                                                         uninterrupted: dict[str, list[torch.Tensor]]) -> None:
     spec = small_spec(tmp_path, max_iter=FULL)
-    proc = _train_process(spec, tmp_path / "killed")
+    proc = train_process(spec, tmp_path / "killed")
     _wait_for(tmp_path / "killed", "small_iter_40.pt")  # the second snapshot: killed while training goes on
     proc.kill()
     proc.communicate()
@@ -133,10 +149,11 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path,
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
-def test_sighup_snapshots_and_goes_on_and_sigint_snapshots_and_stops(tmp_path: Path) -> None:
+def test_sighup_snapshots_and_goes_on_and_sigint_snapshots_and_stops(tmp_path: Path,
+                                                                     train_process: TrainProcess) -> None:
     spec = small_spec(tmp_path, max_iter=100000)
     Path(spec).write_text(Path(spec).read_text().replace("snapshot: 20,", "snapshot: 0,"))
-    proc = _train_process(spec, tmp_path / "run")
+    proc = train_process(spec, tmp_path / "run")
     metrics = _wait_for(tmp_path / "run", "metrics.csv")[0]
     deadline = time.time() + 60
     while len(metrics.read_text().splitlines()) < 3 and time.time() < deadline:  # a header and two displays
