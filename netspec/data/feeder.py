@@ -160,10 +160,18 @@ class Source:
     def load_state(self, state: dict[str, int]) -> None:
         self.epoch, self.cursor, self.batches = int(state["epoch"]), int(state["cursor"]), int(state["batches"])
         self._order = self._permutation(self.epoch)
-        self._stream = None  # a DataLoader restarts from here
+        self.close()  # a DataLoader restarts from here
 
     def rewind(self) -> None:
         self.load_state({"epoch": 0, "cursor": 0, "batches": 0})
+
+    def close(self) -> None:
+        """Stops the DataLoader's worker processes now. Left to the garbage collector (the loader and this
+        source refer to each other), they stop later, inside whatever code runs then, and slowly (about 5 s
+        a worker). The next batch starts new workers from the current position."""
+        if self._stream is not None:
+            self._stream._shutdown_workers()  # type: ignore[attr-defined]  # what the loader's __del__ calls
+            self._stream = None
 
 
 def _next_indices(s: Source, epoch: int, cursor: int, order: torch.Tensor, count: int | None = None
@@ -262,6 +270,17 @@ class Feeder:
     def rewind(self) -> None:
         for s in self.sources:
             s.rewind()
+
+    def close(self) -> None:
+        """Stops the worker processes of streamed sources (reading on starts them again)."""
+        for s in self.sources:
+            s.close()
+
+    def __enter__(self) -> Feeder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def limit_to(self, n: int) -> None:
         """Keep only the first n records of every source (for --overfit)."""

@@ -114,7 +114,7 @@ def evaluate(spec: str, weights: str | None, iterations: int | None, device: str
     sizes: list[int | None] = [None] * iterations if iterations else list(feeder.one_pass())
     sums: dict[str, float] = {}
     seen = 0
-    with torch.no_grad(), output_folder(out or "."):
+    with feeder, torch.no_grad(), output_folder(out or "."):  # the feeder stops its reading workers at the end
         for size in sizes:
             for name, value in module(**feeder.next(size)).items():
                 if value.numel() == 1:

@@ -329,6 +329,7 @@ class Solver:
                     if value.numel() == 1:  # scalar outputs: losses, accuracies
                         sums[name] = sums.get(name, 0.0) + float(value.float()) * weight
                 seen += weight
+            feeder.close()  # its workers would read ahead and idle until the next test
             results.append({name: total / seen for name, total in sums.items()})
         self.last_test = results
         return results
@@ -501,9 +502,17 @@ class Solver:
             progress.close()
             if metrics is not None:
                 metrics.close()
+            self.close()
         return {"iterations": self.iter, "stopped": stopped, "test": self.last_test,
                 "snapshot": str(last_snapshot) if last_snapshot else None,
                 "metrics": str(out / "metrics.csv") if out is not None else None}
+
+    def close(self) -> None:
+        """Stops the worker processes that read streamed data (solve() does it when it ends); stepping or
+        testing again starts them anew."""
+        for feeder in (self._feeder, *self._test_feeders):
+            if feeder is not None:
+                feeder.close()
 
     def _batch_size(self) -> int:
         return self.feeder.batch if self.feeder.sources else 1
