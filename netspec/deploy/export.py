@@ -93,9 +93,9 @@ def deploy_module(module: NetModule) -> DeployModule:
     return DeployModule(module.to("cpu").eval(), plan(module.net))
 
 
-def _example(shape: tuple[int, ...], batch: int, ints: int | None, gen: torch.Generator, axis: int = 0
+def _example(shape: tuple[int, ...], batch: int, ints: int | None, gen: torch.Generator, axis: int | None = 0
              ) -> torch.Tensor:
-    full = tuple(batch if i == axis else d for i, d in enumerate(shape))
+    full = tuple(batch if i == axis else d for i, d in enumerate(shape))  # axis None: as the spec has it
     if ints:
         return torch.randint(0, ints, full, generator=gen).float()
     return torch.randn(full, generator=gen)
@@ -153,7 +153,8 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
             program = torch.onnx.export(
                 deploy, example, dynamo=True, opset_version=opset, input_names=names,
                 output_names=deploy.output_names, optimize=optimize, verbose=False,
-                dynamic_shapes=(tuple({axes[n]: "batch"} for n in names),) if dynamic else None)
+                dynamic_shapes=(tuple(None if axes[n] is None else {axes[n]: "batch"} for n in names),)
+                if dynamic else None)
             program.save(str(path), external_data=external)
     except NetspecError:
         raise

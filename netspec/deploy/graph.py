@@ -51,7 +51,7 @@ class DeployPlan:
     outputs: tuple[str, ...]
     preprocessing: dict[str, Preprocess]  # by data top
     channel_order: str
-    batch_axes: dict[str, int]
+    batch_axes: dict[str, int | None]  # None: the input has no batch axis
 
 
 def plan(net: Net) -> DeployPlan:
@@ -87,7 +87,14 @@ def plan(net: Net) -> DeployPlan:
     for info in kept:
         for b in info.node.bottoms:
             read_at[b] = max(read_at.get(b, 0), info.node.definition.batch_axis)
-    axes = {name: read_at.get(name, 0) if len(shape) > 1 else 0 for name, shape in inputs.items()}
+    axes: dict[str, int | None] = {name: read_at.get(name, 0) if len(shape) > 1 else 0
+                                   for name, shape in inputs.items()}
+    # an input whose size there differs from the first input's batch is no batch (a Scale's scale, say)
+    lead = next(((shape[axes[n]] if shape else None) for n, shape in inputs.items()), None)
+    for name, shape in inputs.items():
+        axis = axes[name]
+        if not shape or (axis is not None and shape[axis] != lead):
+            axes[name] = None
     return DeployPlan(tuple(i.node.name for i in kept), inputs, outputs, preprocessing, order, axes)
 
 
