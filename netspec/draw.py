@@ -14,16 +14,14 @@ import itertools
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from netspec._proto import netspec_pb2 as pb
 from netspec.errors import NetspecError
 from netspec.layers.base import Shape, fmt
-from netspec.layers.vision import conv_geometry, pool_geometry
 from netspec.net import Net, has_phase_rules, load
 from netspec.netfile import read_net
 from netspec.shapes import LayerInfo
@@ -34,9 +32,9 @@ if TYPE_CHECKING:
 
 RANKDIRS = ("TB", "LR", "BT", "RL")
 
-# Caffe's draw_net colours (convolution red, pooling orange, inner product purple, other layers blue),
-# lightened so that black text stays legible; data layers green, losses yellow, net outputs grey.
-_FILLS = {"Convolution": "#FF8A80", "Deconvolution": "#FF8A80", "Pooling": "#FFB74D", "InnerProduct": "#CE93D8"}
+# Caffe's draw_net colours (a LayerDef's draw_colour: convolution red, pooling orange, inner product purple;
+# other layers blue), lightened so that black text stays legible; data layers green, losses yellow, net
+# outputs grey.
 _LAYER_FILL, _DATA_FILL, _LOSS_FILL, _OUTPUT_FILL = "#9FBFF5", "#A5D6A7", "#FFE082", "#E0E0E0"
 _INK, _EDGE_INK, _LABEL_INK = "#000000", "#505050", "#303030"
 
@@ -186,36 +184,16 @@ def _fill(info: LayerInfo) -> str:
         return _LOSS_FILL
     if d.feeds:
         return _DATA_FILL
-    return _FILLS.get(info.node.type, _LAYER_FILL)
+    return d.draw_colour or _LAYER_FILL
 
 
 def _summary(info: LayerInfo) -> tuple[str, ...]:
-    """A line with the parameters that decide the output's size, for the commonest layer types."""
-    node, p = info.node, info.node.spec.p
-    bottom = info.bottom_shapes[0] if info.bottom_shapes else None
-    if node.type in ("Convolution", "Deconvolution") and bottom is not None:
-        g = conv_geometry(p, bottom)
-        return (_window(f"{p.num_output} out, {'x'.join(map(str, g.kernel))}", g.stride, g.pad),)
-    if node.type == "Pooling" and bottom is not None:
-        pool = pb.PoolingParameter.PoolMethod.Name(p.pool)
-        pg = pool_geometry(p, bottom)
-        if pg.global_pooling:
-            return (f"{pool} global",)
-        return (_window(f"{pool} {'x'.join(map(str, pg.kernel))}", pg.stride, pg.pad),)
-    if node.type == "InnerProduct":
-        return (f"{p.num_output} out",)
-    return ()
-
-
-def _window(text: str, stride: Sequence[int], pad: Sequence[int]) -> str:
-    def dims(values: Sequence[int]) -> str:
-        return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
-
-    if any(s != 1 for s in stride):
-        text += f", stride {dims(stride)}"
-    if any(pad):
-        text += f", pad {dims(pad)}"
-    return text
+    """A line with the parameters that decide the output's size, for the layer types that have one."""
+    bottoms = info.bottom_shapes
+    if any(b is None for b in bottoms):
+        return ()
+    line = info.node.definition.summary(info.node.spec, bottoms)  # type: ignore[arg-type]
+    return (line,) if line else ()
 
 
 # --- a page to explore in a browser -----------------------------------------------------------------------------

@@ -103,6 +103,10 @@ class ShapeError(NetspecError):
     """A layer cannot accept the shapes of its bottoms (or, as a compiled net runs, the tensors fed to it)."""
 
 
+class ResourceError(NetspecError):
+    """A net too big to allocate within the stated limits (checked before anything is allocated)."""
+
+
 class DataError(NetspecError):
     """A data source (file, dataset, array) is missing, unreadable or of the wrong shape."""
 

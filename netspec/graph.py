@@ -128,7 +128,6 @@ def build_graph(name: str, layers: Sequence[SourcedLayer], state: NetState, smap
     """Filters the layers for `state` and wires them; raises a located NetspecError on any mistake."""
     nodes: list[Node] = []
     producers: dict[str, Node | None] = {}  # blob -> the node that last wrote it
-    consumed_after: dict[str, int] = {}  # blob -> index of the last node that read its current value
     dropped_tops: dict[str, pb.LayerParameter] = {}  # blobs produced only by layers this phase leaves out
     seen_names: dict[str, SourceLoc] = {}
     for sl in layers:
@@ -157,7 +156,7 @@ def build_graph(name: str, layers: Sequence[SourcedLayer], state: NetState, smap
                     _loss_weights(lp, definition), loc, path)
         try:
             _check_counts(node)
-            _wire(node, producers, consumed_after, dropped_tops, len(nodes), state)
+            _wire(node, producers, dropped_tops, state)
             definition.check(spec)
         except NetspecError as e:
             raise node.error_context(e, smap) from None
@@ -198,13 +197,12 @@ def _check_counts(node: Node) -> None:
                          "give one per bottom", field="propagate_down")
 
 
-def _wire(node: Node, producers: dict[str, Node | None], consumed_after: dict[str, int],
-          dropped_tops: dict[str, pb.LayerParameter], index: int, state: NetState) -> None:
+def _wire(node: Node, producers: dict[str, Node | None], dropped_tops: dict[str, pb.LayerParameter],
+          state: NetState) -> None:
     for bottom in node.bottoms:
         if bottom not in producers:
             raise GraphError(f"unknown bottom blob '{bottom}'", field="bottom",
                              hint=_unknown_blob_hint(bottom, producers, dropped_tops, state))
-        consumed_after[bottom] = index
     for i, top in enumerate(node.tops):
         in_place = i < len(node.bottoms) and node.bottoms[i] == top
         if in_place:
@@ -221,7 +219,6 @@ def _wire(node: Node, producers: dict[str, Node | None], consumed_after: dict[st
                              hint="to compute in place, give the same blob as bottom and top at the same "
                                   "position; otherwise rename the top")
         producers[top] = node
-        consumed_after.pop(top, None)
 
 
 def _unknown_blob_hint(blob: str, producers: dict[str, Node | None], dropped_tops: dict[str, pb.LayerParameter],

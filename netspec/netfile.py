@@ -13,29 +13,30 @@ from netspec.errors import SourceLoc, SpecSyntaxError
 from netspec.layers import all_types
 from netspec.spec.build import SourceMap
 from netspec.spec.emit import Wiring, yaml_text
-from netspec.spec.load import PROTOTXT, YAML, SpecFile, is_solver, parse_net, parse_tree, read_text, spec_format
+from netspec.spec.load import PROTOTXT, YAML, SpecFile, is_solver, parse_net, parse_tree, read_tree
+from netspec.spec.tree import Mapping
 
 
-def load_net_text(text: str, path: str, fmt: str) -> SpecFile:
-    """A net spec from text; `path` names it in messages."""
-    spec = parse_net(parse_tree(text, path, fmt), path, fmt)
-    if fmt == YAML:
-        fill_yaml_defaults(spec.message, spec.smap)
-    return spec
-
-
-def read_net(path: str) -> SpecFile:
-    """A net spec from a file."""
-    fmt = spec_format(path)
-    text = read_text(path)
-    tree = parse_tree(text, path, fmt)
-    if fmt == PROTOTXT and is_solver(tree):
-        raise SpecSyntaxError(f"'{path}' is a solver, not a net", loc=SourceLoc(path, 1),
-                              hint="give the net file it names (net: ...), or use `netspec train`")
+def net_from_tree(tree: Mapping, path: str, fmt: str) -> SpecFile:
+    """A net spec from its syntax tree, with YAML's wiring defaults filled in; `path` names it in messages."""
     spec = parse_net(tree, path, fmt)
     if fmt == YAML:
         fill_yaml_defaults(spec.message, spec.smap)
     return spec
+
+
+def load_net_text(text: str, path: str, fmt: str) -> SpecFile:
+    """A net spec from text; `path` names it in messages."""
+    return net_from_tree(parse_tree(text, path, fmt), path, fmt)
+
+
+def read_net(path: str) -> SpecFile:
+    """A net spec from a file."""
+    fmt, tree = read_tree(path)
+    if fmt == PROTOTXT and is_solver(tree):
+        raise SpecSyntaxError(f"'{path}' is a solver, not a net", loc=SourceLoc(path, 1),
+                              hint="give the net file it names (net: ...), or use `netspec train`")
+    return net_from_tree(tree, path, fmt)
 
 
 def to_yaml(net: pb.NetParameter) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 
 from netspec.layers.base import fmt
 from netspec.net import Net
+from netspec.shapes import footprint, memory_text
 
 
 def summary(net: Net) -> dict[str, Any]:
@@ -37,8 +38,19 @@ def summary(net: Net) -> dict[str, Any]:
         "trainable_params": sum(b.count for info in net.layers for b in info.blobs
                                 if b.owner is None and b.lr_mult != 0),
         "total_macs": net.num_macs,
+        **_memory(net),
         "warnings": [str(w) for w in net.warnings],
     }
+
+
+def _memory(net: Net) -> dict[str, Any]:
+    fp = footprint(net.layers)
+    if fp is None:
+        return {"param_bytes": 0, "activation_bytes": 0, "temporary_bytes": 0, "biggest_tensor": None}
+    info, what, shape = fp.biggest
+    return {"param_bytes": fp.param_bytes, "activation_bytes": fp.activation_bytes,
+            "temporary_bytes": fp.scratch_bytes,
+            "biggest_tensor": {"layer": info.node.name, "tensor": what, "shape": list(shape)}}
 
 
 def _count(n: int) -> str:
@@ -73,4 +85,7 @@ def table(net: Net) -> str:
         f"layers: {len(net.layers)}   parameters: {net.num_params:,} ({trainable:,} trainable)   "
         f"MACs per forward pass: {net.num_macs:,}",
     ]
+    fp = footprint(net.layers)
+    if fp is not None:
+        lines.append(memory_text(fp))
     return "\n".join(lines)

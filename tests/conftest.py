@@ -1,17 +1,40 @@
-"""Shared fixtures: paths, a spec writer, and a seeded torch."""
+"""Shared fixtures: paths, a spec writer, a seeded torch, and torch set up for a fast suite."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+# One intra-op thread for torch, here and in the processes the tests start (set before torch is imported).
+# The suite's nets are tiny, so a second thread only adds synchronisation, and on a busy machine threads
+# that spin waiting for a descheduled partner make training twenty times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 MODELS = ROOT / "models"
 CAFFE = DATA / "caffe"
+
+
+DIGIT_LABELS = [f"digit {i}" for i in range(10)]
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/digits_cnn.yaml with its fillers' weights exported with DIGIT_LABELS, once for every test that
+    only reads the file."""
+    import netspec
+
+    path = tmp_path_factory.mktemp("digits_onnx") / "digits.onnx"
+    netspec.export_onnx(netspec.compile(str(MODELS / "digits_cnn.yaml")), path, labels=DIGIT_LABELS, verify=False)
+    return path
 
 
 @pytest.fixture
@@ -34,3 +57,14 @@ def _seed() -> None:
     except ImportError:
         return
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _onnx_function_table_built_once() -> None:
+    """torch's ONNX exporter rebuilds its table of ONNX functions for every export (about 1 s of CPU,
+    half of exporting a small net); the suite exports dozens of nets, so once the exporter is loaded each
+    opset's table is built once. The exporter only reads the table."""
+    registration = sys.modules.get("torch.onnx._internal.exporter._registration")
+    registry = getattr(registration, "ONNXRegistry", None)
+    if isinstance(inspect.getattr_static(registry, "from_torchlib", None), classmethod):  # not yet replaced
+        registry.from_torchlib = staticmethod(functools.cache(registry.from_torchlib))  # type: ignore[union-attr]

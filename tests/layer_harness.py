@@ -12,14 +12,17 @@ from netspec.netfile import load_net_text
 from netspec.spec.load import PROTOTXT
 
 
-def net_text(type_name: str, fields: str, inputs: tuple[In, ...], tops: int) -> str:
+def net_text(type_name: str, fields: str, inputs: tuple[In, ...], tops: int, prefix: str = "") -> str:
+    """The layer fed by one Input layer per input: blobs x0, x1, ... in, y0, y1, ... out (names prefixed, so
+    that several such nets can share one file)."""
     lines = []
     for i, spec in enumerate(inputs):
         dims = " ".join(f"dim: {d}" for d in spec.shape)
-        lines.append(f'layer {{ name: "in{i}" type: "Input" top: "x{i}" input_param {{ shape {{ {dims} }} }} }}')
-    bottoms = " ".join(f'bottom: "x{i}"' for i in range(len(inputs)))
-    top_names = " ".join(f'top: "y{i}"' for i in range(tops))
-    lines.append(f'layer {{ name: "under_test" type: "{type_name}" {bottoms} {top_names} {fields} }}')
+        lines.append(f'layer {{ name: "{prefix}in{i}" type: "Input" top: "{prefix}x{i}" '
+                     f'input_param {{ shape {{ {dims} }} }} }}')
+    bottoms = " ".join(f'bottom: "{prefix}x{i}"' for i in range(len(inputs)))
+    top_names = " ".join(f'top: "{prefix}y{i}"' for i in range(tops))
+    lines.append(f'layer {{ name: "{prefix}under_test" type: "{type_name}" {bottoms} {top_names} {fields} }}')
     return "\n".join(lines) + "\n"
 
 

@@ -106,7 +106,7 @@ def test_fine_tuning_from_a_caffemodel_on_the_command_line(tmp_path: Path) -> No
     blobs = random_blobs({"conv1": [(32, 1, 3, 3), (32,)], "conv2": [(64, 32, 3, 3), (64,)], "fc1": [(128, 256), (128,)],
                           "fc2": [(5, 128), (5,)]})
     path = encode(blobs, tmp_path / "pre.caffemodel")
-    args = ["train", str(MODELS / "digits_cnn.yaml"), "--weights", str(path), "--set", "solver.max_epoch=1",
+    args = ["train", str(MODELS / "digits_cnn.yaml"), "--weights", str(path), "--set", "solver.max_epoch=0.1",
             "--quiet", "--out", str(tmp_path / "run")]
     code, out = run(*args)
     assert code == 1

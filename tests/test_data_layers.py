@@ -122,7 +122,7 @@ def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Pa
     import lmdb
     from PIL import Image
 
-    from netspec.data.feeder import DatumRecords
+    from netspec.data.records import DatumRecords
 
     buf = io.BytesIO()
     Image.new(mode, (5, 4), 7 if mode in ("L", "P") else (7,) * len(mode)).save(buf, "PNG")
@@ -133,7 +133,7 @@ def test_encoded_records_decode_as_caffe_does_in_check_and_training(tmp_path: Pa
     net = data_net(write_spec, f'type: "Data" transform_param {{ {force} }} data_param {{ source: "{tmp_path / "db"}" '
                                'batch_size: 2 backend: LMDB }')
     assert net.shapes["data"] == (2, channels, 4, 5)
-    image, label = DatumRecords(net.layers[0].node).read(0)
+    image, label = DatumRecords(net.layers[0].node.spec).read(0)
     assert image.shape == (channels, 4, 5) and label == 2
 
 
@@ -183,7 +183,7 @@ def test_encoded_records_of_16_bit_images_need_a_forced_decoding(tmp_path: Path,
     import lmdb
     from PIL import Image
 
-    from netspec.data.feeder import DatumRecords
+    from netspec.data.records import DatumRecords
 
     buf = io.BytesIO()
     Image.fromarray(np.full((4, 5), 40000, np.uint16)).save(buf, "PNG")
@@ -197,7 +197,7 @@ def test_encoded_records_of_16_bit_images_need_a_forced_decoding(tmp_path: Path,
     assert e.value.msg == ("encoded records hold I;16 images (more than 8 bits a value), which Caffe's Data layer "
                            "refuses unless they are decoded to 8 bits")
     net = data_net(write_spec, layer + " transform_param { force_gray: true }")
-    image, _ = DatumRecords(net.layers[0].node).read(0)
+    image, _ = DatumRecords(net.layers[0].node.spec).read(0)
     assert image.shape == (1, 4, 5) and image.max() == 40000 >> 8  # OpenCV keeps the high byte
 
 @pytest.mark.parametrize(("file_name", "problem"), [

@@ -30,21 +30,8 @@ FUZZ = DATA / "fuzz"
 # signature -> owner: what. Emptied as the owners' fixes land (see the module docstring).
 KNOWN_DEFECTS: dict[str, str] = {
     # shaperules (shape rules on degenerate blobs, lowering)
-    "IndexError in netspec/layers/utility.py:ArgMax.infer": "shaperules: ArgMax of a 0-axis blob",
-    "IndexError in netspec/layers/loss.py:MultinomialLogisticLoss.infer": "shaperules: loss over 0-axis blobs",
-    "IndexError in netspec/layers/loss.py:HingeLoss.infer": "shaperules: HingeLoss over 0-axis blobs",
-    "IndexError in netspec/layers/loss.py:ContrastiveLoss.infer": "shaperules: ContrastiveLoss over 0-axis blobs",
-    "ZeroDivisionError in netspec/layers/vision.py:pooled_size": "shaperules: SPP over a zero-size bottom",
-    "Hang in netspec/layers/vision.py:_window_extent.<locals>.<listcomp>": "shaperules: pooling is O(elements)",
-    "ZeroDivisionError in netspec/layers/neuron.py:Log.lower": "shaperules: Log with base 1",
-    "RuntimeError in netspec/layers/loss.py:ContrastiveLoss.lower.<locals>.forward":
-        "shaperules: ContrastiveLoss lowering on zero-size bottoms",
-    "IndexError in netspec/layers/loss.py:SigmoidCrossEntropyLoss.lower.<locals>.forward":
-        "shaperules: SigmoidCrossEntropyLoss lowering on 0-axis bottoms",
     "IndexError in netspec/layers/utility.py:ArgMax.lower.<locals>.flattened":
         "shaperules: ArgMax lowering on a 1-axis bottom",
-    "RuntimeError in netspec/layers/vision.py:Im2col.lower.<locals>.forward":
-        "shaperules: Im2col lowering on a bottom with 0 channels",
     "RuntimeError in netspec/layers/vision.py:pool2d": "shaperules: STOCHASTIC pooling of negative values (time)",
     "IndexError in netspec/layers/common.py:Embed.lower.<locals>.forward":
         "shaperules: Embed forward has no index check (time feeds it randn)",

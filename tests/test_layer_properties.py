@@ -3,17 +3,32 @@ anything runs are the shapes the lowered module produces (or the spec is refused
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
+from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor as FD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netspec.errors import NetspecError
+from netspec._proto import netspec_pb2 as pb
+from netspec.errors import (
+    DataError,
+    GraphError,
+    NetspecError,
+    ParamError,
+    ResourceError,
+    ShapeError,
+    SpecFieldError,
+)
 from netspec.layers import all_types
 from netspec.layers.base import In
+from netspec.shapes import check_fits, footprint
 from tests.layer_harness import load_layer, run
-from tests.test_layers import FED_ONLY, NOT_RUN
+from tests.test_layers import NOT_RUN
 
 Case = tuple[str, tuple[In, ...], int]  # fields, inputs, number of tops
 dims = st.integers(1, 6)
@@ -183,7 +198,7 @@ def strategy_for(type_name: str) -> st.SearchStrategy[Case]:
         st.integers(1, 3)))
 
 
-TYPES = sorted(t for t in all_types() if t not in FED_ONLY | NOT_RUN)
+TYPES = sorted(t for t, d in all_types().items() if not (d.feeds or d.opaque or t in NOT_RUN))
 
 
 @pytest.mark.parametrize("type_name", TYPES)
@@ -204,5 +219,165 @@ def test_inferred_shapes_hold_for_random_parameters(type_name: str) -> None:
                 assert got[1:] == inferred[1:] and got[0] <= inferred[0]
             else:
                 assert got == inferred, (fields, [i.shape for i in inputs])
+
+    check()
+
+
+# ---- degenerate inputs: every shape rule answers, fast, with a shape or a located refusal ---------------
+
+# Values that break careless rules: zero, negative, one past int32, and far beyond memory. A rule doing
+# O(values) work (a list per output position) on 2^40 runs out the hang guard instead of finishing.
+HUGE = (2**31, 2**40)
+GROWTH = 2**20  # an example's shapes this much larger still relate as they did, with 2^40 values or more
+DEGENERATE_INTS = {FD.TYPE_INT32: [0, 1, 2, 3, -1, -(2**31), 2**31 - 1],
+                   FD.TYPE_UINT32: [0, 1, 2, 3, 2**31, 2**32 - 1],
+                   FD.TYPE_INT64: [0, 1, 2, -1, -2, *HUGE], FD.TYPE_UINT64: [0, 1, 2, *HUGE]}
+DEGENERATE_FLOATS = [0.0, 1.0, -1.0, 0.5, 2.0, 1e-30, 1e30, -1e30, 3e38]
+# SpecFieldError: a required field left out; DataError: a data layer's source is missing
+REFUSALS = (ShapeError, ParamError, GraphError, DataError, SpecFieldError)
+HANG_GUARD_S = 5  # a thousand times a real rule's time; short enough that an O(values) rule stays within memory
+
+
+class ShapeRuleHang(BaseException):
+    """Raised by the hang guard (a BaseException, so no `except Exception` in the code under test stops it)."""
+
+
+@contextmanager
+def hang_guard() -> Iterator[None]:
+    def interrupt(signum: int, frame: object) -> None:
+        raise ShapeRuleHang(f"a shape rule ran for over {HANG_GUARD_S} s: O(values) work instead of O(axes)?")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, HANG_GUARD_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def degenerate_dims() -> st.SearchStrategy[int]:
+    return st.one_of(st.integers(1, 4), st.sampled_from([0, *HUGE]))
+
+
+def degenerate_shape() -> st.SearchStrategy[tuple[int, ...]]:
+    return st.lists(degenerate_dims(), min_size=0, max_size=5).map(tuple)
+
+
+@st.composite
+def mutated_shape(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape that works for the layer, made degenerate: no axes, one axis zero or huge, every axis
+    2^20 times larger, one axis dropped or added."""
+    edit = draw(st.sampled_from(["scalar", "dim", "grow", "drop", "add", "keep"]))
+    if edit == "scalar":
+        return ()
+    if edit == "grow":
+        return tuple(d * GROWTH for d in shape)
+    if edit == "keep" or not shape:
+        return shape
+    i = draw(st.integers(0, len(shape) - 1))
+    if edit == "dim":
+        return (*shape[:i], draw(st.sampled_from([0, *HUGE])), *shape[i + 1:])
+    if edit == "drop":
+        return shape[:i] + shape[i + 1:]
+    return (*shape[:i], draw(degenerate_dims()), *shape[i:])
+
+
+def field_value(f: Any) -> st.SearchStrategy[Any] | None:
+    """Degenerate values for one field of a parameter message (None: a field left alone)."""
+    if f.type in DEGENERATE_INTS:
+        return st.sampled_from(DEGENERATE_INTS[f.type])
+    if f.type in (FD.TYPE_FLOAT, FD.TYPE_DOUBLE):
+        return st.sampled_from(DEGENERATE_FLOATS)
+    if f.type == FD.TYPE_BOOL:
+        return st.booleans()
+    if f.type == FD.TYPE_ENUM:
+        return st.sampled_from([v.number for v in list(f.enum_type.values)])
+    return None  # strings (paths) and sub-messages: their rules live elsewhere
+
+
+def _set(message: Any, f: Any, values: list[Any]) -> None:
+    if f.type == FD.TYPE_MESSAGE and f.message_type.name == "BlobShape":
+        message.ClearField(f.name)
+        for dims in values:
+            (getattr(message, f.name).add() if f.is_repeated else getattr(message, f.name)).dim[:] = dims
+    elif f.is_repeated:
+        getattr(message, f.name)[:] = values
+    else:
+        setattr(message, f.name, values[0])
+
+
+@st.composite
+def degenerate_case(draw: st.DrawFn, type_name: str) -> Case:
+    """A layer's own example (or random bottoms) with degenerate bottoms and up to three parameters set
+    to degenerate values."""
+    d = all_types()[type_name]
+    if d.examples and draw(st.booleans()):
+        ex = draw(st.sampled_from(d.examples))
+        lp = text_format.Parse(ex.fields, pb.LayerParameter())
+        shapes = [draw(mutated_shape(i.shape)) for i in ex.inputs]
+        tops = ex.tops
+    else:
+        lp = pb.LayerParameter()
+        most = d.bottoms.max if d.bottoms.max is not None else d.bottoms.min + 2
+        shapes = draw(st.lists(degenerate_shape(), min_size=d.bottoms.min, max_size=min(most, d.bottoms.min + 2)))
+        most = d.tops.max if d.tops.max is not None else d.tops.min + 2
+        tops = draw(st.integers(d.tops.min, min(most, d.tops.min + 2)))
+    if d.param_field:
+        p = getattr(lp, d.param_field)
+        for f in draw(st.lists(st.sampled_from(list(p.DESCRIPTOR.fields)), max_size=3, unique_by=lambda f: f.name)):
+            if f.type == FD.TYPE_MESSAGE and f.message_type.name == "BlobShape":
+                _set(p, f, draw(st.lists(degenerate_shape(), min_size=1, max_size=2 if f.is_repeated else 1)))
+            elif (values := field_value(f)) is not None:
+                _set(p, f, draw(st.lists(values, min_size=int(not f.is_repeated), max_size=3 if f.is_repeated else 1)))
+    return text_format.MessageToString(lp, as_one_line=True), tuple(In(s) for s in shapes), tops
+
+
+EXAMPLES = [(t, i) for t, d in sorted(all_types().items()) for i in range(len(d.examples))]
+
+
+@pytest.mark.parametrize(("type_name", "index"), EXAMPLES, ids=[f"{t}-{i}" for t, i in EXAMPLES])
+def test_shape_rules_of_huge_examples_finish(type_name: str, index: int) -> None:
+    """Every example with every axis 2^20 times larger: inferred from the axes alone, or refused."""
+    ex = all_types()[type_name].examples[index]
+    inputs = tuple(In(tuple(d * GROWTH for d in i.shape), i.kind, i.high) for i in ex.inputs)
+    with hang_guard():
+        try:
+            net = load_layer(type_name, ex.fields, inputs, ex.tops)
+        except REFUSALS:
+            return
+    assert all(s is None or _whole(s) for s in net.layer("under_test").top_shapes)
+
+
+def _whole(shape: tuple[int, ...]) -> bool:
+    return all(type(d) is int and d >= 1 for d in shape)
+
+
+@pytest.mark.parametrize("type_name", sorted(all_types()))
+def test_shape_rules_answer_degenerate_inputs(type_name: str) -> None:
+    """0-axis, zero-size and huge bottoms, zero/negative/huge parameters: inference gives shapes of
+    positive ints (and blobs, MACs and a memory footprint) or refuses with a layer error, and never
+    works per value."""
+
+    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(degenerate_case(type_name))
+    def check(case: Case) -> None:
+        fields, inputs, tops = case
+        with hang_guard():
+            try:
+                net = load_layer(type_name, fields, inputs, tops)
+            except REFUSALS as e:
+                assert e.layer is not None and e.loc is not None, str(e)  # located by the driver
+                return
+            info = net.layer("under_test")
+            assert all(s is None or _whole(s) for s in info.top_shapes), info.top_shapes
+            assert all(_whole(b.shape) for b in info.blobs), [b.shape for b in info.blobs]
+            assert type(info.macs) is int and info.macs >= 0
+            fp = footprint(net.layers)
+            assert fp is None or fp.total_bytes > 0
+            try:
+                check_fits(net.graph, net.layers)
+            except ResourceError as e:
+                assert e.layer is not None and e.loc is not None, str(e)
 
     check()

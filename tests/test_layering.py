@@ -36,6 +36,10 @@ ALLOWED = {
     ("netspec.draw", "netspec.layers.vision"),
     # `from netspec import layers as L; L.Convolution(...)`: the builder's calls by type name (Caffe's net_spec)
     ("netspec.layers", "netspec.builder"),
+    # the record readers take the LayerSpec that their data layer's `records` hook passes (for types only)
+    ("netspec.data.records", "netspec.layers.base"),
+    # a deploy prototxt declares its inputs with Caffe's Input layer, named by its class
+    ("netspec.deploy.caffe", "netspec.layers.data"),
 }
 
 

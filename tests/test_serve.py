@@ -22,9 +22,6 @@ import onnxruntime as ort
 import pytest
 
 import netspec
-from tests.conftest import MODELS
-
-LABELS = [f"digit {i}" for i in range(10)]
 
 
 class Served:
@@ -58,19 +55,26 @@ class Served:
         _, err = self.proc.communicate(timeout=30)
         return self.proc.returncode, err
 
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Kills a server that a failed test left running."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            self.proc.communicate()
+
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("serve") / "digits.onnx"
-    netspec.export_onnx(netspec.compile(str(MODELS / "digits_cnn.yaml")), path, labels=LABELS, verify=False)
-    return path
+def model(digits_onnx: Path) -> Path:
+    return digits_onnx  # the model every test here serves
 
 
 @pytest.fixture(scope="module")
 def server(model: Path) -> Iterator[Served]:
-    served = Served(model, "--max-body-mb", "1")
-    yield served
-    code, err = served.stop()
+    with Served(model, "--max-body-mb", "1") as served:
+        yield served
+        code, err = served.stop()
     assert code == 0 and "Traceback" not in err, err
 
 
@@ -350,26 +354,30 @@ def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model: Path) -> None:
-    served = Served(model, "--workers", "1")
-    x = _images(60000)  # a batch that takes onnxruntime a noticeable time
-    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "parameters": {"binary_data_output": True}}).encode()
-    result: dict[str, object] = {}
+    with Served(model, "--workers", "1") as served:  # killed if the test fails before stopping it
+        x = _images(60000)  # a batch that takes onnxruntime a noticeable time
+        header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
+                                         "parameters": {"binary_data_size": x.nbytes}}],
+                             "parameters": {"binary_data_output": True}}).encode()
+        result: dict[str, object] = {}
 
-    def slow() -> None:
-        result["reply"] = served.request("POST", "/v2/models/digits/infer", header + x.tobytes(),
-                                         {"Inference-Header-Content-Length": str(len(header))})
+        def slow() -> None:
+            result["reply"] = served.request("POST", "/v2/models/digits/infer", header + x.tobytes(),
+                                             {"Inference-Header-Content-Length": str(len(header))})
 
-    thread = threading.Thread(target=slow)
-    thread.start()
-    deadline = time.monotonic() + 30
-    answering = False
-    while not answering and time.monotonic() < deadline:  # wait until the request is being answered
-        _, _, metrics = served.request("GET", "/metrics")
-        answering = re.search(rb"^netspec_requests_in_flight 2$", metrics, re.M) is not None  # it and this one
-    assert answering
-    code, err = served.stop()
+        thread = threading.Thread(target=slow)
+        thread.start()
+        deadline = time.monotonic() + 30
+        answering = False
+        # polled over one connection: a poll on a new one could find the last poll's thread not yet done
+        poll = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        while not answering and time.monotonic() < deadline:  # wait until the request is being answered
+            poll.request("GET", "/metrics")
+            metrics = poll.getresponse().read()
+            answering = re.search(rb"^netspec_requests_in_flight 2$", metrics, re.M) is not None  # it and this one
+        poll.close()
+        assert answering
+        code, err = served.stop()
     thread.join(30)
     status, headers, body = result["reply"]  # type: ignore[misc]
     assert status == 200 and headers["connection"] == "close"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,22 +75,49 @@ def final_weights(path: Path) -> dict[str, list[torch.Tensor]]:
     return snapshot.load(path)["blobs"]
 
 
-def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
-    spec = small_spec(tmp_path)
-    Solver(spec, out_dir=tmp_path / "full", quiet=True).solve()
+FULL = 200  # iterations of the runs that are interrupted and resumed
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[torch.Tensor]]:
+    """The final weights of the small net trained for FULL iterations without a break (shared: both tests of
+    resumption compare with it)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    Solver(small_spec(folder, max_iter=FULL), out_dir=folder / "full", quiet=True).solve()
+    return final_weights(folder / "full" / f"small_iter_{FULL}.pt")
+
+
+def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(
+        tmp_path: Path, uninterrupted: dict[str, list[torch.Tensor]]) -> None:
+    spec = small_spec(tmp_path, max_iter=FULL)
     half = Solver(spec, out_dir=tmp_path / "half", quiet=True)
     half.max_iter = 60  # stop early, as an interruption would
     half.solve()
     Solver(spec, out_dir=tmp_path / "half", quiet=True).solve(resume=tmp_path / "half" / "small_iter_60.pt")
-    full, resumed = final_weights(tmp_path / "full" / "small_iter_120.pt"), final_weights(tmp_path / "half" / "small_iter_120.pt")
-    for layer in full:
-        for a, b in zip(full[layer], resumed[layer], strict=True):
+    resumed = final_weights(tmp_path / "half" / f"small_iter_{FULL}.pt")
+    for layer in uninterrupted:
+        for a, b in zip(uninterrupted[layer], resumed[layer], strict=True):
             assert torch.equal(a, b), layer
 
 
-def _train_process(spec: str, out: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "netspec", "train", spec, "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+TrainProcess = Callable[[str, Path], "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def train_process() -> Iterator[TrainProcess]:
+    """Starts `netspec train SPEC --out DIR` in a process; one a failed test left running is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(spec: str, out: Path) -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen([sys.executable, "-m", "netspec", "train", spec, "--out", str(out)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _wait_for(out: Path, pattern: str, timeout: float = 60) -> list[Path]:
@@ -101,34 +130,38 @@ def _wait_for(out: Path, pattern: str, timeout: float = 60) -> list[Path]:
     raise AssertionError(f"no {pattern} in {out}")
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    spec = small_spec(tmp_path, max_iter=400)
-    Solver(spec, out_dir=tmp_path / "full", quiet=True).solve()
-    proc = _train_process(spec, tmp_path / "killed")
-    _wait_for(tmp_path / "killed", "small_iter_*.pt")
-    time.sleep(0.3)
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, train_process: TrainProcess,
+                                                        uninterrupted: dict[str, list[torch.Tensor]]) -> None:
+    spec = small_spec(tmp_path, max_iter=FULL)
+    proc = train_process(spec, tmp_path / "killed")
+    _wait_for(tmp_path / "killed", "small_iter_40.pt")  # the second snapshot: killed while training goes on
     proc.kill()
     proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
     snaps = sorted((tmp_path / "killed").glob("small_iter_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     for snap in snaps:
         snapshot.load(snap)  # every snapshot on disk is whole, whenever the kill came
     last = snaps[-1]
+    assert last.name != f"small_iter_{FULL}.pt"  # it did not finish before the kill
     code, out = cli("train", spec, "--resume", str(last), "--quiet")
     assert code == 0, out
     assert not list((tmp_path / "killed").glob(".*.tmp"))  # a temporary file a kill left behind is cleared
-    full, resumed = final_weights(tmp_path / "full" / "small_iter_400.pt"), final_weights(tmp_path / "killed" / "small_iter_400.pt")
-    for layer in full:
-        for a, b in zip(full[layer], resumed[layer], strict=True):
+    resumed = final_weights(tmp_path / "killed" / f"small_iter_{FULL}.pt")
+    for layer in uninterrupted:
+        for a, b in zip(uninterrupted[layer], resumed[layer], strict=True):
             assert torch.equal(a, b), layer
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
-def test_sighup_snapshots_and_goes_on_and_sigint_snapshots_and_stops(tmp_path: Path) -> None:
+def test_sighup_snapshots_and_goes_on_and_sigint_snapshots_and_stops(tmp_path: Path,
+                                                                     train_process: TrainProcess) -> None:
     spec = small_spec(tmp_path, max_iter=100000)
     Path(spec).write_text(Path(spec).read_text().replace("snapshot: 20,", "snapshot: 0,"))
-    proc = _train_process(spec, tmp_path / "run")
-    _wait_for(tmp_path / "run", "metrics.csv")
-    time.sleep(1.0)
+    proc = train_process(spec, tmp_path / "run")
+    metrics = _wait_for(tmp_path / "run", "metrics.csv")[0]
+    deadline = time.time() + 60
+    while len(metrics.read_text().splitlines()) < 3 and time.time() < deadline:  # a header and two displays
+        time.sleep(0.05)
     proc.send_signal(signal.SIGHUP)
     first = _wait_for(tmp_path / "run", "small_iter_*.pt")
     assert proc.poll() is None  # still training
@@ -349,7 +382,8 @@ def test_xor_learns_xor_from_random_weights(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["mlp_text.yaml", "keras_cnn.yaml", "resnet_small.yaml", "inception_small.yaml",
                                   "logistic_regression.yaml", "linear_regression.yaml"])
 def test_ready_models_train_on_their_data(tmp_path: Path, name: str) -> None:
-    code, out = cli("train", str(MODELS / name), "--set", "solver.max_epoch=1", "--out", str(tmp_path / "r"), "--quiet")
+    code, out = cli("train", str(MODELS / name), "--set", "solver.max_epoch=0.1", "--out", str(tmp_path / "r"),
+                    "--quiet")  # a few iterations, then a test pass over all the test data
     assert code == 0, out
     assert "test: " in out and "loss = " in out
 
@@ -435,7 +469,27 @@ def test_large_sources_stream_through_a_dataloader(tmp_path: Path, monkeypatch: 
     state = streamed.state()
     after = streamed.next()
     streamed.load_state(state)
+    assert not multiprocessing.active_children()  # the loader that read ahead stopped its workers
     assert torch.equal(streamed.next()["data"], after["data"])
+    assert multiprocessing.active_children()
+    with streamed:  # its workers stop on leaving, not whenever the garbage collector finds them
+        held.load_state(streamed.state())
+        assert torch.equal(streamed.next()["data"], held.next()["data"])
+    assert not multiprocessing.active_children()
+    assert torch.equal(streamed.next()["data"], held.next()["data"])  # reading on after closing starts new ones
+    streamed.close()
+    assert not multiprocessing.active_children()
+
+    monkeypatch.setenv("NETSPEC_MAX_MEMORY_MB", "0")  # the solver's TRAIN and TEST data stream too
+    (tmp_path / "train.prototxt").write_text(
+        spec.read_text().replace(" include { phase: TRAIN }", "")
+        + 'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }\n'
+        + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
+    (tmp_path / "solver.prototxt").write_text('net: "train.prototxt" base_lr: 0.01 max_iter: 3 test_iter: 2 '
+                                              'test_interval: 2 random_seed: 1\n')
+    solver = Solver(str(tmp_path / "solver.prototxt"), quiet=True)
+    assert solver.solve()["iterations"] == 3 and solver.feeder.sources[0].arrays is None
+    assert not multiprocessing.active_children()  # solve() stopped the workers of both nets' data
 
 
 @pytest.mark.parametrize(("value", "read"), [

@@ -12,184 +12,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.caffemodel import read_mean_file
-from netspec.data import images, probe
-from netspec.data.datasets import load_arrays
+from netspec.data import probe
+from netspec.data.records import Records
 from netspec.errors import DataError, NetspecError
 from netspec.graph import Node
 from netspec.net import Net
-
-FEEDABLE = ("Dataset", "HDF5Data", "ImageData", "Data")
-
-
-# ---- reading records ---------------------------------------------------------------------------------
-
-
-class Records:
-    """Random access to one source's records: record i as (data array, label or None)."""
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
-        raise NotImplementedError
-
-    def bytes_estimate(self) -> int:
-        first, _ = self.read(0)
-        return len(self) * first.size * 4
-
-
-class ArrayRecords(Records):
-    def __init__(self, data: np.ndarray, labels: np.ndarray | None) -> None:
-        self.data, self.labels = data, labels
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
-        return self.data[i], None if self.labels is None else self.labels[i]
-
-
-class ImageListRecords(Records):
-    """Caffe's ImageData source: "path label" lines, images read as Caffe reads them (netspec.data.images)."""
-
-    def __init__(self, node: Node) -> None:
-        p = node.spec.p
-        listing = probe.resolve(p.source, node.spec.base_dir, "image_data_param.source")
-        self.items = []
-        for n, line in enumerate(probe.read_list(listing, "image list"), 1):
-            parts = line.rsplit(None, 1)
-            try:
-                self.items.append((p.root_folder + parts[0], float(parts[1])))
-            except (IndexError, ValueError):
-                raise DataError(f"{listing}:{n}: expected 'path label', got '{line}'") from None
-        self.base_dir, self.color = node.spec.base_dir, p.is_color
-        self.size = (p.new_height, p.new_width)  # Caffe resizes when both are given
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
-        path, label = self.items[i]
-        file = probe.resolve(path, self.base_dir, "image")
-        try:
-            pixels = images.read(file, "color" if self.color else "gray", *self.size)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read image '{file}': {e}") from None
-        return images.to_chw(pixels), label
-
-
-class DatumRecords(Records):
-    """Caffe's Data source: serialized Datum records in an LMDB (opened in each reading process) or a
-    LevelDB (read into memory: LevelDB allows one process at a time), in key order."""
-
-    def __init__(self, node: Node) -> None:
-        p = node.spec.p
-        self.path = probe.resolve(p.source, node.spec.base_dir, "data_param.source", probe.database_kind(p))
-        self.lmdb = p.backend == p.LMDB
-        self._txn = None
-        if self.lmdb:
-            self.keys = [key for key, _ in _lmdb_items(self.path, values=False)]
-            self.values: list[bytes] = []
-        else:
-            self.keys, self.values = [], list(_leveldb_values(self.path))
-        if not len(self):
-            raise DataError(f"'{self.path}' has no records")
-        self.force_color = p.force_encoded_color or node.lp.transform_param.force_color
-        self.force_gray = node.lp.transform_param.force_gray
-
-    def __len__(self) -> int:
-        return len(self.keys) if self.lmdb else len(self.values)
-
-    def __getstate__(self) -> dict[str, object]:
-        return {**self.__dict__, "_txn": None}  # each worker opens its own LMDB transaction
-
-    def _value(self, i: int) -> bytes:
-        if not self.lmdb:
-            return self.values[i]
-        if self._txn is None:
-            self._txn = probe.lmdb_env(self.path).begin()
-        return bytes(self._txn.get(self.keys[i]))
-
-    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
-        d = pb.Datum.FromString(self._value(i))
-        if d.encoded:  # Caffe's DecodeDatumToCVMat(Native)
-            color = "color" if self.force_color else "gray" if self.force_gray else "native"
-            try:
-                arr = images.to_chw(images.decode(d.data, color))
-            except ValueError as e:
-                raise DataError(f"record {i} of '{self.path}': {e}") from None
-        elif d.float_data:
-            arr = np.asarray(d.float_data, dtype=np.float32).reshape(d.channels, d.height, d.width)
-        else:
-            arr = np.frombuffer(d.data, dtype=np.uint8).reshape(d.channels, d.height, d.width)
-        return arr, float(d.label)
-
-
-def _lmdb_items(path: Path, values: bool) -> Iterator[tuple[bytes, bytes | None]]:
-    with probe.lmdb_env(path).begin() as txn:
-        for key, value in txn.cursor():
-            yield bytes(key), bytes(value) if values else None
-
-
-def _leveldb_values(path: Path) -> Iterator[bytes]:
-    import plyvel
-
-    db = plyvel.DB(str(path), create_if_missing=False)
-    try:
-        for _, value in db.iterator():
-            yield bytes(value)
-    finally:
-        db.close()
-
-
-def records_for(node: Node) -> tuple[dict[str, np.ndarray] | None, Records | None]:
-    """The arrays of a source (top -> array) when it is array-shaped, else its records."""
-    p = node.spec.p
-    if node.type == "Dataset":
-        data, labels = load_arrays(p, node.spec.base_dir, node.spec.phase)
-        arrays = {node.tops[0]: data}
-        if len(node.tops) > 1 and labels is not None:
-            arrays[node.tops[1]] = labels
-        return arrays, None
-    if node.type == "HDF5Data":
-        return _hdf5_arrays(node), None
-    if node.type == "ImageData":
-        return None, ImageListRecords(node)
-    return None, DatumRecords(node)
-
-
-def _hdf5_arrays(node: Node) -> dict[str, np.ndarray]:
-    import h5py
-
-    listing = probe.resolve(node.spec.p.source, node.spec.base_dir, "hdf5_data_param.source")
-    parts: dict[str, list[np.ndarray]] = {t: [] for t in node.tops}
-    values = 0
-    for name in probe.read_list(listing, "HDF5 file list"):
-        file = probe.resolve(name, str(listing.parent), "HDF5 file")
-        try:
-            f = h5py.File(file, "r")
-        except OSError as e:
-            raise DataError(f"cannot read HDF5 file '{file}': {e}") from None
-        with f:
-            for top in node.tops:
-                if not isinstance(f.get(top), h5py.Dataset):
-                    raise DataError(f"HDF5 file '{file}' has no dataset '{top}'")
-                values += f[top].size
-                probe.check_fits(values, f"hdf5_data_param.source '{listing}' (up to '{file}')")
-                parts[top].append(np.asarray(f[top], dtype=np.float32))
-    for top, arrays in parts.items():
-        if len({a.shape[1:] for a in arrays}) > 1:
-            raise DataError(f"the HDF5 files of '{listing}' hold records of different shapes in '{top}': "
-                            + ", ".join(sorted({str(a.shape[1:]) for a in arrays})[:3]))
-    return {top: np.concatenate(arrays) for top, arrays in parts.items()}
-
 
 # ---- preprocessing ---------------------------------------------------------------------------------
 
@@ -327,10 +160,18 @@ class Source:
     def load_state(self, state: dict[str, int]) -> None:
         self.epoch, self.cursor, self.batches = int(state["epoch"]), int(state["cursor"]), int(state["batches"])
         self._order = self._permutation(self.epoch)
-        self._stream = None  # a DataLoader restarts from here
+        self.close()  # a DataLoader restarts from here
 
     def rewind(self) -> None:
         self.load_state({"epoch": 0, "cursor": 0, "batches": 0})
+
+    def close(self) -> None:
+        """Stops the DataLoader's worker processes now. Left to the garbage collector (the loader and this
+        source refer to each other), they stop later, inside whatever code runs then, and slowly (about 5 s
+        a worker). The next batch starts new workers from the current position."""
+        if self._stream is not None:
+            self._stream._shutdown_workers()  # type: ignore[attr-defined]  # what the loader's __del__ calls
+            self._stream = None
 
 
 def _next_indices(s: Source, epoch: int, cursor: int, order: torch.Tensor, count: int | None = None
@@ -374,32 +215,24 @@ class _RecordSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
 
 
-def _batch_and_shuffle(node: Node, train: bool) -> tuple[int, bool]:
-    p = node.spec.p
-    if node.type == "Dataset":
-        return p.batch_size, p.shuffle and train
-    if node.type in ("HDF5Data", "ImageData"):
-        return p.batch_size, p.shuffle and train
-    return p.batch_size, False  # Caffe reads a Data layer's database in order
-
-
 class Feeder:
     """Batches for every data layer of a net; the blobs of Input and MemoryData layers must be given."""
 
     def __init__(self, net: Net, device: torch.device, seed: int, limit: int | None = None) -> None:
         self.sources: list[Source] = []
         self.needs_inputs = [t for info in net.layers if info.node.definition.feeds
-                             and info.node.type not in FEEDABLE for t in info.node.tops]
+                             and not info.node.definition.reads_records for t in info.node.tops]
         train = net.state.phase == pb.TRAIN
         for info in net.layers:
-            node = info.node
-            if node.type not in FEEDABLE:
+            node, d = info.node, info.node.definition
+            if not d.reads_records:
                 continue
             try:
-                arrays, records = records_for(node)
+                source = d.records(node.spec)
+                arrays, records = (source, None) if isinstance(source, dict) else (None, source)
                 if records is not None and records.bytes_estimate() <= (limit or probe.memory_limit()):
                     arrays, records = _load_all(node, records), None
-                batch, shuffle = _batch_and_shuffle(node, train)
+                batch, shuffle = node.spec.p.batch_size, train and d.shuffles(node.spec)
                 self.sources.append(Source(node, batch, shuffle, seed + len(self.sources), device, records, arrays))
             except NetspecError as e:
                 raise e.at(node.loc, node.name, node.type) from None
@@ -438,6 +271,17 @@ class Feeder:
         for s in self.sources:
             s.rewind()
 
+    def close(self) -> None:
+        """Stops the worker processes of streamed sources (reading on starts them again)."""
+        for s in self.sources:
+            s.close()
+
+    def __enter__(self) -> Feeder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def limit_to(self, n: int) -> None:
         """Keep only the first n records of every source (for --overfit)."""
         for s in self.sources:
@@ -468,9 +312,8 @@ def _load_all(node: Node, records: Records) -> dict[str, np.ndarray]:
     rows = [records.read(i) for i in range(len(records))]
     shapes = {r[0].shape for r in rows}
     if len(shapes) > 1:
-        fix = "give new_height and new_width to resize the images to one size" if node.type == "ImageData" else \
-            "write the records at one size (tools/convert_imageset.py --resize_height H --resize_width W)"
-        raise DataError(f"records of '{node.name}' have different shapes: {sorted(shapes)[:3]}", hint=fix)
+        raise DataError(f"records of '{node.name}' have different shapes: {sorted(shapes)[:3]}",
+                        hint=records.uneven_hint)
     arrays = {node.tops[0]: np.stack([r[0] for r in rows])}
     if len(node.tops) > 1:
         arrays[node.tops[1]] = np.asarray([r[1] for r in rows], dtype=np.float32)

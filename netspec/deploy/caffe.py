@@ -17,6 +17,7 @@ from netspec.deploy.export import deploy_module, export_onnx
 from netspec.deploy.graph import Preprocess
 from netspec.errors import NetspecError
 from netspec.fillerspec import CAFFE_TYPES
+from netspec.layers.data import Input
 from netspec.lower.module import NetModule
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import build_net
@@ -70,7 +71,7 @@ def export_caffemodel(module: NetModule, path: str | Path) -> CaffeExport:
     size = write_caffemodel(path, test.net.name, layers)
     net = pb.NetParameter(name=test.net.name)
     for blob, shape in deploy.plan.inputs.items():
-        net.layer.add(name=blob, type="Input", top=[blob]).input_param.shape.add(dim=list(shape))
+        net.layer.add(name=blob, type=Input.type, top=[blob]).input_param.shape.add(dim=list(shape))
     kept = set(deploy.plan.layers)
     not_caffe = []  # layers Caffe itself cannot read
     for info in test.net.layers:

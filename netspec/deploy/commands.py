@@ -34,9 +34,9 @@ def compiled(spec: str, weights: str | None) -> NetModule:
 def spec_batch(net: Net, limit: int | None = 5) -> dict[str, torch.Tensor] | None:
     """A few records of the spec's own TEST data, as the deploy graph takes them (before mean and scale,
     centre-cropped), or None when the net has no readable data."""
-    from netspec.data.feeder import FEEDABLE, Feeder
+    from netspec.data.feeder import Feeder
 
-    if not any(i.node.type in FEEDABLE for i in net.layers):
+    if not any(i.node.definition.reads_records for i in net.layers):
         return None
     try:
         feeder = Feeder(net, torch.device("cpu"), seed=0)

@@ -93,22 +93,22 @@ def deploy_module(module: NetModule) -> DeployModule:
     return DeployModule(module.to("cpu").eval(), plan(module.net))
 
 
-def _example(shape: tuple[int, ...], batch: int, ints: int | None, gen: torch.Generator, axis: int = 0
+def _example(shape: tuple[int, ...], batch: int, ints: int | None, gen: torch.Generator, axis: int | None = 0
              ) -> torch.Tensor:
-    full = tuple(batch if i == axis else d for i, d in enumerate(shape))
+    full = tuple(batch if i == axis else d for i, d in enumerate(shape))  # axis None: as the spec has it
     if ints:
         return torch.randint(0, ints, full, generator=gen).float()
     return torch.randn(full, generator=gen)
 
 
 def _id_ranges(module: DeployModule) -> dict[str, int]:
-    """Inputs read by an Embed layer take integer ids below its input_dim."""
+    """Inputs that a layer reads as integer ids (an Embed's), with the bound their values stay below."""
     out = {}
     for info in module.net.net.layers:
-        if info.node.type == "Embed":
-            for b in info.node.bottoms:
-                if b in module.plan.inputs:
-                    out[b] = info.node.spec.p.input_dim
+        node = info.node
+        for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]
+            if node.bottoms[i] in module.plan.inputs:
+                out[node.bottoms[i]] = bound
     return out
 
 
@@ -156,7 +156,8 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
             program = torch.onnx.export(
                 deploy, example, dynamo=True, opset_version=opset, input_names=names,
                 output_names=deploy.output_names, optimize=optimize, verbose=False,
-                dynamic_shapes=(tuple({axes[n]: "batch"} for n in names),) if dynamic else None)
+                dynamic_shapes=(tuple(None if axes[n] is None else {axes[n]: "batch"} for n in names),)
+                if dynamic else None)
             program.save(str(path), external_data=external)
     except NetspecError:
         raise
@@ -265,7 +266,7 @@ def _verify(path: Path, deploy: DeployModule, report: ExportReport, ids: dict[st
         max_abs = max_rel = 0.0
         ok = True
         for e, g in zip(expected, got, strict=True):
-            e = e.numpy()
+            e = e.detach().numpy()  # an output may be a parameter itself (a Parameter layer's)
             if e.shape != g.shape:
                 ok = False
                 max_abs = max_rel = float("inf")

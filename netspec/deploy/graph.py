@@ -27,8 +27,6 @@ from netspec.lower.module import NetModule
 from netspec.net import Net
 from netspec.shapes import LayerInfo
 
-TRAIN_ONLY = {"Accuracy", "Silence", "HDF5Output"}
-
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -59,11 +57,11 @@ class DeployPlan:
     outputs: tuple[str, ...]
     preprocessing: dict[str, Preprocess]  # by data top
     channel_order: str
-    batch_axes: dict[str, int]
+    batch_axes: dict[str, int | None]  # None: the input has no batch axis
 
 
 def plan(net: Net) -> DeployPlan:
-    dropped = [info for info in net.layers if info.node.definition.loss or info.node.type in TRAIN_ONLY]
+    dropped = [info for info in net.layers if info.node.definition.train_only]
     origin = _origins(net)
     labels = _label_blobs(dropped, origin)
     kept = [info for info in net.layers if not (info in dropped or info.node.definition.feeds
@@ -80,8 +78,8 @@ def plan(net: Net) -> DeployPlan:
     preprocessing, order = {}, "RGB"
     for info, top in fed:
         node = info.node
-        if node.type in ("Data", "ImageData", "WindowData"):
-            order = "BGR"  # Caffe's data layers hold images as BGR
+        if node.definition.channel_order != "RGB":
+            order = node.definition.channel_order
         if top != node.tops[0] or top not in inputs:
             continue
         tp = node.lp.transform_param
@@ -91,9 +89,19 @@ def plan(net: Net) -> DeployPlan:
         if tp.scale != 1 or tp.mean_value or mean_file or standardize:
             preprocessing[top] = Preprocess(float(tp.scale), tuple(float(v) for v in tp.mean_value) or None,
                                             mean_file, standardize)
-    # recurrent layers take (T, N, ...): their inputs' batch axis is 1, the time axis stays fixed
-    recurrent = {b for info in kept if info.node.type in ("RNN", "LSTM", "LSTMUnit") for b in info.node.bottoms}
-    axes = {name: 1 if name in recurrent and len(shape) > 1 else 0 for name, shape in inputs.items()}
+    # a layer's batch_axis: recurrent layers take (T, N, ...), so their inputs' batch axis is 1
+    read_at: dict[str, int] = {}
+    for info in kept:
+        for b in info.node.bottoms:
+            read_at[b] = max(read_at.get(b, 0), info.node.definition.batch_axis)
+    axes: dict[str, int | None] = {name: read_at.get(name, 0) if len(shape) > 1 else 0
+                                   for name, shape in inputs.items()}
+    # an input whose size there differs from the first input's batch is no batch (a Scale's scale, say)
+    lead = next(((shape[axes[n]] if shape else None) for n, shape in inputs.items()), None)
+    for name, shape in inputs.items():
+        axis = axes[name]
+        if not shape or (axis is not None and shape[axis] != lead):
+            axes[name] = None
     return DeployPlan(tuple(i.node.name for i in kept), inputs, outputs, preprocessing, order, axes)
 
 

@@ -2,8 +2,11 @@
 
 A layer type is one `LayerDef` subclass in one module: its parameters (a message of the schema), its
 arity, its shape rule (`infer`, pure Python), its parameter blobs (`blobs`, shapes in Caffe's order),
-its cost (`macs`) and its lowering to PyTorch (`lower`, the only method that imports torch). Layer code
-raises `ParamError`/`ShapeError` with the message alone; the driver adds file, line and layer name.
+its cost (`macs`) and its lowering to PyTorch (`lower`, the only method that imports torch). Every other
+fact about the type that the rest of netspec needs (its ONNX operators, whether only training needs it, its
+class or batch axis, how a data layer's records are read, its summary in drawings) is an attribute or
+method here too, so that code outside `netspec/layers/` never compares type names. Layer code raises
+`ParamError`/`ShapeError` with the message alone; the driver adds file, line and layer name.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from netspec._proto import netspec_pb2 as pb
 from netspec.errors import ParamError, ShapeError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from netspec.data.records import Records
 
 Shape = tuple[int, ...]
 # params (in blob order), bottoms -> tops
@@ -56,6 +62,7 @@ class BlobDef:
     shape: Shape
     filler: pb.FillerParameter
     learnable: bool = True
+    filler_field: str = "filler"  # the field of the layer's parameter message that gives `filler`
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,21 @@ class LayerDef:
     # What the layer computes is unknowable (Caffe's Python layer): its tops' shapes are unknown.
     opaque: ClassVar[bool] = False
     examples: ClassVar[tuple[Example, ...]] = ()
+    # The ONNX operator types its export may produce; empty: the deploy graph leaves it out (losses, data
+    # layers, what only training needs) or it cannot be exported.
+    onnx_ops: ClassVar[frozenset[str]] = frozenset()
+    # Only training needs it (a loss, Accuracy, Silence): the deploy graph drops it and what only it reads.
+    train_only: ClassVar[bool] = False
+    # A data layer whose second top, when it has one, holds one label per record: shape (N,).
+    label_top: ClassVar[bool] = False
+    # A data layer whose records the solver reads from the source its spec names (see `records`).
+    reads_records: ClassVar[bool] = False
+    # The channel order of the images a data layer's first top holds (Caffe's image layers: BGR).
+    channel_order: ClassVar[str] = "RGB"
+    # The axis of its bottoms that holds the batch (recurrent layers take (T, N, ...)).
+    batch_axis: ClassVar[int] = 0
+    # The colour drawings give it (Caffe's draw_net colours, lightened); None: the colour of its kind.
+    draw_colour: ClassVar[str | None] = None
 
     def params(self, lp: pb.LayerParameter) -> Any:
         """This layer's own parameter message (the default message when the spec leaves it out)."""
@@ -140,6 +162,11 @@ class LayerDef:
     def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
         """Multiply-accumulates of one forward pass."""
         return 0
+
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        """The shape of the largest temporary tensor the lowering makes besides its tops (unfolded windows,
+        say), which the memory limit counts before anything is allocated; None when there is none."""
+        return None
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         """A function computing the tops from the parameter blobs and the bottoms, with torch."""
@@ -174,6 +201,33 @@ class LayerDef:
         """Whether the output equals the input (so overwriting a blob with it changes nothing)."""
         return False
 
+    def summary(self, s: LayerSpec, bottoms: Sequence[Shape]) -> str:
+        """One line with the parameters that decide the output's size, for drawings and tables ("" for none)."""
+        return ""
+
+    def class_axis(self, s: LayerSpec) -> int | None:
+        """For a classifier, whose second bottom holds class indices: the axis of its first bottom that
+        holds the classes (may count from the end). None for other layers."""
+        return None
+
+    def ignore_label(self, s: LayerSpec) -> int | None:
+        """The label a classifier skips, if any."""
+        lp = s.lp.loss_param
+        return lp.ignore_label if lp.HasField("ignore_label") else None
+
+    def int_inputs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> dict[int, int]:
+        """Bottoms that hold integer ids, by index, with the bound their values stay below."""
+        return {}
+
+    def records(self, s: LayerSpec) -> dict[str, np.ndarray] | Records:
+        """A `reads_records` data layer's source: whole arrays by top when the source is array-shaped, else
+        random access to its records. Reads files; never imports torch."""
+        raise NotImplementedError(f"{self.type} reads no records")
+
+    def shuffles(self, s: LayerSpec) -> bool:
+        """Whether the solver reads a `reads_records` layer's records in a shuffled order when training."""
+        return bool(s.p.shuffle)
+
 
 # ---- helpers shared by the shape rules --------------------------------------------------------------
 
@@ -185,6 +239,8 @@ def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
 
 def canonical_axis(axis: int, ndim: int, what: str = "axis") -> int:
     """Caffe's CanonicalAxisIndex: a negative axis counts from the end; out of range is an error."""
+    if ndim == 0:
+        raise ShapeError(f"{what} {axis} needs a bottom with axes, got a 0-axis (scalar) bottom", field=what)
     if not -ndim <= axis < ndim:
         raise ShapeError(f"{what} {axis} is out of range for a {ndim}-axis bottom "
                          f"(valid: {-ndim} to {ndim - 1})", field=what)
@@ -194,6 +250,15 @@ def canonical_axis(axis: int, ndim: int, what: str = "axis") -> int:
 def expect_axes(shape: Shape, n: int, what: str = "bottom") -> Shape:
     if len(shape) != n:
         raise ShapeError(f"{what} must have {n} axes, got shape {fmt(shape)}")
+    return shape
+
+
+def at_least_axes(shape: Shape, n: int, axes: str, which: str = "the bottom") -> Shape:
+    """Refuses a bottom with fewer than n axes (a 0-axis scalar, say); `axes` names the axes the layer
+    reads, e.g. "(N, ...)"."""
+    if len(shape) < n:
+        raise ShapeError(f"{which} has shape {fmt(shape)}, but needs at least {n} axis{'es' if n > 1 else ''} "
+                         f"{axes}")
     return shape
 
 
@@ -216,6 +281,25 @@ def filler_or(f: pb.FillerParameter, present: bool, default_type: str = "constan
     if present:
         return f
     return pb.FillerParameter(type=default_type, value=value)
+
+
+def filled(role: str, shape: Shape, p: Any, field: str, value: float = 0.0) -> BlobDef:
+    """A learnable blob whose filler is `field` of the parameter message p, or Caffe's default for it (a
+    constant `value`) when the spec gives none."""
+    return BlobDef(role, shape, filler_or(getattr(p, field), p.HasField(field), value=value), filler_field=field)
+
+
+def weight_and_bias(p: Any, weight: Shape, bias: Shape) -> list[BlobDef]:
+    """A weight blob from weight_filler and, when p.bias_term, a bias blob from bias_filler."""
+    out = [filled("weight", weight, p, "weight_filler")]
+    if p.bias_term:
+        out.append(filled("bias", bias, p, "bias_filler"))
+    return out
+
+
+def describe_bottoms(s: LayerSpec, bottoms: Sequence[Shape]) -> str:
+    """The shapes of the bottoms by name, for hints: 'a' is (2, 3), 'b' is (2, 4)."""
+    return ", ".join(f"'{name}' is {fmt(b)}" for name, b in zip(s.lp.bottom, bottoms, strict=False))
 
 
 def require(cond: bool, msg: str, field: str | None = None) -> None:

@@ -14,8 +14,8 @@ from netspec.layers.base import (
     Shape,
     canonical_axis,
     count,
-    filler_or,
     require,
+    weight_and_bias,
 )
 from netspec.layers.registry import register
 
@@ -30,8 +30,10 @@ class InnerProduct(LayerDef):
     """
 
     type = "InnerProduct"
+    onnx_ops = frozenset({"Add", "Gemm", "MatMul", "Reshape"})
     param_field = "inner_product_param"
     category = "common"
+    draw_colour = "#CE93D8"
     examples = (
         Example("inner_product_param { num_output: 5 }", (In((3, 4)),)),
         Example("inner_product_param { num_output: 4 }", (In((2, 3, 2, 2)),)),
@@ -54,13 +56,13 @@ class InnerProduct(LayerDef):
         p = s.p
         _, k = self._k(s, bottoms[0])
         shape = (k, p.num_output) if p.transpose else (p.num_output, k)
-        out = [BlobDef("weight", shape, filler_or(p.weight_filler, p.HasField("weight_filler")))]
-        if p.bias_term:
-            out.append(BlobDef("bias", (p.num_output,), filler_or(p.bias_filler, p.HasField("bias_filler"))))
-        return out
+        return weight_and_bias(p, shape, (p.num_output,))
 
     def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
         return count(bottoms[0]) * s.p.num_output
+
+    def summary(self, s: LayerSpec, bottoms: Sequence[Shape]) -> str:
+        return f"{s.p.num_output} out"
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -88,6 +90,7 @@ class Embed(LayerDef):
     """
 
     type = "Embed"
+    onnx_ops = frozenset({"Add", "Cast", "Gather"})
     param_field = "embed_param"
     category = "common"
     examples = (Example("embed_param { input_dim: 7 num_output: 3 }", (In((2, 4), "label", 7),)),)
@@ -102,11 +105,10 @@ class Embed(LayerDef):
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         p = s.p
-        out = [BlobDef("weight", (p.input_dim, p.num_output),
-                       filler_or(p.weight_filler, p.HasField("weight_filler")))]
-        if p.bias_term:
-            out.append(BlobDef("bias", (p.num_output,), filler_or(p.bias_filler, p.HasField("bias_filler"))))
-        return out
+        return weight_and_bias(p, (p.input_dim, p.num_output), (p.num_output,))
+
+    def int_inputs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> dict[int, int]:
+        return {0: s.p.input_dim}
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F

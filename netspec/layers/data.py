@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.data import probe
 from netspec.errors import DataError, ParamError, ShapeError
 from netspec.files import confinement_problem, output_path
+from netspec.fillerspec import check_filler
 from netspec.layers.base import (
     NONE,
     Arity,
@@ -22,12 +24,18 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    at_least_axes,
     count,
     fmt,
     require,
     shape_of,
 )
 from netspec.layers.registry import register
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from netspec.data.records import Records
 
 
 def transformed(s: LayerSpec, channels: int, height: int, width: int) -> Shape:
@@ -99,6 +107,7 @@ class DummyData(LayerDef):
     """
 
     type = "DummyData"
+    onnx_ops = frozenset({"Constant"})
     param_field = "dummy_data_param"
     category = "data"
     bottoms = NONE
@@ -135,7 +144,14 @@ class DummyData(LayerDef):
         return fl * s.num_tops if len(fl) == 1 else fl
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
-        return self._shapes(s)
+        shapes = self._shapes(s)
+        for shape, f in zip(shapes, self.fillers(s), strict=True):
+            try:
+                check_filler(f, shape)
+            except ParamError as e:
+                e.field = f"data_filler.{e.field}"
+                raise
+        return shapes
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         from netspec.fillers import fill
@@ -159,6 +175,17 @@ class Data(_SourceLayer):
 
     type = "Data"
     param_field = "data_param"
+    reads_records = True
+    label_top = True
+    channel_order = "BGR"
+
+    def records(self, s: LayerSpec) -> Records:
+        from netspec.data.records import DatumRecords
+
+        return DatumRecords(s)
+
+    def shuffles(self, s: LayerSpec) -> bool:
+        return False  # Caffe reads a Data layer's database in order
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
@@ -191,6 +218,14 @@ class ImageData(_SourceLayer):
 
     type = "ImageData"
     param_field = "image_data_param"
+    reads_records = True
+    label_top = True
+    channel_order = "BGR"
+
+    def records(self, s: LayerSpec) -> Records:
+        from netspec.data.records import ImageListRecords
+
+        return ImageListRecords(s)
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
@@ -221,6 +256,12 @@ class HDF5Data(LayerDef):
     bottoms = NONE
     tops = Arity(1, None)
     feeds = True
+    reads_records = True
+
+    def records(self, s: LayerSpec) -> dict[str, np.ndarray]:
+        from netspec.data.records import hdf5_arrays
+
+        return hdf5_arrays(s)
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
@@ -249,6 +290,7 @@ class WindowData(_SourceLayer):
 
     type = "WindowData"
     param_field = "window_data_param"
+    channel_order = "BGR"
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         crop = s.lp.transform_param.crop_size
@@ -274,6 +316,7 @@ class MemoryData(_SourceLayer):
 
     type = "MemoryData"
     param_field = "memory_data_param"
+    label_top = True
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
@@ -293,6 +336,7 @@ class HDF5Output(LayerDef):
     """
 
     type = "HDF5Output"
+    train_only = True
     param_field = "hdf5_output_param"
     category = "data"
     bottoms = Arity(2, 2)
@@ -307,6 +351,8 @@ class HDF5Output(LayerDef):
                              hint="give a relative name, and the folder with --out (netspec train/test)")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        for i, b in enumerate(bottoms):
+            at_least_axes(b, 1, "(N, ...): rows are appended along axis 0", f"bottom {i}")
         if bottoms[0][:1] != bottoms[1][:1]:
             raise ShapeError(f"data {fmt(bottoms[0])} and label {fmt(bottoms[1])} need the same first axis")
         return []
@@ -372,6 +418,16 @@ class Dataset(_SourceLayer):
     type = "Dataset"
     param_field = "dataset_param"
     origin = "netspec"
+    reads_records = True
+
+    def records(self, s: LayerSpec) -> dict[str, np.ndarray]:
+        from netspec.data.datasets import load_arrays
+
+        data, labels = load_arrays(s.p, s.base_dir, s.phase)
+        arrays = {s.lp.top[0]: data}
+        if len(s.lp.top) > 1 and labels is not None:
+            arrays[s.lp.top[1]] = labels
+        return arrays
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         from netspec.data.datasets import describe

@@ -22,8 +22,10 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    at_least_axes,
     canonical_axis,
     count,
+    describe_bottoms,
     fmt,
     require,
 )
@@ -77,6 +79,12 @@ def _label_axis(s: LayerSpec, scores: Shape, labels: Shape, axis_value: int) -> 
     return axis, outer, inner
 
 
+def _batched(bottoms: Sequence[Shape]) -> None:
+    """Caffe's LossLayer reads every bottom's first axis as the batch: a 0-axis bottom has none."""
+    for i, b in enumerate(bottoms):
+        at_least_axes(b, 1, "(N, ...)", f"bottom {i}")
+
+
 def _labels_moved(labels: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
     return labels.reshape(outer, inner).long()
 
@@ -90,11 +98,19 @@ def outer_inner(x: torch.Tensor, axis: int) -> tuple[int, int]:
 class _Loss(LayerDef):
     category = "loss"
     loss = True
+    train_only = True
     bottoms = Arity(2, 2)
 
 
+class _Classifier(_Loss):
+    """A loss whose second bottom holds class indices into axis 1 of its first."""
+
+    def class_axis(self, s: LayerSpec) -> int | None:
+        return 1
+
+
 @register
-class SoftmaxWithLoss(_Loss):
+class SoftmaxWithLoss(_Classifier):
     """Softmax over `softmax_param.axis` followed by the multinomial logistic loss of the labels;
     the optional second top is the probabilities.
 
@@ -111,6 +127,9 @@ class SoftmaxWithLoss(_Loss):
                 (In((3, 4)), In((3,), "label", 4)), tops=2),
     )
 
+    def class_axis(self, s: LayerSpec) -> int | None:
+        return s.p.axis
+
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
         return [SCALAR, bottoms[0]][: s.num_tops]
@@ -120,7 +139,7 @@ class SoftmaxWithLoss(_Loss):
 
         axis, _, _ = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
         mode = normalization(s)
-        ignore = s.lp.loss_param.ignore_label if s.lp.loss_param.HasField("ignore_label") else None
+        ignore = self.ignore_label(s)
         with_prob = s.num_tops == 2
         classes = bottoms[0][axis]
         log_min = math.log(FLT_MIN)
@@ -146,7 +165,7 @@ class SoftmaxWithLoss(_Loss):
 
 
 @register
-class MultinomialLogisticLoss(_Loss):
+class MultinomialLogisticLoss(_Classifier):
     """-log(p[label]) averaged over the batch, for bottoms that are already probabilities.
 
     layer { name: "loss" type: "MultinomialLogisticLoss" bottom: "prob" bottom: "label" top: "loss" }
@@ -156,6 +175,7 @@ class MultinomialLogisticLoss(_Loss):
     examples = (Example("", (In((4, 5), "prob"), In((4,), "label", 5))),)
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         probs, labels = bottoms
         if count(labels) != probs[0]:
             raise ShapeError(f"{count(labels)} labels for a batch of {probs[0]}: one label per item "
@@ -176,7 +196,7 @@ class MultinomialLogisticLoss(_Loss):
 
 
 @register
-class InfogainLoss(_Loss):
+class InfogainLoss(_Classifier):
     """The multinomial logistic loss weighted by an infogain matrix H: -sum_k H[label, k] log p_k
     averaged over the batch, for bottoms that are probabilities (one row of classes per item). H comes
     from `source` (a .binaryproto) or a third bottom; with H the identity this is
@@ -199,6 +219,7 @@ class InfogainLoss(_Loss):
         require(s.p.axis == 1, "InfogainLoss takes one row of class probabilities per item (axis 1)", "axis")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms[:2])
         probs, labels = bottoms[0], bottoms[1]
         if count(labels) != probs[0]:
             raise ShapeError(f"{count(labels)} labels for a batch of {probs[0]}: one label per item ({fmt(probs)})")
@@ -251,10 +272,11 @@ class EuclideanLoss(_Loss):
     examples = (Example("", (In((4, 3)), In((4, 3)))),)
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         a, b = bottoms
         if count(a, 1) != count(b, 1) or a[:1] != b[:1]:
             raise ShapeError(f"the two bottoms need the same shape, got {fmt(a)} and {fmt(b)}",
-                             hint=_describe(s, bottoms))
+                             hint=describe_bottoms(s, bottoms))
         return [SCALAR]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -265,12 +287,8 @@ class EuclideanLoss(_Loss):
         return forward
 
 
-def _describe(s: LayerSpec, bottoms: Sequence[Shape]) -> str:
-    return ", ".join(f"'{name}' is {fmt(b)}" for name, b in zip(s.lp.bottom, bottoms, strict=False))
-
-
 @register
-class HingeLoss(_Loss):
+class HingeLoss(_Classifier):
     """One-versus-all hinge loss: for each class, max(0, 1 - s) for the label's score and max(0, 1 + s)
     for every other score, summed (L1) or squared and summed (L2), divided by the batch size.
 
@@ -284,6 +302,7 @@ class HingeLoss(_Loss):
                 Example("hinge_loss_param { norm: L2 }", (In((4, 5)), In((4,), "label", 5))))
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         scores, labels = bottoms
         if count(labels) != scores[0]:
             raise ShapeError(f"{count(labels)} labels for a batch of {scores[0]} ({fmt(scores)})")
@@ -320,6 +339,7 @@ class SigmoidCrossEntropyLoss(_Loss):
                         (In((4, 3)), In((4, 3), "binary"))))
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         a, b = bottoms
         if count(a) != count(b):
             raise ShapeError(f"scores {fmt(a)} and targets {fmt(b)} need the same number of values")
@@ -330,7 +350,7 @@ class SigmoidCrossEntropyLoss(_Loss):
         import torch.nn.functional as F
 
         mode = normalization(s, L.BATCH_SIZE)
-        ignore = s.lp.loss_param.ignore_label if s.lp.loss_param.HasField("ignore_label") else None
+        ignore = self.ignore_label(s)
 
         def forward(params, xs):
             x, t = xs[0], xs[1].reshape(xs[0].shape)
@@ -365,6 +385,7 @@ class ContrastiveLoss(_Loss):
                         (In((4, 3)), In((4, 3)), In((4,), "binary"))))
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        _batched(bottoms)
         a, b, y = bottoms
         if a != b:
             raise ShapeError(f"the two feature bottoms differ: {fmt(a)} and {fmt(b)}")
@@ -408,11 +429,18 @@ class Accuracy(LayerDef):
     type = "Accuracy"
     param_field = "accuracy_param"
     category = "loss"
+    train_only = True
     bottoms = Arity(2, 2)
     tops = Arity(1, 2)
     examples = (Example("accuracy_param { top_k: 2 }", (In((6, 4)), In((6,), "label", 4)), gradcheck=False),
                 Example("accuracy_param { ignore_label: 0 }", (In((2, 3, 2)), In((2, 2), "label", 3)), tops=2,
                         gradcheck=False))
+
+    def class_axis(self, s: LayerSpec) -> int | None:
+        return s.p.axis
+
+    def ignore_label(self, s: LayerSpec) -> int | None:
+        return s.p.ignore_label if s.p.HasField("ignore_label") else None
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         axis, _, _ = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
@@ -425,7 +453,7 @@ class Accuracy(LayerDef):
 
         axis, _, _ = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
         classes, top_k = bottoms[0][axis], s.p.top_k
-        ignore = s.p.ignore_label if s.p.HasField("ignore_label") else None
+        ignore = self.ignore_label(s)
         per_class = s.num_tops == 2
 
         def forward(params, xs):

@@ -16,9 +16,10 @@ from netspec.layers.base import (
     Shape,
     canonical_axis,
     count,
-    filler_or,
+    filled,
     fmt,
     require,
+    weight_and_bias,
 )
 from netspec.layers.loss import SCALAR, normalization, normalizer, outer_inner
 from netspec.layers.registry import register
@@ -33,6 +34,7 @@ class LayerNorm(LayerDef):
     """
 
     type = "LayerNorm"
+    onnx_ops = frozenset({"LayerNormalization"})
     param_field = "layer_norm_param"
     category = "normalization"
     origin = "netspec"
@@ -51,8 +53,7 @@ class LayerNorm(LayerDef):
         if not p.elementwise_affine:
             return []
         shape = self._normalized(s, bottoms[0])
-        return [BlobDef("scale", shape, filler_or(p.scale_filler, p.HasField("scale_filler"), value=1.0)),
-                BlobDef("bias", shape, filler_or(p.bias_filler, p.HasField("bias_filler")))]
+        return [filled("scale", shape, p, "scale_filler", value=1.0), filled("bias", shape, p, "bias_filler")]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -74,6 +75,7 @@ class GELU(LayerDef):
     """
 
     type = "GELU"
+    onnx_ops = frozenset({"Add", "Div", "Erf", "Mul", "Pow", "Tanh"})
     param_field = "gelu_param"
     category = "neuron"
     origin = "netspec"
@@ -98,6 +100,7 @@ class Maxout(LayerDef):
     """
 
     type = "Maxout"
+    onnx_ops = frozenset({"Add", "Gemm", "MatMul", "ReduceMax", "Reshape"})
     param_field = "maxout_param"
     category = "common"
     origin = "netspec"
@@ -116,10 +119,7 @@ class Maxout(LayerDef):
         p = s.p
         k = count(bottoms[0], canonical_axis(p.axis, len(bottoms[0])))
         units = p.num_output * p.num_pieces
-        out = [BlobDef("weight", (units, k), filler_or(p.weight_filler, p.HasField("weight_filler")))]
-        if p.bias_term:
-            out.append(BlobDef("bias", (units,), filler_or(p.bias_filler, p.HasField("bias_filler"))))
-        return out
+        return weight_and_bias(p, (units, k), (units,))
 
     def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
         return count(bottoms[0]) * s.p.num_output * s.p.num_pieces
@@ -155,6 +155,7 @@ class L1Loss(LayerDef):
     category = "loss"
     origin = "netspec"
     loss = True
+    train_only = True
     bottoms = Arity(2, 2)
     examples = (Example("", (In((4, 3)), In((4, 3)))),)
 
@@ -180,6 +181,7 @@ class CrossEntropyLoss(LayerDef):
     category = "loss"
     origin = "netspec"
     loss = True
+    train_only = True
     bottoms = Arity(2, 2)
     examples = (Example("", (In((4, 3)), In((4, 3), "prob"))),
                 Example("loss_param { normalization: BATCH_SIZE }", (In((2, 3, 4)), In((2, 3, 4), "prob"))))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from netspec.errors import ShapeError
+from netspec._proto import netspec_pb2 as pb
+from netspec.errors import ParamError, ShapeError
 from netspec.layers.base import (
     BlobDef,
     Example,
@@ -15,7 +16,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
-    filler_or,
+    filled,
     fmt,
     require,
 )
@@ -47,6 +48,7 @@ class ReLU(Neuron):
     """
 
     type = "ReLU"
+    onnx_ops = frozenset({"LeakyRelu", "Relu"})
     param_field = "relu_param"
     examples = (Example("", _X), Example("relu_param { negative_slope: 0.1 }", _X))
 
@@ -80,6 +82,7 @@ class PReLU(Neuron):
     """
 
     type = "PReLU"
+    onnx_ops = frozenset({"PRelu"})
     param_field = "prelu_param"
     examples = (Example("", _X), Example("prelu_param { channel_shared: true }", _X))
 
@@ -88,7 +91,7 @@ class PReLU(Neuron):
         if len(b) < 2:
             raise ShapeError(f"PReLU needs a bottom with at least 2 axes (N, C, ...), got {fmt(b)}")
         shape = () if s.p.channel_shared else (b[1],)  # Caffe's shared slope is a 0-axis blob
-        return [BlobDef("slope", shape, filler_or(s.p.filler, s.p.HasField("filler"), value=0.25))]
+        return [filled("slope", shape, s.p, "filler", value=0.25)]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -104,6 +107,7 @@ class ELU(Neuron):
     """
 
     type = "ELU"
+    onnx_ops = frozenset({"Elu"})
     param_field = "elu_param"
     examples = (Example("elu_param { alpha: 0.5 }", _X),)
 
@@ -129,6 +133,7 @@ class Sigmoid(Neuron):
     """
 
     type = "Sigmoid"
+    onnx_ops = frozenset({"Sigmoid"})
     param_field = "sigmoid_param"
     examples = (Example("", _X),)
 
@@ -149,6 +154,7 @@ class TanH(Neuron):
     """
 
     type = "TanH"
+    onnx_ops = frozenset({"Tanh"})
     param_field = "tanh_param"
     examples = (Example("", _X),)
 
@@ -169,6 +175,7 @@ class AbsVal(Neuron):
     """
 
     type = "AbsVal"
+    onnx_ops = frozenset({"Abs"})
     no_in_place = True
     examples = (Example("", _X),)
 
@@ -186,6 +193,7 @@ class BNLL(Neuron):
     """
 
     type = "BNLL"
+    onnx_ops = frozenset({"Greater", "Softplus", "Where"})
     examples = (Example("", _X),)
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -210,9 +218,16 @@ class Power(Neuron):
     """
 
     type = "Power"
+    onnx_ops = frozenset({"Add", "Mul", "Pow"})
     param_field = "power_param"
     examples = (Example("power_param { power: 2 scale: 0.5 shift: 1 }", _X),
                 Example("power_param { power: 0.5 scale: 2 shift: 0.1 }", (In((2, 3), "positive"),)))
+
+    def check(self, s: LayerSpec) -> None:
+        for name in ("power", "scale", "shift"):
+            _float32(getattr(s.p, name), name, name)
+        if s.train:  # only training computes the gradient
+            _float32(s.p.power * s.p.scale, "power * scale, the gradient's factor,", "scale", "gradient")
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
@@ -237,12 +252,42 @@ class Power(Neuron):
         return s.p.power == 1 or s.p.power * s.p.scale == 0
 
 
+FLT_MAX = 3.4028234663852886e38
+
+
+def _float32(value: float, what: str, field: str, used_by: str = "output") -> float:
+    """Refuses a constant of the lowering that float32 (which Caffe and compiled nets compute in) cannot
+    hold: it would turn every output (or gradient) into inf or nan."""
+    require(math.isfinite(value) and abs(value) <= FLT_MAX,
+            f"{what} = {value:g} does not fit float32 (largest {FLT_MAX:.4g}): every {used_by} would be inf or nan",
+            field)
+    return value
+
+
 def _log_base(base: float, field: str) -> float:
     """ln(base), where Caffe's base -1 means e."""
     if base == -1:
         return 1.0
-    require(base > 0, f"base must be positive (or -1 for e), got {base}", field)
+    require(base > 0 and math.isfinite(base), f"base must be positive and finite (or -1 for e), got {base}", field)
     return math.log(base)
+
+
+def _exp_constants(p: pb.ExpParameter) -> tuple[float, float]:
+    """Caffe's inner scale ln(base) * scale and outer scale base^shift, both within float32."""
+    ln_base = _log_base(p.base, "base")
+    inner = _float32(ln_base * p.scale, "ln(base) * scale", "scale")
+    if ln_base * p.shift > math.log(FLT_MAX) or not math.isfinite(ln_base * p.shift):
+        raise ParamError(f"base^shift = e^{ln_base * p.shift:g} does not fit float32 (largest {FLT_MAX:.4g}): "
+                         "every output would be inf or nan", field="shift")
+    return inner, math.exp(ln_base * p.shift)
+
+
+def _log_constants(p: pb.LogParameter) -> tuple[float, float]:
+    """Caffe's 1 / ln(base) and the gradient's scale / ln(base); base 1 has no logarithm."""
+    ln_base = _log_base(p.base, "base")
+    require(ln_base != 0, "base 1 has no logarithm (log_1 divides by ln 1 = 0)", "base")
+    _float32(p.shift, "shift", "shift")
+    return 1.0 / ln_base, p.scale / ln_base
 
 
 @register
@@ -253,24 +298,23 @@ class Exp(Neuron):
     """
 
     type = "Exp"
+    onnx_ops = frozenset({"Add", "Exp", "Mul"})
     param_field = "exp_param"
     examples = (Example("", _X), Example("exp_param { base: 2 scale: 0.5 shift: 1 }", _X))
 
     def check(self, s: LayerSpec) -> None:
-        _log_base(s.p.base, "base")
+        _exp_constants(s.p)
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        ln_base = _log_base(s.p.base, "base")
-        inner = ln_base * s.p.scale
-        outer = math.exp(ln_base * s.p.shift)  # Caffe's outer scale base^shift
+        inner, outer = _exp_constants(s.p)
         if outer == 1:
             return lambda params, xs: [torch.exp(xs[0] * inner)]
         return lambda params, xs: [torch.exp(xs[0] * inner) * outer]
 
     def caffe_backward(self, s: LayerSpec) -> Grad:
-        inner = _log_base(s.p.base, "base") * s.p.scale
+        inner, _ = _exp_constants(s.p)
         return lambda x, b, t, g: g * t * inner
 
 
@@ -282,21 +326,24 @@ class Log(Neuron):
     """
 
     type = "Log"
+    onnx_ops = frozenset({"Add", "Log", "Mul"})
     param_field = "log_param"
     examples = (Example("log_param { base: 10 scale: 2 shift: 0.5 }", (In((2, 3, 4), "positive"),)),)
 
     def check(self, s: LayerSpec) -> None:
-        _log_base(s.p.base, "base")
+        _, num = _log_constants(s.p)
+        if s.train:  # only training computes the gradient
+            _float32(num, "scale / ln(base), the gradient's factor,", "scale", "gradient")
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        base_scale = 1.0 / _log_base(s.p.base, "base")
+        base_scale, _ = _log_constants(s.p)
         scale, shift = s.p.scale, s.p.shift
         return lambda params, xs: [torch.log(xs[0] * scale + shift) * base_scale]
 
     def caffe_backward(self, s: LayerSpec) -> Grad:
-        num = s.p.scale / _log_base(s.p.base, "base")
+        _, num = _log_constants(s.p)
         scale, shift = s.p.scale, s.p.shift
         return lambda x, b, t, g: g * num / (b * scale + shift)
 
@@ -312,6 +359,7 @@ class Threshold(Neuron):
     """
 
     type = "Threshold"
+    onnx_ops = frozenset({"Cast", "Greater"})
     param_field = "threshold_param"
     examples = (Example("threshold_param { threshold: 0.1 }", _X, gradcheck=False),)
 
@@ -328,6 +376,7 @@ class Clip(Neuron):
     """
 
     type = "Clip"
+    onnx_ops = frozenset({"Clip"})
     param_field = "clip_param"
     examples = (Example("clip_param { min: -0.5 max: 0.7 }", _X),)
 
@@ -356,6 +405,7 @@ class Swish(Neuron):
     """
 
     type = "Swish"
+    onnx_ops = frozenset({"Mul", "Sigmoid"})
     param_field = "swish_param"
     examples = (Example("swish_param { beta: 1.5 }", _X),)
 
@@ -381,6 +431,7 @@ class Dropout(Neuron):
     """
 
     type = "Dropout"
+    onnx_ops = frozenset({"Identity"})
     param_field = "dropout_param"
     category = "common"
     examples = (Example("dropout_param { dropout_ratio: 0.3 }", _X),

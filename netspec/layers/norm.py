@@ -15,8 +15,9 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    at_least_axes,
     canonical_axis,
-    filler_or,
+    filled,
     fmt,
 )
 from netspec.layers.registry import register
@@ -37,9 +38,10 @@ class BatchNorm(LayerDef):
     """
 
     type = "BatchNorm"
+    onnx_ops = frozenset({"Add", "Div", "Mul", "ReduceMean", "Reshape", "Sqrt", "Sub"})
     param_field = "batch_norm_param"
     category = "normalization"
-    examples = (Example("", (In((4, 3, 2, 2)),)),
+    examples = (Example("", (In((2, 3, 2, 2)),)),
                 Example("batch_norm_param { use_global_stats: false }", (In((5, 3)),)),
                 Example("", (In((4, 2, 3)),), phase="TRAIN"))
 
@@ -54,7 +56,7 @@ class BatchNorm(LayerDef):
         return s.p.use_global_stats if s.p.HasField("use_global_stats") else not s.train
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
-        return [bottoms[0]]
+        return [at_least_axes(bottoms[0], 1, "(N, C, ...)")]
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         c = bottoms[0][1] if len(bottoms[0]) > 1 else 1
@@ -132,6 +134,7 @@ class Scale(LayerDef):
     """
 
     type = "Scale"
+    onnx_ops = frozenset({"Add", "Mul", "Reshape"})
     param_field = "scale_param"
     category = "normalization"
     bottoms = Arity(1, 2)
@@ -149,9 +152,9 @@ class Scale(LayerDef):
         p = s.p
         out = []
         if len(bottoms) == 1:
-            out.append(BlobDef("scale", operand, filler_or(p.filler, p.HasField("filler"), value=1.0)))
+            out.append(filled("scale", operand, p, "filler", value=1.0))
         if p.bias_term:
-            out.append(BlobDef("bias", operand, filler_or(p.bias_filler, p.HasField("bias_filler"))))
+            out.append(filled("bias", operand, p, "bias_filler"))
         return out
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -178,6 +181,7 @@ class Bias(LayerDef):
     """
 
     type = "Bias"
+    onnx_ops = frozenset({"Add", "Reshape"})
     param_field = "bias_param"
     category = "normalization"
     bottoms = Arity(1, 2)
@@ -190,7 +194,7 @@ class Bias(LayerDef):
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         if len(bottoms) > 1:
             return []
-        return [BlobDef("bias", _operand(s, bottoms), filler_or(s.p.filler, s.p.HasField("filler")))]
+        return [filled("bias", _operand(s, bottoms), s.p, "filler")]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         operand = _operand(s, bottoms)
@@ -209,6 +213,7 @@ class MVN(LayerDef):
     """
 
     type = "MVN"
+    onnx_ops = frozenset({"Add", "Div", "Mul", "ReduceMean", "Reshape", "Sqrt", "Sub"})
     param_field = "mvn_param"
     category = "normalization"
     examples = (Example("", (In((2, 3, 4, 5)),)),

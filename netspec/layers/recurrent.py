@@ -21,7 +21,7 @@ from netspec.layers.base import (
     LayerSpec,
     Shape,
     count,
-    filler_or,
+    filled,
     fmt,
     require,
 )
@@ -31,6 +31,7 @@ from netspec.layers.registry import register
 class _Recurrent(LayerDef):
     param_field = "recurrent_param"
     category = "recurrent"
+    batch_axis = 1  # (T, N, ...): time first
     bottoms = Arity(2, 5)
     tops = Arity(1, 3)
     states = 1  # hidden state blobs: h for RNN; h and c for LSTM
@@ -71,12 +72,10 @@ class _Recurrent(LayerDef):
 
     def _input_blobs(self, s: LayerSpec, bottoms: Sequence[Shape], name: str) -> list[BlobDef]:
         h, p = s.p.num_output, s.p
-        wf = filler_or(p.weight_filler, p.HasField("weight_filler"))
-        bf = filler_or(p.bias_filler, p.HasField("bias_filler"))
-        out = [BlobDef(f"W_x{name}", (self.gates * h, count(bottoms[0], 2)), wf),
-               BlobDef(f"b_{name}", (self.gates * h,), bf)]
+        out = [filled(f"W_x{name}", (self.gates * h, count(bottoms[0], 2)), p, "weight_filler"),
+               filled(f"b_{name}", (self.gates * h,), p, "bias_filler")]
         if self._static(s):
-            out.append(BlobDef(f"W_x{name}_static", (self.gates * h, count(bottoms[2], 1)), wf))
+            out.append(filled(f"W_x{name}_static", (self.gates * h, count(bottoms[2], 1)), p, "weight_filler"))
         return out
 
     def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
@@ -93,6 +92,8 @@ class RNN(_Recurrent):
     """
 
     type = "RNN"
+    onnx_ops = frozenset({
+        "Add", "Concat", "ConstantOfShape", "Gather", "Gemm", "MatMul", "Mul", "Reshape", "Tanh", "Unsqueeze"})
     examples = (Example("recurrent_param { num_output: 3 weight_filler { type: 'uniform' min: -0.5 max: 0.5 } }",
                         (In((4, 2, 5)), In((4, 2), "binary"))),
                 Example("recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: 'gaussian' "
@@ -101,10 +102,8 @@ class RNN(_Recurrent):
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         h, p = s.p.num_output, s.p
-        wf = filler_or(p.weight_filler, p.HasField("weight_filler"))
-        bf = filler_or(p.bias_filler, p.HasField("bias_filler"))
-        return [*self._input_blobs(s, bottoms, "h"), BlobDef("W_hh", (h, h), wf), BlobDef("W_ho", (h, h), wf),
-                BlobDef("b_o", (h,), bf)]
+        return [*self._input_blobs(s, bottoms, "h"), filled("W_hh", (h, h), p, "weight_filler"),
+                filled("W_ho", (h, h), p, "weight_filler"), filled("b_o", (h,), p, "bias_filler")]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
@@ -141,6 +140,8 @@ class LSTM(_Recurrent):
     """
 
     type = "LSTM"
+    onnx_ops = frozenset({"Add", "Concat", "ConstantOfShape", "Gather", "Gemm", "MatMul", "Mul", "Reshape", "Sigmoid",
+                          "Slice", "Tanh", "Unsqueeze"})
     states = 2
     gates = 4
     examples = (Example("recurrent_param { num_output: 3 weight_filler { type: 'uniform' min: -0.5 max: 0.5 } "
@@ -152,8 +153,7 @@ class LSTM(_Recurrent):
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         h, p = s.p.num_output, s.p
-        wf = filler_or(p.weight_filler, p.HasField("weight_filler"))
-        return [*self._input_blobs(s, bottoms, "c"), BlobDef("W_hc", (4 * h, h), wf)]
+        return [*self._input_blobs(s, bottoms, "c"), filled("W_hc", (4 * h, h), p, "weight_filler")]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
@@ -204,7 +204,9 @@ class LSTMUnit(LayerDef):
     """
 
     type = "LSTMUnit"
+    onnx_ops = frozenset({"Add", "Mul", "Sigmoid", "Slice", "Tanh", "Unsqueeze"})
     category = "recurrent"
+    batch_axis = 1  # (T, N, ...): time first
     bottoms = Arity(3, 3)
     tops = Arity(2, 2)
     examples = (Example("", (In((1, 2, 3)), In((1, 2, 12)), In((1, 2), "binary")), tops=2),)

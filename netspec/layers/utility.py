@@ -18,8 +18,10 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    at_least_axes,
     canonical_axis,
     count,
+    describe_bottoms,
     fmt,
     require,
     shape_of,
@@ -46,6 +48,7 @@ class Concat(LayerDef):
     """
 
     type = "Concat"
+    onnx_ops = frozenset({"Concat", "Identity"})
     param_field = "concat_param"
     bottoms = Arity(1, None)
     examples = (Example("", (In((2, 3, 4)), In((2, 5, 4)))),
@@ -58,7 +61,7 @@ class Concat(LayerDef):
         for i, b in enumerate(bottoms):
             if len(b) != len(first) or b[:axis] != first[:axis] or b[axis + 1:] != first[axis + 1:]:
                 raise ShapeError(f"bottom {i} {fmt(b)} does not match bottom 0 {fmt(first)} on the axes "
-                                 f"other than {axis}", hint=_describe(s, bottoms))
+                                 f"other than {axis}", hint=describe_bottoms(s, bottoms))
             total += b[axis]
         return [(*first[:axis], total, *first[axis + 1:])]
 
@@ -71,10 +74,6 @@ class Concat(LayerDef):
         return lambda params, xs: [torch.cat(list(xs), axis)]
 
 
-def _describe(s: LayerSpec, bottoms: Sequence[Shape]) -> str:
-    return ", ".join(f"'{name}' is {fmt(b)}" for name, b in zip(s.lp.bottom, bottoms, strict=True))
-
-
 @register
 class Slice(LayerDef):
     """Splits its bottom along `axis` at the slice points (or into equal parts) into its tops.
@@ -84,6 +83,7 @@ class Slice(LayerDef):
     """
 
     type = "Slice"
+    onnx_ops = frozenset({"Slice", "Split"})
     param_field = "slice_param"
     tops = Arity(1, None)
     examples = (Example("slice_param { axis: 1 slice_point: 1 slice_point: 4 }", _X, tops=3),
@@ -126,6 +126,7 @@ class Split(LayerDef):
     """
 
     type = "Split"
+    onnx_ops = frozenset({"Identity"})
     no_in_place = True
     tops = Arity(1, None)
     examples = (Example("", _X, tops=2),)
@@ -146,6 +147,7 @@ class Eltwise(LayerDef):
     """
 
     type = "Eltwise"
+    onnx_ops = frozenset({"Add", "Max", "Mul", "Sub"})
     param_field = "eltwise_param"
     bottoms = Arity(2, None)
     examples = (Example("eltwise_param { operation: PROD }", (In((2, 3, 4)), In((2, 3, 4)), In((2, 3, 4)))),
@@ -163,7 +165,7 @@ class Eltwise(LayerDef):
         for i, b in enumerate(bottoms[1:], 1):
             if b != bottoms[0]:
                 raise ShapeError(f"bottom {i} {fmt(b)} differs from bottom 0 {fmt(bottoms[0])}; Eltwise needs "
-                                 "equal shapes", hint=_describe(s, bottoms))
+                                 "equal shapes", hint=describe_bottoms(s, bottoms))
         return [bottoms[0]]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -205,6 +207,7 @@ class Flatten(LayerDef):
     """
 
     type = "Flatten"
+    onnx_ops = frozenset({"Reshape"})
     param_field = "flatten_param"
     no_in_place = True
     examples = (Example("", _X), Example("flatten_param { axis: 1 end_axis: 2 }", _X))
@@ -255,6 +258,7 @@ class Reshape(LayerDef):
     """
 
     type = "Reshape"
+    onnx_ops = frozenset({"Reshape"})
     param_field = "reshape_param"
     no_in_place = True
     examples = (Example("reshape_param { shape { dim: 0 dim: 2 dim: -1 } }", _X),
@@ -304,6 +308,7 @@ class Tile(LayerDef):
     """
 
     type = "Tile"
+    onnx_ops = frozenset({"Expand", "Tile"})
     param_field = "tile_param"
     examples = (Example("tile_param { axis: 1 tiles: 3 }", _X), Example("tile_param { axis: -1 tiles: 2 }", _X))
 
@@ -331,6 +336,7 @@ class Reduction(LayerDef):
     """
 
     type = "Reduction"
+    onnx_ops = frozenset({"Abs", "Mul", "ReduceMean", "ReduceSum", "Reshape"})
     param_field = "reduction_param"
     examples = tuple(Example(f"reduction_param {{ operation: {op} axis: {ax} coeff: 0.5 }}", _X)
                      for op, ax in (("SUM", 0), ("ASUM", 1), ("SUMSQ", -1), ("MEAN", 2)))
@@ -366,6 +372,7 @@ class ArgMax(LayerDef):
     """
 
     type = "ArgMax"
+    onnx_ops = frozenset({"Cast", "Concat", "Reshape", "TopK"})
     param_field = "argmax_param"
     examples = (Example("argmax_param { top_k: 2 }", _X, gradcheck=False),
                 Example("argmax_param { axis: 1 top_k: 3 out_max_val: true }", _X, gradcheck=False),
@@ -379,6 +386,7 @@ class ArgMax(LayerDef):
             if p.top_k > b[axis]:
                 raise ShapeError(f"top_k {p.top_k} exceeds the size {b[axis]} of axis {axis}", field="top_k")
             return [(*b[:axis], p.top_k, *b[axis + 1:])]
+        at_least_axes(b, 1, "(N, ...) when no axis is given")
         if p.top_k > count(b, 1):
             raise ShapeError(f"top_k {p.top_k} exceeds the {count(b, 1)} values of each item", field="top_k")
         shape = [1] * max(len(b), 3)
@@ -415,6 +423,7 @@ class Softmax(LayerDef):
     """
 
     type = "Softmax"
+    onnx_ops = frozenset({"Softmax"})
     param_field = "softmax_param"
     examples = (Example("", _X), Example("softmax_param { axis: 2 }", _X))
 
@@ -437,6 +446,7 @@ class Silence(LayerDef):
     """
 
     type = "Silence"
+    train_only = True
     bottoms = Arity(1, None)
     tops = NONE
     examples = (Example("", _X, tops=0),)
@@ -457,10 +467,12 @@ class Filter(LayerDef):
     """
 
     type = "Filter"
+    onnx_ops = frozenset({"Equal", "Expand", "GatherND", "Max", "NonZero", "Not", "Reshape", "Shape", "Squeeze",
+                          "Transpose", "Unsqueeze"})
     bottoms = Arity(2, None)
     tops = Arity(1, None)
     data_dependent = True
-    examples = (Example("", (In((4, 3)), In((4,), "binary")), gradcheck=False),)
+    examples = (Example("", (In((2, 3)), In((2,), "binary")), gradcheck=False),)
 
     def check(self, s: LayerSpec) -> None:
         require(s.num_tops == s.num_bottoms - 1,
@@ -468,6 +480,8 @@ class Filter(LayerDef):
                 f"{s.num_tops}", "top")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
+        for i, b in enumerate(bottoms):
+            at_least_axes(b, 1, "(N, ...): Filter keeps items along axis 0", f"bottom {i}")
         selector = bottoms[-1]
         if count(selector, 1) != 1:
             raise ShapeError(f"the selector (last bottom) must hold one value per item, got {fmt(selector)}")
@@ -492,11 +506,16 @@ class BatchReindex(LayerDef):
     """
 
     type = "BatchReindex"
+    onnx_ops = frozenset({"Cast", "GatherND", "Unsqueeze"})
     bottoms = Arity(2, 2)
-    examples = (Example("", (In((4, 3)), In((6,), "label", 4))),)
+    examples = (Example("", (In((4, 3)), In((6,), "label", 4))), Example("", (In((2, 3)), In((2,), "label", 2))))
+
+    def int_inputs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> dict[int, int]:
+        return {1: bottoms[0][0]}
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         x, index = bottoms
+        at_least_axes(x, 1, "(N, ...): items are gathered along axis 0", "bottom 0")
         if len(index) != 1:
             raise ShapeError(f"the index bottom must have one axis, got {fmt(index)}")
         return [(index[0], *x[1:])]
@@ -513,6 +532,7 @@ class Parameter(LayerDef):
     """
 
     type = "Parameter"
+    onnx_ops = frozenset({"Constant"})
     param_field = "parameter_param"
     bottoms = NONE
     tops = ONE

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,9 +21,9 @@ from netspec.layers.base import (
     canonical_axis,
     count,
     expect_axes,
-    filler_or,
     fmt,
     require,
+    weight_and_bias,
 )
 from netspec.layers.registry import register
 
@@ -153,8 +152,26 @@ class _ConvBase(LayerDef):
         return g, channels
 
 
+class _FilterConv(_ConvBase):
+    """Convolution and Deconvolution: a learned filter bank and bias; only the weight's axes differ."""
+
+    draw_colour = "#FF8A80"
+
+    def _weight_axes(self, p: pb.ConvolutionParameter, channels: int) -> tuple[int, int]:
+        """The weight's first two axes (Caffe's order), before the kernel's."""
+        raise NotImplementedError
+
+    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
+        g, channels = self._geometry(s, bottoms)
+        return weight_and_bias(s.p, (*self._weight_axes(s.p, channels), *g.kernel), (s.p.num_output,))
+
+    def summary(self, s: LayerSpec, bottoms: Sequence[Shape]) -> str:
+        g = conv_geometry(s.p, bottoms[0])
+        return _window(f"{s.p.num_output} out, {'x'.join(map(str, g.kernel))}", g.stride, g.pad)
+
+
 @register
-class Convolution(_ConvBase):
+class Convolution(_FilterConv):
     """Convolution over the axes after `axis` (2-D for NCHW), with groups and dilation.
 
     layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
@@ -162,6 +179,7 @@ class Convolution(_ConvBase):
     """
 
     type = "Convolution"
+    onnx_ops = frozenset({"Conv"})
     examples = (
         Example("convolution_param { num_output: 4 kernel_size: 3 }", (In((2, 3, 8, 8)),)),
         Example("convolution_param { num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2 dilation: 2 }",
@@ -188,19 +206,17 @@ class Convolution(_ConvBase):
         top = (*b[: g.axis], s.p.num_output, *out)
         return [top] * len(bottoms)
 
-    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
-        g, channels = self._geometry(s, bottoms)
-        p = s.p
-        out = [BlobDef("weight", (p.num_output, channels // p.group, *g.kernel),
-                       filler_or(p.weight_filler, p.HasField("weight_filler")))]
-        if p.bias_term:
-            out.append(BlobDef("bias", (p.num_output,), filler_or(p.bias_filler, p.HasField("bias_filler"))))
-        return out
+    def _weight_axes(self, p: pb.ConvolutionParameter, channels: int) -> tuple[int, int]:
+        return p.num_output, channels // p.group
 
     def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
         g, channels = self._geometry(s, bottoms)
         per_output = channels // s.p.group * count(g.kernel)
         return sum(count(t) * per_output for t in tops)
+
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        g, channels = self._geometry(s, bottoms)  # torch's CPU kernel unfolds the windows of a whole batch
+        return (count(bottoms[0][:g.axis]), channels // s.p.group * count(g.kernel), count(tops[0][g.axis + 1:]))
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -212,7 +228,7 @@ class Convolution(_ConvBase):
 
 
 @register
-class Deconvolution(_ConvBase):
+class Deconvolution(_FilterConv):
     """Transposed convolution (Caffe's "deconvolution"); weights are (C_in, num_output / group, k...).
 
     layer { name: "up" type: "Deconvolution" bottom: "score" top: "up"
@@ -221,6 +237,7 @@ class Deconvolution(_ConvBase):
     """
 
     type = "Deconvolution"
+    onnx_ops = frozenset({"ConvTranspose"})
     examples = (
         Example("convolution_param { num_output: 4 kernel_size: 3 stride: 2 }", (In((2, 3, 5, 5)),)),
         Example("convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 2 dilation: 1 }",
@@ -239,19 +256,17 @@ class Deconvolution(_ConvBase):
             out.append(o)
         return [(*b[: g.axis], s.p.num_output, *out)] * len(bottoms)
 
-    def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
-        g, channels = self._geometry(s, bottoms)
-        p = s.p
-        out = [BlobDef("weight", (channels, p.num_output // p.group, *g.kernel),
-                       filler_or(p.weight_filler, p.HasField("weight_filler")))]
-        if p.bias_term:
-            out.append(BlobDef("bias", (p.num_output,), filler_or(p.bias_filler, p.HasField("bias_filler"))))
-        return out
+    def _weight_axes(self, p: pb.ConvolutionParameter, channels: int) -> tuple[int, int]:
+        return channels, p.num_output // p.group
 
     def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
         g, _ = self._geometry(s, bottoms)
         per_input = s.p.num_output // s.p.group * count(g.kernel)
         return sum(count(b) * per_input for b in bottoms)
+
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        g, _ = self._geometry(s, bottoms)  # torch's CPU kernel folds columns back one item at a time
+        return (s.p.num_output * count(g.kernel), count(bottoms[0][g.axis + 1:]))
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -271,6 +286,7 @@ class Im2col(_ConvBase):
     """
 
     type = "Im2col"
+    onnx_ops = frozenset({"Gather", "Pad", "Reshape", "Transpose"})
     bottoms = ONE
     tops = ONE
     examples = (Example("convolution_param { kernel_size: 3 stride: 2 pad: 1 }", (In((2, 3, 6, 5)),)),)
@@ -315,6 +331,19 @@ class PoolGeometry:
     stride: tuple[int, int]
     pad: tuple[int, int]
     global_pooling: bool
+
+
+def _window(text: str, stride: Sequence[int], pad: Sequence[int]) -> str:
+    """A window's summary: text, then its stride and pad where they are not 1 and 0."""
+
+    def dims(values: Sequence[int]) -> str:
+        return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+    if any(st != 1 for st in stride):
+        text += f", stride {dims(stride)}"
+    if any(pad):
+        text += f", pad {dims(pad)}"
+    return text
 
 
 def pool_geometry(p: pb.PoolingParameter, b: Shape) -> PoolGeometry:
@@ -393,8 +422,13 @@ def _window_extent(size: int, k: int, s: int, pad: int, out: int) -> tuple[int, 
     cells to drop), and Caffe's AVE divisor per window (the window clipped at size + pad, counting the
     padding cells before that)."""
     right = (out - 1) * s + k - size - pad
-    divisors = [min(i * s - pad + k, size + pad) - (i * s - pad) for i in range(out)]
-    return right, divisors
+    return right, [_ave_divisor(size, k, s, pad, i) for i in range(out)]
+
+
+def _ave_divisor(size: int, k: int, s: int, pad: int, i: int) -> int:
+    """Caffe's AVE divisor of window i: min(start + k, size + pad) - start, with start = i * s - pad. It
+    shrinks as i grows, so the last window's is the smallest."""
+    return min(k, size + 2 * pad - i * s)
 
 
 def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int],
@@ -460,9 +494,11 @@ class Pooling(LayerDef):
     """
 
     type = "Pooling"
+    onnx_ops = frozenset({"AveragePool", "MaxPool", "Pad"})
     param_field = "pooling_param"
     category = "vision"
     tops = Arity(1, 2)
+    draw_colour = "#FFB74D"
     examples = (
         Example("pooling_param { pool: MAX kernel_size: 3 stride: 2 }", (In((2, 3, 9, 8)),)),
         Example("pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }", (In((2, 2, 7, 6)),)),
@@ -473,6 +509,13 @@ class Pooling(LayerDef):
         Example("pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }",
                 (In((1, 2, 4, 4), "positive"),), gradcheck=False),
     )
+
+    def summary(self, s: LayerSpec, bottoms: Sequence[Shape]) -> str:
+        pool = pb.PoolingParameter.PoolMethod.Name(s.p.pool)
+        g = pool_geometry(s.p, bottoms[0])
+        if g.global_pooling:
+            return f"{pool} global"
+        return _window(f"{pool} {'x'.join(map(str, g.kernel))}", g.stride, g.pad)
 
     def check(self, s: LayerSpec) -> None:
         if s.num_tops == 2:
@@ -489,12 +532,18 @@ class Pooling(LayerDef):
         if min(out) < 1:
             raise ShapeError(f"kernel {_x(g.kernel)} is larger than the padded input {_x(b[2:])}",
                              hint=f"bottom '{s.lp.bottom[0]}' has shape {fmt(b)}")
-        if s.p.pool == s.p.AVE and any(min(_window_extent(size, k, st, pd, o)[1]) <= 0 for size, k, st, pd, o
+        if s.p.pool == s.p.AVE and any(_ave_divisor(size, k, st, pd, o - 1) <= 0 for size, k, st, pd, o
                                        in zip(b[2:], g.kernel, g.stride, g.pad, out, strict=True)):
             raise ShapeError("with this kernel and stride the last average-pooling window would start "
                              "past the input, where Caffe's divisor is undefined",
                              hint="use a stride no larger than the kernel, or round_mode: FLOOR")
         return [(b[0], b[1], *out)] * s.num_tops
+
+    def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
+        if s.p.pool != s.p.STOCHASTIC:
+            return None
+        g = pool_geometry(s.p, bottoms[0])  # stochastic pooling unfolds every window
+        return (*bottoms[0][:2], count(g.kernel), count(tops[0][2:]))
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         g = pool_geometry(s.p, bottoms[0])
@@ -512,6 +561,7 @@ class SPP(LayerDef):
     """
 
     type = "SPP"
+    onnx_ops = frozenset({"AveragePool", "Concat", "MaxPool", "Pad", "Reshape"})
     param_field = "spp_param"
     category = "vision"
     examples = (
@@ -526,10 +576,14 @@ class SPP(LayerDef):
     def _levels(self, s: LayerSpec, b: Shape) -> list[tuple[PoolGeometry, tuple[int, int]]]:
         h, w = b[2], b[3]
         levels = []
-        for level in range(s.p.pyramid_height):
+        for level in range(s.p.pyramid_height):  # ends by level 41 for any input: 2^level bins outgrow it
             bins = 2**level
-            kernel = (math.ceil(h / bins), math.ceil(w / bins))
+            kernel = (-(-h // bins), -(-w // bins))
             pad = ((kernel[0] * bins - h + 1) // 2, (kernel[1] * bins - w + 1) // 2)
+            if pad[0] >= kernel[0] or pad[1] >= kernel[1]:  # Caffe's pooling refuses these windows too
+                raise ShapeError(f"pyramid level {level} ({bins}x{bins} bins) does not fit the {h}x{w} input: "
+                                 f"its windows {_x(kernel)} would need padding {_x(pad)}, which must be smaller",
+                                 field="pyramid_height", hint=f"use a pyramid_height of at most {level}")
             g = PoolGeometry(kernel, kernel, pad, False)
             out = (pooled_size(h, kernel[0], kernel[0], pad[0], True),
                    pooled_size(w, kernel[1], kernel[1], pad[1], True))
@@ -569,6 +623,7 @@ class Crop(LayerDef):
     """
 
     type = "Crop"
+    onnx_ops = frozenset({"Slice"})
     param_field = "crop_param"
     category = "vision"
     bottoms = Arity(2, 2)
@@ -615,6 +670,7 @@ class LRN(LayerDef):
     """
 
     type = "LRN"
+    onnx_ops = frozenset({"Add", "AveragePool", "Div", "Mul", "Pad", "Pow", "Reshape", "Squeeze"})
     param_field = "lrn_param"
     category = "normalization"
     examples = (
@@ -632,15 +688,21 @@ class LRN(LayerDef):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
 
+        # The sum of squares runs over the n // 2 neighbours on each side that exist: a window wider than
+        # the input sees all of them, so the narrowest such window, with alpha scaled to keep Caffe's
+        # alpha / n (alpha / n^2 within a channel), gives the same values without padding by n.
         n, alpha, beta, k = s.p.local_size, s.p.alpha, s.p.beta, s.p.k
         if s.p.norm_region == s.p.ACROSS_CHANNELS:
-            return lambda params, xs: [F.local_response_norm(xs[0], n, alpha, beta, k)]
-        pad = (n - 1) // 2
+            size = min(n, 2 * bottoms[0][1] - 1)
+            alpha_size = alpha * (size / n)
+            return lambda params, xs: [F.local_response_norm(xs[0], size, alpha_size, beta, k)]
+        size = min(n, 2 * max(bottoms[0][2:]) - 1)
+        pad, alpha_sq = (size - 1) // 2, alpha * (size / n) ** 2
 
         def within(params, xs):
             x = xs[0]
-            mean_sq = F.avg_pool2d(x * x, n, 1, pad, False, count_include_pad=True)
-            return [x * (1 + alpha * mean_sq) ** (-beta)]
+            mean_sq = F.avg_pool2d(x * x, size, 1, pad, False, count_include_pad=True)
+            return [x * (1 + alpha_sq * mean_sq) ** (-beta)]
 
         return within
 

@@ -28,6 +28,7 @@ from netspec.fillers import fill
 from netspec.graph import stale_reads
 from netspec.layers.base import Forward, Shape, fmt
 from netspec.net import Net
+from netspec.shapes import check_fits
 
 
 def _key(layer: str, index: int) -> str:
@@ -86,6 +87,7 @@ class NetModule(nn.Module):
     """A Net as a torch module: `module(**inputs)` returns the output blobs as a dict."""
 
     def __init__(self, net: Net) -> None:
+        check_fits(net.graph, net.layers)  # before any parameter is allocated
         super().__init__()
         self.net = net
         self.phase = net.phase

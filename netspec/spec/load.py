@@ -65,6 +65,12 @@ def parse_message(tree: Mapping, message: Message, path: str, fmt: str) -> Sourc
     return smap
 
 
+def read_tree(path: str) -> tuple[str, Mapping]:
+    """A spec file's format and syntax tree (a net or, in prototxt, a solver)."""
+    fmt = spec_format(path)
+    return fmt, parse_tree(read_text(path), path, fmt)
+
+
 def parse_net(tree: Mapping, path: str, fmt: str) -> SpecFile:
     """A net spec from its syntax tree, as written: YAML's wiring defaults are netspec.netfile's to add."""
     net = pb.NetParameter()

@@ -113,10 +113,10 @@ def _training_accuracy(solver: Solver, feeder: Feeder) -> Callable[[], float]:
 def _scores_for(net: Net, label: str) -> str:
     for info in net.layers:
         node = info.node
-        if node.type in ("SoftmaxWithLoss", "Accuracy") and len(node.bottoms) > 1 and node.bottoms[1] == label:
+        if node.definition.class_axis(node.spec) is not None and len(node.bottoms) > 1 and node.bottoms[1] == label:
             return node.bottoms[0]
-    raise SolverError("--overfit measures classification accuracy, but no SoftmaxWithLoss or Accuracy layer reads "
-                      f"the labels '{label}'")
+    raise SolverError("--overfit measures classification accuracy, but no classifier (such as SoftmaxWithLoss or "
+                      f"Accuracy) reads the labels '{label}'")
 
 
 def evaluate(spec: str, weights: str | None, iterations: int | None, device: str | None = None,
@@ -136,7 +136,7 @@ def evaluate(spec: str, weights: str | None, iterations: int | None, device: str
     sizes: list[int | None] = [None] * iterations if iterations else list(feeder.one_pass())
     sums: dict[str, float] = {}
     seen = 0
-    with torch.no_grad(), output_folder(out or "."):
+    with feeder, torch.no_grad(), output_folder(out or "."):  # the feeder stops its reading workers at the end
         for size in sizes:
             for name, value in module(**feeder.next(size)).items():
                 if value.numel() == 1:
@@ -162,7 +162,7 @@ def benchmark(spec: str, iterations: int, phase: str, device: str | None = None
     inputs = {}
     for blob, shape in net.inputs.items():
         labels = any(len(i.node.bottoms) > 1 and i.node.bottoms[1] == blob for i in net.layers if i.node.definition.loss
-                     or i.node.type == "Accuracy")
+                     or i.node.definition.class_axis(i.node.spec) is not None)
         t = torch.zeros(shape, device=dev) if labels else torch.randn(shape, device=dev)
         inputs[blob] = t.requires_grad_(not labels)
     with tempfile.TemporaryDirectory(prefix="netspec-time-") as scratch, output_folder(scratch):

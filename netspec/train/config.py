@@ -12,16 +12,14 @@ from google.protobuf.message import Message
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import SolverError, SourceLoc, SpecFieldError, SpecSyntaxError, did_you_mean, shown
-from netspec.netfile import load_net_text, read_net
+from netspec.netfile import net_from_tree, read_net
 from netspec.spec.build import BuildOptions, SourceMap, fill_message, repeated_items, scalar_value
 from netspec.spec.load import (
     PROTOTXT,
     SpecFile,
     is_solver,
     parse_message,
-    parse_tree,
-    read_text,
-    spec_format,
+    read_tree,
 )
 from netspec.spec.tree import Node, Scalar
 from netspec.spec.yamltree import parse_yaml
@@ -59,22 +57,20 @@ class SolverConfig:
 
 def load_config(path: str, overrides: tuple[str, ...] = ()) -> SolverConfig:
     """Reads a YAML net with a `solver:` section, or a Caffe solver prototxt, and applies overrides."""
-    fmt = spec_format(path)
-    text = read_text(path)
-    tree = parse_tree(text, path, fmt)
+    fmt, tree = read_tree(path)
     if fmt == PROTOTXT and is_solver(tree):
         param = pb.SolverParameter()
         smap = parse_message(tree, param, path, fmt)
         config = _from_solver_file(path, param, smap)
     else:
-        spec = load_net_text(text, path, fmt)
+        spec = net_from_tree(tree, path, fmt)
         net = spec.message
         if not net.HasField("solver"):
             raise SolverError(f"'{path}' is a net without solver settings", loc=SourceLoc(path, 1),
                               hint="add a `solver:` section (base_lr, lr_policy, max_iter, ...) or give --solver FILE")
         param = pb.SolverParameter()
         param.CopyFrom(net.solver)
-        smap = _sub_map(spec.smap, "solver")
+        smap = _sub_map(spec.smap, ("solver",))
         config = SolverConfig(path, param, smap, NetSource(spec, tuple(param.train_state.stage)))
         _yaml_tests(config, spec)
     apply_overrides(config, overrides)
@@ -93,14 +89,6 @@ def with_solver_file(net_path: str, solver_path: str, overrides: tuple[str, ...]
     apply_overrides(config, overrides)
     check_solver(config)
     return config
-
-
-def _sub_map(smap: SourceMap, prefix: str) -> SourceMap:
-    out = SourceMap(smap.file)
-    for path, loc in smap.locs.items():
-        if path[:1] == (prefix,):
-            out.locs[path[1:]] = loc
-    return out
 
 
 def _state(param: pb.SolverParameter, i: int) -> pb.NetState:
@@ -127,10 +115,11 @@ def _net_file(name: str, solver_path: str, smap: SourceMap, field_name: str) -> 
 
 
 def _inline(param: pb.NetParameter, path: str, smap: SourceMap, prefix: tuple) -> SpecFile:
-    return SpecFile(path, PROTOTXT, param, _sub_map_path(smap, prefix))
+    return SpecFile(path, PROTOTXT, param, _sub_map(smap, prefix))
 
 
-def _sub_map_path(smap: SourceMap, prefix: tuple) -> SourceMap:
+def _sub_map(smap: SourceMap, prefix: tuple) -> SourceMap:
+    """The locations under `prefix`, keyed by their path below it (a message nested in another file's)."""
     out = SourceMap(smap.file)
     n = len(prefix)
     for p, loc in smap.locs.items():

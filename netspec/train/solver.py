@@ -22,18 +22,16 @@ from typing import Any
 import torch
 
 from netspec import snapshot
-from netspec.data.feeder import FEEDABLE, Feeder
+from netspec.data.feeder import Feeder
 from netspec.errors import DataError, NetspecError, SolverError, WeightsError
 from netspec.files import output_folder
+from netspec.layers import all_types
 from netspec.lower.module import NetModule
 from netspec.net import Net, build_net
 from netspec.train.config import SolverConfig, load_config, with_solver_file
 from netspec.train.progress import Metrics, Progress
 from netspec.train.schedule import Schedule
 from netspec.train.updates import Learnable, Updater
-
-_CLASS_LOSSES = {"SoftmaxWithLoss": "softmax_param", "Accuracy": "accuracy_param", "HingeLoss": None,
-                 "MultinomialLogisticLoss": None, "InfogainLoss": None}
 
 
 class TrainingError(NetspecError):
@@ -181,17 +179,14 @@ class Solver:
         """Labels must be whole numbers within the classes of every classifier that reads them."""
         labels = feeder.labels()
         for info in net.layers:
-            node = info.node
-            if node.type not in _CLASS_LOSSES or len(node.bottoms) < 2 or node.bottoms[1] not in labels:
+            node, d = info.node, info.node.definition
+            axis = d.class_axis(node.spec)
+            if axis is None or len(node.bottoms) < 2 or node.bottoms[1] not in labels:
                 continue
             values = labels[node.bottoms[1]]
-            field_name = _CLASS_LOSSES[node.type]
-            axis = getattr(node.lp, field_name).axis if field_name else 1
             scores = info.bottom_shapes[0]
             classes = scores[axis if axis >= 0 else axis + len(scores)] if len(scores) > 1 else 1
-            ignore = (node.lp.accuracy_param.ignore_label if node.type == "Accuracy" and
-                      node.lp.accuracy_param.HasField("ignore_label") else
-                      node.lp.loss_param.ignore_label if node.lp.loss_param.HasField("ignore_label") else None)
+            ignore = d.ignore_label(node.spec)
             valid = values if ignore is None else values[values != ignore]
             if valid.numel() and bool((valid != valid.round()).any()):
                 bad = float(valid[valid != valid.round()][0])
@@ -211,7 +206,7 @@ class Solver:
                 raise SolverError(f"the net's blobs {', '.join(self.feeder.needs_inputs)} come from Input (or "
                                   "MemoryData) layers, so their values must be given",
                                   hint="call solver.step(inputs={...}), or feed the net from a data layer "
-                                       f"({', '.join(FEEDABLE)})")
+                                       f"({', '.join(t for t, d in all_types().items() if d.reads_records)})")
             return self.feeder.next()
         out = {}
         for name, value in given.items():
@@ -341,6 +336,7 @@ class Solver:
                     if value.numel() == 1:  # scalar outputs: losses, accuracies
                         sums[name] = sums.get(name, 0.0) + float(value.float()) * weight
                 seen += weight
+            feeder.close()  # its workers would read ahead and idle until the next test
             results.append({name: total / seen for name, total in sums.items()})
         self.last_test, self.tested_at = results, self.iter
         return results
@@ -514,11 +510,19 @@ class Solver:
             progress.close()
             if metrics is not None:
                 metrics.close()
+            self.close()
         best = self.early.best_iter if self.early is not None and self.early.best_blobs else None
         return {"iterations": self.iter, "stopped": stopped, "test": self.last_test, "tested_at": self.tested_at,
                 "best_iteration": best, "snapshot": str(last_snapshot) if last_snapshot else None,
                 "best": f"{self._prefix()}_best.pt" if best is not None and out is not None else None,
                 "metrics": str(out / "metrics.csv") if out is not None else None}
+
+    def close(self) -> None:
+        """Stops the worker processes that read streamed data (solve() does it when it ends); stepping or
+        testing again starts them anew."""
+        for feeder in (self._feeder, *self._test_feeders):
+            if feeder is not None:
+                feeder.close()
 
     def _batch_size(self) -> int:
         return self.feeder.batch if self.feeder.sources else 1

@@ -140,21 +140,24 @@ def _adadelta(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -
     return rate * step
 
 
-def _adam(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+def _moments(u: Updater, b: Learnable, g: torch.Tensor, it: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Adam's running first and second moments, updated with g, and their bias corrections at step it."""
     m, v = b.history
     b1, b2, t = u.p.momentum, u.p.momentum2, it + 1
     m.mul_(b1).add_(g, alpha=1 - b1)
     v.mul_(b2).add_(g * g, alpha=1 - b2)
-    correction = math.sqrt(1 - b2**t) / (1 - b1**t)
+    return m, v, 1 - b1**t, 1 - b2**t
+
+
+def _adam(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
+    m, v, c1, c2 = _moments(u, b, g, it)
+    correction = math.sqrt(c2) / c1
     return rate * correction * m / (v.sqrt() + u.p.delta)  # Caffe: epsilon is not bias-corrected
 
 
 def _adamw(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
-    m, v = b.history
-    b1, b2, t = u.p.momentum, u.p.momentum2, it + 1
-    m.mul_(b1).add_(g, alpha=1 - b1)
-    v.mul_(b2).add_(g * g, alpha=1 - b2)
-    return rate / (1 - b1**t) * m / ((v / (1 - b2**t)).sqrt() + u.p.delta)
+    m, v, c1, c2 = _moments(u, b, g, it)
+    return rate / c1 * m / ((v / c2).sqrt() + u.p.delta)
 
 
 def _adamax(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
