@@ -142,7 +142,8 @@ def test_metadata_records_the_spec_io_and_labels(digits_onnx: Path) -> None:
     assert json.loads(meta["netspec.inputs"]) == {"data": [64, 1, 8, 8]}
     assert json.loads(meta["netspec.outputs"]) == ["prob"]
     assert json.loads(meta["netspec.labels"]) == DIGIT_LABELS
-    assert json.loads(meta["netspec.preprocessing"]) == {"data": {"scale": 0.0625, "mean": None, "mean_file": None}}
+    assert json.loads(meta["netspec.preprocessing"]) == {"data": {"scale": 0.0625, "mean": None, "mean_file": None,
+                                                                  "standardize": None}}
     assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 1, 8, 8]
     assert model.producer_name == "netspec"
 
