@@ -222,6 +222,10 @@ BAD_REQUESTS = [
      {}, 400, "input 'data' of shape [1, 1, 8, 8] and FP32 needs 256 bytes; binary_data_size says 8"),
     ("POST", "/v2/models/digits/infer", b"{}", {"Inference-Header-Content-Length": "99"}, 400,
      "Inference-Header-Content-Length 99 is beyond the 2-byte body"),
+    ("POST", "/v2/models/digits/infer", b"[" * 1000 + b"]" * 1000, {}, 400, "the request's JSON is nested too deeply"),
+    ("POST", "/v2/models/digits/infer", json.dumps({"inputs": [{**GOOD, "data": [float("nan")] * 64}]}).encode(), {},
+     400, "the request body is not valid JSON"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [GOOD], "id": 7}, {}, 400, "the request's 'id' must be a string"),
     ("POST", "/v2/models/digits/infer", b"x" * (2**20 + 1), {}, 413,
      "the request body has 1048577 bytes; this server takes at most 1048576 (--max-body-mb)"),
 ]
@@ -248,15 +252,26 @@ def _raw(port: int, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("data", "status", "message"), [
-    (b"hello\r\n\r\n", 400, "malformed request line"),
-    (b"GET /v2 SPDY/3\r\n\r\n", 400, "unsupported protocol 'SPDY/3'"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400, "Content-Length 'ten' is not a "
-                                                                                     "number"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411,
-     "chunked request bodies are not supported; send Content-Length"),
-    (b"GET /v2 HTTP/1.1\r\nno colon here\r\n\r\n", 400, "malformed header line 'no colon here'"),
-    (b"GET /v2 HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n", 431, "the request's headers are larger "
-                                                                          "than 64 KiB"),
+    (b"hello\r\n\r\n", 400, "malformed HTTP request: illegal request line: 'hello'"),
+    (b"GET /v2 SPDY/3\r\nHost: a\r\n\r\n", 400, "malformed HTTP request: illegal request line: 'GET /v2 SPDY/3'"),
+    (b"GET /v2 HTTP/1.1\r\n\r\n", 400, "malformed HTTP request: Missing mandatory Host: header"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: ten\r\n\r\n", 400,
+     "malformed HTTP request: bad Content-Length"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+     400, "malformed HTTP request: conflicting Content-Length headers"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 3\r\n\r\n{}",
+     400, "malformed HTTP request: conflicting Content-Length headers"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+     "malformed HTTP request: Only Transfer-Encoding: chunked is supported"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+     b"0\r\n\r\nGET /v2 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "the request has both Transfer-Encoding and Content-Length"),
+    (b"GET /v2 HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", 400,
+     "malformed HTTP request: illegal header line: 'no colon here'"),
+    (b"GET /v2 HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n", 431,
+     "the request's headers are larger than 64 KiB"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n100001\r\n" +
+     b"x" * 0x100001 + b"\r\n0\r\n\r\n", 413,
+     "the request body has more than 1048576 bytes; this server takes at most that (--max-body-mb)"),
 ])
 def test_malformed_http_gets_its_reason(server: Served, data: bytes, status: int, message: str) -> None:
     reply = _raw(server.port, data)
@@ -285,8 +300,8 @@ def _malformed(rng: random.Random) -> bytes:
         body = text[:cut].encode()
     else:
         method = rng.choice(["GET", "PUT", "DELETE", "PATCH"])
-        return f"{method} /v2/models/digits/infer HTTP/1.1\r\nContent-Length: 0\r\n\r\n".encode()
-    return (f"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        return f"{method} /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".encode()
+    return (f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
 def test_a_thousand_malformed_requests_all_get_4xx_and_the_server_stays_up(server: Served) -> None:
@@ -313,6 +328,96 @@ def test_keep_alive_connection_serves_many_requests(server: Served) -> None:
             assert response.getheader("Connection") == "keep-alive"
     finally:
         conn.close()
+
+
+def _reply(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP response read off a raw socket (with Content-Length framing)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        body += s.recv(65536)
+    return int(lines[0].split()[1]), headers, body
+
+
+def _json_body(x: np.ndarray) -> bytes:
+    return json.dumps(_infer_doc(x)).encode()
+
+
+def test_chunked_request_body(server: Served, reference: ort.InferenceSession) -> None:
+    x = _images(2, seed=5)
+    body = _json_body(x)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 700]), body[i:i + 700]) for i in range(0, len(body), 700))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks +
+                  b"0\r\n\r\n")
+        status, _, reply = _reply(s)
+    assert status == 200
+    np.testing.assert_array_equal(json.loads(reply)["outputs"][0]["data"], reference.run(None, {"data": x})[0].ravel())
+
+
+def test_expect_100_continue(server: Served, reference: ort.InferenceSession) -> None:
+    x = _images(1, seed=6)
+    body = _json_body(x)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        status, headers, reply = _reply(s)
+        assert status == 200 and headers["connection"] == "keep-alive"
+        np.testing.assert_array_equal(json.loads(reply)["outputs"][0]["data"],
+                                      reference.run(None, {"data": x})[0].ravel())
+        # too large: refused at once, without 100 Continue, and the body is never awaited
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 2000000\r\n\r\n")
+        status, headers, reply = _reply(s)
+    assert (status, headers["connection"]) == (413, "close")
+    assert json.loads(reply) == {"error": "the request body has 2000000 bytes; this server takes at most 1048576 "
+                                          "(--max-body-mb)"}
+
+
+@pytest.mark.parametrize("connection", ["keep-alive, close", "Close", "upgrade , CLOSE"])
+def test_connection_token_lists(server: Served, connection: str) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\n\r\n".encode())
+        status, headers, body = _reply(s)
+        assert (status, headers["connection"], body) == (200, "close", b'{"live":true}')
+        assert s.recv(10) == b""  # the server closed the connection
+
+
+def test_http_1_0_is_answered_and_closed(server: Served) -> None:
+    reply = _raw(server.port, b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"live":true}')
+
+
+def test_nan_outputs_are_refused_as_json_and_sent_as_binary(server: Served) -> None:
+    x = np.full((1, 1, 8, 8), np.inf, dtype=np.float32)
+    for binary in (False, True):
+        header = json.dumps({"inputs": [{"name": "data", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": x.nbytes}}],
+                             "parameters": {"binary_data_output": binary}}).encode()
+        status, headers, body = server.request("POST", "/v2/models/digits/infer", header + x.tobytes(),
+                                               {"Inference-Header-Content-Length": str(len(header))})
+        if not binary:
+            assert (status, json.loads(body)) == (500, {"error": "output 'prob' holds NaN or infinite values, which "
+                                                                 "JSON cannot carry; ask for it as binary data "
+                                                                 "(binary_data_output)"})
+        else:
+            n = int(headers["inference-header-content-length"])
+            assert status == 200 and np.isnan(np.frombuffer(body[n:], dtype="<f4")).all()
+
+
+def test_metrics_label_values_are_escaped() -> None:
+    from netspec.deploy.serve import Metrics
+
+    text = Metrics().text('say "hi"\\now\n')
+    assert 'netspec_inference_seconds_count{model="say \\"hi\\"\\\\now\\n"} 0' in text.splitlines()
 
 
 def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort.InferenceSession) -> None:
@@ -423,7 +528,7 @@ def test_connections_beyond_the_limit_are_told_to_retry(model: Path) -> None:
         idle[0].close()
         while len(server.connections) > 1:
             time.sleep(0.01)
-        assert _raw(bound[0], b"GET /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n").startswith(
+        assert _raw(bound[0], b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").startswith(
             b"HTTP/1.1 200 ")
         idle[1].close()
     finally:

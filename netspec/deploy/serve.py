@@ -6,6 +6,8 @@ Endpoints: GET /v2/health/live, /v2/health/ready, /v2 (server metadata), /v2/mod
 `Inference-Header-Content-Length` bytes, then raw little-endian tensors; `binary_data_output` or an
 output's `binary_data` asks for binary outputs).
 
+HTTP/1.1 is parsed by h11 (framing, chunked bodies, Connection tokens, Expect: 100-continue); this module
+adds what h11 leaves to servers: refusing Content-Length with Transfer-Encoding, size and time limits.
 One onnxruntime session serves every request. Each connection has a thread that reads a request, runs
 it and writes the answer with blocking calls: onnxruntime and socket I/O release the GIL, so connections
 run in parallel, and for small models this costs far less per request than an event loop handing work
@@ -20,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -27,9 +30,11 @@ import threading
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import numpy as np
 
 from netspec import __version__
@@ -38,7 +43,11 @@ from netspec.errors import NetspecError
 
 
 def _loads(data: bytes) -> Any:
-    return json.loads(data)
+    return json.loads(data, parse_constant=_not_json)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _dumps(obj: Any) -> bytes:
@@ -47,6 +56,7 @@ def _dumps(obj: Any) -> bytes:
 
 HEADER_LIMIT = 64 * 1024
 IDLE_SECONDS = 60  # a keep-alive connection with no request for this long is closed
+READ_SECONDS = 30  # a request (headers and body) must arrive within this long of its first byte
 MAX_CONNECTIONS = 1000
 REFUSERS = 64  # connections over the limit answered at once; beyond, they are closed unanswered
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -86,6 +96,7 @@ class Metrics:
             self.latency_count += 1
 
     def text(self, model: str) -> str:
+        model = _label(model)
         with self.lock:
             lines = ["# HELP netspec_requests_total HTTP requests by endpoint and status.",
                      "# TYPE netspec_requests_total counter"]
@@ -114,7 +125,6 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
-    keep_alive: bool
 
 
 class Server:
@@ -139,100 +149,120 @@ class Server:
     def handle(self, conn: socket.socket) -> None:
         """Answers the requests of one connection until it closes, idles too long, or the server stops."""
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.settimeout(IDLE_SECONDS)
-        reader = conn.makefile("rb", buffering=1 << 16)
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_LIMIT)
         try:
             while not self.stopping.is_set():
                 try:
-                    request = self._read(reader)
+                    request = self._read(conn, http)
                 except RequestError as e:
-                    self._send(conn, e.status, _error(e.message), keep_alive=False)
                     self.metrics.request("invalid", e.status)
-                    _linger(conn)
+                    with contextlib.suppress(OSError):
+                        conn.sendall(_raw_response(e.status, _error(e.message)))
+                        _linger(conn)
                     return
                 if request is None:
                     return
                 self._busy(conn, True)
                 try:
-                    endpoint, status, body, headers = self._route(request)
+                    with self._in_flight():
+                        endpoint, status, body, headers = self._route(request)
                     self.metrics.request(endpoint, status)
-                    keep_alive = request.keep_alive and not self.stopping.is_set()
-                    self._send(conn, status, body, keep_alive, headers)
+                    keep_alive = not self.stopping.is_set()
+                    self._send(conn, http, status, body, keep_alive, headers)
                 finally:
                     self._busy(conn, False)
-                if not keep_alive:
-                    return
+                if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+                    return  # the client or this server asked to close
+                http.start_next_cycle()
         except OSError:  # the client went away or idled past the timeout
             pass
         finally:
             with self.lock:
                 self.connections.pop(conn, None)
                 self.threads.discard(threading.current_thread())
-            reader.close()
             conn.close()
 
     def _busy(self, conn: socket.socket, busy: bool) -> None:
         with self.lock:
             self.connections[conn] = busy
-            self.metrics.in_flight += 1 if busy else -1
 
-    def _read(self, reader: Any) -> Request | None:
-        lines: list[bytes] = []
-        size = 0
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Counts a request while it is being answered (not while its answer is sent: a client that has
+        read its answer finds it no longer counted)."""
+        with self.metrics.lock:
+            self.metrics.in_flight += 1
+        try:
+            yield
+        finally:
+            with self.metrics.lock:
+                self.metrics.in_flight -= 1
+
+    def _read(self, conn: socket.socket, http: h11.Connection) -> Request | None:
+        """The next request on the connection (None when the client closes or idles out). Parsing is h11's:
+        framing (Content-Length, chunked bodies, Connection tokens, HTTP/1.0) follows RFC 9112. A request must
+        arrive whole within READ_SECONDS of its first byte, however slowly its bytes trickle in."""
+        body = bytearray()
+        request: h11.Request | None = None
+        deadline = time.monotonic() + READ_SECONDS if http.trailing_data[0] else None
         while True:
-            line = reader.readline(HEADER_LIMIT + 1)
-            if not line:
-                if lines:
-                    raise RequestError(400, "the request ended inside its headers")
-                return None  # the client closed an idle connection
-            size += len(line)
-            if size > HEADER_LIMIT:
-                raise RequestError(431, "the request's headers are larger than 64 KiB")
-            if line in (b"\r\n", b"\n"):
-                if lines:
-                    break
-                continue  # blank lines before a request line are allowed
-            lines.append(line)
-        try:
-            method, path, version = lines[0].decode("latin-1").strip().split(" ")
-        except ValueError:
-            raise RequestError(400, "malformed request line") from None
-        if not version.startswith("HTTP/1."):
-            raise RequestError(400, f"unsupported protocol '{version[:20]}'")
-        headers = {}
-        for raw in lines[1:]:
-            line = raw.decode("latin-1").rstrip("\r\n")
-            key, sep, value = line.partition(":")
-            if not sep:
-                raise RequestError(400, f"malformed header line '{line[:60]}'")
-            headers[key.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise RequestError(411, "chunked request bodies are not supported; send Content-Length")
-        length_text = headers.get("content-length", "0")
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise RequestError(400, f"Content-Length '{length_text[:20]}' is not a number") from None
-        if length < 0:
-            raise RequestError(400, "Content-Length is negative")
-        if length > self.max_body:
-            raise RequestError(413, f"the request body has {length} bytes; this server takes at most "
-                               f"{self.max_body} (--max-body-mb)")
-        body = reader.read(length) if length else b""
-        if len(body) < length:
-            raise OSError("the client closed the connection inside a request body")
-        connection = headers.get("connection", "").lower()
-        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        return Request(method, path.split("?", 1)[0], headers, body, keep_alive)
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError as e:
+                status = e.error_status_hint
+                text = re.sub(r"bytearray\(b('.*'|\".*\")\)", r"\1", str(e))[:200]
+                raise RequestError(status, "the request's headers are larger than 64 KiB" if status == 431
+                                   else f"malformed HTTP request: {text}") from None
+            if event is h11.NEED_DATA:
+                conn.settimeout(IDLE_SECONDS if deadline is None else max(0.001, deadline - time.monotonic()))
+                try:
+                    data = conn.recv(1 << 16)
+                except TimeoutError:
+                    if deadline is None:
+                        return None  # an idle keep-alive connection
+                    raise RequestError(408, f"the request did not arrive within {READ_SECONDS} s") from None
+                if deadline is None:
+                    deadline = time.monotonic() + READ_SECONDS
+                http.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+                self._check_head(event)
+                if http.they_are_waiting_for_100_continue:
+                    conn.sendall(http.send(h11.InformationalResponse(status_code=100, headers=[],
+                                                                     reason="Continue")) or b"")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.max_body:
+                    raise RequestError(413, f"the request body has more than {self.max_body} bytes; this server "
+                                       "takes at most that (--max-body-mb)")
+            elif isinstance(event, h11.EndOfMessage) and request is not None:
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+                target = request.target.decode("latin-1").split("?", 1)[0]
+                return Request(request.method.decode("latin-1"), target, headers, bytes(body))
+            else:  # ConnectionClosed: the client closed between requests
+                return None
+
+    def _check_head(self, request: h11.Request) -> None:
+        """What h11 leaves to the server: smuggling shapes, the body limit (before 100 Continue is sent), and
+        the header size when the headers arrived in one read."""
+        names = [k for k, _ in request.headers]
+        if b"transfer-encoding" in names and b"content-length" in names:
+            raise RequestError(400, "the request has both Transfer-Encoding and Content-Length")
+        if sum(len(k) + len(v) + 4 for k, v in request.headers) + len(request.target) > HEADER_LIMIT:
+            raise RequestError(431, "the request's headers are larger than 64 KiB")
+        for k, v in request.headers:
+            if k == b"content-length" and int(v) > self.max_body:
+                raise RequestError(413, f"the request body has {int(v)} bytes; this server takes at most "
+                                   f"{self.max_body} (--max-body-mb)")
 
     @staticmethod
-    def _send(conn: socket.socket, status: int, body: bytes, keep_alive: bool,
+    def _send(conn: socket.socket, http: h11.Connection, status: int, body: bytes, keep_alive: bool,
               headers: dict[str, str] | None = None) -> None:
-        headers = {"Content-Type": "application/json", **(headers or {})}
-        head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", f"Content-Length: {len(body)}",
-                f"Connection: {'keep-alive' if keep_alive else 'close'}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        fields = list({"Content-Type": "application/json", **(headers or {})}.items())
+        fields += [("Content-Length", str(len(body))), ("Connection", "keep-alive" if keep_alive else "close")]
+        head = http.send(h11.Response(status_code=status, headers=fields, reason=REASONS.get(status, "Error")))
+        conn.sendall(b"".join((head or b"", http.send(h11.Data(data=body)) or b"",
+                               http.send(h11.EndOfMessage()) or b"")))
 
     # ---- routes -----------------------------------------------------------------------------------------
 
@@ -309,8 +339,12 @@ class Server:
             doc = _loads(body)
         except (ValueError, UnicodeDecodeError):
             raise RequestError(400, "the request body is not valid JSON") from None
+        except RecursionError:
+            raise RequestError(400, "the request's JSON is nested too deeply") from None
         if not isinstance(doc, dict):
             raise RequestError(400, "the request must be a JSON object with an 'inputs' list")
+        if not isinstance(doc.get("id", ""), str):
+            raise RequestError(400, "the request's 'id' must be a string")
         feeds = self._feeds(doc, binary)
         wanted, binary_out = self._wanted(doc)
         with self.slots:
@@ -423,6 +457,9 @@ class Server:
                 entry["parameters"] = {"binary_data_size": len(raw)}
                 chunks.append(raw)
             else:
+                if value.dtype.kind == "f" and not np.isfinite(value).all():
+                    raise RequestError(500, f"output '{name}' holds NaN or infinite values, which JSON cannot "
+                                       "carry; ask for it as binary data (binary_data_output)")
                 entry["data"] = value.reshape(-1).tolist()
             outputs.append(entry)
         response: dict[str, Any] = {"model_name": self.name, "model_version": "1", "outputs": outputs}
@@ -485,8 +522,8 @@ class Server:
         gets the answer rather than a reset connection."""
         try:
             with contextlib.suppress(OSError):
-                self._send(conn, 503, _error(f"the server has {self.max_connections} open connections; retry later"),
-                           keep_alive=False)
+                conn.sendall(_raw_response(503, _error(f"the server has {self.max_connections} open connections; "
+                                                       "retry later")))
                 _linger(conn, 1.0)
             conn.close()
             self.metrics.request("invalid", 503)
@@ -510,6 +547,14 @@ class Server:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
+def _raw_response(status: int, body: bytes) -> bytes:
+    """An error answer that closes the connection, written without h11: after a protocol error h11 will not
+    send, and the answer must go out all the same."""
+    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
 def _linger(conn: socket.socket, seconds: float = 2.0) -> None:
     """Reads and discards what the client still sends (the body of a request refused before it was read),
     for a while, so that the client gets to read the error instead of a reset connection."""
@@ -520,6 +565,11 @@ def _linger(conn: socket.socket, seconds: float = 2.0) -> None:
             conn.settimeout(left)
             if not conn.recv(1 << 16):
                 return
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped as the text exposition format requires."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _shape(value: Any, name: str) -> list[int]:
