@@ -331,9 +331,11 @@ def import_command(prototxt: str, caffemodel: str, out_dir: str, phase: str | No
 @click.option("--workers", type=int, help="Inferences run at once (default: the physical cores, at least 2).")
 @click.option("--name", help="The model's name in the URLs (default: the file name without .onnx).")
 @click.option("--max-body-mb", type=int, default=64, show_default=True, help="The largest request accepted.")
+@click.option("--max-connections", type=click.IntRange(min=1),
+              help="Open connections at most (default: 1000, fewer if the open-file limit is lower).")
 @user_errors
 def serve(model: str, host: str, port: int, threads: int | None, workers: int | None, name: str | None,
-          max_body_mb: int) -> None:
+          max_body_mb: int, max_connections: int | None) -> None:
     """Serve an ONNX model over HTTP with the Open Inference Protocol (KServe V2)."""
     from netspec.deploy.serve import serve as run_server
 
@@ -342,7 +344,7 @@ def serve(model: str, host: str, port: int, threads: int | None, workers: int | 
         click.echo(f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port} "
                    f"(POST /v2/models/{model_name}/infer; GET /metrics); Ctrl-C or SIGTERM stops", err=True)
 
-    run_server(model, host, port, threads, name, workers, max_body_mb, started)
+    run_server(model, host, port, threads, name, workers, max_body_mb, started, max_connections)
 
 
 @main.command()

@@ -4,6 +4,7 @@ serving; SIGTERM lets a request in flight finish."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import random
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,9 @@ LABELS = [f"digit {i}" for i in range(10)]
 class Served:
     """A `netspec serve` process on a free port."""
 
-    def __init__(self, model: Path, *args: str) -> None:
+    def __init__(self, model: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "netspec.cli", "serve", str(model), "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
         found = re.search(r"on http://127\.0\.0\.1:(\d+) ", line)
@@ -507,31 +508,138 @@ def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path: Path) -> None:
     assert run.stderr.endswith("hint: export it with `netspec export SPEC --onnx FILE`\n")
 
 
-def test_connections_beyond_the_limit_are_told_to_retry(model: Path) -> None:
-    from netspec.deploy.runtime import Runtime
+# ---- hostile clients (in-process servers with small limits) ------------------------------------------------
+
+
+class GatedRuntime:
+    """A stand-in for onnxruntime whose runs wait for the test to open the gate: requests stay in flight
+    for as long as a test needs them to."""
+
+    def __init__(self) -> None:
+        from netspec.deploy.runtime import Tensor
+
+        self.inputs = [Tensor("x", "FP32", (-1, 2))]
+        self.outputs = [Tensor("y", "FP32", (-1, 2))]
+        self.gate = threading.Event()
+        self.runs: list[int] = []
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        assert self.gate.wait(30)
+        self.runs.append(len(feeds["x"]))
+        return [feeds["x"] * 2]
+
+
+@contextlib.contextmanager
+def in_process(runtime: object, **options: object) -> Iterator[tuple[object, int]]:
     from netspec.deploy.serve import Server
 
-    server = Server(Runtime(str(model)), "digits", workers=2, max_body=1 << 20, max_connections=2)
+    server = Server(runtime, "m", **{"workers": 4, "max_body": 1 << 20, **options})  # type: ignore[arg-type]
     bound: list[int] = []
     thread = threading.Thread(target=server.serve, args=("127.0.0.1", 0, lambda host, port: bound.append(port)))
     thread.start()
     try:
-        while not bound:
+        for _ in range(3000):
+            if bound:
+                break
             time.sleep(0.01)
-        idle = [socket.create_connection(("127.0.0.1", bound[0]), timeout=30) for _ in range(2)]
-        while len(server.connections) < 2:
-            time.sleep(0.01)
-        reply = _raw(bound[0], b"GET /v2/health/live HTTP/1.1\r\n\r\n")
-        assert reply.startswith(b"HTTP/1.1 503 ")
-        assert json.loads(reply.partition(b"\r\n\r\n")[2]) == {"error": "the server has 2 open connections; retry "
-                                                                    "later"}
-        idle[0].close()
-        while len(server.connections) > 1:
-            time.sleep(0.01)
-        assert _raw(bound[0], b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").startswith(
-            b"HTTP/1.1 200 ")
-        idle[1].close()
+        yield server, bound[0]
     finally:
         server.stopping.set()
+        if hasattr(runtime, "gate"):
+            runtime.gate.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def _small_infer(rows: int, value: float = 1.0) -> bytes:
+    body = json.dumps({"inputs": [{"name": "x", "shape": [rows, 2], "datatype": "FP32", "data": [value] * (2 * rows)}]})
+    return (f"POST /v2/models/m/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def test_slow_clients_cannot_lock_others_out() -> None:
+    with in_process(GatedRuntime(), max_connections=20) as (server, port):
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(20)]
+        for s in slow:
+            s.sendall(b"P")  # a request begun, never finished (slowloris)
+        _wait_for(lambda: len(server.connections) == 20)
+        for _ in range(5):
+            reply = _raw(port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"live":true}')
+        closed = 0
+        for s in slow:
+            s.settimeout(0.05)
+            with contextlib.suppress(TimeoutError):
+                closed += s.recv(10) == b""
+            s.close()
+        assert 1 <= closed <= 5  # each newcomer displaced the slowest unless a finished one had left
+
+
+def test_a_request_must_arrive_within_the_read_timeout() -> None:
+    with in_process(GatedRuntime(), read_timeout=0.3) as (_, port), \
+            socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /v2 HT")
+        time.sleep(0.2)
+        s.sendall(b"T")  # trickling bytes does not extend the deadline
+        status, headers, body = _reply(s)
+    assert (status, headers["connection"]) == (408, "close")
+    assert json.loads(body) == {"error": "the request did not arrive within 0.3 s"}
+
+
+def test_every_client_over_the_limit_gets_a_readable_503() -> None:
+    runtime = GatedRuntime()
+    with in_process(runtime, max_connections=4) as (server, port):
+        busy = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        for s in busy:
+            s.sendall(_small_infer(1))
+        _wait_for(lambda: server.metrics.in_flight == 4)
+        replies: list[bytes] = [b""] * 40
+        threads = [threading.Thread(target=lambda i: replies.__setitem__(i, _raw(port, _small_infer(3))), args=(i,))
+                   for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for reply in replies:
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 "), reply[:100]
+            assert json.loads(body) == {"error": "the server has 4 open connections; retry later"}
+        runtime.gate.set()
+        for s in busy:
+            status, _, body = _reply(s)
+            assert (status, json.loads(body)["outputs"][0]["data"]) == (200, [2.0, 2.0])
+            s.close()
+
+
+def test_running_out_of_file_descriptors_sheds_load(model: Path) -> None:
+    import resource
+
+    def few_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    served = Served(model, "--max-connections", "500", preexec_fn=few_files)
+    try:
+        flood = []
+        for _ in range(120):
+            s = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n")
+            flood.append(s)
+        answers = []
+        for s in reversed(flood):  # all stay open until the last is answered, so the server runs out of files
+            with contextlib.suppress(OSError):
+                answers.append(_reply(s)[0])
+        for s in flood:
+            s.close()
+        assert 503 in answers and 200 in answers, answers
+        assert served.proc.poll() is None
+        assert served.json("GET", "/v2/health/ready") == (200, {"ready": True})
+    finally:
+        code, err = served.stop()
+    assert code == 0 and "Traceback" not in err, err

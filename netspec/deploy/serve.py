@@ -19,10 +19,13 @@ Ctrl-C) stops accepting connections, lets the requests in flight finish, and exi
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import re
+import resource
+import selectors
 import signal
 import socket
 import sys
@@ -58,7 +61,11 @@ HEADER_LIMIT = 64 * 1024
 IDLE_SECONDS = 60  # a keep-alive connection with no request for this long is closed
 READ_SECONDS = 30  # a request (headers and body) must arrive within this long of its first byte
 MAX_CONNECTIONS = 1000
-REFUSERS = 64  # connections over the limit answered at once; beyond, they are closed unanswered
+CLOSING = 512  # sockets being closed gracefully at once (an error sent, the client's rest read and dropped)
+LINGER_SECONDS = 1.0  # how long a closing socket's unread input is drained before it is closed anyway
+SHED_AT_ONCE = 256  # connections told to retry per accept() that failed for want of file descriptors
+ACCEPT_POLL = 0.2  # seconds between checks for a stop while no connection arrives
+FD_RESERVE = 64  # open files kept free of connections: the model, logs, sockets being closed
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            411: "Length Required", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
@@ -131,16 +138,19 @@ class Server:
     """The HTTP front of one model."""
 
     def __init__(self, runtime: Runtime, name: str, workers: int, max_body: int,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int | None = None, read_timeout: float = READ_SECONDS) -> None:
         self.runtime, self.name = runtime, name
-        self.max_connections = max_connections
-        self.refusing = 0  # threads answering connections over the limit
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections or default_max_connections()
+        self.closer = Closer()
         self.slots = threading.BoundedSemaphore(workers)
         self.max_body = max_body
         self.metrics = Metrics()
         self.ready = True
         self.lock = threading.Lock()
-        self.connections: dict[socket.socket, bool] = {}  # open connection -> answering a request now
+        # open connection -> None while it is answering a request, else when it began waiting for one (or
+        # for the rest of one): the connections a newcomer may displace when all slots are taken
+        self.connections: dict[socket.socket, float | None] = {}
         self.threads: set[threading.Thread] = set()
         self.stopping = threading.Event()
 
@@ -148,6 +158,7 @@ class Server:
 
     def handle(self, conn: socket.socket) -> None:
         """Answers the requests of one connection until it closes, idles too long, or the server stops."""
+        handed_over = False  # to the closer, which closes it
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_LIMIT)
         try:
@@ -155,10 +166,11 @@ class Server:
                 try:
                     request = self._read(conn, http)
                 except RequestError as e:
+                    if self._displaced(conn):
+                        return
                     self.metrics.request("invalid", e.status)
-                    with contextlib.suppress(OSError):
-                        conn.sendall(_raw_response(e.status, _error(e.message)))
-                        _linger(conn)
+                    self.closer.close(conn, _raw_response(e.status, _error(e.message)))
+                    handed_over = True
                     return
                 if request is None:
                     return
@@ -178,13 +190,19 @@ class Server:
             pass
         finally:
             with self.lock:
-                self.connections.pop(conn, None)
                 self.threads.discard(threading.current_thread())
-            conn.close()
+                self.connections.pop(conn, None)
+            if not handed_over:
+                conn.close()
 
     def _busy(self, conn: socket.socket, busy: bool) -> None:
         with self.lock:
-            self.connections[conn] = busy
+            if conn in self.connections:
+                self.connections[conn] = None if busy else time.monotonic()
+
+    def _displaced(self, conn: socket.socket) -> bool:
+        with self.lock:
+            return conn not in self.connections
 
     @contextlib.contextmanager
     def _in_flight(self) -> Iterator[None]:
@@ -204,7 +222,7 @@ class Server:
         arrive whole within READ_SECONDS of its first byte, however slowly its bytes trickle in."""
         body = bytearray()
         request: h11.Request | None = None
-        deadline = time.monotonic() + READ_SECONDS if http.trailing_data[0] else None
+        deadline = time.monotonic() + self.read_timeout if http.trailing_data[0] else None
         while True:
             try:
                 event = http.next_event()
@@ -220,9 +238,9 @@ class Server:
                 except TimeoutError:
                     if deadline is None:
                         return None  # an idle keep-alive connection
-                    raise RequestError(408, f"the request did not arrive within {READ_SECONDS} s") from None
+                    raise RequestError(408, f"the request did not arrive within {self.read_timeout:g} s") from None
                 if deadline is None:
-                    deadline = time.monotonic() + READ_SECONDS
+                    deadline = time.monotonic() + self.read_timeout
                 http.receive_data(data)
             elif isinstance(event, h11.Request):
                 request = event
@@ -481,7 +499,7 @@ class Server:
             reason = os.strerror(e.errno) if e.errno else str(e)
             raise NetspecError(f"cannot listen on {host}:{port}: {reason}",
                                hint="pick another --port (0 takes a free one)") from None
-        listener.settimeout(0.2)  # to notice a stop between connections
+        listener.settimeout(ACCEPT_POLL)  # to notice a stop between connections
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -490,53 +508,85 @@ class Server:
             bound = listener.getsockname()
             if started is not None:
                 started(bound[0], bound[1])
-            with listener:
+            with listener, self.closer:
                 while not self.stopping.is_set():
                     try:
                         conn, _ = listener.accept()
                     except (TimeoutError, InterruptedError):
                         continue
+                    except OSError as e:  # out of file descriptors or memory: shed load, keep serving
+                        if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                            raise
+                        self._shed(listener)
+                        continue
                     self._start(conn)
-            self.drain()
+                self.drain()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def _start(self, conn: socket.socket) -> None:
+        """Gives a new connection a thread. When all --max-connections slots are taken, the connection that
+        has waited longest for (the rest of) a request makes room: slow or idle clients cannot lock others
+        out. Only when every connection is being answered is the newcomer told to retry (503)."""
+        displaced = None
         with self.lock:
+            if len(self.connections) >= self.max_connections:
+                waiting = [(since, c) for c, since in self.connections.items() if since is not None]
+                if waiting:
+                    displaced = min(waiting, key=lambda pair: pair[0])[1]
+                    del self.connections[displaced]
             if len(self.connections) < self.max_connections:
-                self.connections[conn] = False
-                thread = threading.Thread(target=self.handle, args=(conn,), daemon=True)
+                self.connections[conn] = time.monotonic()
+                thread: threading.Thread | None = threading.Thread(target=self.handle, args=(conn,), daemon=True)
                 self.threads.add(thread)
-            elif self.refusing < REFUSERS:
-                self.refusing += 1
-                thread = threading.Thread(target=self._refuse, args=(conn,), daemon=True)
-            else:  # a flood: not even a thread to say so
-                conn.close()
-                self.metrics.request("invalid", 503)
-                return
-        thread.start()
-
-    def _refuse(self, conn: socket.socket) -> None:
-        """Tells a client over the connection limit to retry, reading what it sends meanwhile so that it
-        gets the answer rather than a reset connection."""
-        try:
+            else:
+                thread = None
+        if displaced is not None:  # wakes its thread, which finds itself displaced and ends
             with contextlib.suppress(OSError):
-                conn.sendall(_raw_response(503, _error(f"the server has {self.max_connections} open connections; "
-                                                       "retry later")))
-                _linger(conn, 1.0)
-            conn.close()
-            self.metrics.request("invalid", 503)
-        finally:
+                displaced.shutdown(socket.SHUT_RDWR)
+        if thread is None:
+            self._refuse(conn, f"the server has {self.max_connections} open connections; retry later")
+            return
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had
             with self.lock:
-                self.refusing -= 1
+                self.threads.discard(thread)
+                self.connections.pop(conn, None)
+            self._refuse(conn, "the server cannot take more connections now; retry later")
+
+    def _refuse(self, conn: socket.socket, message: str) -> None:
+        self.metrics.request("invalid", 503)
+        self.closer.close(conn, _raw_response(503, _error(message)))
+
+    def _shed(self, listener: socket.socket) -> None:
+        """accept() failed for want of file descriptors: frees the one held in reserve to take the waiting
+        connections one by one and tell each to retry, then backs off briefly so that connections being
+        closed free theirs."""
+        self.closer.release_spare()
+        listener.settimeout(0)
+        try:
+            for _ in range(SHED_AT_ONCE):
+                conn, _ = listener.accept()
+                self.metrics.request("invalid", 503)
+                with contextlib.suppress(OSError):
+                    conn.setblocking(False)
+                    conn.send(_raw_response(503, _error("the server is out of file descriptors; retry later")))
+                conn.close()
+        except OSError:  # none waiting (BlockingIOError), or still none to be had
+            pass
+        finally:
+            listener.settimeout(ACCEPT_POLL)
+            self.closer.take_spare()
+        self.stopping.wait(0.01)
 
     def drain(self) -> None:
         """Lets requests in flight finish (up to 30 s) and closes idle connections."""
         self.ready = False
         self.stopping.set()
         with self.lock:
-            idle = [conn for conn, busy in self.connections.items() if not busy]
+            idle = [conn for conn, since in self.connections.items() if since is not None]
         for conn in idle:  # wakes their threads, blocked reading the next request
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
@@ -555,16 +605,95 @@ def _raw_response(status: int, body: bytes) -> bytes:
     return head.encode("latin-1") + body
 
 
-def _linger(conn: socket.socket, seconds: float = 2.0) -> None:
-    """Reads and discards what the client still sends (the body of a request refused before it was read),
-    for a while, so that the client gets to read the error instead of a reset connection."""
-    deadline = time.monotonic() + seconds
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_WR)
-        while (left := deadline - time.monotonic()) > 0:
-            conn.settimeout(left)
-            if not conn.recv(1 << 16):
+class Closer:
+    """Closes sockets gracefully on one thread: sends the last answer, then reads and drops what the client
+    still sends for up to LINGER_SECONDS (closing a socket with unread input resets the connection, and the
+    client would lose the answer). Also holds a spare file descriptor for shedding load when none is left."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.deadlines: dict[socket.socket, float] = {}
+        self.lock = threading.Lock()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.done = threading.Event()
+        self.spare: int | None = None
+        self.take_spare()
+
+    def __enter__(self) -> Closer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.wake_w.send(b"x")
+        self.thread.join(LINGER_SECONDS + 1)
+        for sock in list(self.deadlines):
+            sock.close()
+        self.selector.close()
+        self.wake_r.close()
+        self.wake_w.close()
+        self.release_spare()
+
+    def take_spare(self) -> None:
+        with contextlib.suppress(OSError):
+            self.spare = os.open(os.devnull, os.O_RDONLY)
+
+    def release_spare(self) -> None:
+        if self.spare is not None:
+            os.close(self.spare)
+            self.spare = None
+
+    def close(self, sock: socket.socket, last: bytes) -> None:
+        """Sends `last` (an error answer) and closes the socket once the client is done sending."""
+        try:
+            sock.setblocking(False)
+            sock.send(last)  # a short answer on a socket with an empty send buffer goes out whole
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        with self.lock:
+            if len(self.deadlines) >= CLOSING or self.done.is_set():
+                sock.close()
                 return
+            self.deadlines[sock] = time.monotonic() + LINGER_SECONDS
+            self.selector.register(sock, selectors.EVENT_READ)
+        self.wake_w.send(b"x")
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            ready = self.selector.select(timeout=0.2)
+            with self.lock:
+                now = time.monotonic()
+                finished = [s for s, deadline in self.deadlines.items() if deadline <= now]
+                for key, _ in ready:
+                    sock = key.fileobj
+                    if sock is self.wake_r:
+                        with contextlib.suppress(OSError):
+                            self.wake_r.recv(4096)
+                        continue
+                    try:
+                        while sock.recv(1 << 16):  # type: ignore[union-attr]
+                            pass
+                        finished.append(sock)  # end of input: the client has closed its side
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        finished.append(sock)
+                for sock in set(finished):
+                    self.selector.unregister(sock)
+                    del self.deadlines[sock]
+                    sock.close()
+
+
+def default_max_connections() -> int:
+    """MAX_CONNECTIONS, or fewer when the open-file limit would not allow that many."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limit == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, limit - FD_RESERVE))
 
 
 def _label(value: str) -> str:
@@ -584,7 +713,8 @@ def _error(message: str) -> bytes:
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
-          name: str | None = None, workers: int | None = None, max_body_mb: int = 64, started: Any = None) -> None:
+          name: str | None = None, workers: int | None = None, max_body_mb: int = 64, started: Any = None,
+          max_connections: int | None = None) -> None:
     """Serves an ONNX model until SIGTERM or Ctrl-C."""
     from pathlib import Path
 
@@ -593,4 +723,4 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | 
     cores = physical_cores()
     workers = workers or max(2, cores)
     runtime = Runtime(model, threads or max(1, cores // workers))
-    Server(runtime, name or Path(model).stem, workers, max_body_mb * 2**20).serve(host, port, started)
+    Server(runtime, name or Path(model).stem, workers, max_body_mb * 2**20, max_connections).serve(host, port, started)
