@@ -177,13 +177,17 @@ def test_metrics_count_requests_errors_and_latency(server: Served) -> None:
     status, headers, body = server.request("GET", "/metrics")
     after = body.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain")
-    ok = 'netspec_requests_total{endpoint="infer",code="200"}'
+    ok = 'netspec_requests_total{model="digits",endpoint="infer",code="200"}'
     assert value(after, ok) - value(before, ok) == 3
-    assert value(after, "netspec_request_errors_total") - value(before, "netspec_request_errors_total") == 1
-    count = 'netspec_inference_seconds_count{model="digits"}'
-    assert value(after, count) - value(before, count) == 3
-    assert value(after, 'netspec_inference_seconds_bucket{model="digits",le="+Inf"}') == value(after, count)
-    assert "# TYPE netspec_inference_seconds histogram" in after
+    errors = 'netspec_request_errors_total{model="digits"}'
+    assert value(after, errors) - value(before, errors) == 1
+    for name in ("netspec_inference_count_total", "netspec_execution_count_total", "netspec_queue_seconds_count",
+                 "netspec_compute_seconds_count", "netspec_batch_size_count"):
+        count = name + '{model="digits"}'
+        assert value(after, count) - value(before, count) == 3, name  # one client: nothing to batch
+    ones = 'netspec_batch_size_bucket{model="digits",le="1"}'
+    assert value(after, ones) - value(before, ones) == 3
+    assert "# TYPE netspec_compute_seconds histogram" in after
 
 
 # ---- bad requests ----------------------------------------------------------------------------------------
@@ -418,7 +422,7 @@ def test_metrics_label_values_are_escaped() -> None:
     from netspec.deploy.serve import Metrics
 
     text = Metrics().text('say "hi"\\now\n')
-    assert 'netspec_inference_seconds_count{model="say \\"hi\\"\\\\now\\n"} 0' in text.splitlines()
+    assert 'netspec_compute_seconds_count{model="say \\"hi\\"\\\\now\\n"} 0' in text.splitlines()
 
 
 def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort.InferenceSession) -> None:
@@ -456,7 +460,7 @@ def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model: Path) -> None:
-    served = Served(model, "--workers", "1")
+    served = Served(model, "--instances", "1")
     x = _images(60000)  # a batch that takes onnxruntime a noticeable time
     header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
                                      "parameters": {"binary_data_size": x.nbytes}}],
@@ -512,28 +516,34 @@ def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path: Path) -> None:
 
 
 class GatedRuntime:
-    """A stand-in for onnxruntime whose runs wait for the test to open the gate: requests stay in flight
-    for as long as a test needs them to."""
+    """A stand-in for onnxruntime (or a wrapper of a real one) whose runs wait for the test to open the gate,
+    so requests stay in flight and queue up for as long as a test needs. It records the rows of each run,
+    and fails a run holding a negative value (a request that passes the server's checks and fails in the
+    session)."""
 
-    def __init__(self) -> None:
+    def __init__(self, real: object = None) -> None:
         from netspec.deploy.runtime import Tensor
 
-        self.inputs = [Tensor("x", "FP32", (-1, 2))]
-        self.outputs = [Tensor("y", "FP32", (-1, 2))]
+        self.real = real
+        self.inputs = real.inputs if real else [Tensor("x", "FP32", (-1, -1))]  # type: ignore[attr-defined]
+        self.outputs = real.outputs if real else [Tensor("y", "FP32", (-1, -1))]  # type: ignore[attr-defined]
         self.gate = threading.Event()
         self.runs: list[int] = []
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         assert self.gate.wait(30)
-        self.runs.append(len(feeds["x"]))
-        return [feeds["x"] * 2]
+        [x] = feeds.values()
+        self.runs.append(len(x))
+        if (x < 0).any():
+            raise ValueError("negative values")
+        return self.real.run(feeds, outputs) if self.real else [x * 2]  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
 def in_process(runtime: object, **options: object) -> Iterator[tuple[object, int]]:
     from netspec.deploy.serve import Server
 
-    server = Server(runtime, "m", **{"workers": 4, "max_body": 1 << 20, **options})  # type: ignore[arg-type]
+    server = Server(runtime, "m", **{"instances": 4, "max_body": 1 << 20, **options})  # type: ignore[arg-type]
     bound: list[int] = []
     thread = threading.Thread(target=server.serve, args=("127.0.0.1", 0, lambda host, port: bound.append(port)))
     thread.start()
@@ -616,6 +626,122 @@ def test_every_client_over_the_limit_gets_a_readable_503() -> None:
             status, _, body = _reply(s)
             assert (status, json.loads(body)["outputs"][0]["data"]) == (200, [2.0, 2.0])
             s.close()
+
+
+# ---- dynamic batching ------------------------------------------------------------------------------------
+
+
+def _send_all(port: int, requests: list[bytes]) -> list[tuple[int, dict]]:
+    """Sends each request on its own connection (all at once) and returns the answers in order."""
+    replies: list[tuple[int, dict]] = [(0, {})] * len(requests)
+
+    def one(i: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(requests[i])
+            status, _, body = _reply(s)
+            replies[i] = (status, json.loads(body))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return replies
+
+
+def _queued(server: object, runtime: GatedRuntime, first: bytes, rest: list[bytes]) -> list[tuple[int, dict]]:
+    """Blocks the only session slot with `first`, queues `rest` behind it, then opens the gate."""
+    port = server.port  # type: ignore[attr-defined]
+    blocker = socket.create_connection(("127.0.0.1", port), timeout=30)
+    blocker.sendall(first)
+    _wait_for(lambda: server.metrics.in_flight == 1)  # type: ignore[attr-defined]
+    replies: list[tuple[int, dict]] = []
+    sender = threading.Thread(target=lambda: replies.extend(_send_all(port, rest)))
+    sender.start()
+    _wait_for(lambda: len(server.batcher.queue) == len(rest))  # type: ignore[attr-defined]
+    runtime.gate.set()
+    sender.join(60)
+    assert _reply(blocker)[0] == 200
+    blocker.close()
+    return replies
+
+
+def _doc(name: str, x: np.ndarray, model: str = "m") -> bytes:
+    body = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}], "parameters": {"binary_data_output": False}})
+    return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def test_batched_answers_equal_unbatched_ones_exactly(model: Path) -> None:
+    from netspec.deploy.runtime import Runtime
+
+    real = Runtime(str(model))
+    runtime = GatedRuntime(real)
+    inputs = [_images(n, seed=20 + i) for i, n in enumerate([1, 3, 1, 2, 5])]
+    with in_process(runtime, instances=1) as (server, port):
+        server.port = port  # type: ignore[attr-defined]
+        replies = _queued(server, runtime, _doc("data", _images(1), "m"), [_doc("data", x) for x in inputs[1:]])
+    assert runtime.runs == [1, 11]  # the blocker alone, then the four waiting requests in one run
+    for x, (status, doc) in zip(inputs[1:], replies, strict=True):
+        assert status == 200 and doc["outputs"][0]["shape"] == [len(x), 10]
+        np.testing.assert_array_equal(np.array(doc["outputs"][0]["data"], dtype=np.float32).reshape(-1, 10),
+                                      real.run({"data": x})[0])
+
+
+def test_a_failing_request_in_a_batch_fails_alone() -> None:
+    runtime = GatedRuntime()
+    xs = [np.full((1, 2), 1.0), np.full((2, 2), -1.0), np.full((3, 2), 3.0)]
+    with in_process(runtime, instances=1) as (server, port):
+        server.port = port  # type: ignore[attr-defined]
+        replies = _queued(server, runtime, _doc("x", np.ones((1, 2))), [_doc("x", x) for x in xs])
+        metrics = server.metrics.text("m")  # type: ignore[attr-defined]
+    assert runtime.runs[:2] == [1, 6] and sorted(runtime.runs[2:]) == [1, 2, 3]  # the merged run failed; each
+    # request was retried alone (the queue's order is the order the requests arrived in, which varies)
+    assert replies[0] == (200, {"model_name": "m", "model_version": "1",
+                                "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [2.0, 2.0]}]})
+    assert replies[1] == (400, {"error": "inference failed: negative values"})
+    assert replies[2][0] == 200 and replies[2][1]["outputs"][0]["data"] == [6.0] * 6
+    assert "netspec_inference_count_total{model=\"m\"} 3" in metrics  # successful runs only, as Triton counts
+    assert "netspec_execution_count_total{model=\"m\"} 3" in metrics
+
+
+def test_only_requests_that_agree_are_merged() -> None:
+    runtime = GatedRuntime()
+    xs = [np.ones((2, 2)), np.ones((1, 3)), np.ones((1, 2)), np.ones((70, 2))]
+    with in_process(runtime, instances=1) as (server, port):
+        server.port = port  # type: ignore[attr-defined]
+        replies = _queued(server, runtime, _doc("x", np.ones((1, 2))), [_doc("x", x) for x in xs])
+    assert runtime.runs[0] == 1 and sorted(runtime.runs[1:]) == [1, 3, 70]  # [2,2]+[1,2]; [1,3] alone; 70 rows
+    # are over --max-batch-size
+    assert [status for status, _ in replies] == [200] * 4
+    assert [doc["outputs"][0]["shape"] for _, doc in replies] == [[2, 2], [1, 3], [1, 2], [70, 2]]
+
+
+def test_a_full_queue_answers_503_at_once() -> None:
+    runtime = GatedRuntime()
+    with in_process(runtime, instances=1, max_queue_size=2) as (server, port):
+        server.port = port  # type: ignore[attr-defined]
+        blocker = socket.create_connection(("127.0.0.1", port), timeout=30)
+        blocker.sendall(_doc("x", np.ones((1, 2))))
+        _wait_for(lambda: server.metrics.in_flight == 1)
+        waiting = threading.Thread(target=_send_all, args=(port, [_doc("x", np.ones((1, 2)))] * 2))
+        waiting.start()
+        _wait_for(lambda: len(server.batcher.queue) == 2)
+        assert _send_all(port, [_doc("x", np.ones((1, 2)))]) == [
+            (503, {"error": "the server's queue holds 2 requests (--max-queue-size); retry later"})]
+        runtime.gate.set()
+        waiting.join(60)
+        assert _reply(blocker)[0] == 200
+        blocker.close()
+
+
+def test_queue_delay_waits_for_a_fuller_batch() -> None:
+    runtime = GatedRuntime()
+    runtime.gate.set()
+    with in_process(runtime, instances=1, max_queue_delay=1.0, max_batch_size=3) as (_, port):
+        replies = _send_all(port, [_doc("x", np.ones((1, 2)))] * 3)
+    assert runtime.runs == [3]  # the first waited up to 1 s; the batch filled before that
+    assert [status for status, _ in replies] == [200] * 3
 
 
 def test_running_out_of_file_descriptors_sheds_load(model: Path) -> None:

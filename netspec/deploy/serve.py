@@ -11,13 +11,15 @@ adds what h11 leaves to servers: refusing Content-Length with Transfer-Encoding,
 One onnxruntime session serves every request. Each connection has a thread that reads a request, runs
 it and writes the answer with blocking calls: onnxruntime and socket I/O release the GIL, so connections
 run in parallel, and for small models this costs far less per request than an event loop handing work
-to a thread pool (measured in tools/bench/serve.py). At most --workers inferences run at once. Every bad
+to a thread pool (measured in tools/bench/serve.py). At most --instances inferences run at once; requests
+that wait for one are merged into batches (runtime.Batcher). Every bad
 request gets a 4xx JSON error that says what was wrong, and the server keeps serving. SIGTERM (or
 Ctrl-C) stops accepting connections, lets the requests in flight finish, and exits.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import json
@@ -41,7 +43,7 @@ import h11
 import numpy as np
 
 from netspec import __version__
-from netspec.deploy.runtime import NUMPY_OF, Runtime, Tensor
+from netspec.deploy.runtime import NUMPY_OF, Batcher, Execution, QueueFull, Runtime, Tensor
 from netspec.errors import NetspecError
 
 
@@ -66,6 +68,7 @@ LINGER_SECONDS = 1.0  # how long a closing socket's unread input is drained befo
 SHED_AT_ONCE = 256  # connections told to retry per accept() that failed for want of file descriptors
 ACCEPT_POLL = 0.2  # seconds between checks for a stop while no connection arrives
 FD_RESERVE = 64  # open files kept free of connections: the model, logs, sockets being closed
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            411: "Length Required", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
@@ -80,14 +83,41 @@ class RequestError(Exception):
         self.status, self.message, self.close = status, message, close
 
 
+class Histogram:
+    """A Prometheus histogram (cumulative buckets, sum, count); its owner holds the lock."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def lines(self, name: str, help_text: str, labels: str) -> list[str]:
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        cumulative = 0
+        for bound, n in zip([*self.bounds, math.inf], self.counts, strict=True):
+            cumulative += n
+            le = "+Inf" if math.isinf(bound) else f"{bound:g}"
+            lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}')
+        return [*lines, f"{name}_sum{{{labels}}} {self.sum:.6f}", f"{name}_count{{{labels}}} {self.count}"]
+
+
 @dataclass
 class Metrics:
-    """Counters and a latency histogram in Prometheus's text format."""
+    """What the server did, in Prometheus's text format: requests by endpoint and status, and what the
+    batcher did (requests inferred against session runs, rows per run, time queued and computing)."""
 
     requests: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
-    latency_sum: float = 0.0
-    latency_count: int = 0
+    inferences: int = 0
+    executions: int = 0
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    queue_seconds: Histogram = field(default_factory=lambda: Histogram(BUCKETS))
+    compute_seconds: Histogram = field(default_factory=lambda: Histogram(BUCKETS))
     in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,32 +125,35 @@ class Metrics:
         with self.lock:
             self.requests[(endpoint, status)] += 1
 
-    def inference(self, seconds: float) -> None:
+    def execution(self, run: Execution) -> None:
         with self.lock:
-            i = next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
-            self.buckets[i] += 1
-            self.latency_sum += seconds
-            self.latency_count += 1
+            self.inferences += run.requests
+            self.executions += 1
+            self.batch_size.observe(run.rows)
+            self.compute_seconds.observe(run.compute_seconds)
+            for seconds in run.queue_seconds:
+                self.queue_seconds.observe(seconds)
 
     def text(self, model: str) -> str:
-        model = _label(model)
+        model = f'model="{_label(model)}"'
         with self.lock:
-            lines = ["# HELP netspec_requests_total HTTP requests by endpoint and status.",
+            lines = ["# HELP netspec_requests_total HTTP requests by model, endpoint and status.",
                      "# TYPE netspec_requests_total counter"]
             for (endpoint, status), n in sorted(self.requests.items()):
-                lines.append(f'netspec_requests_total{{endpoint="{endpoint}",code="{status}"}} {n}')
+                lines.append(f'netspec_requests_total{{{model},endpoint="{endpoint}",code="{status}"}} {n}')
             errors = sum(n for (_, status), n in self.requests.items() if status >= 400)
             lines += ["# HELP netspec_request_errors_total Requests answered with an error status.",
-                      "# TYPE netspec_request_errors_total counter", f"netspec_request_errors_total {errors}",
-                      "# HELP netspec_inference_seconds Time in onnxruntime per inference request.",
-                      "# TYPE netspec_inference_seconds histogram"]
-            cumulative = 0
-            for bound, n in zip([*BUCKETS, math.inf], self.buckets, strict=True):
-                cumulative += n
-                le = "+Inf" if math.isinf(bound) else f"{bound:g}"
-                lines.append(f'netspec_inference_seconds_bucket{{model="{model}",le="{le}"}} {cumulative}')
-            lines += [f'netspec_inference_seconds_sum{{model="{model}"}} {self.latency_sum:.6f}',
-                      f'netspec_inference_seconds_count{{model="{model}"}} {self.latency_count}',
+                      "# TYPE netspec_request_errors_total counter",
+                      f"netspec_request_errors_total{{{model}}} {errors}",
+                      "# HELP netspec_inference_count_total Inference requests run (alone or batched).",
+                      "# TYPE netspec_inference_count_total counter",
+                      f"netspec_inference_count_total{{{model}}} {self.inferences}",
+                      "# HELP netspec_execution_count_total onnxruntime runs (fewer than requests when batched).",
+                      "# TYPE netspec_execution_count_total counter",
+                      f"netspec_execution_count_total{{{model}}} {self.executions}",
+                      *self.batch_size.lines("netspec_batch_size", "Rows per onnxruntime run.", model),
+                      *self.queue_seconds.lines("netspec_queue_seconds", "Time a request waited for a run.", model),
+                      *self.compute_seconds.lines("netspec_compute_seconds", "Time in onnxruntime per run.", model),
                       "# HELP netspec_requests_in_flight Requests being answered now.",
                       "# TYPE netspec_requests_in_flight gauge", f"netspec_requests_in_flight {self.in_flight}"]
         return "\n".join(lines) + "\n"
@@ -137,15 +170,17 @@ class Request:
 class Server:
     """The HTTP front of one model."""
 
-    def __init__(self, runtime: Runtime, name: str, workers: int, max_body: int,
-                 max_connections: int | None = None, read_timeout: float = READ_SECONDS) -> None:
+    def __init__(self, runtime: Runtime, name: str, instances: int, max_body: int,
+                 max_connections: int | None = None, read_timeout: float = READ_SECONDS, max_batch_size: int = 64,
+                 max_queue_delay: float = 0.0, max_queue_size: int = 1024) -> None:
         self.runtime, self.name = runtime, name
         self.read_timeout = read_timeout
         self.max_connections = max_connections or default_max_connections()
         self.closer = Closer()
-        self.slots = threading.BoundedSemaphore(workers)
         self.max_body = max_body
         self.metrics = Metrics()
+        self.batcher = Batcher(runtime, instances, max_batch_size, max_queue_delay, max_queue_size,
+                               observe=self.metrics.execution)
         self.ready = True
         self.lock = threading.Lock()
         # open connection -> None while it is answering a request, else when it began waiting for one (or
@@ -365,13 +400,12 @@ class Server:
             raise RequestError(400, "the request's 'id' must be a string")
         feeds = self._feeds(doc, binary)
         wanted, binary_out = self._wanted(doc)
-        with self.slots:
-            start = time.perf_counter()
-            try:
-                results = self.runtime.run(feeds, wanted)
-            except Exception as e:  # onnxruntime's errors for inputs it refuses
-                raise RequestError(400, f"inference failed: {str(e).splitlines()[0][:300]}") from None
-            self.metrics.inference(time.perf_counter() - start)
+        try:
+            results = self.batcher.run(feeds, wanted)
+        except QueueFull as e:
+            raise RequestError(503, str(e)) from None
+        except Exception as e:  # onnxruntime's errors for inputs it refuses
+            raise RequestError(400, f"inference failed: {str(e).splitlines()[0][:300]}") from None
         return self._response(doc, wanted, results, binary_out)
 
     def _feeds(self, doc: dict[str, Any], binary: bytes) -> dict[str, np.ndarray]:
@@ -713,14 +747,17 @@ def _error(message: str) -> bytes:
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
-          name: str | None = None, workers: int | None = None, max_body_mb: int = 64, started: Any = None,
-          max_connections: int | None = None) -> None:
+          name: str | None = None, instances: int | None = None, max_body_mb: int = 64, started: Any = None,
+          max_connections: int | None = None, max_batch_size: int = 64, max_queue_delay_us: int = 0,
+          max_queue_size: int = 1024) -> None:
     """Serves an ONNX model until SIGTERM or Ctrl-C."""
     from pathlib import Path
 
     from netspec.deploy.runtime import physical_cores
 
     cores = physical_cores()
-    workers = workers or max(2, cores)
-    runtime = Runtime(model, threads or max(1, cores // workers))
-    Server(runtime, name or Path(model).stem, workers, max_body_mb * 2**20, max_connections).serve(host, port, started)
+    instances = instances or max(2, cores)
+    runtime = Runtime(model, threads or max(1, cores // instances))
+    Server(runtime, name or Path(model).stem, instances, max_body_mb * 2**20, max_connections,
+           max_batch_size=max_batch_size, max_queue_delay=max_queue_delay_us / 1e6,
+           max_queue_size=max_queue_size).serve(host, port, started)
