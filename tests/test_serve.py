@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import random
 import re
 import signal
@@ -69,7 +70,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model: Path) -> Iterator[Served]:
-    served = Served(model, "--max-body-mb", "1")
+    served = Served(model, "--max-body-mb", "1", "--workers", "1")
     yield served
     code, err = served.stop()
     assert code == 0 and "Traceback" not in err, err
@@ -460,7 +461,7 @@ def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model: Path) -> None:
-    served = Served(model, "--instances", "1")
+    served = Served(model, "--instances", "1", "--workers", "1")
     x = _images(60000)  # a batch that takes onnxruntime a noticeable time
     header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
                                      "parameters": {"binary_data_size": x.nbytes}}],
@@ -750,7 +751,7 @@ def test_running_out_of_file_descriptors_sheds_load(model: Path) -> None:
     def few_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
-    served = Served(model, "--max-connections", "500", preexec_fn=few_files)
+    served = Served(model, "--max-connections", "500", "--workers", "1", preexec_fn=few_files)
     try:
         flood = []
         for _ in range(120):
@@ -769,3 +770,65 @@ def test_running_out_of_file_descriptors_sheds_load(model: Path) -> None:
     finally:
         code, err = served.stop()
     assert code == 0 and "Traceback" not in err, err
+
+
+# ---- worker processes ------------------------------------------------------------------------------------
+
+
+def _workers(pid: int) -> set[int]:
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children |= {int(c) for c in (task / "children").read_text().split()}
+    return children
+
+
+def _dead(pid: int) -> bool:
+    """Exited, all its threads too (its sockets closed), whether or not reaped yet."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text() and \
+            os.listdir(f"/proc/{pid}/task") == [str(pid)]
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(model: Path) -> None:
+    served = Served(model, "--workers", "2")
+    try:
+        first = _workers(served.proc.pid)
+        assert len(first) == 2
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: _dead(victim))
+        for _ in range(20):  # the dead worker's socket left the port's group with it
+            assert served.json("GET", "/v2/health/ready") == (200, {"ready": True})
+        _wait_for(lambda: len(_workers(served.proc.pid) - {victim}) == 2)
+        for _ in range(20):
+            assert served.json("POST", "/v2/models/digits/infer", _infer_doc(_images(1)))[0] == 200
+    finally:
+        code, err = served.stop()
+    assert code == 0 and f"worker {victim} exited with status -9; starting another" in err, err
+    assert "Traceback" not in err, err
+
+
+def test_sigterm_drains_every_worker(model: Path) -> None:
+    served = Served(model, "--workers", "2")
+    workers = _workers(served.proc.pid)
+    x = _images(20000)
+    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    result: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: result.update(reply=served.request(
+        "POST", "/v2/models/digits/infer", header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})))
+    thread.start()
+    # the worker answering it says so when /metrics reaches it (connections are spread over the workers)
+    _wait_for(lambda: re.search(rb"^netspec_requests_in_flight 2$", served.request("GET", "/metrics")[2], re.M)
+              is not None)
+    code, err = served.stop()
+    thread.join(30)
+    status, headers, body = result["reply"]  # type: ignore[misc]
+    assert status == 200 and len(body) - int(headers["inference-header-content-length"]) == 20000 * 10 * 4
+    assert code == 0 and "Traceback" not in err, err
+    for pid in workers:  # gone, and reaped by the supervisor
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -44,8 +44,53 @@ class Tensor:
 
 
 def physical_cores() -> int:
-    count = os.cpu_count() or 1
-    return max(1, count // 2) if count >= 4 else count
+    """The physical cores this process may use: its CPU affinity, capped by its cgroup's CPU quota, with
+    hyperthread siblings counted once."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    if quota is not None:
+        cpus = min(cpus, quota)
+    return max(1, cpus // _threads_per_core())
+
+
+def _cgroup_cpus() -> int | None:
+    """CPUs' worth of time the cgroup allows (cgroup v2 cpu.max, or v1 cfs quota), rounded up; None: no cap."""
+    text = _read("/sys/fs/cgroup/cpu.max")
+    if text is not None:
+        quota, _, period = text.partition(" ")
+    else:
+        quota, period = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") or "-1", \
+            _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us") or "100000"
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    return -(-q // p) if q > 0 and p > 0 else None
+
+
+def _threads_per_core() -> int:
+    """Hardware threads per core, from CPU 0's siblings ("0-1", "0,64" or "0"); 1 when unknown."""
+    text = _read("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
+    if not text:
+        return 1
+    count = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        try:
+            count += int(high) - int(low) + 1 if high else 1
+        except ValueError:
+            return 1
+    return max(1, count)
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
 
 
 class Runtime:

@@ -30,6 +30,7 @@ import resource
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -44,7 +46,7 @@ import numpy as np
 
 from netspec import __version__
 from netspec.deploy.runtime import NUMPY_OF, Batcher, Execution, QueueFull, Runtime, Tensor
-from netspec.errors import NetspecError
+from netspec.errors import DataError, NetspecError
 
 
 def _loads(data: bytes) -> Any:
@@ -65,6 +67,7 @@ READ_SECONDS = 30  # a request (headers and body) must arrive within this long o
 MAX_CONNECTIONS = 1000
 CLOSING = 512  # sockets being closed gracefully at once (an error sent, the client's rest read and dropped)
 LINGER_SECONDS = 1.0  # how long a closing socket's unread input is drained before it is closed anyway
+DRAIN_SECONDS = 30  # how long requests in flight may take to finish after SIGTERM
 SHED_AT_ONCE = 256  # connections told to retry per accept() that failed for want of file descriptors
 ACCEPT_POLL = 0.2  # seconds between checks for a stop while no connection arrives
 FD_RESERVE = 64  # open files kept free of connections: the model, logs, sockets being closed
@@ -525,10 +528,10 @@ class Server:
 
     # ---- running ----------------------------------------------------------------------------------------
 
-    def serve(self, host: str, port: int, started: Any = None) -> None:
+    def serve(self, host: str, port: int, started: Any = None, reuse_port: bool = False) -> None:
         """Accepts connections until SIGTERM or SIGINT (or until `stopping` is set), then drains."""
         try:
-            listener = socket.create_server((host, port), backlog=256)
+            listener = socket.create_server((host, port), backlog=256, reuse_port=reuse_port)
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)
             raise NetspecError(f"cannot listen on {host}:{port}: {reason}",
@@ -616,7 +619,7 @@ class Server:
         self.stopping.wait(0.01)
 
     def drain(self) -> None:
-        """Lets requests in flight finish (up to 30 s) and closes idle connections."""
+        """Lets requests in flight finish (up to DRAIN_SECONDS) and closes idle connections."""
         self.ready = False
         self.stopping.set()
         with self.lock:
@@ -624,7 +627,7 @@ class Server:
         for conn in idle:  # wakes their threads, blocked reading the next request
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DRAIN_SECONDS
         with self.lock:
             threads = list(self.threads)
         for thread in threads:
@@ -749,15 +752,130 @@ def _error(message: str) -> bytes:
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
           name: str | None = None, instances: int | None = None, max_body_mb: int = 64, started: Any = None,
           max_connections: int | None = None, max_batch_size: int = 64, max_queue_delay_us: int = 0,
-          max_queue_size: int = 1024) -> None:
-    """Serves an ONNX model until SIGTERM or Ctrl-C."""
-    from pathlib import Path
-
+          max_queue_size: int = 1024, workers: int | None = None) -> None:
+    """Serves an ONNX model until SIGTERM or Ctrl-C: in this process with one worker, else from `workers`
+    processes on one port, watched by this one."""
     from netspec.deploy.runtime import physical_cores
 
-    cores = physical_cores()
-    instances = instances or max(2, cores)
-    runtime = Runtime(model, threads or max(1, cores // instances))
+    workers = workers or physical_cores()
+    if not Path(model).is_file():  # before the port is taken: a worker would say the same, later
+        raise DataError(f"model file '{model}' does not exist")
+    options = {"model": model, "name": name, "threads": threads, "instances": instances, "max_body_mb": max_body_mb,
+               "max_connections": max_connections, "max_batch_size": max_batch_size,
+               "max_queue_delay_us": max_queue_delay_us, "max_queue_size": max_queue_size, "workers": workers}
+    if workers == 1:
+        _serve_one(host, port, started, reuse_port=False, **options)
+    else:
+        Supervisor(host, port, options).run(started)
+
+
+def _serve_one(host: str, port: int, started: Any, reuse_port: bool, model: str, name: str | None,
+               threads: int | None, instances: int | None, max_body_mb: int, max_connections: int | None,
+               max_batch_size: int, max_queue_delay_us: int, max_queue_size: int, workers: int) -> None:
+    """One worker: a session and a server. The cores are shared among the workers, then among a worker's
+    instances."""
+    from netspec.deploy.runtime import physical_cores
+
+    share = max(1, physical_cores() // workers)
+    instances = instances or max(2, share)
+    runtime = Runtime(model, threads or max(1, share // instances))
     Server(runtime, name or Path(model).stem, instances, max_body_mb * 2**20, max_connections,
            max_batch_size=max_batch_size, max_queue_delay=max_queue_delay_us / 1e6,
-           max_queue_size=max_queue_size).serve(host, port, started)
+           max_queue_size=max_queue_size).serve(host, port, started, reuse_port)
+
+
+class Supervisor:
+    """Starts the worker processes, each with its own session and its own listening socket on the port
+    (SO_REUSEPORT: the kernel spreads connections over them, and a dead worker's socket leaves the group
+    at once), restarts a worker that dies, and on SIGTERM or SIGINT passes the signal on and waits for
+    the workers to drain."""
+
+    def __init__(self, host: str, port: int, options: dict[str, Any]) -> None:
+        self.host, self.options = host, options
+        self.port = self._reserve(host, port)
+        self.procs: list[subprocess.Popen[str]] = []
+        self.stopping = threading.Event()
+
+    @staticmethod
+    def _reserve(host: str, port: int) -> int:
+        """Checks the port is free (a socket without SO_REUSEPORT cannot join another server's group) and
+        picks one for port 0."""
+        try:
+            with socket.create_server((host, port)) as probe:
+                return int(probe.getsockname()[1])
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise NetspecError(f"cannot listen on {host}:{port}: {reason}",
+                               hint="pick another --port (0 takes a free one)") from None
+
+    def _start(self) -> subprocess.Popen[str]:
+        """A worker, once it listens; its error (a model it cannot load) is raised here."""
+        config = json.dumps({"host": self.host, "port": self.port, "options": self.options})
+        proc = subprocess.Popen([sys.executable, "-m", "netspec.deploy.serve", config], stdout=subprocess.PIPE,
+                                text=True)
+        line = proc.stdout.readline() if proc.stdout else ""
+        if proc.stdout:
+            proc.stdout.close()
+        answer = json.loads(line) if line.startswith("{") else {"error": "a worker process failed to start"}
+        if "error" in answer:
+            proc.wait()
+            raise NetspecError(answer["error"], hint=answer.get("hint"))
+        return proc
+
+    def run(self, started: Any) -> None:
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda *_: self.stopping.set())
+        try:
+            for _ in range(self.options["workers"]):
+                self.procs.append(self._start())
+            if started is not None:
+                started(self.host, self.port)
+            while not self.stopping.wait(0.2):
+                for i, proc in enumerate(self.procs):
+                    if proc.poll() is not None and not self.stopping.is_set():
+                        print(f"worker {proc.pid} exited with status {proc.returncode}; starting another",
+                              file=sys.stderr, flush=True)
+                        self.procs[i] = self._start()
+        finally:
+            self._stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + DRAIN_SECONDS + 5
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _worker(config: dict[str, Any]) -> int:
+    """A worker process: serves on the shared port and tells the supervisor, on its first line of output,
+    that it listens or why it cannot. It stops (draining) if the supervisor dies."""
+    def started(host: str, port: int) -> None:
+        print(json.dumps({"ready": port}), flush=True)
+
+    def orphaned(parent: int = os.getppid()) -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
+    try:
+        _serve_one(config["host"], config["port"], started, reuse_port=True, **config["options"])
+    except NetspecError as e:
+        print(json.dumps({"error": e.msg, "hint": e.hint}), flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(json.loads(sys.argv[1])))
