@@ -346,8 +346,8 @@ def _reply(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers.get("content-length", 0)):
-        body += s.recv(65536)
+    while len(body) < int(headers.get("content-length", 0)) and (chunk := s.recv(65536)):
+        body += chunk
     return int(lines[0].split()[1]), headers, body
 
 
@@ -395,6 +395,17 @@ def test_connection_token_lists(server: Served, connection: str) -> None:
         status, headers, body = _reply(s)
         assert (status, headers["connection"], body) == (200, "close", b'{"live":true}')
         assert s.recv(10) == b""  # the server closed the connection
+
+
+def test_pipelined_requests_are_answered_in_order(server: Served) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\nGET /v2/models/digits/ready HTTP/1.1\r\nHost: a\r\n"
+                  b"\r\nHEAD /v2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert _reply(s)[::2] == (200, b'{"live":true}')
+        assert _reply(s)[::2] == (200, b'{"name":"digits","ready":true}')
+        status, headers, rest = _reply(s)  # HEAD: the headers of the GET's 405, no body
+        assert (status, headers["connection"], int(headers["content-length"]) > 0) == (405, "close", True)
+        assert rest == b"" and s.recv(100) == b""
 
 
 def test_http_1_0_is_answered_and_closed(server: Served) -> None:

@@ -5,9 +5,11 @@ session.run from C concurrent threads in this process on a session configured as
 its own; the server is a `netspec serve` process driven by C client processes over keep-alive HTTP
 connections, sending each input as JSON and (separately) as Triton binary tensors. Each measurement runs
 for --duration seconds after a warm-up. Printed: requests/s, latency p50/p99 (per request, seen by the
-client) and the ratio of the server's requests/s to the baseline's.
+client) and the ratio of the server's requests/s to the baseline's. Each --serve-args (repeatable) is one
+server configuration measured in the same run, e.g. batching off against on, one worker against two:
 
     python tools/bench/serve.py [--clients 4] [--duration 10] [--batch 1] [--model FILE.onnx]
+        [--serve-args "--workers 1 --max-batch-size 1" --serve-args "--workers 2"]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import http.client
 import json
 import multiprocessing as mp
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,11 +40,9 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
 
 
 def in_process(model: str, clients: int, duration: float, x: np.ndarray) -> tuple[float, list[float]]:
-    from netspec.deploy.runtime import Runtime, physical_cores
+    from netspec.deploy.runtime import Runtime
 
-    cores = physical_cores()
-    workers = max(2, cores)
-    runtime = Runtime(model, max(1, cores // workers))  # the server's own settings
+    runtime = Runtime(model, 1)  # one thread per run, as a server worker on one core runs it
     name = runtime.inputs[0].name
     latencies: list[list[float]] = [[] for _ in range(clients)]
 
@@ -101,6 +102,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--model", help="an ONNX model with one FP32 input (default: LeNet exported by netspec)")
+    parser.add_argument("--serve-args", action="append", help="options for `netspec serve` (repeatable: one "
+                        "server configuration each; default: none)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,30 +126,31 @@ def main() -> None:
         print(f"in-process onnxruntime: {rate:9.1f} requests/s  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms")
 
         name = Path(model).stem
-        proc = subprocess.Popen([sys.executable, "-m", "netspec.cli", "serve", model, "--port", "0"],
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            assert proc.stderr is not None
-            line = proc.stderr.readline()
-            found = re.search(r":(\d+) \(POST", line)
-            if not found:
-                raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
-            port = int(found.group(1))
-            as_json = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
-                                              "data": x.ravel().tolist()}]}).encode()
-            header = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
-                                             "parameters": {"binary_data_size": x.nbytes}}],
-                                 "parameters": {"binary_data_output": True}}).encode()
-            for mode, body, headers in (
-                    ("JSON", as_json, {"Content-Type": "application/json"}),
-                    ("binary", header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})):
-                served, lat, errors = over_http(port, name, args.clients, args.duration, body, headers)
-                p50, p99 = _percentiles(lat)
-                print(f"netspec serve ({mode:6}):  {served:9.1f} requests/s  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  "
-                      f"errors {errors}  ratio {served / rate:.2f}")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        as_json = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
+                                          "data": x.ravel().tolist()}]}).encode()
+        header = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
+                                         "parameters": {"binary_data_size": x.nbytes}}],
+                             "parameters": {"binary_data_output": True}}).encode()
+        for serve_args in args.serve_args or [""]:
+            proc = subprocess.Popen([sys.executable, "-m", "netspec.cli", "serve", model, "--port", "0",
+                                     *shlex.split(serve_args)], stderr=subprocess.PIPE, text=True)
+            try:
+                assert proc.stderr is not None
+                line = proc.stderr.readline()
+                found = re.search(r":(\d+) \(POST", line)
+                if not found:
+                    raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
+                port = int(found.group(1))
+                for mode, body, headers in (
+                        ("JSON", as_json, {"Content-Type": "application/json"}),
+                        ("binary", header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})):
+                    served, lat, errors = over_http(port, name, args.clients, args.duration, body, headers)
+                    p50, p99 = _percentiles(lat)
+                    print(f"netspec serve {serve_args} ({mode:6}): {served:9.1f} requests/s  p50 {p50:6.3f} ms  "
+                          f"p99 {p99:6.3f} ms  errors {errors}  ratio {served / rate:.2f}", flush=True)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
 
 
 if __name__ == "__main__":
