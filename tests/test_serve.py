@@ -815,6 +815,9 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(model: Path) -
         _wait_for(lambda: len(_workers(served.proc.pid) - {victim}) == 2)
         for _ in range(20):
             assert served.json("POST", "/v2/models/digits/infer", _infer_doc(_images(1)))[0] == 200
+        # every worker's /metrics counts the requests of all (each shares its counts within half a second)
+        count = rb'^netspec_inference_count_total\{model="digits"\} 20$'
+        _wait_for(lambda: all(re.search(count, served.request("GET", "/metrics")[2], re.M) for _ in range(4)))
     finally:
         code, err = served.stop()
     assert code == 0 and f"worker {victim} exited with status -9; starting another" in err, err

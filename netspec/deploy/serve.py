@@ -28,10 +28,12 @@ import os
 import re
 import resource
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -67,6 +69,7 @@ READ_SECONDS = 30  # a request (headers and body) must arrive within this long o
 MAX_CONNECTIONS = 1000
 CLOSING = 512  # sockets being closed gracefully at once (an error sent, the client's rest read and dropped)
 LINGER_SECONDS = 1.0  # how long a closing socket's unread input is drained before it is closed anyway
+METRICS_SHARE_SECONDS = 0.5  # how stale another worker's counts in /metrics may be
 DRAIN_SECONDS = 30  # how long requests in flight may take to finish after SIGTERM
 SHED_AT_ONCE = 256  # connections told to retry per accept() that failed for want of file descriptors
 ACCEPT_POLL = 0.2  # seconds between checks for a stop while no connection arrives
@@ -137,7 +140,36 @@ class Metrics:
             for seconds in run.queue_seconds:
                 self.queue_seconds.observe(seconds)
 
-    def text(self, model: str) -> str:
+    def state(self) -> dict[str, Any]:
+        """The counts, as JSON, for the other workers to add to theirs."""
+        with self.lock:
+            return {"requests": [[e, s, n] for (e, s), n in self.requests.items()], "inferences": self.inferences,
+                    "executions": self.executions,
+                    "histograms": {name: [h.counts, h.sum, h.count] for name, h in self._histograms().items()}}
+
+    def add(self, state: dict[str, Any]) -> None:
+        for endpoint, status, n in state["requests"]:
+            self.requests[(endpoint, status)] += n
+        self.inferences += state["inferences"]
+        self.executions += state["executions"]
+        for name, (counts, total, count) in state["histograms"].items():
+            h = self._histograms()[name]
+            h.counts = [a + b for a, b in zip(h.counts, counts, strict=True)]
+            h.sum += total
+            h.count += count
+
+    def _histograms(self) -> dict[str, Histogram]:
+        return {"batch_size": self.batch_size, "queue_seconds": self.queue_seconds,
+                "compute_seconds": self.compute_seconds}
+
+    def text(self, model: str, others: list[dict[str, Any]] | None = None) -> str:
+        """The text exposition; `others`: the states of the other workers, added to this one's (the
+        in-flight gauge stays this worker's)."""
+        if others:
+            total = Metrics(in_flight=self.in_flight)
+            for state in [self.state(), *others]:
+                total.add(state)
+            return total.text(model)
         model = f'model="{_label(model)}"'
         with self.lock:
             lines = ["# HELP netspec_requests_total HTTP requests by model, endpoint and status.",
@@ -176,8 +208,9 @@ class Server:
 
     def __init__(self, runtime: Runtime, name: str, instances: int, max_body: int,
                  max_connections: int | None = None, read_timeout: float = READ_SECONDS, max_batch_size: int = 64,
-                 max_queue_delay: float = 0.0, max_queue_size: int = 1024) -> None:
+                 max_queue_delay: float = 0.0, max_queue_size: int = 1024, metrics_dir: str | None = None) -> None:
         self.runtime, self.name = runtime, name
+        self.metrics_dir = metrics_dir  # where the workers of one server share their counts
         self.read_timeout = read_timeout
         self.max_connections = max_connections or default_max_connections()
         self.closer = Closer()
@@ -323,7 +356,7 @@ class Server:
         try:
             if path == "/metrics":
                 self._method(request, "GET")
-                return "metrics", 200, self.metrics.text(self.name).encode(), {
+                return "metrics", 200, self.metrics.text(self.name, self._others()).encode(), {
                     "Content-Type": "text/plain; version=0.0.4"}
             if parts[:1] != ["v2"]:
                 raise RequestError(404, f"no endpoint '{path[:80]}'; this server speaks the Open Inference "
@@ -540,6 +573,8 @@ class Server:
             bound = listener.getsockname()
             if started is not None:
                 started(bound[0], bound[1])
+            if self.metrics_dir is not None:
+                threading.Thread(target=self._share_metrics, args=(self.metrics_dir,), daemon=True).start()
             with listener, self.closer:
                 while not self.stopping.is_set():
                     try:
@@ -556,6 +591,28 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _share_metrics(self, folder: str) -> None:
+        """Writes this worker's counts for the others every METRICS_SHARE_SECONDS (a dead worker's file stays:
+        counters never go down)."""
+        path = Path(folder) / f"{os.getpid()}.json"
+        while True:
+            stopped = self.stopping.wait(METRICS_SHARE_SECONDS)
+            with contextlib.suppress(OSError):
+                path.with_suffix(".tmp").write_text(json.dumps(self.metrics.state()))
+                path.with_suffix(".tmp").replace(path)
+            if stopped:
+                return
+
+    def _others(self) -> list[dict[str, Any]]:
+        if self.metrics_dir is None:
+            return []
+        states = []
+        for path in Path(self.metrics_dir).glob("*.json"):
+            if path.stem != str(os.getpid()):
+                with contextlib.suppress(OSError, ValueError):
+                    states.append(json.loads(path.read_text()))
+        return states
 
     def _start(self, conn: socket.socket) -> None:
         """Gives a new connection a thread. When all --max-connections slots are taken, the connection that
@@ -772,7 +829,8 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | 
         raise DataError(f"model file '{model}' does not exist")
     options = {"model": model, "name": name, "threads": threads, "instances": instances, "max_body_mb": max_body_mb,
                "max_connections": max_connections, "max_batch_size": max_batch_size,
-               "max_queue_delay_us": max_queue_delay_us, "max_queue_size": max_queue_size, "workers": workers}
+               "max_queue_delay_us": max_queue_delay_us, "max_queue_size": max_queue_size, "workers": workers,
+               "metrics_dir": None}
     if workers == 1:
         _serve_one(host, port, started, reuse_port=False, **options)
     else:
@@ -781,7 +839,8 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | 
 
 def _serve_one(host: str, port: int, started: Any, reuse_port: bool, model: str, name: str | None,
                threads: int | None, instances: int | None, max_body_mb: int, max_connections: int | None,
-               max_batch_size: int, max_queue_delay_us: int, max_queue_size: int, workers: int) -> None:
+               max_batch_size: int, max_queue_delay_us: int, max_queue_size: int, workers: int,
+               metrics_dir: str | None) -> None:
     """One worker: a session and a server. The cores are shared among the workers, then among a worker's
     instances."""
     from netspec.deploy.runtime import physical_cores
@@ -791,7 +850,7 @@ def _serve_one(host: str, port: int, started: Any, reuse_port: bool, model: str,
     runtime = Runtime(model, threads or max(1, share // instances))
     Server(runtime, name or Path(model).stem, instances, max_body_mb * 2**20, max_connections,
            max_batch_size=max_batch_size, max_queue_delay=max_queue_delay_us / 1e6,
-           max_queue_size=max_queue_size).serve(host, port, started, reuse_port)
+           max_queue_size=max_queue_size, metrics_dir=metrics_dir).serve(host, port, started, reuse_port)
 
 
 class Supervisor:
@@ -837,6 +896,7 @@ class Supervisor:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, lambda *_: self.stopping.set())
+        self.options["metrics_dir"] = tempfile.mkdtemp(prefix="netspec-metrics-")
         try:
             for _ in range(self.options["workers"]):
                 self.procs.append(self._start())
@@ -850,6 +910,7 @@ class Supervisor:
                         self.procs[i] = self._start()
         finally:
             self._stop()
+            shutil.rmtree(self.options["metrics_dir"], ignore_errors=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
