@@ -846,3 +846,23 @@ def test_sigterm_drains_every_worker(model: Path) -> None:
     for pid in workers:  # gone, and reaped by the supervisor
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize(("affinity", "files", "cores"), [
+    ({0, 1, 2, 3}, {}, 4),  # nothing known but the affinity
+    ({0, 1, 2, 3}, {"/sys/devices/system/cpu/cpu0/topology/thread_siblings_list": "0-1"}, 2),  # SMT pairs
+    ({0, 1, 2, 3, 4, 5, 6, 7}, {"/sys/devices/system/cpu/cpu0/topology/thread_siblings_list": "0,4",
+                                "/sys/fs/cgroup/cpu.max": "250000 100000"}, 1),  # 2.5 CPUs of quota -> 3, / 2
+    ({0, 1, 2, 3}, {"/sys/fs/cgroup/cpu.max": "max 100000"}, 4),  # cgroup v2 without a quota
+    ({0, 1, 2, 3}, {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "200000",
+                    "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"}, 2),  # cgroup v1 quota
+    ({0, 1}, {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1"}, 2),  # cgroup v1 without a quota
+])
+def test_workers_default_to_the_physical_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch,
+                                                                   affinity: set[int], files: dict[str, str],
+                                                                   cores: int) -> None:
+    from netspec.deploy import runtime
+
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: affinity)
+    monkeypatch.setattr(runtime, "_read", files.get)
+    assert runtime.physical_cores() == cores
