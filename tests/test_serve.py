@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -386,6 +387,24 @@ def test_expect_100_continue(server: Served, reference: ort.InferenceSession) ->
     assert (status, headers["connection"]) == (413, "close")
     assert json.loads(reply) == {"error": "the request body has 2000000 bytes; this server takes at most 1048576 "
                                           "(--max-body-mb)"}
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_with_a_large_body(server: Served, reference: ort.InferenceSession, tmp_path: Path) -> None:
+    x = _images(4000, seed=8)  # curl asks before sending a body this large (1 MB), as it does over 1 MiB
+    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    (tmp_path / "body").write_bytes(header + x.tobytes())
+    run = subprocess.run(["curl", "-sS", "-v", "--data-binary", f"@{tmp_path / 'body'}", "-H", "Expect: 100-continue",
+                          "-H", f"Inference-Header-Content-Length: {len(header)}", "-D", str(tmp_path / "headers"),
+                          "-o", str(tmp_path / "out"), f"http://127.0.0.1:{server.port}/v2/models/digits/infer"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "< HTTP/1.1 100 Continue" in run.stderr, run.stderr
+    headers = (tmp_path / "headers").read_text().lower()
+    n = int(re.search(r"inference-header-content-length: (\d+)", headers).group(1))  # type: ignore[union-attr]
+    got = np.frombuffer((tmp_path / "out").read_bytes()[n:], dtype="<f4").reshape(4000, 10)
+    np.testing.assert_array_equal(got, reference.run(None, {"data": x})[0])
 
 
 @pytest.mark.parametrize("connection", ["keep-alive, close", "Close", "upgrade , CLOSE"])
