@@ -417,14 +417,17 @@ def test_connection_token_lists(server: Served, connection: str) -> None:
 
 
 def test_pipelined_requests_are_answered_in_order(server: Served) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\nGET /v2/models/digits/ready HTTP/1.1\r\nHost: a\r\n"
-                  b"\r\nHEAD /v2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        assert _reply(s)[::2] == (200, b'{"live":true}')
-        assert _reply(s)[::2] == (200, b'{"name":"digits","ready":true}')
-        status, headers, rest = _reply(s)  # HEAD: the headers of the GET's 405, no body
-        assert (status, headers["connection"], int(headers["content-length"]) > 0) == (405, "close", True)
-        assert rest == b"" and s.recv(100) == b""
+    reply = _raw(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\nGET /v2/models/digits/ready HTTP/1.1\r\n"
+                 b"Host: a\r\n\r\nHEAD /v2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    answers = []
+    for head_only in (False, False, True):
+        head, _, reply = reply.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        body, reply = (b"", reply) if head_only else (reply[:length], reply[length:])
+        answers.append((head.split(b" ")[1], body, head.endswith(b"Connection: close")))
+    assert answers == [(b"200", b'{"live":true}', False), (b"200", b'{"name":"digits","ready":true}', False),
+                       (b"405", b"", True)]  # HEAD: the headers of the GET's 405, no body
+    assert reply == b""
 
 
 def test_http_1_0_is_answered_and_closed(server: Served) -> None:
