@@ -7,14 +7,16 @@ Endpoints: GET /v2/health/live, /v2/health/ready, /v2 (server metadata), /v2/mod
 output's `binary_data` asks for binary outputs).
 
 HTTP/1.1 is parsed by h11 (framing, chunked bodies, Connection tokens, Expect: 100-continue); this module
-adds what h11 leaves to servers: refusing Content-Length with Transfer-Encoding, size and time limits.
-One onnxruntime session serves every request. Each connection has a thread that reads a request, runs
-it and writes the answer with blocking calls: onnxruntime and socket I/O release the GIL, so connections
-run in parallel, and for small models this costs far less per request than an event loop handing work
-to a thread pool (measured in tools/bench/serve.py). At most --instances inferences run at once; requests
-that wait for one are merged into batches (runtime.Batcher). Every bad
-request gets a 4xx JSON error that says what was wrong, and the server keeps serving. SIGTERM (or
-Ctrl-C) stops accepting connections, lets the requests in flight finish, and exits.
+adds what h11 leaves to servers (refusing Content-Length with Transfer-Encoding, size and time limits) and
+writes the answers itself. With --workers N, a supervisor process (Supervisor) runs N worker processes,
+each with its own onnxruntime session and its own SO_REUSEPORT socket on the port. In a worker, each
+connection has a thread that reads a request, runs it and writes the answer with blocking calls:
+onnxruntime and socket I/O release the GIL, so connections run in parallel, and for small models this
+costs far less per request than an event loop handing work to a thread pool (measured in
+tools/bench/serve.py). At most --instances runs go at once; requests that wait for one are merged into
+batches (runtime.Batcher). Every bad request gets a 4xx JSON error that says what was wrong, and the server
+keeps serving; slow or idle clients make room for new ones at the connection limit. SIGTERM (or Ctrl-C)
+stops accepting connections, lets the requests in flight finish, and exits.
 """
 
 from __future__ import annotations
