@@ -335,7 +335,7 @@ def import_command(prototxt: str, caffemodel: str, out_dir: str, phase: str | No
 @click.option("--name", help="The model's name in the URLs (default: the file name without .onnx).")
 @click.option("--max-body-mb", type=int, default=64, show_default=True, help="The largest request accepted.")
 @click.option("--max-connections", type=click.IntRange(min=1),
-              help="Open connections at most (default: 1000, fewer if the open-file limit is lower).")
+              help="Open connections per worker at most (default: 1000, fewer if the open-file limit is lower).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Rows per merged run (1: no dynamic batching).")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=0, show_default=True,
