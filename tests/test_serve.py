@@ -259,21 +259,23 @@ def _raw(port: int, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("data", "status", "message"), [
-    (b"hello\r\n\r\n", 400, "malformed HTTP request: illegal request line: 'hello'"),
-    (b"GET /v2 SPDY/3\r\nHost: a\r\n\r\n", 400, "malformed HTTP request: illegal request line: 'GET /v2 SPDY/3'"),
-    (b"GET /v2 HTTP/1.1\r\n\r\n", 400, "malformed HTTP request: Missing mandatory Host: header"),
+    (b"hello\r\n\r\n", 400, "malformed HTTP request: Invalid method encountered"),
+    (b"GET /v2 SPDY/3\r\nHost: a\r\n\r\n", 400, "malformed HTTP request: Expected HTTP/, RTSP/ or ICE/"),
+    (b"GET /v2 HTTP/1.1\r\n\r\n", 400, "the request has no Host header"),
     (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: ten\r\n\r\n", 400,
-     "malformed HTTP request: bad Content-Length"),
+     "malformed HTTP request: Invalid character in Content-Length"),
     (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
-     400, "malformed HTTP request: conflicting Content-Length headers"),
+     400, "malformed HTTP request: Duplicate Content-Length"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+     400, "malformed HTTP request: Duplicate Content-Length"),
     (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 3\r\n\r\n{}",
-     400, "malformed HTTP request: conflicting Content-Length headers"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
-     "malformed HTTP request: Only Transfer-Encoding: chunked is supported"),
+     400, "malformed HTTP request: Invalid character in Content-Length"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400,
+     "malformed HTTP request: Request has invalid `Transfer-Encoding`"),
     (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
-     b"0\r\n\r\nGET /v2 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "the request has both Transfer-Encoding and Content-Length"),
-    (b"GET /v2 HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", 400,
-     "malformed HTTP request: illegal header line: 'no colon here'"),
+     b"0\r\n\r\nGET /v2 HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+     "malformed HTTP request: Content-Length can't be present with Transfer-Encoding"),
+    (b"GET /v2 HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", 400, "malformed HTTP request: Invalid header token"),
     (b"GET /v2 HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n", 431,
      "the request's headers are larger than 64 KiB"),
     (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n100001\r\n" +
@@ -428,6 +430,12 @@ def test_pipelined_requests_are_answered_in_order(server: Served) -> None:
     assert answers == [(b"200", b'{"live":true}', False), (b"200", b'{"name":"digits","ready":true}', False),
                        (b"405", b"", True)]  # HEAD: the headers of the GET's 405, no body
     assert reply == b""
+
+
+def test_an_upgrade_is_answered_over_http_1_1(server: Served) -> None:
+    reply = _raw(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                              b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"Connection: close\r\n" in reply and reply.endswith(b'{"live":true}')
 
 
 def test_http_1_0_is_answered_and_closed(server: Served) -> None:

@@ -6,11 +6,12 @@ Endpoints: GET /v2/health/live, /v2/health/ready, /v2 (server metadata), /v2/mod
 `Inference-Header-Content-Length` bytes, then raw little-endian tensors; `binary_data_output` or an
 output's `binary_data` asks for binary outputs).
 
-HTTP/1.1 is parsed by h11 (framing, chunked bodies, Connection tokens, Expect: 100-continue); this module
-adds what h11 leaves to servers (refusing Content-Length with Transfer-Encoding, size and time limits) and
-writes the answers itself. With --workers N, a supervisor process (Supervisor) runs N worker processes,
-each with its own onnxruntime session and its own SO_REUSEPORT socket on the port. In a worker, each
-connection has a thread that reads a request, runs it and writes the answer with blocking calls:
+HTTP/1.1 is parsed by httptools (llhttp, Node.js's parser: framing, chunked bodies, pipelining, Connection
+tokens, Content-Length and Transfer-Encoding conflicts); this module adds size and time limits and
+Expect: 100-continue, and writes the answers itself. h11 was measured too: its pure-Python parsing cost
+about ten times as much per request. With --workers N, a supervisor process (Supervisor) runs N worker
+processes, each with its own onnxruntime session and its own SO_REUSEPORT socket on the port. In a worker,
+each connection has a thread that reads a request, runs it and writes the answer with blocking calls:
 onnxruntime and socket I/O release the GIL, so connections run in parallel, and for small models this
 costs far less per request than an event loop handing work to a thread pool (measured in
 tools/bench/serve.py). At most --instances runs go at once; requests that wait for one are merged into
@@ -27,7 +28,6 @@ import errno
 import json
 import math
 import os
-import re
 import resource
 import selectors
 import shutil
@@ -39,13 +39,13 @@ import tempfile
 import threading
 import time
 import traceback
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h11
+import httptools
 import numpy as np
 
 from netspec import __version__
@@ -234,7 +234,7 @@ class Server:
         """Answers the requests of one connection until it closes, idles too long, or the server stops."""
         handed_over = False  # to the closer, which closes it
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        http = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_LIMIT)
+        http = _Parser(self, conn)
         try:
             while not self.stopping.is_set():
                 try:
@@ -260,7 +260,6 @@ class Server:
                     self._busy(conn, False)
                 if not keep_alive:
                     return
-                http = _next_parser(http)
         except OSError:  # the client went away or idled past the timeout
             pass
         finally:
@@ -291,64 +290,24 @@ class Server:
             with self.metrics.lock:
                 self.metrics.in_flight -= 1
 
-    def _read(self, conn: socket.socket, http: h11.Connection) -> Request | None:
-        """The next request on the connection (None when the client closes or idles out). Parsing is h11's:
-        framing (Content-Length, chunked bodies, Connection tokens, HTTP/1.0) follows RFC 9112. A request must
-        arrive whole within READ_SECONDS of its first byte, however slowly its bytes trickle in."""
-        body = bytearray()
-        request: h11.Request | None = None
-        deadline = time.monotonic() + self.read_timeout if http.trailing_data[0] else None
-        while True:
+    def _read(self, conn: socket.socket, http: _Parser) -> Request | None:
+        """The next request on the connection (None when the client closes or idles out). A request must
+        arrive whole within the read timeout of its first byte, however slowly its bytes trickle in."""
+        while not http.requests:
+            deadline = http.began + self.read_timeout if http.partial else None
+            conn.settimeout(IDLE_SECONDS if deadline is None else max(0.001, deadline - time.monotonic()))
             try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as e:
-                status = e.error_status_hint
-                text = re.sub(r"bytearray\(b('.*'|\".*\")\)", r"\1", str(e))[:200]
-                raise RequestError(status, "the request's headers are larger than 64 KiB" if status == 431
-                                   else f"malformed HTTP request: {text}") from None
-            if event is h11.NEED_DATA:
-                conn.settimeout(IDLE_SECONDS if deadline is None else max(0.001, deadline - time.monotonic()))
-                try:
-                    data = conn.recv(1 << 16)
-                except TimeoutError:
-                    if deadline is None:
-                        return None  # an idle keep-alive connection
-                    raise RequestError(408, f"the request did not arrive within {self.read_timeout:g} s") from None
+                data = conn.recv(1 << 16)
+            except TimeoutError:
                 if deadline is None:
-                    deadline = time.monotonic() + self.read_timeout
-                http.receive_data(data)
-            elif isinstance(event, h11.Request):
-                request = event
-                self._check_head(event)
-                if http.they_are_waiting_for_100_continue:
-                    conn.sendall(http.send(h11.InformationalResponse(status_code=100, headers=[],
-                                                                     reason="Continue")) or b"")
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > self.max_body:
-                    raise RequestError(413, f"the request body has more than {self.max_body} bytes; this server "
-                                       "takes at most that (--max-body-mb)")
-            elif isinstance(event, h11.EndOfMessage) and request is not None:
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
-                target = request.target.decode("latin-1").split("?", 1)[0]
-                tokens = {t.strip().lower() for k, v in request.headers if k == b"connection" for t in v.split(b",")}
-                keep_alive = request.http_version == b"1.1" and b"close" not in tokens
-                return Request(request.method.decode("latin-1"), target, headers, bytes(body), keep_alive)
-            else:  # ConnectionClosed: the client closed between requests
-                return None
-
-    def _check_head(self, request: h11.Request) -> None:
-        """What h11 leaves to the server: smuggling shapes, the body limit (before 100 Continue is sent), and
-        the header size when the headers arrived in one read."""
-        names = [k for k, _ in request.headers]
-        if b"transfer-encoding" in names and b"content-length" in names:
-            raise RequestError(400, "the request has both Transfer-Encoding and Content-Length")
-        if sum(len(k) + len(v) + 4 for k, v in request.headers) + len(request.target) > HEADER_LIMIT:
-            raise RequestError(431, "the request's headers are larger than 64 KiB")
-        for k, v in request.headers:
-            if k == b"content-length" and int(v) > self.max_body:
-                raise RequestError(413, f"the request body has {int(v)} bytes; this server takes at most "
-                                   f"{self.max_body} (--max-body-mb)")
+                    return None  # an idle keep-alive connection
+                raise RequestError(408, f"the request did not arrive within {self.read_timeout:g} s") from None
+            if not data:
+                if http.partial:
+                    raise RequestError(400, "the request ended early")
+                return None  # the client closed between requests
+            http.feed(data)
+        return http.requests.popleft()
 
     # ---- routes -----------------------------------------------------------------------------------------
 
@@ -690,8 +649,7 @@ class Server:
 
 def _response(status: int, body: bytes, keep_alive: bool, headers: dict[str, str] | None = None,
               length: int | None = None) -> bytes:
-    """An answer with a Content-Length body. Written here rather than through h11's writer, which would
-    double the per-request cost of HTTP for small requests (h11 parses; the answers are few and fixed)."""
+    """An answer with a Content-Length body (the answers are few and fixed)."""
     fields = {"Content-Type": "application/json", **(headers or {})}
     head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", *(f"{k}: {v}" for k, v in fields.items()),
             f"Content-Length: {len(body) if length is None else length}",
@@ -699,16 +657,70 @@ def _response(status: int, body: bytes, keep_alive: bool, headers: dict[str, str
     return "\r\n".join(head).encode("latin-1") + body
 
 
-def _next_parser(http: h11.Connection) -> h11.Connection:
-    """A parser for the connection's next request, fed what the client already sent after the last one
-    (pipelined requests). A fresh parser per request, since answers do not go through h11."""
-    data, closed = http.trailing_data
-    fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_LIMIT)
-    if data:
-        fresh.receive_data(data)
-    if closed:
-        fresh.receive_data(b"")
-    return fresh
+class _Parser:
+    """One connection's requests, from httptools' callbacks: complete requests queue up (a client may send
+    several before reading an answer), and the parser's errors become 4xx answers."""
+
+    def __init__(self, server: Server, conn: socket.socket) -> None:
+        self.server, self.conn = server, conn
+        self.parser = httptools.HttpRequestParser(self)
+        self.requests: deque[Request] = deque()
+        self.partial = False  # inside a request
+        self.began = 0.0
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # the request is whole; it is answered over HTTP/1.1 and the connection closed
+        except httptools.HttpParserError as e:
+            if isinstance(e.__context__, RequestError):
+                raise e.__context__ from None
+            raise RequestError(400, f"malformed HTTP request: {e}") from None
+
+    def on_message_begin(self) -> None:
+        self.partial, self.began = True, time.monotonic()
+        self.url, self.headers, self.body, self.size = b"", [], bytearray(), 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._grow(len(name) + len(value) + 4)
+
+    def _grow(self, n: int) -> None:
+        self.size += n
+        if self.size > HEADER_LIMIT:
+            raise RequestError(431, "the request's headers are larger than 64 KiB")
+
+    def on_headers_complete(self) -> None:
+        """Checks what can be checked before the body: Host, the body's size; then says 100 Continue to a
+        client that waits for it."""
+        self.method = self.parser.get_method().decode("latin-1")
+        version = self.parser.get_http_version()
+        self.keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
+        fields = dict(self.headers)
+        if version == "1.1" and "host" not in fields:
+            raise RequestError(400, "the request has no Host header")
+        length = int(fields.get("content-length", 0))  # digits: llhttp refuses anything else
+        if length > self.server.max_body:
+            raise RequestError(413, f"the request body has {length} bytes; this server takes at most "
+                               f"{self.server.max_body} (--max-body-mb)")
+        if fields.get("expect", "").lower() == "100-continue" and version == "1.1":
+            self.conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+        if len(self.body) > self.server.max_body:
+            raise RequestError(413, f"the request body has more than {self.server.max_body} bytes; this server "
+                               "takes at most that (--max-body-mb)")
+
+    def on_message_complete(self) -> None:
+        self.partial = False
+        target = self.url.decode("latin-1").split("?", 1)[0]
+        self.requests.append(Request(self.method, target, dict(self.headers), bytes(self.body), self.keep_alive))
 
 
 class Closer:
