@@ -123,6 +123,8 @@ def _net(layers: dict[Function, pb.LayerParameter]) -> pb.NetParameter:
 class NetSpec:
     """Named tops, in the order they were assigned; `to_proto()` makes the net of them."""
 
+    tops: dict[str, Top | Function]
+
     def __init__(self) -> None:
         super().__setattr__("tops", {})
 
@@ -180,7 +182,8 @@ def _layer_message(type_name: str, params: dict[str, Any], loc: SourceLoc) -> pb
     """The LayerParameter of a call, with each keyword sent where pycaffe sent it, checked by the spec reader."""
     definition = get(type_name)
     own = _LAYER_FIELDS[definition.param_field].message_type.fields_by_name if definition.param_field else {}
-    layer_items, own_items = [("type", loc, Scalar(type_name, True, loc))], []
+    layer_items: list[tuple[str, SourceLoc, Node]] = [("type", loc, Scalar(type_name, True, loc))]
+    own_items: list[tuple[str, SourceLoc, Node]] = []
     for key, value in params.items():
         node = _node(value, key, loc, type_name)
         if key in _SET_BY_BUILDER:
@@ -196,12 +199,12 @@ def _layer_message(type_name: str, params: dict[str, Any], loc: SourceLoc) -> pb
             hint = did_you_mean(key, [*own, *_LAYER_FIELDS])
             raise SpecFieldError(f"L.{type_name}: unknown keyword '{key}'", loc=loc,
                                  hint=(hint + " " if hint else "") + "valid keywords: " + ", ".join(valid))
-    if own_items:
+    if own_items and definition.param_field:
         given = next((n for k, _, n in layer_items if k == definition.param_field and isinstance(n, Mapping)), None)
         if given is not None:  # convolution_param=dict(...) and kernel_size=... together make one message
             given.items.extend(own_items)
         else:
-            layer_items.append((definition.param_field, loc, Mapping(loc, own_items)))  # type: ignore[arg-type]
+            layer_items.append((definition.param_field, loc, Mapping(loc, own_items)))
     layer = pb.LayerParameter()
     try:
         build_message(Mapping(loc, layer_items), layer, SourceMap(loc.file), _OPTIONS)

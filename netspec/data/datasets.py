@@ -24,6 +24,8 @@ from netspec.files import checked
 if TYPE_CHECKING:
     import numpy as np
 
+    from netspec.data.images import Color
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -99,14 +101,14 @@ def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
         data = _npy_shape(path)
         return SourceInfo(data[1:], None, 0)
     if kind == "csv":
-        _header, first = _csv_head(path)
-        return SourceInfo((len(first) - 1,), (), 0)
+        _header, row = _csv_head(path)
+        return SourceInfo((len(row) - 1,), (), 0)
     if not path.is_dir():
         raise DataError(f"'{path}' is neither a .npz/.npy/.csv file nor a folder of class folders",
                         field="source")
-    classes, first = _folder_head(path)
+    folders, first = _folder_head(path)
     h, w = probe.image_size(first)
-    return SourceInfo((_image_channels(first), h, w), (), len(classes))
+    return SourceInfo((_image_channels(first), h, w), (), len(folders))
 
 
 def _path(p: pb.DatasetParameter, kind: str, base_dir: str) -> Path:
@@ -350,7 +352,7 @@ def _read_folder(path: Path, p: pb.DatasetParameter) -> tuple[np.ndarray, np.nda
     from netspec.data import images as opencv
 
     classes, first = _folder_head(path)
-    color = "gray" if _image_channels(first) == 1 else "color"
+    color: Color = "gray" if _image_channels(first) == 1 else "color"
     h, w = probe.image_size(first)
     # every image is brought to new_height x new_width (each given or the first image's), in one resize
     height, width = p.new_height or h, p.new_width or w

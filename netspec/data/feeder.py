@@ -102,7 +102,7 @@ class Source:
                             "phase")
         self.epoch, self.cursor, self.batches = 0, 0, 0
         self._order = self._permutation(0)
-        self._stream: Iterator[list[object]] | None = None
+        self._stream: Iterator[list[torch.Tensor]] | None = None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
@@ -135,7 +135,7 @@ class Source:
                 out[top] = self.transform.apply(picked[top], gen) if i == 0 else picked[top].float()
         return out
 
-    def _open_stream(self) -> Iterator[list[object]]:
+    def _open_stream(self) -> Iterator[list[torch.Tensor]]:
         from torch.utils.data import DataLoader
 
         loader = DataLoader(_RecordSet(self.records), batch_sampler=_Batches(self), pin_memory=False,
@@ -144,7 +144,7 @@ class Source:
 
     def _read(self) -> dict[str, torch.Tensor]:
         """The next batch from the DataLoader, which reads ahead in the same order with its workers."""
-        data, labels = next(self._stream)  # type: ignore[arg-type]
+        data, labels = next(self._stream)  # type: ignore[arg-type]  # next() opened it when streaming
         out = {self.tops[0]: data.to(self.device)}
         if len(self.tops) > 1:
             out[self.tops[1]] = labels.to(self.device).float()
@@ -202,7 +202,7 @@ class _Batches:
             yield idx.tolist()
 
 
-class _RecordSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _RecordSet(torch.utils.data.Dataset):
     def __init__(self, records: Records | None) -> None:
         self.records = records
 

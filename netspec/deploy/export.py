@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -150,10 +150,10 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
     external = weight_bytes > EXTERNAL_DATA_BYTES
     try:
         with _quiet(), torch.no_grad():
-            program = torch.onnx.export(
+            program = cast(torch.onnx.ONNXProgram, torch.onnx.export(  # dynamo=True always returns one
                 deploy, example, dynamo=True, opset_version=opset, input_names=names,
                 output_names=deploy.output_names, optimize=optimize, verbose=False,
-                dynamic_shapes=(tuple({axes[n]: "batch"} for n in names),) if dynamic else None)
+                dynamic_shapes=(tuple({axes[n]: "batch"} for n in names),) if dynamic else None))
             program.save(str(path), external_data=external)
     except NetspecError:
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -144,7 +145,7 @@ class DeployModule(nn.Module):
         for name, pre in self.plan.preprocessing.items():
             x = env[name]
             if name in self._means:
-                x = x - self._buffers[self._means[name]]
+                x = x - cast(torch.Tensor, self._buffers[self._means[name]])
             env[name] = x * pre.scale if pre.scale != 1 else x
         env = self.net.run(env, layers=self.plan.layers)
         return tuple(env[name] for name in self.output_names)

@@ -393,7 +393,7 @@ class Server:
 
     def _wanted(self, doc: dict[str, Any]) -> tuple[list[str], set[str]]:
         names = [t.name for t in self.runtime.outputs]
-        params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+        params = given if isinstance(given := doc.get("parameters"), dict) else {}
         all_binary = bool(params.get("binary_data_output"))
         requested = doc.get("outputs")
         if requested is None:
@@ -406,7 +406,7 @@ class Server:
                 label = str(item.get("name") if isinstance(item, dict) else item)[:80]
                 raise RequestError(400, f"unknown output '{label}'; the model has: {', '.join(names)}")
             wanted.append(item["name"])
-            p = item.get("parameters") if isinstance(item.get("parameters"), dict) else {}
+            p = given if isinstance(given := item.get("parameters"), dict) else {}
             if p.get("binary_data", all_binary):
                 binary.add(item["name"])
         return wanted, binary

@@ -34,6 +34,7 @@ from netspec.layers.registry import register
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
     from netspec.data.records import Records
 
@@ -158,7 +159,7 @@ class DummyData(LayerDef):
 
         plan = list(zip(tops, self.fillers(s), strict=True))
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             return [fill(f, shape) for shape, f in plan]
 
         return forward
@@ -362,7 +363,7 @@ class HDF5Output(LayerDef):
 
         file_name = s.p.file_name
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             if not torch.compiler.is_compiling():
                 _append_hdf5(file_name, {"data": xs[0], "label": xs[1]})
             return []
