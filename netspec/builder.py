@@ -23,6 +23,7 @@ from __future__ import annotations
 import numbers
 import sys
 from collections import Counter
+from types import FrameType
 from typing import Any
 
 from netspec._proto import netspec_pb2 as pb
@@ -234,7 +235,7 @@ def _node(value: Any, key: str, loc: SourceLoc, type_name: str) -> Node:
 
 def _caller() -> SourceLoc:
     """The user's line that made the layer call (the first frame outside netspec's builder)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return SourceLoc(frame.f_code.co_filename, frame.f_lineno) if frame is not None else SourceLoc("<python>", 1)

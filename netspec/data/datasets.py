@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.data import probe
@@ -116,18 +116,18 @@ def _path(p: pb.DatasetParameter, kind: str, base_dir: str) -> Path:
     return probe.resolve(p.source, base_dir, "dataset_param.source", "any" if kind == "folder" else "file")
 
 
-def _npy_header(f: object, stored: int, where: str) -> tuple[int, ...]:
+def _npy_header(f: IO[bytes], stored: int, where: str) -> tuple[int, ...]:
     """The shape in a .npy header; refuses a header that declares more data than the `stored` bytes
     hold, before anything of that size is allocated."""
     import numpy as np
 
     fmt = np.lib.format
-    version = fmt.read_magic(f)  # type: ignore[arg-type]
+    version = fmt.read_magic(f)
     read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    shape, _, dtype = read(f)  # type: ignore[arg-type]
+    shape, _, dtype = read(f)
     shape = tuple(int(d) for d in shape)
     declared = math.prod(shape) * dtype.itemsize
-    held = stored - f.tell()  # type: ignore[attr-defined]
+    held = stored - f.tell()
     if declared > held:
         raise DataError(f"{where} declares an array of shape {shape} ({declared} bytes) but holds {held} bytes",
                         field="source", hint="the file is truncated or damaged")

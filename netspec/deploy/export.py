@@ -106,7 +106,7 @@ def _id_ranges(module: DeployModule) -> dict[str, int]:
     out = {}
     for info in module.net.net.layers:
         node = info.node
-        for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]
+        for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]  # all known in a lowered net
             if node.bottoms[i] in module.plan.inputs:
                 out[node.bottoms[i]] = bound
     return out

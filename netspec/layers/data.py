@@ -371,13 +371,13 @@ class HDF5Output(LayerDef):
         return forward
 
 
-def _append_hdf5(file_name: str, arrays: dict[str, object]) -> None:
+def _append_hdf5(file_name: str, arrays: dict[str, torch.Tensor]) -> None:
     try:
         import h5py
     except ImportError:
         raise DataError("HDF5Output needs h5py: pip install h5py") from None
     path = output_path(file_name, "HDF5Output file")
-    values = {name: tensor.detach().cpu().numpy() for name, tensor in arrays.items()}  # type: ignore[attr-defined]
+    values = {name: tensor.detach().cpu().numpy() for name, tensor in arrays.items()}
     try:
         f = h5py.File(path, "a")
     except OSError as e:

@@ -54,8 +54,8 @@ def normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor | None) ->
     """What Caffe divides a summed loss by (never less than 1)."""
     if mode == L.FULL or (mode == L.VALID and valid is None):
         return float(max(1, outer * inner))
-    if mode == L.VALID:
-        return valid.clamp_min(1)  # type: ignore[union-attr]
+    if mode == L.VALID and valid is not None:
+        return valid.clamp_min(1)
     if mode == L.BATCH_SIZE:
         return float(max(1, outer))
     return 1.0

@@ -188,7 +188,7 @@ class LSTM(_Recurrent):
         return forward
 
 
-def lstm_unit(cell, gates, keep, h):  # type: ignore[no-untyped-def]
+def lstm_unit(cell: torch.Tensor, gates: torch.Tensor, keep: torch.Tensor, h: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One LSTM step from the gate pre-activations (..., 4H): returns the new cell and hidden states."""
     import torch
 

@@ -165,7 +165,7 @@ class NetModule(nn.Module):
             want = self._input_shapes.get(name) if reads is None else None
             if want is not None and (t.dim() != len(want) or tuple(t.shape[1:]) != want[1:]):
                 raise NetspecError(f"input '{name}' has shape {fmt(tuple(t.shape))}; the net expects "
-                                   f"{fmt(('N', *want[1:]))} (spec: {fmt(want)})")  # type: ignore[arg-type]
+                                   f"{fmt(('N', *want[1:]))} (spec: {fmt(want)})")
             out[name] = t
         return out
 

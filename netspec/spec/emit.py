@@ -34,11 +34,11 @@ class _Float(float):
         return obj
 
 
-class _Flow(list):
+class _Flow(list[object]):
     """A list written on one line."""
 
 
-class _FlowMap(dict):
+class _FlowMap(dict[str, object]):
     """A mapping written on one line."""
 
 
