@@ -55,16 +55,18 @@ class Top:
 class Function:
     """A layer call: its type, its inputs, and its parameters, checked when the call is made."""
 
-    def __init__(self, type_name: str, inputs: tuple[Top, ...], params: dict[str, Any]) -> None:
+    def __init__(self, type_name: str, inputs: tuple[object, ...], params: dict[str, Any]) -> None:
         loc = _caller()
         self.type_name = type_name
-        self.inputs = inputs
+        tops = []
         for i, x in enumerate(inputs):
             if not isinstance(x, Top):  # a TypeError, as in pycaffe
                 unpack = f"; pass the tops of a call with ntop > 1 one by one: L.{type_name}(*tops)" \
                     if isinstance(x, tuple) else ""
                 raise TypeError(f"{loc}: L.{type_name} input {i} is a {type(x).__name__}, not a layer's output (a "
                                 f"Top){unpack}")
+            tops.append(x)
+        self.inputs = tuple(tops)
         ntop = params.pop("ntop", 1)
         self.in_place = bool(params.pop("in_place", False))
         if not isinstance(ntop, int) or isinstance(ntop, bool) or ntop < 0:
