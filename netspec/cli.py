@@ -31,7 +31,7 @@ def user_errors(fn: F) -> F:
             click.echo(f"error: {e}" if e.loc is None and e.layer is None else str(e), err=True)
             sys.exit(1)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -126,7 +126,7 @@ class Runtime:
         return Tensor(value.name, DATATYPES[value.type][0], shape)
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
-        return self.session.run(outputs or [o.name for o in self.outputs], feeds)  # type: ignore[no-any-return]
+        return self.session.run(outputs or [o.name for o in self.outputs], feeds)
 
 
 class QueueFull(Exception):

@@ -43,7 +43,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import numpy as np
@@ -471,7 +471,7 @@ class Server:
 
     def _wanted(self, doc: dict[str, Any]) -> tuple[list[str], set[str]]:
         names = [t.name for t in self.runtime.outputs]
-        params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+        params = given if isinstance(given := doc.get("parameters"), dict) else {}
         all_binary = bool(params.get("binary_data_output"))
         requested = doc.get("outputs")
         if requested is None:
@@ -484,7 +484,7 @@ class Server:
                 label = str(item.get("name") if isinstance(item, dict) else item)[:80]
                 raise RequestError(400, f"unknown output '{label}'; the model has: {', '.join(names)}")
             wanted.append(item["name"])
-            p = item.get("parameters") if isinstance(item.get("parameters"), dict) else {}
+            p = given if isinstance(given := item.get("parameters"), dict) else {}
             if p.get("binary_data", all_binary):
                 binary.add(item["name"])
         return wanted, binary
@@ -588,8 +588,9 @@ class Server:
                     del self.connections[displaced]
             if len(self.connections) < self.max_connections:
                 self.connections[conn] = time.monotonic()
-                thread: threading.Thread | None = threading.Thread(target=self.handle, args=(conn,), daemon=True)
-                self.threads.add(thread)
+                new = threading.Thread(target=self.handle, args=(conn,), daemon=True)
+                self.threads.add(new)
+                thread: threading.Thread | None = new
             else:
                 thread = None
         if displaced is not None:  # wakes its thread, which finds itself displaced and ends
@@ -680,7 +681,8 @@ class _Parser:
 
     def on_message_begin(self) -> None:
         self.partial, self.began = True, time.monotonic()
-        self.url, self.headers, self.body, self.size = b"", [], bytearray(), 0
+        self.headers: list[tuple[str, str]] = []
+        self.url, self.body, self.size = b"", bytearray(), 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -787,13 +789,13 @@ class Closer:
                 now = time.monotonic()
                 finished = [s for s, deadline in self.deadlines.items() if deadline <= now]
                 for key, _ in ready:
-                    sock = key.fileobj
+                    sock = cast(socket.socket, key.fileobj)  # only sockets are registered
                     if sock is self.wake_r:
                         with contextlib.suppress(OSError):
                             self.wake_r.recv(4096)
                         continue
                     try:
-                        while sock.recv(1 << 16):  # type: ignore[union-attr]
+                        while sock.recv(1 << 16):
                             pass
                         finished.append(sock)  # end of input: the client has closed its side
                     except BlockingIOError:
@@ -841,7 +843,8 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | 
     workers = workers or physical_cores()
     if not Path(model).is_file():  # before the port is taken: a worker would say the same, later
         raise DataError(f"model file '{model}' does not exist")
-    options = {"model": model, "name": name, "threads": threads, "instances": instances, "max_body_mb": max_body_mb,
+    options: dict[str, Any] = {
+               "model": model, "name": name, "threads": threads, "instances": instances, "max_body_mb": max_body_mb,
                "max_connections": max_connections, "max_batch_size": max_batch_size,
                "max_queue_delay_us": max_queue_delay_us, "max_queue_size": max_queue_size, "workers": workers,
                "metrics_dir": None}
