@@ -23,6 +23,7 @@ from __future__ import annotations
 import numbers
 import sys
 from collections import Counter
+from types import FrameType
 from typing import Any
 
 from netspec._proto import netspec_pb2 as pb
@@ -54,16 +55,18 @@ class Top:
 class Function:
     """A layer call: its type, its inputs, and its parameters, checked when the call is made."""
 
-    def __init__(self, type_name: str, inputs: tuple[Top, ...], params: dict[str, Any]) -> None:
+    def __init__(self, type_name: str, inputs: tuple[object, ...], params: dict[str, Any]) -> None:
         loc = _caller()
         self.type_name = type_name
-        self.inputs = inputs
+        tops = []
         for i, x in enumerate(inputs):
             if not isinstance(x, Top):  # a TypeError, as in pycaffe
                 unpack = f"; pass the tops of a call with ntop > 1 one by one: L.{type_name}(*tops)" \
                     if isinstance(x, tuple) else ""
                 raise TypeError(f"{loc}: L.{type_name} input {i} is a {type(x).__name__}, not a layer's output (a "
                                 f"Top){unpack}")
+            tops.append(x)
+        self.inputs = tuple(tops)
         ntop = params.pop("ntop", 1)
         self.in_place = bool(params.pop("in_place", False))
         if not isinstance(ntop, int) or isinstance(ntop, bool) or ntop < 0:
@@ -123,6 +126,8 @@ def _net(layers: dict[Function, pb.LayerParameter]) -> pb.NetParameter:
 class NetSpec:
     """Named tops, in the order they were assigned; `to_proto()` makes the net of them."""
 
+    tops: dict[str, Top | Function]
+
     def __init__(self) -> None:
         super().__setattr__("tops", {})
 
@@ -180,7 +185,8 @@ def _layer_message(type_name: str, params: dict[str, Any], loc: SourceLoc) -> pb
     """The LayerParameter of a call, with each keyword sent where pycaffe sent it, checked by the spec reader."""
     definition = get(type_name)
     own = _LAYER_FIELDS[definition.param_field].message_type.fields_by_name if definition.param_field else {}
-    layer_items, own_items = [("type", loc, Scalar(type_name, True, loc))], []
+    layer_items: list[tuple[str, SourceLoc, Node]] = [("type", loc, Scalar(type_name, True, loc))]
+    own_items: list[tuple[str, SourceLoc, Node]] = []
     for key, value in params.items():
         node = _node(value, key, loc, type_name)
         if key in _SET_BY_BUILDER:
@@ -196,12 +202,12 @@ def _layer_message(type_name: str, params: dict[str, Any], loc: SourceLoc) -> pb
             hint = did_you_mean(key, [*own, *_LAYER_FIELDS])
             raise SpecFieldError(f"L.{type_name}: unknown keyword '{key}'", loc=loc,
                                  hint=(hint + " " if hint else "") + "valid keywords: " + ", ".join(valid))
-    if own_items:
+    if own_items and definition.param_field:
         given = next((n for k, _, n in layer_items if k == definition.param_field and isinstance(n, Mapping)), None)
         if given is not None:  # convolution_param=dict(...) and kernel_size=... together make one message
             given.items.extend(own_items)
         else:
-            layer_items.append((definition.param_field, loc, Mapping(loc, own_items)))  # type: ignore[arg-type]
+            layer_items.append((definition.param_field, loc, Mapping(loc, own_items)))
     layer = pb.LayerParameter()
     try:
         build_message(Mapping(loc, layer_items), layer, SourceMap(loc.file), _OPTIONS)
@@ -231,7 +237,7 @@ def _node(value: Any, key: str, loc: SourceLoc, type_name: str) -> Node:
 
 def _caller() -> SourceLoc:
     """The user's line that made the layer call (the first frame outside netspec's builder)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return SourceLoc(frame.f_code.co_filename, frame.f_lineno) if frame is not None else SourceLoc("<python>", 1)

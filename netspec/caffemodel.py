@@ -75,7 +75,8 @@ def _blob_array(blob: pb.BlobProto, what: str) -> tuple[np.ndarray, bool]:
     Caffe's own rule (Blob::FromProto): the legacy num/channels/height/width when any of them is set,
     else `shape`; a 0-axis blob (a shared PReLU slope, Scale with num_axes 0) has neither."""
     if any(blob.HasField(f) for f in _LEGACY_DIMS):
-        shape, legacy = (blob.num, blob.channels, blob.height, blob.width), True
+        shape: tuple[int, ...] = (blob.num, blob.channels, blob.height, blob.width)
+        legacy = True
     else:
         shape, legacy = tuple(int(d) for d in blob.shape.dim), False
     data = np.array(blob.double_data, dtype=np.float64) if blob.double_data else np.array(blob.data, dtype=np.float32)

@@ -34,7 +34,7 @@ def user_errors(fn: F) -> F:
             click.echo(f"error: {e}" if e.loc is None and e.layer is None else str(e), err=True)
             sys.exit(1)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature
 
 
 UNTRAINED = ("warning: no --weights: the spec's weights are its fillers' (untrained); give a snapshot or a "
@@ -434,13 +434,25 @@ def import_command(prototxt: str, caffemodel: str, out_dir: str, phase: str | No
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--threads", type=int, help="onnxruntime threads per inference (default: cores / workers).")
-@click.option("--workers", type=int, help="Inferences run at once (default: the physical cores, at least 2).")
+@click.option("--threads", type=int, help="onnxruntime threads per run (default: a worker's cores / instances).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Server processes on the port (default: one per physical core this process may use).")
+@click.option("--instances", type=click.IntRange(min=1),
+              help="onnxruntime runs at once per worker (default: its share of the cores, at least 2).")
 @click.option("--name", help="The model's name in the URLs (default: the file name without .onnx).")
 @click.option("--max-body-mb", type=int, default=64, show_default=True, help="The largest request accepted.")
+@click.option("--max-connections", type=click.IntRange(min=1),
+              help="Open connections per worker at most (default: 1000, fewer if the open-file limit is lower).")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Rows per merged run (1: no dynamic batching).")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=0, show_default=True,
+              help="How long a request may wait for others to batch with (0: never wait on purpose).")
+@click.option("--max-queue-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Requests waiting at most; beyond, 503.")
 @user_errors
-def serve(model: str, host: str, port: int, threads: int | None, workers: int | None, name: str | None,
-          max_body_mb: int) -> None:
+def serve(model: str, host: str, port: int, threads: int | None, workers: int | None, instances: int | None,
+          name: str | None, max_body_mb: int, max_connections: int | None, max_batch_size: int,
+          max_queue_delay_us: int, max_queue_size: int) -> None:
     """Serve an ONNX model over HTTP with the Open Inference Protocol (KServe V2)."""
     from netspec.deploy.serve import serve as run_server
 
@@ -449,7 +461,8 @@ def serve(model: str, host: str, port: int, threads: int | None, workers: int | 
         click.echo(f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port} "
                    f"(POST /v2/models/{model_name}/infer; GET /metrics); Ctrl-C or SIGTERM stops", err=True)
 
-    run_server(model, host, port, threads, name, workers, max_body_mb, started)
+    run_server(model, host, port, threads, name, instances, max_body_mb, started, max_connections, max_batch_size,
+               max_queue_delay_us, max_queue_size, workers)
 
 
 @main.command()

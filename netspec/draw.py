@@ -192,7 +192,7 @@ def _summary(info: LayerInfo) -> tuple[str, ...]:
     bottoms = info.bottom_shapes
     if any(b is None for b in bottoms):
         return ()
-    line = info.node.definition.summary(info.node.spec, bottoms)  # type: ignore[arg-type]
+    line = info.node.definition.summary(info.node.spec, bottoms)  # type: ignore[arg-type]  # None ruled out above
     return (line,) if line else ()
 
 

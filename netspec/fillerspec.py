@@ -55,10 +55,6 @@ def check_filler(f: pb.FillerParameter, shape: tuple[int, ...]) -> None:
         raise ParamError("sparse applies only to the gaussian filler", field="sparse")
     if f.type == "uniform" and f.min > f.max:
         raise ParamError(f"uniform filler: min {f.min} is above max {f.max}", field="min")
-    sparse = f.type == "gaussian" and f.sparse >= 0
-    if not shape and (sparse or f.type in ("positive_unitball", "orthogonal")):
-        raise ParamError(f"the {'sparse ' if sparse else ''}{f.type} filler works on the rows of axis 0, but the "
-                         "blob has shape () (no axes)", field="sparse" if sparse else "type")
     if f.type == "bilinear" and (len(shape) != 4 or shape[2] != shape[3]):
         raise ParamError(f"the bilinear filler needs a 4-axis blob with square kernels, got shape {shape}",
                          field="type")

@@ -126,12 +126,12 @@ def _warnings(net: Net) -> list[NetspecError]:
     hidden = _hidden_layers(net)
     for name, by in stale_reads(net.graph).items():
         node = next(n for n in net.graph.nodes if n.name == name)
-        blob = node.tops[0]
+        top = node.tops[0]
         if by == name:
-            why = (f"it runs in place on '{blob}', and its backward pass reads '{blob}', which then holds "
+            why = (f"it runs in place on '{top}', and its backward pass reads '{top}', which then holds "
                    "its output, not its input")
         else:
-            why = f"layer '{by}' overwrites '{blob}' in place before this layer's backward pass reads it"
+            why = f"layer '{by}' overwrites '{top}' in place before this layer's backward pass reads it"
         out.append(NetspecError(f"warning: {why}; like Caffe, netspec then computes a gradient that is not "
                                 "the true one", loc=node.loc, layer=node.name, layer_type=node.type,
                                 hint=f"give {'this layer' if by == name else repr(by)} a new top blob to get "

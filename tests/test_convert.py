@@ -31,7 +31,7 @@ def test_round_trip_through_the_other_format_gives_an_equal_message(path: str) -
     assert back == original
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(layers(), max_size=4), names)
 def test_any_net_survives_yaml(layer_list: list[pb.LayerParameter], name: str) -> None:
     net = pb.NetParameter(name=name)

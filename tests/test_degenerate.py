@@ -206,11 +206,11 @@ def test_a_layer_whose_temporary_tensor_is_too_big_is_refused(write_spec: Callab
 
 @pytest.mark.parametrize(("type_name", "fields", "message"), [
     ("Scale", "scale_param { axis: 0 num_axes: 0 filler { type: 'positive_unitball' } }",
-     "the positive_unitball filler works on the rows of axis 0, but the blob has shape () (no axes)"),
+     "the positive_unitball filler needs a blob with at least one axis, got a 0-axis blob (a shared PReLU slope, or Scale/Bias with num_axes 0)"),
     ("Scale", "scale_param { axis: 0 num_axes: 0 filler { type: 'orthogonal' } }",
-     "the orthogonal filler works on the rows of axis 0, but the blob has shape () (no axes)"),
+     "the orthogonal filler needs a blob with at least one axis, got a 0-axis blob (a shared PReLU slope, or Scale/Bias with num_axes 0)"),
     ("DummyData", "dummy_data_param { shape { } data_filler { type: 'gaussian' sparse: 1 } }",
-     "the sparse gaussian filler works on the rows of axis 0, but the blob has shape () (no axes)"),
+     "the sparse filler needs a blob with at least one axis, got a 0-axis blob (a shared PReLU slope, or Scale/Bias with num_axes 0)"),
     ("DummyData", "dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: 'bilinear' } }",
      "the bilinear filler needs a 4-axis blob with square kernels, got shape (2, 3)"),
 ])

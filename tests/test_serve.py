@@ -4,17 +4,20 @@ serving; SIGTERM lets a request in flight finish."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +25,17 @@ import onnxruntime as ort
 import pytest
 
 import netspec
+from tests.conftest import DIGIT_LABELS
+
+LABELS = DIGIT_LABELS
 
 
 class Served:
     """A `netspec serve` process on a free port."""
 
-    def __init__(self, model: Path, *args: str) -> None:
+    def __init__(self, model: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "netspec.cli", "serve", str(model), "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
         found = re.search(r"on http://127\.0\.0\.1:(\d+) ", line)
@@ -55,26 +61,17 @@ class Served:
         _, err = self.proc.communicate(timeout=30)
         return self.proc.returncode, err
 
-    def __enter__(self) -> Served:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Kills a server that a failed test left running."""
-        if self.proc.returncode is None:
-            self.proc.kill()
-            self.proc.communicate()
-
 
 @pytest.fixture(scope="module")
 def model(digits_onnx: Path) -> Path:
-    return digits_onnx  # the model every test here serves
+    return digits_onnx
 
 
 @pytest.fixture(scope="module")
 def server(model: Path) -> Iterator[Served]:
-    with Served(model, "--max-body-mb", "1") as served:
-        yield served
-        code, err = served.stop()
+    served = Served(model, "--max-body-mb", "1", "--workers", "1")
+    yield served
+    code, err = served.stop()
     assert code == 0 and "Traceback" not in err, err
 
 
@@ -180,13 +177,17 @@ def test_metrics_count_requests_errors_and_latency(server: Served) -> None:
     status, headers, body = server.request("GET", "/metrics")
     after = body.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain")
-    ok = 'netspec_requests_total{endpoint="infer",code="200"}'
+    ok = 'netspec_requests_total{model="digits",endpoint="infer",code="200"}'
     assert value(after, ok) - value(before, ok) == 3
-    assert value(after, "netspec_request_errors_total") - value(before, "netspec_request_errors_total") == 1
-    count = 'netspec_inference_seconds_count{model="digits"}'
-    assert value(after, count) - value(before, count) == 3
-    assert value(after, 'netspec_inference_seconds_bucket{model="digits",le="+Inf"}') == value(after, count)
-    assert "# TYPE netspec_inference_seconds histogram" in after
+    errors = 'netspec_request_errors_total{model="digits"}'
+    assert value(after, errors) - value(before, errors) == 1
+    for name in ("netspec_inference_count_total", "netspec_execution_count_total", "netspec_queue_seconds_count",
+                 "netspec_compute_seconds_count", "netspec_batch_size_count"):
+        count = name + '{model="digits"}'
+        assert value(after, count) - value(before, count) == 3, name  # one client: nothing to batch
+    ones = 'netspec_batch_size_bucket{model="digits",le="1"}'
+    assert value(after, ones) - value(before, ones) == 3
+    assert "# TYPE netspec_compute_seconds histogram" in after
 
 
 # ---- bad requests ----------------------------------------------------------------------------------------
@@ -226,6 +227,10 @@ BAD_REQUESTS = [
      {}, 400, "input 'data' of shape [1, 1, 8, 8] and FP32 needs 256 bytes; binary_data_size says 8"),
     ("POST", "/v2/models/digits/infer", b"{}", {"Inference-Header-Content-Length": "99"}, 400,
      "Inference-Header-Content-Length 99 is beyond the 2-byte body"),
+    ("POST", "/v2/models/digits/infer", b"[" * 1000 + b"]" * 1000, {}, 400, "the request's JSON is nested too deeply"),
+    ("POST", "/v2/models/digits/infer", json.dumps({"inputs": [{**GOOD, "data": [float("nan")] * 64}]}).encode(), {},
+     400, "the request body is not valid JSON"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [GOOD], "id": 7}, {}, 400, "the request's 'id' must be a string"),
     ("POST", "/v2/models/digits/infer", b"x" * (2**20 + 1), {}, 413,
      "the request body has 1048577 bytes; this server takes at most 1048576 (--max-body-mb)"),
 ]
@@ -252,15 +257,28 @@ def _raw(port: int, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("data", "status", "message"), [
-    (b"hello\r\n\r\n", 400, "malformed request line"),
-    (b"GET /v2 SPDY/3\r\n\r\n", 400, "unsupported protocol 'SPDY/3'"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400, "Content-Length 'ten' is not a "
-                                                                                     "number"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411,
-     "chunked request bodies are not supported; send Content-Length"),
-    (b"GET /v2 HTTP/1.1\r\nno colon here\r\n\r\n", 400, "malformed header line 'no colon here'"),
-    (b"GET /v2 HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n", 431, "the request's headers are larger "
-                                                                          "than 64 KiB"),
+    (b"hello\r\n\r\n", 400, "malformed HTTP request: Invalid method encountered"),
+    (b"GET /v2 SPDY/3\r\nHost: a\r\n\r\n", 400, "malformed HTTP request: Expected HTTP/, RTSP/ or ICE/"),
+    (b"GET /v2 HTTP/1.1\r\n\r\n", 400, "the request has no Host header"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: ten\r\n\r\n", 400,
+     "malformed HTTP request: Invalid character in Content-Length"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+     400, "malformed HTTP request: Duplicate Content-Length"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+     400, "malformed HTTP request: Duplicate Content-Length"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 3\r\n\r\n{}",
+     400, "malformed HTTP request: Invalid character in Content-Length"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400,
+     "malformed HTTP request: Request has invalid `Transfer-Encoding`"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+     b"0\r\n\r\nGET /v2 HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+     "malformed HTTP request: Content-Length can't be present with Transfer-Encoding"),
+    (b"GET /v2 HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", 400, "malformed HTTP request: Invalid header token"),
+    (b"GET /v2 HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n", 431,
+     "the request's headers are larger than 64 KiB"),
+    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n100001\r\n" +
+     b"x" * 0x100001 + b"\r\n0\r\n\r\n", 413,
+     "the request body has more than 1048576 bytes; this server takes at most that (--max-body-mb)"),
 ])
 def test_malformed_http_gets_its_reason(server: Served, data: bytes, status: int, message: str) -> None:
     reply = _raw(server.port, data)
@@ -289,8 +307,8 @@ def _malformed(rng: random.Random) -> bytes:
         body = text[:cut].encode()
     else:
         method = rng.choice(["GET", "PUT", "DELETE", "PATCH"])
-        return f"{method} /v2/models/digits/infer HTTP/1.1\r\nContent-Length: 0\r\n\r\n".encode()
-    return (f"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        return f"{method} /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".encode()
+    return (f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
 def test_a_thousand_malformed_requests_all_get_4xx_and_the_server_stays_up(server: Served) -> None:
@@ -317,6 +335,134 @@ def test_keep_alive_connection_serves_many_requests(server: Served) -> None:
             assert response.getheader("Connection") == "keep-alive"
     finally:
         conn.close()
+
+
+def _reply(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP response read off a raw socket (with Content-Length framing)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)) and (chunk := s.recv(65536)):
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def _json_body(x: np.ndarray) -> bytes:
+    return json.dumps(_infer_doc(x)).encode()
+
+
+def test_chunked_request_body(server: Served, reference: ort.InferenceSession) -> None:
+    x = _images(2, seed=5)
+    body = _json_body(x)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 700]), body[i:i + 700]) for i in range(0, len(body), 700))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks +
+                  b"0\r\n\r\n")
+        status, _, reply = _reply(s)
+    assert status == 200
+    np.testing.assert_array_equal(json.loads(reply)["outputs"][0]["data"], reference.run(None, {"data": x})[0].ravel())
+
+
+def test_expect_100_continue(server: Served, reference: ort.InferenceSession) -> None:
+    x = _images(1, seed=6)
+    body = _json_body(x)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        status, headers, reply = _reply(s)
+        assert status == 200 and headers["connection"] == "keep-alive"
+        np.testing.assert_array_equal(json.loads(reply)["outputs"][0]["data"],
+                                      reference.run(None, {"data": x})[0].ravel())
+        # too large: refused at once, without 100 Continue, and the body is never awaited
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 2000000\r\n\r\n")
+        status, headers, reply = _reply(s)
+    assert (status, headers["connection"]) == (413, "close")
+    assert json.loads(reply) == {"error": "the request body has 2000000 bytes; this server takes at most 1048576 "
+                                          "(--max-body-mb)"}
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_with_a_large_body(server: Served, reference: ort.InferenceSession, tmp_path: Path) -> None:
+    x = _images(4000, seed=8)  # curl asks before sending a body this large (1 MB), as it does over 1 MiB
+    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    (tmp_path / "body").write_bytes(header + x.tobytes())
+    run = subprocess.run(["curl", "-sS", "-v", "--data-binary", f"@{tmp_path / 'body'}", "-H", "Expect: 100-continue",
+                          "-H", f"Inference-Header-Content-Length: {len(header)}", "-D", str(tmp_path / "headers"),
+                          "-o", str(tmp_path / "out"), f"http://127.0.0.1:{server.port}/v2/models/digits/infer"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "< HTTP/1.1 100 Continue" in run.stderr, run.stderr
+    headers = (tmp_path / "headers").read_text().lower()
+    n = int(re.search(r"inference-header-content-length: (\d+)", headers).group(1))  # type: ignore[union-attr]
+    got = np.frombuffer((tmp_path / "out").read_bytes()[n:], dtype="<f4").reshape(4000, 10)
+    np.testing.assert_array_equal(got, reference.run(None, {"data": x})[0])
+
+
+@pytest.mark.parametrize("connection", ["keep-alive, close", "Close", "upgrade , CLOSE"])
+def test_connection_token_lists(server: Served, connection: str) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\n\r\n".encode())
+        status, headers, body = _reply(s)
+        assert (status, headers["connection"], body) == (200, "close", b'{"live":true}')
+        assert s.recv(10) == b""  # the server closed the connection
+
+
+def test_pipelined_requests_are_answered_in_order(server: Served) -> None:
+    reply = _raw(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\nGET /v2/models/digits/ready HTTP/1.1\r\n"
+                 b"Host: a\r\n\r\nHEAD /v2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    answers = []
+    for head_only in (False, False, True):
+        head, _, reply = reply.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        body, reply = (b"", reply) if head_only else (reply[:length], reply[length:])
+        answers.append((head.split(b" ")[1], body, head.endswith(b"Connection: close")))
+    assert answers == [(b"200", b'{"live":true}', False), (b"200", b'{"name":"digits","ready":true}', False),
+                       (b"405", b"", True)]  # HEAD: the headers of the GET's 405, no body
+    assert reply == b""
+
+
+def test_an_upgrade_is_answered_over_http_1_1(server: Served) -> None:
+    reply = _raw(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                              b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"Connection: close\r\n" in reply and reply.endswith(b'{"live":true}')
+
+
+def test_http_1_0_is_answered_and_closed(server: Served) -> None:
+    reply = _raw(server.port, b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"live":true}')
+
+
+def test_nan_outputs_are_refused_as_json_and_sent_as_binary(server: Served) -> None:
+    x = np.full((1, 1, 8, 8), np.inf, dtype=np.float32)
+    for binary in (False, True):
+        header = json.dumps({"inputs": [{"name": "data", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": x.nbytes}}],
+                             "parameters": {"binary_data_output": binary}}).encode()
+        status, headers, body = server.request("POST", "/v2/models/digits/infer", header + x.tobytes(),
+                                               {"Inference-Header-Content-Length": str(len(header))})
+        if not binary:
+            assert (status, json.loads(body)) == (500, {"error": "output 'prob' holds NaN or infinite values, which "
+                                                                 "JSON cannot carry; ask for it as binary data "
+                                                                 "(binary_data_output)"})
+        else:
+            n = int(headers["inference-header-content-length"])
+            assert status == 200 and np.isnan(np.frombuffer(body[n:], dtype="<f4")).all()
+
+
+def test_metrics_label_values_are_escaped() -> None:
+    from netspec.deploy.serve import Metrics
+
+    text = Metrics().text('say "hi"\\now\n')
+    assert 'netspec_compute_seconds_count{model="say \\"hi\\"\\\\now\\n"} 0' in text.splitlines()
 
 
 def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort.InferenceSession) -> None:
@@ -354,35 +500,31 @@ def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model: Path) -> None:
-    with Served(model, "--workers", "1") as served:  # killed if the test fails before stopping it
-        x = _images(60000)  # a batch that takes onnxruntime a noticeable time
-        header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
-                                         "parameters": {"binary_data_size": x.nbytes}}],
-                             "parameters": {"binary_data_output": True}}).encode()
-        result: dict[str, object] = {}
+    served = Served(model, "--instances", "1", "--workers", "1")
+    x = _images(20000)  # a batch that takes onnxruntime a noticeable time
+    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    result: dict[str, object] = {}
 
-        def slow() -> None:
-            result["reply"] = served.request("POST", "/v2/models/digits/infer", header + x.tobytes(),
-                                             {"Inference-Header-Content-Length": str(len(header))})
+    def slow() -> None:
+        result["reply"] = served.request("POST", "/v2/models/digits/infer", header + x.tobytes(),
+                                         {"Inference-Header-Content-Length": str(len(header))})
 
-        thread = threading.Thread(target=slow)
-        thread.start()
-        deadline = time.monotonic() + 30
-        answering = False
-        # polled over one connection: a poll on a new one could find the last poll's thread not yet done
-        poll = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
-        while not answering and time.monotonic() < deadline:  # wait until the request is being answered
-            poll.request("GET", "/metrics")
-            metrics = poll.getresponse().read()
-            answering = re.search(rb"^netspec_requests_in_flight 2$", metrics, re.M) is not None  # it and this one
-        poll.close()
-        assert answering
-        code, err = served.stop()
+    thread = threading.Thread(target=slow)
+    thread.start()
+    deadline = time.monotonic() + 30
+    answering = False
+    while not answering and time.monotonic() < deadline:  # wait until the request is being answered
+        _, _, metrics = served.request("GET", "/metrics")
+        answering = re.search(rb"^netspec_requests_in_flight 2$", metrics, re.M) is not None  # it and this one
+    assert answering
+    code, err = served.stop()
     thread.join(30)
     status, headers, body = result["reply"]  # type: ignore[misc]
     assert status == 200 and headers["connection"] == "close"
     n = int(headers["inference-header-content-length"])
-    assert len(body) - n == 60000 * 10 * 4
+    assert len(body) - n == 20000 * 10 * 4
     assert code == 0 and "Traceback" not in err, err
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", served.port), timeout=5)
@@ -410,31 +552,345 @@ def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path: Path) -> None:
     assert run.stderr.endswith("hint: export it with `netspec export SPEC --onnx FILE`\n")
 
 
-def test_connections_beyond_the_limit_are_told_to_retry(model: Path) -> None:
-    from netspec.deploy.runtime import Runtime
+# ---- hostile clients (in-process servers with small limits) ------------------------------------------------
+
+
+class GatedRuntime:
+    """A stand-in for onnxruntime (or a wrapper of a real one) whose runs wait for the test to open the gate,
+    so requests stay in flight and queue up for as long as a test needs. It records the rows of each run,
+    and fails a run holding a negative value (a request that passes the server's checks and fails in the
+    session)."""
+
+    def __init__(self, real: object = None) -> None:
+        from netspec.deploy.runtime import Tensor
+
+        self.real = real
+        self.inputs = real.inputs if real else [Tensor("x", "FP32", (-1, -1))]  # type: ignore[attr-defined]
+        self.outputs = real.outputs if real else [Tensor("y", "FP32", (-1, -1))]  # type: ignore[attr-defined]
+        self.gate = threading.Event()
+        self.runs: list[int] = []
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        assert self.gate.wait(30)
+        [x] = feeds.values()
+        self.runs.append(len(x))
+        if (x < 0).any():
+            raise ValueError("negative values")
+        return self.real.run(feeds, outputs) if self.real else [x * 2]  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def in_process(runtime: object, **options: object) -> Iterator[tuple[object, int]]:
     from netspec.deploy.serve import Server
 
-    server = Server(Runtime(str(model)), "digits", workers=2, max_body=1 << 20, max_connections=2)
+    server = Server(runtime, "m", **{"instances": 4, "max_body": 1 << 20, **options})  # type: ignore[arg-type]
     bound: list[int] = []
     thread = threading.Thread(target=server.serve, args=("127.0.0.1", 0, lambda host, port: bound.append(port)))
     thread.start()
     try:
-        while not bound:
+        for _ in range(3000):
+            if bound:
+                break
             time.sleep(0.01)
-        idle = [socket.create_connection(("127.0.0.1", bound[0]), timeout=30) for _ in range(2)]
-        while len(server.connections) < 2:
-            time.sleep(0.01)
-        reply = _raw(bound[0], b"GET /v2/health/live HTTP/1.1\r\n\r\n")
-        assert reply.startswith(b"HTTP/1.1 503 ")
-        assert json.loads(reply.partition(b"\r\n\r\n")[2]) == {"error": "the server has 2 open connections; retry "
-                                                                    "later"}
-        idle[0].close()
-        while len(server.connections) > 1:
-            time.sleep(0.01)
-        assert _raw(bound[0], b"GET /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n").startswith(
-            b"HTTP/1.1 200 ")
-        idle[1].close()
+        yield server, bound[0]
     finally:
         server.stopping.set()
+        if hasattr(runtime, "gate"):
+            runtime.gate.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def _small_infer(rows: int, value: float = 1.0) -> bytes:
+    body = json.dumps({"inputs": [{"name": "x", "shape": [rows, 2], "datatype": "FP32", "data": [value] * (2 * rows)}]})
+    return (f"POST /v2/models/m/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def test_slow_clients_cannot_lock_others_out() -> None:
+    with in_process(GatedRuntime(), max_connections=20) as (server, port):
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(20)]
+        for s in slow:
+            s.sendall(b"P")  # a request begun, never finished (slowloris)
+        _wait_for(lambda: len(server.connections) == 20)
+        for _ in range(5):
+            reply = _raw(port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"live":true}')
+        closed = 0
+        for s in slow:
+            s.settimeout(0.05)
+            with contextlib.suppress(TimeoutError):
+                closed += s.recv(10) == b""
+            s.close()
+        assert 1 <= closed <= 5  # each newcomer displaced the slowest unless a finished one had left
+
+
+def test_a_request_must_arrive_within_the_read_timeout() -> None:
+    with in_process(GatedRuntime(), read_timeout=0.3) as (_, port), \
+            socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /v2 HT")
+        time.sleep(0.2)
+        s.sendall(b"T")  # trickling bytes does not extend the deadline
+        status, headers, body = _reply(s)
+    assert (status, headers["connection"]) == (408, "close")
+    assert json.loads(body) == {"error": "the request did not arrive within 0.3 s"}
+
+
+def test_every_client_over_the_limit_gets_a_readable_503() -> None:
+    runtime = GatedRuntime()
+    with in_process(runtime, max_connections=4) as (server, port):
+        busy = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        for s in busy:
+            s.sendall(_small_infer(1))
+        _wait_for(lambda: server.metrics.in_flight == 4)
+        replies: list[bytes] = [b""] * 40
+        threads = [threading.Thread(target=lambda i: replies.__setitem__(i, _raw(port, _small_infer(3))), args=(i,))
+                   for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for reply in replies:
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 "), reply[:100]
+            assert json.loads(body) == {"error": "the server has 4 open connections; retry later"}
+        runtime.gate.set()
+        for s in busy:
+            status, _, body = _reply(s)
+            assert (status, json.loads(body)["outputs"][0]["data"]) == (200, [2.0, 2.0])
+            s.close()
+
+
+# ---- dynamic batching ------------------------------------------------------------------------------------
+
+
+def _send_all(port: int, requests: list[bytes]) -> list[tuple[int, dict]]:
+    """Sends each request on its own connection (all at once) and returns the answers in order."""
+    replies: list[tuple[int, dict]] = [(0, {})] * len(requests)
+
+    def one(i: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(requests[i])
+            status, _, body = _reply(s)
+            replies[i] = (status, json.loads(body))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return replies
+
+
+def _queued(server: object, runtime: GatedRuntime, first: bytes, rest: list[bytes]) -> list[tuple[int, dict]]:
+    """Blocks the only session slot with `first`, queues `rest` behind it, then opens the gate."""
+    port = server.port  # type: ignore[attr-defined]
+    blocker = socket.create_connection(("127.0.0.1", port), timeout=30)
+    blocker.sendall(first)
+    _wait_for(lambda: server.metrics.in_flight == 1)  # type: ignore[attr-defined]
+    replies: list[tuple[int, dict]] = []
+    sender = threading.Thread(target=lambda: replies.extend(_send_all(port, rest)))
+    sender.start()
+    _wait_for(lambda: len(server.batcher.queue) == len(rest))  # type: ignore[attr-defined]
+    runtime.gate.set()
+    sender.join(60)
+    assert _reply(blocker)[0] == 200
+    blocker.close()
+    return replies
+
+
+def _doc(name: str, x: np.ndarray, model: str = "m") -> bytes:
+    body = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}], "parameters": {"binary_data_output": False}})
+    return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def test_batched_answers_equal_unbatched_ones_exactly(model: Path) -> None:
+    from netspec.deploy.runtime import Runtime
+
+    real = Runtime(str(model))
+    runtime = GatedRuntime(real)
+    inputs = [_images(n, seed=20 + i) for i, n in enumerate([1, 3, 1, 2, 5])]
+    with in_process(runtime, instances=1) as (server, port):
+        server.port = port  # type: ignore[attr-defined]
+        replies = _queued(server, runtime, _doc("data", _images(1), "m"), [_doc("data", x) for x in inputs[1:]])
+    assert runtime.runs == [1, 11]  # the blocker alone, then the four waiting requests in one run
+    for x, (status, doc) in zip(inputs[1:], replies, strict=True):
+        assert status == 200 and doc["outputs"][0]["shape"] == [len(x), 10]
+        np.testing.assert_array_equal(np.array(doc["outputs"][0]["data"], dtype=np.float32).reshape(-1, 10),
+                                      real.run({"data": x})[0])
+
+
+def test_a_failing_request_in_a_batch_fails_alone() -> None:
+    runtime = GatedRuntime()
+    xs = [np.full((1, 2), 1.0), np.full((2, 2), -1.0), np.full((3, 2), 3.0)]
+    with in_process(runtime, instances=1) as (server, port):
+        server.port = port  # type: ignore[attr-defined]
+        replies = _queued(server, runtime, _doc("x", np.ones((1, 2))), [_doc("x", x) for x in xs])
+        metrics = server.metrics.text("m")  # type: ignore[attr-defined]
+    assert runtime.runs[:2] == [1, 6] and sorted(runtime.runs[2:]) == [1, 2, 3]  # the merged run failed; each
+    # request was retried alone (the queue's order is the order the requests arrived in, which varies)
+    assert replies[0] == (200, {"model_name": "m", "model_version": "1",
+                                "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [2.0, 2.0]}]})
+    assert replies[1] == (400, {"error": "inference failed: negative values"})
+    assert replies[2][0] == 200 and replies[2][1]["outputs"][0]["data"] == [6.0] * 6
+    assert "netspec_inference_count_total{model=\"m\"} 3" in metrics  # successful runs only, as Triton counts
+    assert "netspec_execution_count_total{model=\"m\"} 3" in metrics
+
+
+def test_only_requests_that_agree_are_merged() -> None:
+    runtime = GatedRuntime()
+    xs = [np.ones((2, 2)), np.ones((1, 3)), np.ones((1, 2)), np.ones((70, 2))]
+    with in_process(runtime, instances=1) as (server, port):
+        server.port = port  # type: ignore[attr-defined]
+        replies = _queued(server, runtime, _doc("x", np.ones((1, 2))), [_doc("x", x) for x in xs])
+    assert runtime.runs[0] == 1 and sorted(runtime.runs[1:]) == [1, 3, 70]  # [2,2]+[1,2]; [1,3] alone; 70 rows
+    # are over --max-batch-size
+    assert [status for status, _ in replies] == [200] * 4
+    assert [doc["outputs"][0]["shape"] for _, doc in replies] == [[2, 2], [1, 3], [1, 2], [70, 2]]
+
+
+def test_a_full_queue_answers_503_at_once() -> None:
+    runtime = GatedRuntime()
+    with in_process(runtime, instances=1, max_queue_size=2) as (server, port):
+        server.port = port  # type: ignore[attr-defined]
+        blocker = socket.create_connection(("127.0.0.1", port), timeout=30)
+        blocker.sendall(_doc("x", np.ones((1, 2))))
+        _wait_for(lambda: server.metrics.in_flight == 1)
+        waiting = threading.Thread(target=_send_all, args=(port, [_doc("x", np.ones((1, 2)))] * 2))
+        waiting.start()
+        _wait_for(lambda: len(server.batcher.queue) == 2)
+        assert _send_all(port, [_doc("x", np.ones((1, 2)))]) == [
+            (503, {"error": "the server's queue holds 2 requests (--max-queue-size); retry later"})]
+        runtime.gate.set()
+        waiting.join(60)
+        assert _reply(blocker)[0] == 200
+        blocker.close()
+
+
+def test_queue_delay_waits_for_a_fuller_batch() -> None:
+    runtime = GatedRuntime()
+    runtime.gate.set()
+    with in_process(runtime, instances=1, max_queue_delay=1.0, max_batch_size=3) as (_, port):
+        replies = _send_all(port, [_doc("x", np.ones((1, 2)))] * 3)
+    assert runtime.runs == [3]  # the first waited up to 1 s; the batch filled before that
+    assert [status for status, _ in replies] == [200] * 3
+
+
+def test_running_out_of_file_descriptors_sheds_load(model: Path) -> None:
+    import resource
+
+    def few_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    served = Served(model, "--max-connections", "500", "--workers", "1", preexec_fn=few_files)
+    try:
+        flood = []
+        for _ in range(120):
+            s = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n")
+            flood.append(s)
+        answers = []
+        for s in reversed(flood):  # all stay open until the last is answered, so the server runs out of files
+            with contextlib.suppress(OSError):
+                answers.append(_reply(s)[0])
+        for s in flood:
+            s.close()
+        assert 503 in answers and 200 in answers, answers
+        assert served.proc.poll() is None
+        assert served.json("GET", "/v2/health/ready") == (200, {"ready": True})
+    finally:
+        code, err = served.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+# ---- worker processes ------------------------------------------------------------------------------------
+
+
+def _workers(pid: int) -> set[int]:
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children |= {int(c) for c in (task / "children").read_text().split()}
+    return children
+
+
+def _dead(pid: int) -> bool:
+    """Exited, all its threads too (its sockets closed), whether or not reaped yet."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text() and \
+            os.listdir(f"/proc/{pid}/task") == [str(pid)]
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(model: Path) -> None:
+    served = Served(model, "--workers", "2")
+    try:
+        first = _workers(served.proc.pid)
+        assert len(first) == 2
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: _dead(victim))
+        for _ in range(20):  # the dead worker's socket left the port's group with it
+            assert served.json("GET", "/v2/health/ready") == (200, {"ready": True})
+        _wait_for(lambda: len(_workers(served.proc.pid) - {victim}) == 2)
+        for _ in range(20):
+            assert served.json("POST", "/v2/models/digits/infer", _infer_doc(_images(1)))[0] == 200
+        # every worker's /metrics counts the requests of all (each shares its counts within half a second)
+        count = rb'^netspec_inference_count_total\{model="digits"\} 20$'
+        _wait_for(lambda: all(re.search(count, served.request("GET", "/metrics")[2], re.M) for _ in range(4)))
+    finally:
+        code, err = served.stop()
+    assert code == 0 and f"worker {victim} exited with status -9; starting another" in err, err
+    assert "Traceback" not in err, err
+
+
+def test_sigterm_drains_every_worker(model: Path) -> None:
+    served = Served(model, "--workers", "2")
+    workers = _workers(served.proc.pid)
+    x = _images(20000)
+    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    result: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: result.update(reply=served.request(
+        "POST", "/v2/models/digits/infer", header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})))
+    thread.start()
+    # the worker answering it says so when /metrics reaches it (connections are spread over the workers)
+    _wait_for(lambda: re.search(rb"^netspec_requests_in_flight 2$", served.request("GET", "/metrics")[2], re.M)
+              is not None)
+    code, err = served.stop()
+    thread.join(30)
+    status, headers, body = result["reply"]  # type: ignore[misc]
+    assert status == 200 and len(body) - int(headers["inference-header-content-length"]) == 20000 * 10 * 4
+    assert code == 0 and "Traceback" not in err, err
+    for pid in workers:  # gone, and reaped by the supervisor
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.parametrize(("affinity", "files", "cores"), [
+    ({0, 1, 2, 3}, {}, 4),  # nothing known but the affinity
+    ({0, 1, 2, 3}, {"/sys/devices/system/cpu/cpu0/topology/thread_siblings_list": "0-1"}, 2),  # SMT pairs
+    ({0, 1, 2, 3, 4, 5, 6, 7}, {"/sys/devices/system/cpu/cpu0/topology/thread_siblings_list": "0,4",
+                                "/sys/fs/cgroup/cpu.max": "250000 100000"}, 1),  # 2.5 CPUs of quota -> 3, / 2
+    ({0, 1, 2, 3}, {"/sys/fs/cgroup/cpu.max": "max 100000"}, 4),  # cgroup v2 without a quota
+    ({0, 1, 2, 3}, {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "200000",
+                    "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"}, 2),  # cgroup v1 quota
+    ({0, 1}, {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1"}, 2),  # cgroup v1 without a quota
+])
+def test_workers_default_to_the_physical_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch,
+                                                                   affinity: set[int], files: dict[str, str],
+                                                                   cores: int) -> None:
+    from netspec.deploy import runtime
+
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: affinity)
+    monkeypatch.setattr(runtime, "_read", files.get)
+    assert runtime.physical_cores() == cores

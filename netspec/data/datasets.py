@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.data import probe
@@ -23,6 +23,8 @@ from netspec.files import checked
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from netspec.data.images import Color
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
@@ -99,14 +101,14 @@ def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
         data = _npy_shape(path)
         return SourceInfo(data[1:], None, 0)
     if kind == "csv":
-        _header, first = _csv_head(path)
-        return SourceInfo((len(first) - 1,), (), 0)
+        _header, row = _csv_head(path)
+        return SourceInfo((len(row) - 1,), (), 0)
     if not path.is_dir():
         raise DataError(f"'{path}' is neither a .npz/.npy/.csv file nor a folder of class folders",
                         field="source")
-    classes, first = _folder_head(path)
+    folders, first = _folder_head(path)
     h, w = probe.image_size(first)
-    return SourceInfo((_image_channels(first), h, w), (), len(classes))
+    return SourceInfo((_image_channels(first), h, w), (), len(folders))
 
 
 def _path(p: pb.DatasetParameter, kind: str, base_dir: str) -> Path:
@@ -140,18 +142,18 @@ def _no_source(source: str, base_dir: str) -> NoReturn:
                     hint=hint + "; files are read from the working directory, then from the spec's folder")
 
 
-def _npy_header(f: object, stored: int, where: str) -> tuple[int, ...]:
+def _npy_header(f: IO[bytes], stored: int, where: str) -> tuple[int, ...]:
     """The shape in a .npy header; refuses a header that declares more data than the `stored` bytes
     hold, before anything of that size is allocated."""
     import numpy as np
 
     fmt = np.lib.format
-    version = fmt.read_magic(f)  # type: ignore[arg-type]
+    version = fmt.read_magic(f)
     read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    shape, _, dtype = read(f)  # type: ignore[arg-type]
+    shape, _, dtype = read(f)
     shape = tuple(int(d) for d in shape)
     declared = math.prod(shape) * dtype.itemsize
-    held = stored - f.tell()  # type: ignore[attr-defined]
+    held = stored - f.tell()
     if declared > held:
         raise DataError(f"{where} declares an array of shape {shape} ({declared} bytes) but holds {held} bytes",
                         field="source", hint="the file is truncated or damaged")
@@ -406,7 +408,7 @@ def _read_folder(path: Path, p: pb.DatasetParameter) -> tuple[np.ndarray, np.nda
     from netspec.data import images as opencv
 
     classes, first = _folder_head(path)
-    color = "gray" if _image_channels(first) == 1 else "color"
+    color: Color = "gray" if _image_channels(first) == 1 else "color"
     h, w = probe.image_size(first)
     # every image is brought to new_height x new_width (each given or the first image's), in one resize
     height, width = p.new_height or h, p.new_width or w

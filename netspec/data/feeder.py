@@ -102,7 +102,7 @@ class Source:
                             "phase")
         self.epoch, self.cursor, self.batches = 0, 0, 0
         self._order = self._permutation(0)
-        self._stream: Iterator[list[object]] | None = None
+        self._stream: Iterator[list[torch.Tensor]] | None = None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
@@ -126,7 +126,7 @@ class Source:
         if self.arrays is not None:
             picked = {top: a[idx.to(self.device)] for top, a in self.arrays.items()}
         elif count is not None and count != self.batch:
-            picked = _stack([self.records.read(int(i)) for i in idx], self.tops, self.device)  # type: ignore[union-attr]
+            picked = _stack([self.records.read(int(i)) for i in idx], self.tops, self.device)  # type: ignore[union-attr]  # no arrays: records
         else:
             picked = self._read()
         out = {}
@@ -135,7 +135,7 @@ class Source:
                 out[top] = self.transform.apply(picked[top], gen) if i == 0 else picked[top].float()
         return out
 
-    def _open_stream(self) -> Iterator[list[object]]:
+    def _open_stream(self) -> Iterator[list[torch.Tensor]]:
         from torch.utils.data import DataLoader
 
         loader = DataLoader(_RecordSet(self.records), batch_sampler=_Batches(self), pin_memory=False,
@@ -144,7 +144,7 @@ class Source:
 
     def _read(self) -> dict[str, torch.Tensor]:
         """The next batch from the DataLoader, which reads ahead in the same order with its workers."""
-        data, labels = next(self._stream)  # type: ignore[arg-type]
+        data, labels = next(self._stream)  # type: ignore[arg-type]  # next() opened it when streaming
         out = {self.tops[0]: data.to(self.device)}
         if len(self.tops) > 1:
             out[self.tops[1]] = labels.to(self.device).float()
@@ -202,15 +202,15 @@ class _Batches:
             yield idx.tolist()
 
 
-class _RecordSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _RecordSet(torch.utils.data.Dataset[tuple[np.ndarray, float]]):
     def __init__(self, records: Records | None) -> None:
         self.records = records
 
     def __len__(self) -> int:
-        return len(self.records)  # type: ignore[arg-type]
+        return len(self.records)  # type: ignore[arg-type]  # streamed only from records
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, float]:
-        data, label = self.records.read(i)  # type: ignore[union-attr]
+        data, label = self.records.read(i)  # type: ignore[union-attr]  # streamed only from records
         return np.array(data), float(label) if label is not None else 0.0  # a writable copy
 
 
@@ -304,7 +304,7 @@ def _stack(rows: list[tuple[np.ndarray, object]], tops: tuple[str, ...], device:
            ) -> dict[str, torch.Tensor]:
     out = {tops[0]: torch.from_numpy(np.stack([r[0] for r in rows])).to(device)}
     if len(tops) > 1:
-        out[tops[1]] = torch.tensor([float(r[1]) for r in rows], device=device)  # type: ignore[arg-type]
+        out[tops[1]] = torch.tensor([float(r[1]) for r in rows], device=device)  # type: ignore[arg-type]  # a label top: numbers
     return out
 
 

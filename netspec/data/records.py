@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class DatumRecords(Records):
         p = s.p
         self.path = probe.resolve(p.source, s.base_dir, "data_param.source", probe.database_kind(p))
         self.lmdb = p.backend == p.LMDB
-        self._txn = None
+        self._txn: Any = None  # an lmdb.Transaction, opened on first read
         if self.lmdb:
             self.keys = [key for key, _ in _lmdb_items(self.path, values=False)]
             self.values: list[bytes] = []
@@ -100,7 +100,7 @@ class DatumRecords(Records):
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray | float | None]:
         d = pb.Datum.FromString(self._value(i))
         if d.encoded:  # Caffe's DecodeDatumToCVMat(Native)
-            color = "color" if self.force_color else "gray" if self.force_gray else "native"
+            color: images.Color = "color" if self.force_color else "gray" if self.force_gray else "native"
             try:
                 arr = images.to_chw(images.decode(d.data, color))
             except ValueError as e:

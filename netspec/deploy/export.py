@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ def _id_ranges(module: DeployModule) -> dict[str, int]:
     out = {}
     for info in module.net.net.layers:
         node = info.node
-        for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]
+        for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]  # all known in a lowered net
             if node.bottoms[i] in module.plan.inputs:
                 out[node.bottoms[i]] = bound
     return out
@@ -153,11 +153,11 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
     external = weight_bytes > EXTERNAL_DATA_BYTES
     try:
         with _quiet(), torch.no_grad():
-            program = torch.onnx.export(
+            program = cast(torch.onnx.ONNXProgram, torch.onnx.export(  # dynamo=True always returns one
                 deploy, example, dynamo=True, opset_version=opset, input_names=names,
                 output_names=deploy.output_names, optimize=optimize, verbose=False,
                 dynamic_shapes=(tuple(None if axes[n] is None else {axes[n]: "batch"} for n in names),)
-                if dynamic else None)
+                if dynamic else None))
             program.save(str(path), external_data=external)
     except NetspecError:
         raise
@@ -278,4 +278,5 @@ def _verify(path: Path, deploy: DeployModule, report: ExportReport, ids: dict[st
                 max_abs = max(max_abs, float(diff.max()))
                 max_rel = max(max_rel, float((diff / np.maximum(np.abs(e[both]), 1e-12)).max()))
         first = next(iter(feed))
-        report.comparisons.append(Comparison(what, int(feed[first].shape[axes[first]]), max_abs, max_rel, ok))
+        rows = int(feed[first].shape[axes[first] or 0])  # the first input has the batch axis, when any has
+        report.comparisons.append(Comparison(what, rows, max_abs, max_rel, ok))

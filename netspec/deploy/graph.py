@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -94,14 +94,11 @@ def plan(net: Net) -> DeployPlan:
     for info in kept:
         for b in info.node.bottoms:
             read_at[b] = max(read_at.get(b, 0), info.node.definition.batch_axis)
-    axes: dict[str, int | None] = {name: read_at.get(name, 0) if len(shape) > 1 else 0
-                                   for name, shape in inputs.items()}
+    found = {name: read_at.get(name, 0) if len(shape) > 1 else 0 for name, shape in inputs.items()}
     # an input whose size there differs from the first input's batch is no batch (a Scale's scale, say)
-    lead = next(((shape[axes[n]] if shape else None) for n, shape in inputs.items()), None)
-    for name, shape in inputs.items():
-        axis = axes[name]
-        if not shape or (axis is not None and shape[axis] != lead):
-            axes[name] = None
+    lead = next(((shape[found[n]] if shape else None) for n, shape in inputs.items()), None)
+    axes: dict[str, int | None] = {name: found[name] if shape and shape[found[name]] == lead else None
+                                   for name, shape in inputs.items()}
     return DeployPlan(tuple(i.node.name for i in kept), inputs, outputs, preprocessing, order, axes)
 
 
@@ -177,9 +174,10 @@ class DeployModule(nn.Module):
         for name, pre in self.plan.preprocessing.items():
             x = env[name]
             if pre.standardize is not None:
-                x = (x - self._buffers[f"center_{name}"]) / self._buffers[f"spread_{name}"]
+                x = (x - cast(torch.Tensor, self._buffers[f"center_{name}"])) / cast(
+                    torch.Tensor, self._buffers[f"spread_{name}"])
             if name in self._means:
-                x = x - self._buffers[self._means[name]]
+                x = x - cast(torch.Tensor, self._buffers[self._means[name]])
             env[name] = x * pre.scale if pre.scale != 1 else x
         env = self.net.run(env, layers=self.plan.layers)
         return tuple(env[name] for name in self.output_names)

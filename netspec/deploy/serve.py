@@ -6,39 +6,59 @@ Endpoints: GET /v2/health/live, /v2/health/ready, /v2 (server metadata), /v2/mod
 `Inference-Header-Content-Length` bytes, then raw little-endian tensors; `binary_data_output` or an
 output's `binary_data` asks for binary outputs).
 
-One onnxruntime session serves every request. Each connection has a thread that reads a request, runs
-it and writes the answer with blocking calls: onnxruntime and socket I/O release the GIL, so connections
-run in parallel, and for small models this costs far less per request than an event loop handing work
-to a thread pool (measured in tools/bench/serve.py). At most --workers inferences run at once. Every bad
-request gets a 4xx JSON error that says what was wrong, and the server keeps serving. SIGTERM (or
-Ctrl-C) stops accepting connections, lets the requests in flight finish, and exits.
+HTTP/1.1 is parsed by httptools (llhttp, Node.js's parser: framing, chunked bodies, pipelining, Connection
+tokens, Content-Length and Transfer-Encoding conflicts); this module adds size and time limits and
+Expect: 100-continue, and writes the answers itself. h11 was measured too: its pure-Python parsing cost
+about ten times as much per request. With --workers N, a supervisor process (Supervisor) runs N worker
+processes, each with its own onnxruntime session and its own SO_REUSEPORT socket on the port. In a worker,
+each connection has a thread that reads a request, runs it and writes the answer with blocking calls:
+onnxruntime and socket I/O release the GIL, so connections run in parallel, and for small models this
+costs far less per request than an event loop handing work to a thread pool (measured in
+tools/bench/serve.py). At most --instances runs go at once; requests that wait for one are merged into
+batches (runtime.Batcher). Every bad request gets a 4xx JSON error that says what was wrong, and the server
+keeps serving; slow or idle clients make room for new ones at the connection limit. SIGTERM (or Ctrl-C)
+stops accepting connections, lets the requests in flight finish, and exits.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import errno
 import json
 import math
 import os
+import resource
+import selectors
+import shutil
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
+import httptools
 import numpy as np
 
 from netspec import __version__
-from netspec.deploy.runtime import NUMPY_OF, Runtime, Tensor
-from netspec.errors import NetspecError
+from netspec.deploy.runtime import NUMPY_OF, Batcher, Execution, QueueFull, Runtime, Tensor
+from netspec.errors import DataError, NetspecError
 
 
 def _loads(data: bytes) -> Any:
-    return json.loads(data)
+    return json.loads(data, parse_constant=_not_json)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _dumps(obj: Any) -> bytes:
@@ -47,8 +67,16 @@ def _dumps(obj: Any) -> bytes:
 
 HEADER_LIMIT = 64 * 1024
 IDLE_SECONDS = 60  # a keep-alive connection with no request for this long is closed
+READ_SECONDS = 30  # a request (headers and body) must arrive within this long of its first byte
 MAX_CONNECTIONS = 1000
-REFUSERS = 64  # connections over the limit answered at once; beyond, they are closed unanswered
+CLOSING = 512  # sockets being closed gracefully at once (an error sent, the client's rest read and dropped)
+LINGER_SECONDS = 1.0  # how long a closing socket's unread input is drained before it is closed anyway
+METRICS_SHARE_SECONDS = 0.5  # how stale another worker's counts in /metrics may be
+DRAIN_SECONDS = 30  # how long requests in flight may take to finish after SIGTERM
+SHED_AT_ONCE = 256  # connections told to retry per accept() that failed for want of file descriptors
+ACCEPT_POLL = 0.2  # seconds between checks for a stop while no connection arrives
+FD_RESERVE = 64  # open files kept free of connections: the model, logs, sockets being closed
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            411: "Length Required", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
@@ -63,14 +91,41 @@ class RequestError(Exception):
         self.status, self.message, self.close = status, message, close
 
 
+class Histogram:
+    """A Prometheus histogram (cumulative buckets, sum, count); its owner holds the lock."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def lines(self, name: str, help_text: str, labels: str) -> list[str]:
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        cumulative = 0
+        for bound, n in zip([*self.bounds, math.inf], self.counts, strict=True):
+            cumulative += n
+            le = "+Inf" if math.isinf(bound) else f"{bound:g}"
+            lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}')
+        return [*lines, f"{name}_sum{{{labels}}} {self.sum:.6f}", f"{name}_count{{{labels}}} {self.count}"]
+
+
 @dataclass
 class Metrics:
-    """Counters and a latency histogram in Prometheus's text format."""
+    """What the server did, in Prometheus's text format: requests by endpoint and status, and what the
+    batcher did (requests inferred against session runs, rows per run, time queued and computing)."""
 
     requests: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
-    latency_sum: float = 0.0
-    latency_count: int = 0
+    inferences: int = 0
+    executions: int = 0
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    queue_seconds: Histogram = field(default_factory=lambda: Histogram(BUCKETS))
+    compute_seconds: Histogram = field(default_factory=lambda: Histogram(BUCKETS))
     in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -78,31 +133,64 @@ class Metrics:
         with self.lock:
             self.requests[(endpoint, status)] += 1
 
-    def inference(self, seconds: float) -> None:
+    def execution(self, run: Execution) -> None:
         with self.lock:
-            i = next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
-            self.buckets[i] += 1
-            self.latency_sum += seconds
-            self.latency_count += 1
+            self.inferences += run.requests
+            self.executions += 1
+            self.batch_size.observe(run.rows)
+            self.compute_seconds.observe(run.compute_seconds)
+            for seconds in run.queue_seconds:
+                self.queue_seconds.observe(seconds)
 
-    def text(self, model: str) -> str:
+    def state(self) -> dict[str, Any]:
+        """The counts, as JSON, for the other workers to add to theirs."""
         with self.lock:
-            lines = ["# HELP netspec_requests_total HTTP requests by endpoint and status.",
+            return {"requests": [[e, s, n] for (e, s), n in self.requests.items()], "inferences": self.inferences,
+                    "executions": self.executions,
+                    "histograms": {name: [h.counts, h.sum, h.count] for name, h in self._histograms().items()}}
+
+    def add(self, state: dict[str, Any]) -> None:
+        for endpoint, status, n in state["requests"]:
+            self.requests[(endpoint, status)] += n
+        self.inferences += state["inferences"]
+        self.executions += state["executions"]
+        for name, (counts, total, count) in state["histograms"].items():
+            h = self._histograms()[name]
+            h.counts = [a + b for a, b in zip(h.counts, counts, strict=True)]
+            h.sum += total
+            h.count += count
+
+    def _histograms(self) -> dict[str, Histogram]:
+        return {"batch_size": self.batch_size, "queue_seconds": self.queue_seconds,
+                "compute_seconds": self.compute_seconds}
+
+    def text(self, model: str, others: list[dict[str, Any]] | None = None) -> str:
+        """The text exposition; `others`: the states of the other workers, added to this one's (the
+        in-flight gauge stays this worker's)."""
+        if others:
+            total = Metrics(in_flight=self.in_flight)
+            for state in [self.state(), *others]:
+                total.add(state)
+            return total.text(model)
+        model = f'model="{_label(model)}"'
+        with self.lock:
+            lines = ["# HELP netspec_requests_total HTTP requests by model, endpoint and status.",
                      "# TYPE netspec_requests_total counter"]
             for (endpoint, status), n in sorted(self.requests.items()):
-                lines.append(f'netspec_requests_total{{endpoint="{endpoint}",code="{status}"}} {n}')
+                lines.append(f'netspec_requests_total{{{model},endpoint="{endpoint}",code="{status}"}} {n}')
             errors = sum(n for (_, status), n in self.requests.items() if status >= 400)
             lines += ["# HELP netspec_request_errors_total Requests answered with an error status.",
-                      "# TYPE netspec_request_errors_total counter", f"netspec_request_errors_total {errors}",
-                      "# HELP netspec_inference_seconds Time in onnxruntime per inference request.",
-                      "# TYPE netspec_inference_seconds histogram"]
-            cumulative = 0
-            for bound, n in zip([*BUCKETS, math.inf], self.buckets, strict=True):
-                cumulative += n
-                le = "+Inf" if math.isinf(bound) else f"{bound:g}"
-                lines.append(f'netspec_inference_seconds_bucket{{model="{model}",le="{le}"}} {cumulative}')
-            lines += [f'netspec_inference_seconds_sum{{model="{model}"}} {self.latency_sum:.6f}',
-                      f'netspec_inference_seconds_count{{model="{model}"}} {self.latency_count}',
+                      "# TYPE netspec_request_errors_total counter",
+                      f"netspec_request_errors_total{{{model}}} {errors}",
+                      "# HELP netspec_inference_count_total Inference requests run (alone or batched).",
+                      "# TYPE netspec_inference_count_total counter",
+                      f"netspec_inference_count_total{{{model}}} {self.inferences}",
+                      "# HELP netspec_execution_count_total onnxruntime runs (fewer than requests when batched).",
+                      "# TYPE netspec_execution_count_total counter",
+                      f"netspec_execution_count_total{{{model}}} {self.executions}",
+                      *self.batch_size.lines("netspec_batch_size", "Rows per onnxruntime run.", model),
+                      *self.queue_seconds.lines("netspec_queue_seconds", "Time a request waited for a run.", model),
+                      *self.compute_seconds.lines("netspec_compute_seconds", "Time in onnxruntime per run.", model),
                       "# HELP netspec_requests_in_flight Requests being answered now.",
                       "# TYPE netspec_requests_in_flight gauge", f"netspec_requests_in_flight {self.in_flight}"]
         return "\n".join(lines) + "\n"
@@ -114,23 +202,29 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
-    keep_alive: bool
+    keep_alive: bool  # HTTP/1.1 without a `close` token in Connection
 
 
 class Server:
     """The HTTP front of one model."""
 
-    def __init__(self, runtime: Runtime, name: str, workers: int, max_body: int,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, runtime: Runtime, name: str, instances: int, max_body: int,
+                 max_connections: int | None = None, read_timeout: float = READ_SECONDS, max_batch_size: int = 64,
+                 max_queue_delay: float = 0.0, max_queue_size: int = 1024, metrics_dir: str | None = None) -> None:
         self.runtime, self.name = runtime, name
-        self.max_connections = max_connections
-        self.refusing = 0  # threads answering connections over the limit
-        self.slots = threading.BoundedSemaphore(workers)
+        self.metrics_dir = metrics_dir  # where the workers of one server share their counts
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections or default_max_connections()
+        self.closer = Closer()
         self.max_body = max_body
         self.metrics = Metrics()
+        self.batcher = Batcher(runtime, instances, max_batch_size, max_queue_delay, max_queue_size,
+                               observe=self.metrics.execution)
         self.ready = True
         self.lock = threading.Lock()
-        self.connections: dict[socket.socket, bool] = {}  # open connection -> answering a request now
+        # open connection -> None while it is answering a request, else when it began waiting for one (or
+        # for the rest of one): the connections a newcomer may displace when all slots are taken
+        self.connections: dict[socket.socket, float | None] = {}
         self.threads: set[threading.Thread] = set()
         self.stopping = threading.Event()
 
@@ -138,26 +232,30 @@ class Server:
 
     def handle(self, conn: socket.socket) -> None:
         """Answers the requests of one connection until it closes, idles too long, or the server stops."""
+        handed_over = False  # to the closer, which closes it
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.settimeout(IDLE_SECONDS)
-        reader = conn.makefile("rb", buffering=1 << 16)
+        http = _Parser(self, conn)
         try:
             while not self.stopping.is_set():
                 try:
-                    request = self._read(reader)
+                    request = self._read(conn, http)
                 except RequestError as e:
-                    self._send(conn, e.status, _error(e.message), keep_alive=False)
+                    if self._displaced(conn):
+                        return
                     self.metrics.request("invalid", e.status)
-                    _linger(conn)
+                    self.closer.close(conn, _response(e.status, _error(e.message), keep_alive=False))
+                    handed_over = True
                     return
                 if request is None:
                     return
                 self._busy(conn, True)
                 try:
-                    endpoint, status, body, headers = self._route(request)
+                    with self._in_flight():
+                        endpoint, status, body, headers = self._route(request)
                     self.metrics.request(endpoint, status)
                     keep_alive = request.keep_alive and not self.stopping.is_set()
-                    self._send(conn, status, body, keep_alive, headers)
+                    conn.sendall(_response(status, body if request.method != "HEAD" else b"", keep_alive, headers,
+                                           len(body)))
                 finally:
                     self._busy(conn, False)
                 if not keep_alive:
@@ -166,73 +264,50 @@ class Server:
             pass
         finally:
             with self.lock:
-                self.connections.pop(conn, None)
                 self.threads.discard(threading.current_thread())
-            reader.close()
-            conn.close()
+                self.connections.pop(conn, None)
+            if not handed_over:
+                conn.close()
 
     def _busy(self, conn: socket.socket, busy: bool) -> None:
         with self.lock:
-            self.connections[conn] = busy
-            self.metrics.in_flight += 1 if busy else -1
+            if conn in self.connections:
+                self.connections[conn] = None if busy else time.monotonic()
 
-    def _read(self, reader: Any) -> Request | None:
-        lines: list[bytes] = []
-        size = 0
-        while True:
-            line = reader.readline(HEADER_LIMIT + 1)
-            if not line:
-                if lines:
-                    raise RequestError(400, "the request ended inside its headers")
-                return None  # the client closed an idle connection
-            size += len(line)
-            if size > HEADER_LIMIT:
-                raise RequestError(431, "the request's headers are larger than 64 KiB")
-            if line in (b"\r\n", b"\n"):
-                if lines:
-                    break
-                continue  # blank lines before a request line are allowed
-            lines.append(line)
-        try:
-            method, path, version = lines[0].decode("latin-1").strip().split(" ")
-        except ValueError:
-            raise RequestError(400, "malformed request line") from None
-        if not version.startswith("HTTP/1."):
-            raise RequestError(400, f"unsupported protocol '{version[:20]}'")
-        headers = {}
-        for raw in lines[1:]:
-            line = raw.decode("latin-1").rstrip("\r\n")
-            key, sep, value = line.partition(":")
-            if not sep:
-                raise RequestError(400, f"malformed header line '{line[:60]}'")
-            headers[key.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise RequestError(411, "chunked request bodies are not supported; send Content-Length")
-        length_text = headers.get("content-length", "0")
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise RequestError(400, f"Content-Length '{length_text[:20]}' is not a number") from None
-        if length < 0:
-            raise RequestError(400, "Content-Length is negative")
-        if length > self.max_body:
-            raise RequestError(413, f"the request body has {length} bytes; this server takes at most "
-                               f"{self.max_body} (--max-body-mb)")
-        body = reader.read(length) if length else b""
-        if len(body) < length:
-            raise OSError("the client closed the connection inside a request body")
-        connection = headers.get("connection", "").lower()
-        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        return Request(method, path.split("?", 1)[0], headers, body, keep_alive)
+    def _displaced(self, conn: socket.socket) -> bool:
+        with self.lock:
+            return conn not in self.connections
 
-    @staticmethod
-    def _send(conn: socket.socket, status: int, body: bytes, keep_alive: bool,
-              headers: dict[str, str] | None = None) -> None:
-        headers = {"Content-Type": "application/json", **(headers or {})}
-        head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", f"Content-Length: {len(body)}",
-                f"Connection: {'keep-alive' if keep_alive else 'close'}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Counts a request while it is being answered (not while its answer is sent: a client that has
+        read its answer finds it no longer counted)."""
+        with self.metrics.lock:
+            self.metrics.in_flight += 1
+        try:
+            yield
+        finally:
+            with self.metrics.lock:
+                self.metrics.in_flight -= 1
+
+    def _read(self, conn: socket.socket, http: _Parser) -> Request | None:
+        """The next request on the connection (None when the client closes or idles out). A request must
+        arrive whole within the read timeout of its first byte, however slowly its bytes trickle in."""
+        while not http.requests:
+            deadline = http.began + self.read_timeout if http.partial else None
+            conn.settimeout(IDLE_SECONDS if deadline is None else max(0.001, deadline - time.monotonic()))
+            try:
+                data = conn.recv(1 << 16)
+            except TimeoutError:
+                if deadline is None:
+                    return None  # an idle keep-alive connection
+                raise RequestError(408, f"the request did not arrive within {self.read_timeout:g} s") from None
+            if not data:
+                if http.partial:
+                    raise RequestError(400, "the request ended early")
+                return None  # the client closed between requests
+            http.feed(data)
+        return http.requests.popleft()
 
     # ---- routes -----------------------------------------------------------------------------------------
 
@@ -242,7 +317,7 @@ class Server:
         try:
             if path == "/metrics":
                 self._method(request, "GET")
-                return "metrics", 200, self.metrics.text(self.name).encode(), {
+                return "metrics", 200, self.metrics.text(self.name, self._others()).encode(), {
                     "Content-Type": "text/plain; version=0.0.4"}
             if parts[:1] != ["v2"]:
                 raise RequestError(404, f"no endpoint '{path[:80]}'; this server speaks the Open Inference "
@@ -309,17 +384,20 @@ class Server:
             doc = _loads(body)
         except (ValueError, UnicodeDecodeError):
             raise RequestError(400, "the request body is not valid JSON") from None
+        except RecursionError:
+            raise RequestError(400, "the request's JSON is nested too deeply") from None
         if not isinstance(doc, dict):
             raise RequestError(400, "the request must be a JSON object with an 'inputs' list")
+        if not isinstance(doc.get("id", ""), str):
+            raise RequestError(400, "the request's 'id' must be a string")
         feeds = self._feeds(doc, binary)
         wanted, binary_out = self._wanted(doc)
-        with self.slots:
-            start = time.perf_counter()
-            try:
-                results = self.runtime.run(feeds, wanted)
-            except Exception as e:  # onnxruntime's errors for inputs it refuses
-                raise RequestError(400, f"inference failed: {str(e).splitlines()[0][:300]}") from None
-            self.metrics.inference(time.perf_counter() - start)
+        try:
+            results = self.batcher.run(feeds, wanted)
+        except QueueFull as e:
+            raise RequestError(503, str(e)) from None
+        except Exception as e:  # onnxruntime's errors for inputs it refuses
+            raise RequestError(400, f"inference failed: {str(e).splitlines()[0][:300]}") from None
         return self._response(doc, wanted, results, binary_out)
 
     def _feeds(self, doc: dict[str, Any], binary: bytes) -> dict[str, np.ndarray]:
@@ -393,7 +471,7 @@ class Server:
 
     def _wanted(self, doc: dict[str, Any]) -> tuple[list[str], set[str]]:
         names = [t.name for t in self.runtime.outputs]
-        params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+        params = given if isinstance(given := doc.get("parameters"), dict) else {}
         all_binary = bool(params.get("binary_data_output"))
         requested = doc.get("outputs")
         if requested is None:
@@ -406,7 +484,7 @@ class Server:
                 label = str(item.get("name") if isinstance(item, dict) else item)[:80]
                 raise RequestError(400, f"unknown output '{label}'; the model has: {', '.join(names)}")
             wanted.append(item["name"])
-            p = item.get("parameters") if isinstance(item.get("parameters"), dict) else {}
+            p = given if isinstance(given := item.get("parameters"), dict) else {}
             if p.get("binary_data", all_binary):
                 binary.add(item["name"])
         return wanted, binary
@@ -423,6 +501,9 @@ class Server:
                 entry["parameters"] = {"binary_data_size": len(raw)}
                 chunks.append(raw)
             else:
+                if value.dtype.kind == "f" and not np.isfinite(value).all():
+                    raise RequestError(500, f"output '{name}' holds NaN or infinite values, which JSON cannot "
+                                       "carry; ask for it as binary data (binary_data_output)")
                 entry["data"] = value.reshape(-1).tolist()
             outputs.append(entry)
         response: dict[str, Any] = {"model_name": self.name, "model_version": "1", "outputs": outputs}
@@ -436,15 +517,15 @@ class Server:
 
     # ---- running ----------------------------------------------------------------------------------------
 
-    def serve(self, host: str, port: int, started: Any = None) -> None:
+    def serve(self, host: str, port: int, started: Any = None, reuse_port: bool = False) -> None:
         """Accepts connections until SIGTERM or SIGINT (or until `stopping` is set), then drains."""
         try:
-            listener = socket.create_server((host, port), backlog=256)
+            listener = socket.create_server((host, port), backlog=256, reuse_port=reuse_port)
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)
             raise NetspecError(f"cannot listen on {host}:{port}: {reason}",
                                hint="pick another --port (0 takes a free one)") from None
-        listener.settimeout(0.2)  # to notice a stop between connections
+        listener.settimeout(ACCEPT_POLL)  # to notice a stop between connections
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -453,73 +534,291 @@ class Server:
             bound = listener.getsockname()
             if started is not None:
                 started(bound[0], bound[1])
-            with listener:
+            if self.metrics_dir is not None:
+                threading.Thread(target=self._share_metrics, args=(self.metrics_dir,), daemon=True).start()
+            with listener, self.closer:
                 while not self.stopping.is_set():
                     try:
                         conn, _ = listener.accept()
                     except (TimeoutError, InterruptedError):
                         continue
+                    except OSError as e:  # out of file descriptors or memory: shed load, keep serving
+                        if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                            raise
+                        self._shed(listener)
+                        continue
                     self._start(conn)
-            self.drain()
+                self.drain()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _start(self, conn: socket.socket) -> None:
-        with self.lock:
-            if len(self.connections) < self.max_connections:
-                self.connections[conn] = False
-                thread = threading.Thread(target=self.handle, args=(conn,), daemon=True)
-                self.threads.add(thread)
-            elif self.refusing < REFUSERS:
-                self.refusing += 1
-                thread = threading.Thread(target=self._refuse, args=(conn,), daemon=True)
-            else:  # a flood: not even a thread to say so
-                conn.close()
-                self.metrics.request("invalid", 503)
-                return
-        thread.start()
-
-    def _refuse(self, conn: socket.socket) -> None:
-        """Tells a client over the connection limit to retry, reading what it sends meanwhile so that it
-        gets the answer rather than a reset connection."""
-        try:
+    def _share_metrics(self, folder: str) -> None:
+        """Writes this worker's counts for the others every METRICS_SHARE_SECONDS (a dead worker's file stays:
+        counters never go down)."""
+        path = Path(folder) / f"{os.getpid()}.json"
+        while True:
+            stopped = self.stopping.wait(METRICS_SHARE_SECONDS)
             with contextlib.suppress(OSError):
-                self._send(conn, 503, _error(f"the server has {self.max_connections} open connections; retry later"),
-                           keep_alive=False)
-                _linger(conn, 1.0)
-            conn.close()
-            self.metrics.request("invalid", 503)
-        finally:
+                path.with_suffix(".tmp").write_text(json.dumps(self.metrics.state()))
+                path.with_suffix(".tmp").replace(path)
+            if stopped:
+                return
+
+    def _others(self) -> list[dict[str, Any]]:
+        if self.metrics_dir is None:
+            return []
+        states = []
+        for path in Path(self.metrics_dir).glob("*.json"):
+            if path.stem != str(os.getpid()):
+                with contextlib.suppress(OSError, ValueError):
+                    states.append(json.loads(path.read_text()))
+        return states
+
+    def _start(self, conn: socket.socket) -> None:
+        """Gives a new connection a thread. When all --max-connections slots are taken, the connection that
+        has waited longest for (the rest of) a request makes room: slow or idle clients cannot lock others
+        out. Only when every connection is being answered is the newcomer told to retry (503)."""
+        displaced = None
+        with self.lock:
+            if len(self.connections) >= self.max_connections:
+                waiting = [(since, c) for c, since in self.connections.items() if since is not None]
+                if waiting:
+                    displaced = min(waiting, key=lambda pair: pair[0])[1]
+                    del self.connections[displaced]
+            if len(self.connections) < self.max_connections:
+                self.connections[conn] = time.monotonic()
+                new = threading.Thread(target=self.handle, args=(conn,), daemon=True)
+                self.threads.add(new)
+                thread: threading.Thread | None = new
+            else:
+                thread = None
+        if displaced is not None:  # wakes its thread, which finds itself displaced and ends
+            with contextlib.suppress(OSError):
+                displaced.shutdown(socket.SHUT_RDWR)
+        if thread is None:
+            self._refuse(conn, f"the server has {self.max_connections} open connections; retry later")
+            return
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had
             with self.lock:
-                self.refusing -= 1
+                self.threads.discard(thread)
+                self.connections.pop(conn, None)
+            self._refuse(conn, "the server cannot take more connections now; retry later")
+
+    def _refuse(self, conn: socket.socket, message: str) -> None:
+        self.metrics.request("invalid", 503)
+        self.closer.close(conn, _response(503, _error(message), keep_alive=False))
+
+    def _shed(self, listener: socket.socket) -> None:
+        """accept() failed for want of file descriptors: frees the one held in reserve to take the waiting
+        connections one by one and tell each to retry, then backs off briefly so that connections being
+        closed free theirs."""
+        self.closer.release_spare()
+        listener.settimeout(0)
+        try:
+            for _ in range(SHED_AT_ONCE):
+                conn, _ = listener.accept()
+                self.metrics.request("invalid", 503)
+                with contextlib.suppress(OSError):
+                    conn.setblocking(False)
+                    conn.send(_response(503, _error("the server is out of file descriptors; retry later"), False))
+                conn.close()
+        except OSError:  # none waiting (BlockingIOError), or still none to be had
+            pass
+        finally:
+            listener.settimeout(ACCEPT_POLL)
+            self.closer.take_spare()
+        self.stopping.wait(0.01)
 
     def drain(self) -> None:
-        """Lets requests in flight finish (up to 30 s) and closes idle connections."""
+        """Lets requests in flight finish (up to DRAIN_SECONDS) and closes idle connections."""
         self.ready = False
         self.stopping.set()
         with self.lock:
-            idle = [conn for conn, busy in self.connections.items() if not busy]
+            idle = [conn for conn, since in self.connections.items() if since is not None]
         for conn in idle:  # wakes their threads, blocked reading the next request
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DRAIN_SECONDS
         with self.lock:
             threads = list(self.threads)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _linger(conn: socket.socket, seconds: float = 2.0) -> None:
-    """Reads and discards what the client still sends (the body of a request refused before it was read),
-    for a while, so that the client gets to read the error instead of a reset connection."""
-    deadline = time.monotonic() + seconds
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_WR)
-        while (left := deadline - time.monotonic()) > 0:
-            conn.settimeout(left)
-            if not conn.recv(1 << 16):
+def _response(status: int, body: bytes, keep_alive: bool, headers: dict[str, str] | None = None,
+              length: int | None = None) -> bytes:
+    """An answer with a Content-Length body (the answers are few and fixed)."""
+    fields = {"Content-Type": "application/json", **(headers or {})}
+    head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", *(f"{k}: {v}" for k, v in fields.items()),
+            f"Content-Length: {len(body) if length is None else length}",
+            f"Connection: {'keep-alive' if keep_alive else 'close'}", "", ""]
+    return "\r\n".join(head).encode("latin-1") + body
+
+
+class _Parser:
+    """One connection's requests, from httptools' callbacks: complete requests queue up (a client may send
+    several before reading an answer), and the parser's errors become 4xx answers."""
+
+    def __init__(self, server: Server, conn: socket.socket) -> None:
+        self.server, self.conn = server, conn
+        self.parser = httptools.HttpRequestParser(self)
+        self.requests: deque[Request] = deque()
+        self.partial = False  # inside a request
+        self.began = 0.0
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # the request is whole; it is answered over HTTP/1.1 and the connection closed
+        except httptools.HttpParserError as e:
+            if isinstance(e.__context__, RequestError):
+                raise e.__context__ from None
+            raise RequestError(400, f"malformed HTTP request: {e}") from None
+
+    def on_message_begin(self) -> None:
+        self.partial, self.began = True, time.monotonic()
+        self.headers: list[tuple[str, str]] = []
+        self.url, self.body, self.size = b"", bytearray(), 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._grow(len(name) + len(value) + 4)
+
+    def _grow(self, n: int) -> None:
+        self.size += n
+        if self.size > HEADER_LIMIT:
+            raise RequestError(431, "the request's headers are larger than 64 KiB")
+
+    def on_headers_complete(self) -> None:
+        """Checks what can be checked before the body: Host, the body's size; then says 100 Continue to a
+        client that waits for it."""
+        self.method = self.parser.get_method().decode("latin-1")
+        version = self.parser.get_http_version()
+        self.keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
+        fields = dict(self.headers)
+        if version == "1.1" and "host" not in fields:
+            raise RequestError(400, "the request has no Host header")
+        length = int(fields.get("content-length", 0))  # digits: llhttp refuses anything else
+        if length > self.server.max_body:
+            raise RequestError(413, f"the request body has {length} bytes; this server takes at most "
+                               f"{self.server.max_body} (--max-body-mb)")
+        if fields.get("expect", "").lower() == "100-continue" and version == "1.1":
+            self.conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+        if len(self.body) > self.server.max_body:
+            raise RequestError(413, f"the request body has more than {self.server.max_body} bytes; this server "
+                               "takes at most that (--max-body-mb)")
+
+    def on_message_complete(self) -> None:
+        self.partial = False
+        target = self.url.decode("latin-1").split("?", 1)[0]
+        self.requests.append(Request(self.method, target, dict(self.headers), bytes(self.body), self.keep_alive))
+
+
+class Closer:
+    """Closes sockets gracefully on one thread: sends the last answer, then reads and drops what the client
+    still sends for up to LINGER_SECONDS (closing a socket with unread input resets the connection, and the
+    client would lose the answer). Also holds a spare file descriptor for shedding load when none is left."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.deadlines: dict[socket.socket, float] = {}
+        self.lock = threading.Lock()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.done = threading.Event()
+        self.spare: int | None = None
+        self.take_spare()
+
+    def __enter__(self) -> Closer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.wake_w.send(b"x")
+        self.thread.join(LINGER_SECONDS + 1)
+        for sock in list(self.deadlines):
+            sock.close()
+        self.selector.close()
+        self.wake_r.close()
+        self.wake_w.close()
+        self.release_spare()
+
+    def take_spare(self) -> None:
+        with contextlib.suppress(OSError):
+            self.spare = os.open(os.devnull, os.O_RDONLY)
+
+    def release_spare(self) -> None:
+        if self.spare is not None:
+            os.close(self.spare)
+            self.spare = None
+
+    def close(self, sock: socket.socket, last: bytes) -> None:
+        """Sends `last` (an error answer) and closes the socket once the client is done sending."""
+        try:
+            sock.setblocking(False)
+            sock.send(last)  # a short answer on a socket with an empty send buffer goes out whole
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        with self.lock:
+            if len(self.deadlines) >= CLOSING or self.done.is_set():
+                sock.close()
                 return
+            self.deadlines[sock] = time.monotonic() + LINGER_SECONDS
+            self.selector.register(sock, selectors.EVENT_READ)
+        self.wake_w.send(b"x")
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            ready = self.selector.select(timeout=0.2)
+            with self.lock:
+                now = time.monotonic()
+                finished = [s for s, deadline in self.deadlines.items() if deadline <= now]
+                for key, _ in ready:
+                    sock = cast(socket.socket, key.fileobj)  # only sockets are registered
+                    if sock is self.wake_r:
+                        with contextlib.suppress(OSError):
+                            self.wake_r.recv(4096)
+                        continue
+                    try:
+                        while sock.recv(1 << 16):
+                            pass
+                        finished.append(sock)  # end of input: the client has closed its side
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        finished.append(sock)
+                for sock in set(finished):
+                    self.selector.unregister(sock)
+                    del self.deadlines[sock]
+                    sock.close()
+
+
+def default_max_connections() -> int:
+    """MAX_CONNECTIONS, or fewer when the open-file limit would not allow that many."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limit == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, limit - FD_RESERVE))
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped as the text exposition format requires."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _shape(value: Any, name: str) -> list[int]:
@@ -534,13 +833,137 @@ def _error(message: str) -> bytes:
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
-          name: str | None = None, workers: int | None = None, max_body_mb: int = 64, started: Any = None) -> None:
-    """Serves an ONNX model until SIGTERM or Ctrl-C."""
-    from pathlib import Path
-
+          name: str | None = None, instances: int | None = None, max_body_mb: int = 64, started: Any = None,
+          max_connections: int | None = None, max_batch_size: int = 64, max_queue_delay_us: int = 0,
+          max_queue_size: int = 1024, workers: int | None = None) -> None:
+    """Serves an ONNX model until SIGTERM or Ctrl-C: in this process with one worker, else from `workers`
+    processes on one port, watched by this one."""
     from netspec.deploy.runtime import physical_cores
 
-    cores = physical_cores()
-    workers = workers or max(2, cores)
-    runtime = Runtime(model, threads or max(1, cores // workers))
-    Server(runtime, name or Path(model).stem, workers, max_body_mb * 2**20).serve(host, port, started)
+    workers = workers or physical_cores()
+    if not Path(model).is_file():  # before the port is taken: a worker would say the same, later
+        raise DataError(f"model file '{model}' does not exist")
+    options: dict[str, Any] = {
+               "model": model, "name": name, "threads": threads, "instances": instances, "max_body_mb": max_body_mb,
+               "max_connections": max_connections, "max_batch_size": max_batch_size,
+               "max_queue_delay_us": max_queue_delay_us, "max_queue_size": max_queue_size, "workers": workers,
+               "metrics_dir": None}
+    if workers == 1:
+        _serve_one(host, port, started, reuse_port=False, **options)
+    else:
+        Supervisor(host, port, options).run(started)
+
+
+def _serve_one(host: str, port: int, started: Any, reuse_port: bool, model: str, name: str | None,
+               threads: int | None, instances: int | None, max_body_mb: int, max_connections: int | None,
+               max_batch_size: int, max_queue_delay_us: int, max_queue_size: int, workers: int,
+               metrics_dir: str | None) -> None:
+    """One worker: a session and a server. The cores are shared among the workers, then among a worker's
+    instances."""
+    from netspec.deploy.runtime import physical_cores
+
+    share = max(1, physical_cores() // workers)
+    instances = instances or max(2, share)
+    runtime = Runtime(model, threads or max(1, share // instances))
+    Server(runtime, name or Path(model).stem, instances, max_body_mb * 2**20, max_connections,
+           max_batch_size=max_batch_size, max_queue_delay=max_queue_delay_us / 1e6,
+           max_queue_size=max_queue_size, metrics_dir=metrics_dir).serve(host, port, started, reuse_port)
+
+
+class Supervisor:
+    """Starts the worker processes, each with its own session and its own listening socket on the port
+    (SO_REUSEPORT: the kernel spreads connections over them, and a dead worker's socket leaves the group
+    at once), restarts a worker that dies, and on SIGTERM or SIGINT passes the signal on and waits for
+    the workers to drain."""
+
+    def __init__(self, host: str, port: int, options: dict[str, Any]) -> None:
+        self.host, self.options = host, options
+        self.port = self._reserve(host, port)
+        self.procs: list[subprocess.Popen[str]] = []
+        self.stopping = threading.Event()
+
+    @staticmethod
+    def _reserve(host: str, port: int) -> int:
+        """Checks the port is free (a socket without SO_REUSEPORT cannot join another server's group) and
+        picks one for port 0."""
+        try:
+            with socket.create_server((host, port)) as probe:
+                return int(probe.getsockname()[1])
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise NetspecError(f"cannot listen on {host}:{port}: {reason}",
+                               hint="pick another --port (0 takes a free one)") from None
+
+    def _start(self) -> subprocess.Popen[str]:
+        """A worker, once it listens; its error (a model it cannot load) is raised here."""
+        config = json.dumps({"host": self.host, "port": self.port, "options": self.options})
+        proc = subprocess.Popen([sys.executable, "-m", "netspec.deploy.serve", config], stdout=subprocess.PIPE,
+                                text=True)
+        line = proc.stdout.readline() if proc.stdout else ""
+        if proc.stdout:
+            proc.stdout.close()
+        answer = json.loads(line) if line.startswith("{") else {"error": "a worker process failed to start"}
+        if "error" in answer:
+            proc.wait()
+            raise NetspecError(answer["error"], hint=answer.get("hint"))
+        return proc
+
+    def run(self, started: Any) -> None:
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda *_: self.stopping.set())
+        self.options["metrics_dir"] = tempfile.mkdtemp(prefix="netspec-metrics-")
+        try:
+            for _ in range(self.options["workers"]):
+                self.procs.append(self._start())
+            if started is not None:
+                started(self.host, self.port)
+            while not self.stopping.wait(0.2):
+                for i, proc in enumerate(self.procs):
+                    if proc.poll() is not None and not self.stopping.is_set():
+                        print(f"worker {proc.pid} exited with status {proc.returncode}; starting another",
+                              file=sys.stderr, flush=True)
+                        self.procs[i] = self._start()
+        finally:
+            self._stop()
+            shutil.rmtree(self.options["metrics_dir"], ignore_errors=True)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + DRAIN_SECONDS + 5
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _worker(config: dict[str, Any]) -> int:
+    """A worker process: serves on the shared port and tells the supervisor, on its first line of output,
+    that it listens or why it cannot. It stops (draining) if the supervisor dies."""
+    def started(host: str, port: int) -> None:
+        print(json.dumps({"ready": port}), flush=True)
+
+    def orphaned(parent: int = os.getppid()) -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
+    try:
+        _serve_one(config["host"], config["port"], started, reuse_port=True, **config["options"])
+    except NetspecError as e:
+        print(json.dumps({"error": e.msg, "hint": e.hint}), flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(json.loads(sys.argv[1])))

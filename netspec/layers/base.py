@@ -262,8 +262,8 @@ def at_least_axes(shape: Shape, n: int, axes: str, which: str = "the bottom") ->
     return shape
 
 
-def fmt(shape: Sequence[int]) -> str:
-    """A shape as users read it: (64, 1, 28, 28)."""
+def fmt(shape: Sequence[int | str]) -> str:
+    """A shape as users read it: (64, 1, 28, 28), or (N, 1, 28, 28) with its batch axis left open."""
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from netspec.layers.base import (
     BlobDef,
@@ -18,6 +19,9 @@ from netspec.layers.base import (
     weight_and_bias,
 )
 from netspec.layers.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @register
@@ -70,7 +74,7 @@ class InnerProduct(LayerDef):
         axis, k = self._k(s, bottoms[0])
         transpose, flat = s.p.transpose, len(bottoms[0]) != axis + 1
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x = xs[0]
             if flat:
                 x = x.reshape((*x.shape[:axis], k))  # (..., d_axis, ...) -> (..., K)
@@ -113,7 +117,7 @@ class Embed(LayerDef):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             y = F.embedding(xs[0].detach().long(), params[0])
             return [y + params[1] if len(params) > 1 else y]
 

@@ -34,6 +34,7 @@ from netspec.layers.registry import register
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
     from netspec.data.records import Records
 
@@ -158,7 +159,7 @@ class DummyData(LayerDef):
 
         plan = list(zip(tops, self.fillers(s), strict=True))
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             return [fill(f, shape) for shape, f in plan]
 
         return forward
@@ -362,7 +363,7 @@ class HDF5Output(LayerDef):
 
         file_name = s.p.file_name
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             if not torch.compiler.is_compiling():
                 _append_hdf5(file_name, {"data": xs[0], "label": xs[1]})
             return []
@@ -370,13 +371,13 @@ class HDF5Output(LayerDef):
         return forward
 
 
-def _append_hdf5(file_name: str, arrays: dict[str, object]) -> None:
+def _append_hdf5(file_name: str, arrays: dict[str, torch.Tensor]) -> None:
     try:
         import h5py
     except ImportError:
         raise DataError("HDF5Output needs h5py: pip install h5py") from None
     path = output_path(file_name, "HDF5Output file")
-    values = {name: tensor.detach().cpu().numpy() for name, tensor in arrays.items()}  # type: ignore[attr-defined]
+    values = {name: tensor.detach().cpu().numpy() for name, tensor in arrays.items()}
     try:
         f = h5py.File(path, "a")
     except OSError as e:

@@ -54,8 +54,8 @@ def normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor | None) ->
     """What Caffe divides a summed loss by (never less than 1)."""
     if mode == L.FULL or (mode == L.VALID and valid is None):
         return float(max(1, outer * inner))
-    if mode == L.VALID:
-        return valid.clamp_min(1)  # type: ignore[union-attr]
+    if mode == L.VALID and valid is not None:
+        return valid.clamp_min(1)
     if mode == L.BATCH_SIZE:
         return float(max(1, outer))
     return 1.0
@@ -144,7 +144,7 @@ class SoftmaxWithLoss(_Classifier):
         classes = bottoms[0][axis]
         log_min = math.log(FLT_MIN)
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             scores, labels = xs[0], xs[1]
             outer, inner = outer_inner(scores, axis)
             logp = torch.log_softmax(scores, axis)
@@ -185,7 +185,7 @@ class MultinomialLogisticLoss(_Classifier):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             num = xs[0].shape[0]
             p = xs[0].reshape(num, -1)
             y = xs[1].detach().reshape(num, 1).long()
@@ -251,7 +251,7 @@ class InfogainLoss(_Classifier):
         if len(bottoms) == 2:
             fixed = torch.tensor(self._read_matrix(s).ravel(), dtype=torch.float32)
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             num = xs[0].shape[0]
             p = xs[0].reshape(num, classes)
             h = (xs[2].detach() if fixed is None else fixed.to(p.device, p.dtype)).reshape(classes, classes)
@@ -280,7 +280,7 @@ class EuclideanLoss(_Loss):
         return [SCALAR]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             diff = xs[0] - xs[1].reshape(xs[0].shape)
             return [(diff * diff).sum() / (2 * xs[0].shape[0])]
 
@@ -314,7 +314,7 @@ class HingeLoss(_Classifier):
 
         squared = s.p.norm == s.p.L2
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             num = xs[0].shape[0]
             scores = xs[0].reshape(num, -1)
             y = xs[1].detach().reshape(num).long()
@@ -352,7 +352,7 @@ class SigmoidCrossEntropyLoss(_Loss):
         mode = normalization(s, L.BATCH_SIZE)
         ignore = self.ignore_label(s)
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x, t = xs[0], xs[1].reshape(xs[0].shape)
             outer = x.shape[0]
             inner = x.numel() // outer if outer else 0
@@ -398,7 +398,7 @@ class ContrastiveLoss(_Loss):
 
         margin, legacy = s.p.margin, s.p.legacy_version
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             num = xs[0].shape[0]
             diff = (xs[0] - xs[1]).reshape(num, -1)
             dist_sq = (diff * diff).sum(1)
@@ -456,7 +456,7 @@ class Accuracy(LayerDef):
         ignore = self.ignore_label(s)
         per_class = s.num_tops == 2
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             outer, inner = outer_inner(xs[0], axis)
             scores = xs[0].detach().reshape(outer, classes, inner)
             y = _labels_moved(xs[1].detach(), outer, inner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from netspec.errors import ShapeError
 from netspec.layers.base import (
@@ -23,6 +24,9 @@ from netspec.layers.base import (
 )
 from netspec.layers.loss import SCALAR, normalization, normalizer, outer_inner
 from netspec.layers.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @register
@@ -61,7 +65,7 @@ class LayerNorm(LayerDef):
         shape, eps = self._normalized(s, bottoms[0]), s.p.eps
         affine = s.p.elementwise_affine
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             return [F.layer_norm(xs[0], shape, params[0] if affine else None, params[1] if affine else None, eps)]
 
         return forward
@@ -130,7 +134,7 @@ class Maxout(LayerDef):
         axis = canonical_axis(s.p.axis, len(bottoms[0]))
         units, pieces = s.p.num_output, s.p.num_pieces
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x = xs[0].flatten(axis) if axis < xs[0].dim() - 1 else xs[0]
             y = F.linear(x, params[0], params[1] if len(params) > 1 else None)
             return [y.reshape((*y.shape[:-1], units, pieces)).amax(-1)]  # (..., units * pieces) -> (..., units)
@@ -198,7 +202,7 @@ class CrossEntropyLoss(LayerDef):
         axis = canonical_axis(s.p.axis, len(bottoms[0]))
         mode = normalization(s)
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             outer, inner = outer_inner(xs[0], axis)
             return [-(xs[1] * torch.log_softmax(xs[0], axis)).sum() / normalizer(mode, outer, inner, None)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import ParamError, ShapeError
@@ -21,6 +22,9 @@ from netspec.layers.base import (
     fmt,
 )
 from netspec.layers.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _zeros() -> pb.FillerParameter:
@@ -73,7 +77,7 @@ class BatchNorm(LayerDef):
         reduce_dims = [0, *range(2, ndim)]
 
         if self.global_stats(s):
-            def inference(params, xs):
+            def inference(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
                 mean_sum, var_sum, factor = params
                 scale = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
                 mean, var = (mean_sum * scale).reshape(view), (var_sum * scale).reshape(view)
@@ -81,7 +85,7 @@ class BatchNorm(LayerDef):
 
             return inference
 
-        def training(params, xs):
+        def training(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x = xs[0]
             mean = x.mean(reduce_dims, keepdim=True)
             var = ((x - mean) ** 2).mean(reduce_dims, keepdim=True)
@@ -162,7 +166,7 @@ class Scale(LayerDef):
         view = _view(_broadcast_axis(s, bottoms[0], operand), operand, len(bottoms[0]))
         learned, bias = len(bottoms) == 1, s.p.bias_term
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             factor = params[0] if learned else xs[1]
             y = xs[0] * factor.reshape(view)
             if bias:
@@ -231,7 +235,7 @@ class MVN(LayerDef):
         start = 1 if s.p.across_channels else 2
         eps, normalize = s.p.eps, s.p.normalize_variance
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x = xs[0]
             flat = x.flatten(start) if start < x.dim() else x.unsqueeze(-1)
             centred = flat - flat.mean(-1, keepdim=True)

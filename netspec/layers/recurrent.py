@@ -9,6 +9,7 @@ for sequences that begin with cont = 0).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from netspec.errors import ShapeError
 from netspec.layers.base import (
@@ -26,6 +27,9 @@ from netspec.layers.base import (
     require,
 )
 from netspec.layers.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _Recurrent(LayerDef):
@@ -111,7 +115,7 @@ class RNN(_Recurrent):
 
         static, exposed, h = self._static(s), s.p.expose_hidden, s.p.num_output
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x, cont = xs[0], xs[1]
             w_xh, b_h = params[0], params[1]
             w_hh, w_ho, b_o = params[-3], params[-2], params[-1]
@@ -161,7 +165,7 @@ class LSTM(_Recurrent):
 
         static, exposed, h = self._static(s), s.p.expose_hidden, s.p.num_output
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x, cont = xs[0], xs[1]
             steps, n = x.shape[0], x.shape[1]
             pre = F.linear(x.reshape(steps, n, -1), params[0], params[1])  # (T, N, 4H)
@@ -184,7 +188,7 @@ class LSTM(_Recurrent):
         return forward
 
 
-def lstm_unit(cell, gates, keep, h):  # type: ignore[no-untyped-def]
+def lstm_unit(cell: torch.Tensor, gates: torch.Tensor, keep: torch.Tensor, h: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One LSTM step from the gate pre-activations (..., 4H): returns the new cell and hidden states."""
     import torch
 
@@ -221,7 +225,7 @@ class LSTMUnit(LayerDef):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         h = bottoms[0][2]
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             cell, hidden = lstm_unit(xs[0], xs[1], xs[2].unsqueeze(-1), h)
             return [cell, hidden]
 

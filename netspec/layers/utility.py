@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import ParamError, ShapeError
@@ -27,6 +28,9 @@ from netspec.layers.base import (
     shape_of,
 )
 from netspec.layers.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 _X = (In((2, 6, 3, 2)),)
 
@@ -173,7 +177,7 @@ class Eltwise(LayerDef):
 
         p = s.p
         if p.operation == p.PROD:
-            def prod(params, xs):
+            def prod(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
                 y = xs[0]
                 for x in xs[1:]:
                     y = y * x
@@ -181,7 +185,7 @@ class Eltwise(LayerDef):
 
             return prod
         if p.operation == p.MAX:
-            def maximum(params, xs):
+            def maximum(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
                 y = xs[0]
                 for x in xs[1:]:
                     y = torch.maximum(y, x)
@@ -190,7 +194,7 @@ class Eltwise(LayerDef):
             return maximum
         coeffs = list(p.coeff) or [1.0] * len(bottoms)
 
-        def total(params, xs):
+        def total(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             y = xs[0] if coeffs[0] == 1 else xs[0] * coeffs[0]
             for c, x in zip(coeffs[1:], xs[1:], strict=True):
                 y = y + (x if c == 1 else x * c)
@@ -292,7 +296,7 @@ class Reshape(LayerDef):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         start, end, dims = reshape_dims(s, bottoms[0])
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x = xs[0]
             new = [x.shape[start + i] if d == 0 else d for i, d in enumerate(dims)]
             return [x.reshape((*x.shape[:start], *new, *x.shape[end:]))]
@@ -351,7 +355,7 @@ class Reduction(LayerDef):
         dims = list(range(axis, len(bottoms[0])))
         op, coeff = p.operation, p.coeff
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x = xs[0]
             if op == p.ASUM:
                 x = x.abs()
@@ -401,13 +405,13 @@ class ArgMax(LayerDef):
         if p.HasField("axis"):
             axis = canonical_axis(p.axis, len(bottoms[0]))
 
-            def along(params, xs):
+            def along(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
                 values, idx = torch.topk(xs[0].detach(), k, axis)
                 return [values if with_values else idx.to(xs[0].dtype)]
 
             return along
 
-        def flattened(params, xs):
+        def flattened(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             values, idx = torch.topk(xs[0].detach().flatten(1), k, 1)
             out = torch.cat([idx.to(values.dtype), values], 1) if with_values else idx.to(values.dtype)
             return [out.reshape((xs[0].shape[0], *top[1:]))]
@@ -491,7 +495,7 @@ class Filter(LayerDef):
         return list(bottoms[:-1])
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             keep = xs[-1].reshape(-1) != 0
             return [x[keep] for x in xs[:-1]]
 

@@ -115,7 +115,7 @@ def _each_bottom(axis: int, op: Callable[..., torch.Tensor]) -> Forward:
     """Applies a torch convolution op(x, weight, bias) to every bottom with the shared weights, folding
     the axes before the channel axis into the one batch axis torch expects."""
 
-    def forward(params, xs):
+    def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         bias = params[1] if len(params) > 1 else None
         outs = []
         for x in xs:
@@ -315,7 +315,7 @@ class Im2col(_ConvBase):
         g = self._geometry2d(s, bottoms[0])
         oh, ow = tops[0][2], tops[0][3]
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             cols = F.unfold(xs[0], g.kernel, g.dilation, g.pad, g.stride)  # (N, C*kh*kw, L)
             return [cols.reshape(cols.shape[0], cols.shape[1], oh, ow)]
 
@@ -605,7 +605,7 @@ class SPP(LayerDef):
         levels = self._levels(s, bottoms[0])
         method, train = s.p.pool, s.train
 
-        def forward(params, xs):
+        def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             pooled = [pool2d(xs[0], method, g, out, True, train)[0] for g, out in levels]
             if len(pooled) == 1:
                 return pooled
@@ -699,7 +699,7 @@ class LRN(LayerDef):
         size = min(n, 2 * max(bottoms[0][2:]) - 1)
         pad, alpha_sq = (size - 1) // 2, alpha * (size / n) ** 2
 
-        def within(params, xs):
+        def within(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x = xs[0]
             mean_sq = F.avg_pool2d(x * x, size, 1, pad, False, count_include_pad=True)
             return [x * (1 + alpha_sq * mean_sq) ** (-beta)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -117,7 +117,9 @@ class NetModule(nn.Module):
             if node.definition.feeds:
                 continue
             try:
-                forward = node.definition.lower(node.spec, info.bottom_shapes, info.top_shapes)
+                # A shape is unknown only past an opaque Python layer, whose lower() refuses first.
+                bottoms, tops = cast(tuple[Shape, ...], info.bottom_shapes), cast(tuple[Shape, ...], info.top_shapes)
+                forward = node.definition.lower(node.spec, bottoms, tops)
             except NetspecError as e:
                 raise node.error_context(e, net.graph.smap) from None
             caffe_grad = node.definition.caffe_backward(node.spec) if node.name in stale else None
@@ -133,7 +135,7 @@ class NetModule(nn.Module):
 
     def _tensor(self, ref: tuple[str, bool, Shape | None]) -> torch.Tensor:
         key, is_buffer, view = ref
-        t = self._buffers[key] if is_buffer else self.blob_params[key]
+        t = cast(torch.Tensor, self._buffers[key]) if is_buffer else self.blob_params[key]  # never a None buffer
         return t if view is None else t.view(view)
 
     def caffe_params(self) -> dict[str, list[torch.Tensor]]:
@@ -163,7 +165,7 @@ class NetModule(nn.Module):
             want = self._input_shapes.get(name) if reads is None else None
             if want is not None and (t.dim() != len(want) or tuple(t.shape[1:]) != want[1:]):
                 raise NetspecError(f"input '{name}' has shape {fmt(tuple(t.shape))}; the net expects "
-                                   f"{fmt(('N', *want[1:]))} (spec: {fmt(want)})")  # type: ignore[arg-type]
+                                   f"{fmt(('N', *want[1:]))} (spec: {fmt(want)})")
             out[name] = t
         return out
 
@@ -175,10 +177,10 @@ class NetModule(nn.Module):
             if layer not in given:
                 continue
             for (key, is_buffer, _), tensor in zip(refs, given[layer], strict=False):
-                if is_buffer and tensor.shape == self._buffers[key].shape:
+                if is_buffer and tensor.shape == cast(torch.Tensor, self._buffers[key]).shape:
                     self._buffers[key] = tensor
                 elif not is_buffer and tensor.shape == self.blob_params[key].shape:
-                    self.blob_params[key] = tensor  # type: ignore[assignment]
+                    self.blob_params[key] = tensor
 
     def _plan(self, layers: Collection[str] | None, until: str | None) -> _Plan:
         key = (None if layers is None else tuple(layers), until)

@@ -26,17 +26,19 @@ def to_prototxt(message: Message) -> str:
 class _Float(float):
     """A float written as its shortest text (for float32 fields: the shortest that survives float32)."""
 
+    single: bool
+
     def __new__(cls, value: float, single: bool) -> _Float:
         obj = super().__new__(cls, value)
-        obj.single = single  # type: ignore[attr-defined]
+        obj.single = single
         return obj
 
 
-class _Flow(list):  # type: ignore[type-arg]
+class _Flow(list[object]):
     """A list written on one line."""
 
 
-class _FlowMap(dict):  # type: ignore[type-arg]
+class _FlowMap(dict[str, object]):
     """A mapping written on one line."""
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 import yaml
 
@@ -22,7 +22,14 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLAIN_DATA = "specs are plain data: write the value out"
 
 
-def _loc(file: str, mark: yaml.Mark | None) -> SourceLoc:
+class _Mark(Protocol):
+    """A position in the YAML text, from the pure-Python parser or from libyaml's."""
+
+    line: int
+    column: int
+
+
+def _loc(file: str, mark: _Mark | None) -> SourceLoc:
     if mark is None:
         return SourceLoc(file, 1)
     return SourceLoc(file, mark.line + 1, mark.column + 1)
@@ -76,15 +83,17 @@ def _tree(events: Iterator[yaml.Event], file: str) -> Node | None:
                 raise SpecSyntaxError("a spec file holds one YAML document; this is a second", loc=loc)
             continue
         if isinstance(event, yaml.AliasEvent):
-            raise SpecSyntaxError(f"YAML aliases (*{shown(event.anchor)}) are not allowed; {_PLAIN_DATA}", loc=loc)
+            raise SpecSyntaxError(f"YAML aliases (*{shown(event.anchor or '')}) are not allowed; {_PLAIN_DATA}",
+                                  loc=loc)
         if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             node: Node = open_.pop().node
         elif isinstance(event, yaml.NodeEvent):
             if event.anchor is not None:
                 raise SpecSyntaxError(f"YAML anchors (&{shown(event.anchor)}) are not allowed; {_PLAIN_DATA}",
                                       loc=loc)
-            if getattr(event, "tag", None) is not None:
-                tag = event.tag.replace("tag:yaml.org,2002:", "!!", 1)
+            tag = getattr(event, "tag", None)
+            if tag is not None:
+                tag = tag.replace("tag:yaml.org,2002:", "!!", 1)
                 raise SpecSyntaxError(f"YAML tags ({shown(tag)}) are not allowed; {_PLAIN_DATA}", loc=loc)
             if isinstance(event, yaml.ScalarEvent):
                 node = _scalar(event, loc)

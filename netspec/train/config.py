@@ -114,11 +114,11 @@ def _net_file(name: str, solver_path: str, smap: SourceMap, field_name: str) -> 
                       hint="paths are read from the working directory, then from the solver's folder")
 
 
-def _inline(param: pb.NetParameter, path: str, smap: SourceMap, prefix: tuple) -> SpecFile:
+def _inline(param: pb.NetParameter, path: str, smap: SourceMap, prefix: tuple[str | int, ...]) -> SpecFile:
     return SpecFile(path, PROTOTXT, param, _sub_map(smap, prefix))
 
 
-def _sub_map(smap: SourceMap, prefix: tuple) -> SourceMap:
+def _sub_map(smap: SourceMap, prefix: tuple[str | int, ...]) -> SourceMap:
     """The locations under `prefix`, keyed by their path below it (a message nested in another file's)."""
     out = SourceMap(smap.file)
     n = len(prefix)

@@ -9,9 +9,13 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netspec.errors import DataError
 from netspec.files import checked
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 
@@ -157,7 +161,7 @@ def _svg(cmds: list[tuple[str, ...]], width: int, height: int) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _png(cmds: list[tuple[str, ...]], width: int, height: int):  # type: ignore[no-untyped-def]
+def _png(cmds: list[tuple[str, ...]], width: int, height: int) -> Image.Image:
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (width, height), "white")

@@ -14,7 +14,7 @@ import math
 import secrets
 import signal
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,8 @@ class Solver:
                 continue
             values = labels[node.bottoms[1]]
             scores = info.bottom_shapes[0]
+            if scores is None:  # past an opaque Python layer, which never trains
+                continue
             classes = scores[axis if axis >= 0 else axis + len(scores)] if len(scores) > 1 else 1
             ignore = d.ignore_label(node.spec)
             valid = values if ignore is None else values[values != ignore]
@@ -275,8 +277,7 @@ class Solver:
         for info in self.train_net.layers:
             bad = [t for t in info.node.tops if t in blobs and not bool(torch.isfinite(blobs[t]).all())]
             if bad:
-                node = info.node
-                where = (node, f"the output '{bad[0]}' of this layer became NaN or infinite")
+                where = (info.node, f"the output '{bad[0]}' of this layer became NaN or infinite")
                 break
         if where is None:  # the layer nearest the loss whose gradient is not finite is where it started
             nodes = {info.node.name: info.node for info in self.train_net.layers}
@@ -323,7 +324,7 @@ class Solver:
                                   "give them with solver.test(inputs={...})")
             feeder.rewind()
             iters = self.config.test_iters[i] if i < len(self.config.test_iters) else None
-            sizes: list[int | None] = [None] * iters if iters else (feeder.one_pass() if feeder.sources else [None])
+            sizes: Sequence[int | None] = [None] * iters if iters else (feeder.one_pass() if feeder.sources else [None])
             sums: dict[str, float] = {}
             seen = 0
             for size in sizes:

@@ -505,11 +505,11 @@ def _finish(study: optuna.Study, job: Job) -> dict[str, Any]:
                                "complete": len(complete), "best": None}
     if not complete:
         return summary
-    best = study.best_trial
-    spec = job.out / best.user_attrs["folder"] / "spec.yaml"
+    winner = study.best_trial
+    spec = job.out / winner.user_attrs["folder"] / "spec.yaml"
     best_yaml = job.out / "best.yaml"
     shutil.copyfile(spec, best_yaml)
-    summary["best"] = {"trial": best.number, "value": best.value, "params": dict(best.params),
+    summary["best"] = {"trial": winner.number, "value": winner.value, "params": dict(winner.params),
                        "spec": str(best_yaml), "metric": s.metric}
     return summary
 

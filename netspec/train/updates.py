@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -22,10 +23,15 @@ class Learnable:
     """One learnable blob with its multipliers and the solver's history for it."""
 
     key: str
-    tensor: torch.nn.Parameter
+    tensor: torch.Tensor
     lr_mult: float
     decay_mult: float
     history: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def grad(self) -> torch.Tensor:
+        """The accumulated gradient; Updater.step() gives each blob one before reading it."""
+        return cast(torch.Tensor, self.tensor.grad)
 
 
 Rule = Callable[["Updater", Learnable, torch.Tensor, float, int], torch.Tensor]
@@ -67,14 +73,14 @@ class Updater:
         for b in self.blobs:
             if b.tensor.grad is None:
                 b.tensor.grad = torch.zeros_like(b.tensor)
-        grads = [b.tensor.grad for b in self.blobs]
+        grads = [b.grad for b in self.blobs]
         if scale != 1.0:
             torch._foreach_mul_(grads, scale)
         if p.type == "SGD" and p.regularization_type == "L2" and not self.decoupled:
             self._sgd_l2(rate)
             return
         for b in self.blobs:
-            w, g = b.tensor, b.tensor.grad
+            w, g = b.tensor, b.grad
             decay = p.weight_decay * b.decay_mult
             local_rate = rate * b.lr_mult
             if decay and not self.decoupled:
@@ -95,7 +101,7 @@ class Updater:
         momentum = self.p.momentum
         for (lr_mult, decay_mult), blobs in groups.items():
             weights = [b.tensor for b in blobs]
-            grads = [b.tensor.grad for b in blobs]
+            grads = [b.grad for b in blobs]
             history = [b.history[0] for b in blobs]
             decay = self.p.weight_decay * decay_mult
             if decay:

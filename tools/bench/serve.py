@@ -5,18 +5,23 @@ session.run from C concurrent threads in this process on a session configured as
 its own; the server is a `netspec serve` process driven by C client processes over keep-alive HTTP
 connections, sending each input as JSON and (separately) as Triton binary tensors. Each measurement runs
 for --duration seconds after a warm-up. Printed: requests/s, latency p50/p99 (per request, seen by the
-client) and the ratio of the server's requests/s to the baseline's.
+client) and the ratio of the server's requests/s to the baseline's and to a no-op stdlib HTTP server's
+with the same clients (the ceiling the clients and the machine allow). Each --serve-args (repeatable) is one
+server configuration measured in the same run, e.g. batching off against on, one worker against two:
 
     python tools/bench/serve.py [--clients 4] [--duration 10] [--batch 1] [--model FILE.onnx]
+        [--serve-args "--workers 1 --max-batch-size 1" --serve-args "--workers 2"]
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import http.server
 import json
 import multiprocessing as mp
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,11 +42,9 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
 
 
 def in_process(model: str, clients: int, duration: float, x: np.ndarray) -> tuple[float, list[float]]:
-    from netspec.deploy.runtime import Runtime, physical_cores
+    from netspec.deploy.runtime import Runtime
 
-    cores = physical_cores()
-    workers = max(2, cores)
-    runtime = Runtime(model, max(1, cores // workers))  # the server's own settings
+    runtime = Runtime(model, 1)  # one thread per run, as a server worker on one core runs it
     name = runtime.inputs[0].name
     latencies: list[list[float]] = [[] for _ in range(clients)]
 
@@ -95,12 +98,40 @@ def over_http(port: int, model: str, clients: int, duration: float, body: bytes,
     return len(latencies) / duration, latencies, sum(e for _, e in results)
 
 
+class _NoOp(http.server.BaseHTTPRequestHandler):
+    """Reads the request and answers a fixed body: what the clients and the machine allow at most."""
+
+    protocol_version = "HTTP/1.1"
+    answer = b'{"model_name":"noop","outputs":[]}'
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.answer)))
+        self.end_headers()
+        self.wfile.write(self.answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _noop_server(ports: mp.Queue) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoOp)
+    server.daemon_threads = True
+    _NoOp.disable_nagle_algorithm = True
+    ports.put(server.server_address[1])
+    server.serve_forever()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--model", help="an ONNX model with one FP32 input (default: LeNet exported by netspec)")
+    parser.add_argument("--serve-args", action="append", help="options for `netspec serve` (repeatable: one "
+                        "server configuration each; default: none)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,30 +154,40 @@ def main() -> None:
         print(f"in-process onnxruntime: {rate:9.1f} requests/s  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms")
 
         name = Path(model).stem
-        proc = subprocess.Popen([sys.executable, "-m", "netspec.cli", "serve", model, "--port", "0"],
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            assert proc.stderr is not None
-            line = proc.stderr.readline()
-            found = re.search(r":(\d+) \(POST", line)
-            if not found:
-                raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
-            port = int(found.group(1))
-            as_json = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
-                                              "data": x.ravel().tolist()}]}).encode()
-            header = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
-                                             "parameters": {"binary_data_size": x.nbytes}}],
-                                 "parameters": {"binary_data_output": True}}).encode()
-            for mode, body, headers in (
-                    ("JSON", as_json, {"Content-Type": "application/json"}),
-                    ("binary", header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})):
-                served, lat, errors = over_http(port, name, args.clients, args.duration, body, headers)
-                p50, p99 = _percentiles(lat)
-                print(f"netspec serve ({mode:6}):  {served:9.1f} requests/s  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  "
-                      f"errors {errors}  ratio {served / rate:.2f}")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        ports: mp.Queue = mp.Queue()
+        noop = mp.Process(target=_noop_server, args=(ports,), daemon=True)
+        noop.start()
+        ceiling, lat, _ = over_http(ports.get(), name, args.clients, args.duration, b"{}", {})
+        noop.terminate()
+        p50, p99 = _percentiles(lat)
+        print(f"no-op stdlib server:    {ceiling:9.1f} requests/s  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  "
+              "(the ceiling the clients allow)", flush=True)
+        as_json = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
+                                          "data": x.ravel().tolist()}]}).encode()
+        header = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
+                                         "parameters": {"binary_data_size": x.nbytes}}],
+                             "parameters": {"binary_data_output": True}}).encode()
+        for serve_args in args.serve_args or [""]:
+            proc = subprocess.Popen([sys.executable, "-m", "netspec.cli", "serve", model, "--port", "0",
+                                     *shlex.split(serve_args)], stderr=subprocess.PIPE, text=True)
+            try:
+                assert proc.stderr is not None
+                line = proc.stderr.readline()
+                found = re.search(r":(\d+) \(POST", line)
+                if not found:
+                    raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
+                port = int(found.group(1))
+                for mode, body, headers in (
+                        ("JSON", as_json, {"Content-Type": "application/json"}),
+                        ("binary", header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})):
+                    served, lat, errors = over_http(port, name, args.clients, args.duration, body, headers)
+                    p50, p99 = _percentiles(lat)
+                    print(f"netspec serve {serve_args} ({mode:6}): {served:9.1f} requests/s  p50 {p50:6.3f} ms  "
+                          f"p99 {p99:6.3f} ms  errors {errors}  of in-process {served / rate:.2f}  of no-op "
+                          f"{served / ceiling:.2f}", flush=True)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
 
 
 if __name__ == "__main__":
