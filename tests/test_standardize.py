@@ -43,7 +43,7 @@ def test_a_constant_feature_keeps_scale_one(tmp_path: Path) -> None:
     np.testing.assert_allclose(data[:, 0].std(), 1, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("source", "classes", "epochs"), [("wine", 3, 40), ("breast_cancer", 2, 15)])
+@pytest.mark.parametrize(("source", "classes", "epochs"), [("wine", 3, 15), ("breast_cancer", 2, 8)])
 def test_first_mlp_reaches_95_percent_and_the_onnx_model_takes_raw_features(
         tmp_path: Path, source: str, classes: int, epochs: int) -> None:
     spec = tmp_path / "mlp.yaml"
