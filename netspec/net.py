@@ -50,6 +50,16 @@ class Net:
     def num_macs(self) -> int:
         return sum(layer.macs for layer in self.layers)
 
+    def id_bounds(self) -> dict[str, int]:
+        """Blobs that a layer reads as integer ids (an Embed's), with the bound their values stay below, so
+        that made-up inputs (for timing, for export) hold valid ids rather than random floats."""
+        out: dict[str, int] = {}
+        for info in self.layers:
+            node = info.node
+            for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]
+                out[node.bottoms[i]] = min(bound, out.get(node.bottoms[i], bound))
+        return out
+
     def layer(self, name: str) -> LayerInfo:
         for info in self.layers:
             if info.node.name == name:

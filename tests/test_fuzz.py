@@ -28,16 +28,7 @@ CASES = int(os.environ.get("NETSPEC_FUZZ_CASES", "2000"))
 FUZZ = DATA / "fuzz"
 
 # signature -> owner: what. Emptied as the owners' fixes land (see the module docstring).
-KNOWN_DEFECTS: dict[str, str] = {
-    # shaperules (shape rules on degenerate blobs, lowering)
-    "IndexError in netspec/layers/utility.py:ArgMax.lower.<locals>.flattened":
-        "shaperules: ArgMax lowering on a 1-axis bottom",
-    "RuntimeError in netspec/layers/vision.py:pool2d": "shaperules: STOCHASTIC pooling of negative values (time)",
-    "IndexError in netspec/layers/common.py:Embed.lower.<locals>.forward":
-        "shaperules: Embed forward has no index check (time feeds it randn)",
-    # iosafety (training edge cases)
-    "ValueError in netspec/data/datasets.py:_generate": "iosafety: a generated Dataset with negative noise (train)",
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def _report(unknown: dict[str, tuple[Case, object]]) -> str:
