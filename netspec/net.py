@@ -115,7 +115,10 @@ def net_from_layers(spec: SpecFile, name: str, layers: list[SourcedLayer], state
                     fed: dict[str, Shape] | None = None) -> Net:
     graph = build_graph(name, layers, state, spec.smap, spec.base_dir)
     infos, shapes = infer_shapes(graph, fed)
-    inputs = {blob: shapes[blob] for blob in graph.inputs}
+    # the shapes the feeding layers give, not the blobs' last values: an opaque layer in place on an input
+    # leaves its last shape unknown
+    inputs = {top: shape for info in infos if info.node.definition.feeds
+              for top, shape in zip(info.node.tops, info.top_shapes, strict=True) if shape is not None}
     net = Net(name, state, spec, infos, shapes, inputs, graph.outputs, graph)
     net.warnings.extend(_warnings(net))
     return net
