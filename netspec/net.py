@@ -50,6 +50,16 @@ class Net:
     def num_macs(self) -> int:
         return sum(layer.macs for layer in self.layers)
 
+    def id_bounds(self) -> dict[str, int]:
+        """Blobs that a layer reads as integer ids (an Embed's), with the bound their values stay below, so
+        that made-up inputs (for timing, for export) hold valid ids rather than random floats."""
+        out: dict[str, int] = {}
+        for info in self.layers:
+            node = info.node
+            for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]
+                out[node.bottoms[i]] = min(bound, out.get(node.bottoms[i], bound))
+        return out
+
     def layer(self, name: str) -> LayerInfo:
         for info in self.layers:
             if info.node.name == name:
@@ -105,7 +115,10 @@ def net_from_layers(spec: SpecFile, name: str, layers: list[SourcedLayer], state
                     fed: dict[str, Shape] | None = None) -> Net:
     graph = build_graph(name, layers, state, spec.smap, spec.base_dir)
     infos, shapes = infer_shapes(graph, fed)
-    inputs = {blob: shapes[blob] for blob in graph.inputs}
+    # the shapes the feeding layers give, not the blobs' last values: an opaque layer in place on an input
+    # leaves its last shape unknown
+    inputs = {top: shape for info in infos if info.node.definition.feeds
+              for top, shape in zip(info.node.tops, info.top_shapes, strict=True) if shape is not None}
     net = Net(name, state, spec, infos, shapes, inputs, graph.outputs, graph)
     net.warnings.extend(_warnings(net))
     return net

@@ -106,6 +106,34 @@ def test_exp_with_a_very_negative_shift_is_zero_as_in_caffe() -> None:
     assert torch.equal(module(x0=torch.ones(2, 3))["y0"], torch.zeros(2, 3))
 
 
+@pytest.mark.parametrize(("fields", "want"), [("", [[[0.0]], [[0.0]], [[0.0]]]),
+                                              ("argmax_param { out_max_val: true }", [[[0.0]], [[2.0]], [[-1.0]]])])
+def test_argmax_over_one_value_per_item_is_that_value_as_in_caffe(fields: str, want: list) -> None:
+    """Caffe's top for an (N,) bottom is (N, 1, 1) (or (N, 2, 1) with the values): each item has one value."""
+    module = netspec.compile(load_layer("ArgMax", fields, (In((3,)),), 1))
+    got = module(x0=torch.tensor([5.0, 2.0, -1.0]))["y0"]
+    assert got.tolist() == (want if fields == "" else [[[0.0], [5.0]], [[0.0], [2.0]], [[0.0], [-1.0]]])
+
+
+def test_stochastic_pooling_of_negative_values_is_computed_as_caffes_kernels() -> None:
+    """TEST divides by FLT_MIN + sum(x), as Caffe's kernel does; TRAIN takes the first cell whose running sum
+    reaches u * sum(x) and, where none does (only with negative values), the cell whose running sum is the
+    largest."""
+    fields = "pooling_param { pool: STOCHASTIC kernel_size: 2 }"
+    x = torch.tensor([-3.0, 2.0, -1.0, 1.0]).reshape(1, 1, 2, 2)
+    test = netspec.compile(load_layer("Pooling", fields, (In((1, 1, 2, 2)),), 1, phase="TEST"))
+    assert torch.equal(test(x0=x)["y0"], torch.tensor(15.0 / -1.0).reshape(1, 1, 1, 1))
+    train = netspec.compile(load_layer("Pooling", fields, (In((4096, 1, 2, 2)),), 1, phase="TRAIN"))
+    torch.manual_seed(0)
+    # thres = u * -1 in (-1, 0]; the running sums -3, -1, -2, -1 never reach it, and the first largest
+    # is the second cell's
+    assert torch.equal(train(x0=x.expand(4096, 1, 2, 2))["y0"].flatten(), torch.full((4096,), 2.0))
+    # non-negative values: a cell with probability value / sum, here 3 with 3/4
+    got = train(x0=torch.tensor([0.0, 1.0, 0.0, 3.0]).reshape(1, 1, 2, 2).expand(4096, 1, 2, 2))["y0"]
+    assert set(got.flatten().tolist()) == {1.0, 3.0}
+    assert 0.72 < float((got == 3.0).float().mean()) < 0.78
+
+
 @pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
 def test_lrn_with_a_huge_local_size_is_computed_without_padding_by_it(region: str) -> None:
     """A window wider than the input sums every square: Caffe's formula over the whole axis, with its

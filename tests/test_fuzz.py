@@ -4,9 +4,10 @@ each accepted or refused with one message line - never a traceback or a hang.
 `NETSPEC_FUZZ_CASES=50000 python -m pytest tests/test_fuzz.py` is the long run for before a release;
 `tools/fuzz.py` runs as many in worker processes and writes each defect's spec to a folder.
 
-KNOWN_DEFECTS is the ledger of defects found but not fixed on this branch (their owners are fixing them):
-a known signature does not fail the random run, and each regression spec in tests/data/fuzz/ whose
-signature is in the ledger must still fail (strict), so a fix makes its entry fail until it is deleted.
+KNOWN_DEFECTS is the ledger of defects found but not yet fixed (empty when none are known): a known
+signature does not fail the random run, and each regression spec in tests/data/fuzz/ whose signature is
+in the ledger must still fail (strict), so a fix makes its entry fail until it is deleted. A fixed defect's
+regression spec keeps its signature after the expected outcome, as the record of what it guards against.
 """
 
 from __future__ import annotations
@@ -27,17 +28,8 @@ from tests.fuzz_specs import Case, Generator, Seed, load_seeds, memory_limit, ru
 CASES = int(os.environ.get("NETSPEC_FUZZ_CASES", "2000"))
 FUZZ = DATA / "fuzz"
 
-# signature -> owner: what. Emptied as the owners' fixes land (see the module docstring).
-KNOWN_DEFECTS: dict[str, str] = {
-    # shaperules (shape rules on degenerate blobs, lowering)
-    "IndexError in netspec/layers/utility.py:ArgMax.lower.<locals>.flattened":
-        "shaperules: ArgMax lowering on a 1-axis bottom",
-    "RuntimeError in netspec/layers/vision.py:pool2d": "shaperules: STOCHASTIC pooling of negative values (time)",
-    "IndexError in netspec/layers/common.py:Embed.lower.<locals>.forward":
-        "shaperules: Embed forward has no index check (time feeds it randn)",
-    # iosafety (training edge cases)
-    "ValueError in netspec/data/datasets.py:_generate": "iosafety: a generated Dataset with negative noise (train)",
-}
+# signature -> owner: what; an entry is deleted when its fix lands (see the module docstring).
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def _report(unknown: dict[str, tuple[Case, object]]) -> str:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import netspec
 from netspec.cli import main
-from netspec.errors import NetspecError, ShapeError
+from netspec.errors import DataError, NetspecError, ShapeError
 from netspec.layers import get
 from netspec.lower.module import Call, NetModule, Step
 from tests.conftest import MODELS
@@ -129,3 +129,35 @@ def test_the_cli_prints_a_runtime_layer_error_as_one_located_line(tmp_path: Path
         "label (31,): shape '[32, 1]' is invalid for input of size 31\n"
         "  hint: the spec infers out (32, 2), label (32,); give the net float32 inputs of the spec's shapes, with "
         "one batch size for all\n")
+
+
+@pytest.mark.parametrize(("ids", "bad"), [([0, 9, 10], "10"), ([-1, 0, 3], "-1"), ([0, float("nan"), 1], "nan")])
+def test_an_embed_id_out_of_range_is_named_with_the_valid_range(write_spec, ids: list[float], bad: str) -> None:
+    path = write_spec('layer { name: "words" type: "Input" top: "words" input_param { shape { dim: 3 } } }\n'
+                      'layer { name: "embed" type: "Embed" bottom: "words" top: "v" '
+                      'embed_param { input_dim: 10 num_output: 2 } }\n')
+    module = netspec.compile(path)
+    with pytest.raises(DataError) as e:
+        module(words=torch.tensor(ids))
+    assert str(e.value) == f"{path}:2:7: layer 'embed' (Embed): bottom 'words' holds {bad}, outside the valid range [0, 10) " \
+                           "of input_dim"
+
+
+def test_embed_truncates_fractional_ids_as_caffe_does(write_spec) -> None:
+    path = write_spec('layer { name: "words" type: "Input" top: "words" input_param { shape { dim: 2 } } }\n'
+                      'layer { name: "embed" type: "Embed" bottom: "words" top: "v" '
+                      'embed_param { input_dim: 10 num_output: 2 bias_term: false } }\n')
+    module = netspec.compile(path)
+    table = module.caffe_params()["embed"][0]
+    assert torch.equal(module(words=torch.tensor([9.75, 0.5]))["v"], table[[9, 0]])
+
+
+def test_a_batch_reindex_index_out_of_range_is_named_with_the_valid_range(write_spec) -> None:
+    path = write_spec('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }\n'
+                      'layer { name: "i" type: "Input" top: "i" input_param { shape { dim: 2 } } }\n'
+                      'layer { name: "r" type: "BatchReindex" bottom: "x" bottom: "i" top: "y" }\n')
+    module = netspec.compile(path)
+    with pytest.raises(DataError) as e:
+        module(x=torch.ones(4, 3), i=torch.tensor([1.0, 4.0]))
+    assert str(e.value) == f"{path}:3:7: layer 'r' (BatchReindex): index bottom 'i' holds 4, outside the valid range " \
+                           "[0, 4) of the items of bottom 0"

@@ -5,7 +5,7 @@ is a command that must exit 0; in a plain ``` block that starts with `$ `, each 
 the lines after it are its output, which must match line for line (`...` stands for any text). An output
 that begins with a location (`path:line:col:`) or `error:` shows a mistake: exit status 1.
 
-They run in a temporary folder holding a copy of models/, with `netspec` meaning this tree's CLI.
+They run in a temporary folder holding a copy of models/ and examples/, with `netspec` meaning this tree's CLI.
 Skipped, by these rules only (SKIPPED):
 - installing (`python3 -m venv`, `pip install`): CI installs; the quick start's lines do nothing else;
 - the main job, `netspec train models/digits_cnn.yaml` (tests/test_train.py trains it in full); the run
@@ -91,8 +91,8 @@ def test_the_readme_files_are_what_the_tool_writes() -> None:
         import make_readme_files
     finally:
         sys.path.remove(str(ROOT / "tools"))
-    assert (MODELS / "digit.png").read_bytes() == make_readme_files.digit_png()
-    assert (MODELS / "digits_labels.txt").read_text() == make_readme_files.labels_text()
+    assert (ROOT / "examples" / "digit.png").read_bytes() == make_readme_files.digit_png()
+    assert (ROOT / "examples" / "digits_labels.txt").read_text() == make_readme_files.labels_text()
 
 
 def stand_in_for_the_main_job(cwd: Path, env: dict[str, str]) -> None:
@@ -105,6 +105,7 @@ def stand_in_for_the_main_job(cwd: Path, env: dict[str, str]) -> None:
 
 def test_every_shell_example_in_the_readme_runs_as_shown(tmp_path: Path) -> None:
     shutil.copytree(MODELS, tmp_path / "models")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
     bin_dir = tmp_path / ".bin"
     bin_dir.mkdir()
     (bin_dir / "netspec").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m netspec "$@"\n')

@@ -1,8 +1,8 @@
-"""Writes the small files the README's examples read: models/digit.png, one of the 8x8 digits that ship
+"""Writes the small files the README's examples read: examples/digit.png, one of the 8x8 digits that ship
 with scikit-learn as a grey PNG (its 0..16 values stretched to 0..255, as an image file holds them), and
-models/digits_labels.txt, the ten class names in the order of the digits' labels.
+examples/digits_labels.txt, the ten class names in the order of the digits' labels.
 
-    python tools/make_readme_files.py            # rewrites both in models/
+    python tools/make_readme_files.py            # rewrites both in examples/
 
 tests/test_readme.py checks that the committed files are what this script writes.
 """
@@ -35,7 +35,7 @@ def labels_text() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "examples")
     args = parser.parse_args()
     (args.out / "digit.png").write_bytes(digit_png())
     (args.out / "digits_labels.txt").write_text(labels_text())

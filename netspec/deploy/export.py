@@ -101,17 +101,6 @@ def _example(shape: tuple[int, ...], batch: int, ints: int | None, gen: torch.Ge
     return torch.randn(full, generator=gen)
 
 
-def _id_ranges(module: DeployModule) -> dict[str, int]:
-    """Inputs that a layer reads as integer ids (an Embed's), with the bound their values stay below."""
-    out = {}
-    for info in module.net.net.layers:
-        node = info.node
-        for i, bound in node.definition.int_inputs(node.spec, info.bottom_shapes).items():  # type: ignore[arg-type]  # all known in a lowered net
-            if node.bottoms[i] in module.plan.inputs:
-                out[node.bottoms[i]] = bound
-    return out
-
-
 def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: str | int = "dynamic",
                 labels: list[str] | None = None, verify: bool = True, optimize: bool = True,
                 data: dict[str, torch.Tensor] | None = None,
@@ -144,7 +133,7 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
     dynamic = batch == "dynamic"
     if not dynamic and (not isinstance(batch, int) or batch <= 0):
         raise ExportError(f"--batch takes 'dynamic' or a positive number, got '{batch}'")
-    ids = _id_ranges(deploy)
+    ids = {blob: bound for blob, bound in deploy.net.net.id_bounds().items() if blob in deploy.plan.inputs}
     gen = torch.Generator().manual_seed(0)
     axes = deploy.plan.batch_axes
     example = tuple(_example(s, 2 if dynamic else int(batch), ids.get(n), gen, axes[n]) for n, s in

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from netspec._proto import netspec_pb2 as pb
-from netspec.errors import ParamError, ShapeError
+from netspec.errors import DataError, ParamError, ShapeError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -300,6 +300,22 @@ def weight_and_bias(p: Any, weight: Shape, bias: Shape) -> list[BlobDef]:
 def describe_bottoms(s: LayerSpec, bottoms: Sequence[Shape]) -> str:
     """The shapes of the bottoms by name, for hints: 'a' is (2, 3), 'b' is (2, 4)."""
     return ", ".join(f"'{name}' is {fmt(b)}" for name, b in zip(s.lp.bottom, bottoms, strict=False))
+
+
+def as_ids(x: torch.Tensor, bound: int, what: str, of: str) -> torch.Tensor:
+    """`x` as integer ids (truncated, as Caffe's cast does), or a DataError naming the first one outside
+    [0, bound): torch's own index error would name neither the value nor the range. Skipped while torch
+    compiles or exports the net, which cannot branch on values."""
+    import torch
+
+    ids = x.detach().long()
+    if torch.compiler.is_compiling() or ids.numel() == 0:
+        return ids
+    bad = (ids < 0) | (ids >= bound) | ~torch.isfinite(x.detach())
+    if bool(bad.any()):
+        value = float(x.detach()[bad].flatten()[0])
+        raise DataError(f"{what} holds {value:g}, outside the valid range [0, {bound}) of {of}")
+    return ids
 
 
 def require(cond: bool, msg: str, field: str | None = None) -> None:

@@ -13,6 +13,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    as_ids,
     canonical_axis,
     count,
     require,
@@ -117,8 +118,10 @@ class Embed(LayerDef):
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
 
+        bound, what = s.p.input_dim, f"bottom '{s.lp.bottom[0]}'"
+
         def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-            y = F.embedding(xs[0].detach().long(), params[0])
+            y = F.embedding(as_ids(xs[0], bound, what, "input_dim"), params[0])
             return [y + params[1] if len(params) > 1 else y]
 
         return forward

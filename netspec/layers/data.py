@@ -435,6 +435,7 @@ class Dataset(_SourceLayer):
 
         p = s.p
         require(p.batch_size > 0, "batch_size must be positive", "batch_size")
+        require(p.noise >= 0, f"noise (a standard deviation) must not be negative, got {p.noise:g}", "noise")
         info = describe(p, s.base_dir)
         record = info.record
         if p.HasField("record_shape"):

@@ -19,6 +19,7 @@ from netspec.layers.base import (
     LayerDef,
     LayerSpec,
     Shape,
+    as_ids,
     at_least_axes,
     canonical_axis,
     count,
@@ -411,8 +412,10 @@ class ArgMax(LayerDef):
 
             return along
 
+        per_item = count(bottoms[0], 1)  # 1 for an (N,) bottom, which flatten(1) would refuse
+
         def flattened(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-            values, idx = torch.topk(xs[0].detach().flatten(1), k, 1)
+            values, idx = torch.topk(xs[0].detach().reshape(xs[0].shape[0], per_item), k, 1)
             out = torch.cat([idx.to(values.dtype), values], 1) if with_values else idx.to(values.dtype)
             return [out.reshape((xs[0].shape[0], *top[1:]))]
 
@@ -525,7 +528,8 @@ class BatchReindex(LayerDef):
         return [(index[0], *x[1:])]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        return lambda params, xs: [xs[0][xs[1].detach().long()]]
+        what = f"index bottom '{s.lp.bottom[1]}'"
+        return lambda params, xs: [xs[0][as_ids(xs[1], xs[0].shape[0], what, "the items of bottom 0")]]
 
 
 @register

@@ -465,22 +465,24 @@ def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int
         divisor = torch.tensor(div_h, dtype=x.dtype, device=x.device)[:, None] * torch.tensor(
             div_w, dtype=x.dtype, device=x.device)[None, :]
         return [total / divisor]
-    # STOCHASTIC: TEST takes the probability-weighted mean sum(x^2)/sum(x); TRAIN samples a cell with
-    # probability x / sum(x) (x must be non-negative, as after a ReLU).
+    # STOCHASTIC, as Caffe's kernels: TEST takes sum(x^2) / (FLT_MIN + sum(x)); TRAIN draws u in [0, 1) and
+    # takes the first cell whose running sum reaches u * sum(x), which samples a cell with probability
+    # x / sum(x) when x is non-negative (as after a ReLU). With negative values no cell may reach it; Caffe
+    # then leaves the output unwritten, and this takes the cell whose running sum comes closest.
     n, c = x.shape[0], x.shape[1]
     oh, ow = out_hw
     extra = [max(0, (o - 1) * s + k - size) for size, k, s, o in
              zip(hw, g.kernel, g.stride, out_hw, strict=True)]
-    xp = F.pad(x, (0, extra[1], 0, extra[0]))
+    xp = F.pad(x, (0, extra[1], 0, extra[0]))  # zeros after the window's cells leave its running sums alone
     cols = F.unfold(xp, g.kernel, 1, 0, g.stride).reshape(n, c, g.kernel[0] * g.kernel[1], oh * ow)
     total = cols.sum(2)
     if not train:
-        y = (cols * cols).sum(2) / total.clamp_min(torch.finfo(x.dtype).tiny)
+        y = (cols * cols).sum(2) / (total + torch.finfo(x.dtype).tiny)
     else:
-        probs = (cols / total.unsqueeze(2).clamp_min(torch.finfo(x.dtype).tiny)).permute(0, 1, 3, 2)
-        flat = probs.reshape(-1, probs.shape[-1]).detach()
-        flat = torch.where(flat.sum(1, keepdim=True) > 0, flat, torch.ones_like(flat))
-        pick = torch.multinomial(flat, 1).reshape(n, c, 1, oh * ow)
+        running = cols.detach().cumsum(2)
+        reached = running >= torch.rand_like(total).unsqueeze(2) * total.detach().unsqueeze(2)
+        pick = torch.where(reached.any(2, keepdim=True), reached.to(x.dtype).argmax(2, keepdim=True),
+                           running.argmax(2, keepdim=True))
         y = cols.gather(2, pick).squeeze(2)
     return [y.reshape(n, c, oh, ow)]
 

@@ -160,10 +160,14 @@ def benchmark(spec: str, iterations: int, phase: str, device: str | None = None
     dev = pick_device(device)
     module = NetModule(net).to(dev)
     inputs = {}
+    ids = net.id_bounds()
     for blob, shape in net.inputs.items():
         labels = any(len(i.node.bottoms) > 1 and i.node.bottoms[1] == blob for i in net.layers if i.node.definition.loss
                      or i.node.definition.class_axis(i.node.spec) is not None)
-        t = torch.zeros(shape, device=dev) if labels else torch.randn(shape, device=dev)
-        inputs[blob] = t.requires_grad_(not labels)
+        if blob in ids:  # valid ids, as a layer that looks them up (an Embed) needs
+            t = torch.randint(0, max(ids[blob], 1), shape, device=dev).float()
+        else:
+            t = torch.zeros(shape, device=dev) if labels else torch.randn(shape, device=dev)
+        inputs[blob] = t.requires_grad_(not labels and blob not in ids)
     with tempfile.TemporaryDirectory(prefix="netspec-time-") as scratch, output_folder(scratch):
         return time_net(module, inputs, iterations, backward=phase == "TRAIN")  # what layers write is dropped
