@@ -1,8 +1,8 @@
 """netspec: Caffe-style network specs (prototxt or YAML), checked statically, run with PyTorch.
 
-    net = netspec.load("models/lenet.yaml")            # parse, build the graph, infer shapes (no torch)
-    module = netspec.compile(net)                       # a torch.nn.Module
-    outputs = module(data=torch.randn(64, 1, 28, 28))   # {"prob": tensor(...)}
+net = netspec.load("models/lenet.yaml")            # parse, build the graph, infer shapes (no torch)
+module = netspec.compile(net)                       # a torch.nn.Module
+outputs = module(data=torch.randn(64, 1, 28, 28))   # {"prob": tensor(...)}
 """
 
 from __future__ import annotations
@@ -22,8 +22,21 @@ if TYPE_CHECKING:
     from netspec.train.solver import Solver
 
 __version__ = "0.1.0"
-__all__ = ["TEST", "TRAIN", "Net", "NetSpec", "NetspecError", "Solver", "__version__", "compile", "export_onnx",
-           "layers", "load", "params", "to_proto"]
+__all__ = [
+    "TEST",
+    "TRAIN",
+    "Net",
+    "NetSpec",
+    "NetspecError",
+    "Solver",
+    "__version__",
+    "compile",
+    "export_onnx",
+    "layers",
+    "load",
+    "params",
+    "to_proto",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -61,10 +61,14 @@ class Function:
         tops = []
         for i, x in enumerate(inputs):
             if not isinstance(x, Top):  # a TypeError, as in pycaffe
-                unpack = f"; pass the tops of a call with ntop > 1 one by one: L.{type_name}(*tops)" \
-                    if isinstance(x, tuple) else ""
-                raise TypeError(f"{loc}: L.{type_name} input {i} is a {type(x).__name__}, not a layer's output (a "
-                                f"Top){unpack}")
+                unpack = (
+                    f"; pass the tops of a call with ntop > 1 one by one: L.{type_name}(*tops)"
+                    if isinstance(x, tuple)
+                    else ""
+                )
+                raise TypeError(
+                    f"{loc}: L.{type_name} input {i} is a {type(x).__name__}, not a layer's output (a Top){unpack}"
+                )
             tops.append(x)
         self.inputs = tuple(tops)
         ntop = params.pop("ntop", 1)
@@ -72,13 +76,17 @@ class Function:
         if not isinstance(ntop, int) or isinstance(ntop, bool) or ntop < 0:
             raise SpecFieldError(f"L.{type_name}: ntop must be a non-negative integer, got {ntop!r}", loc=loc)
         if self.in_place and ntop != len(inputs):
-            raise SpecFieldError(f"L.{type_name}: in_place=True writes the {len(inputs)} input(s) in place, so "
-                                 f"ntop must be {len(inputs)}, not {ntop}", loc=loc)
+            raise SpecFieldError(
+                f"L.{type_name}: in_place=True writes the {len(inputs)} input(s) in place, so "
+                f"ntop must be {len(inputs)}, not {ntop}",
+                loc=loc,
+            )
         self.layer = _layer_message(type_name, params, loc)
         self.tops = tuple(Top(self, i) for i in range(ntop))
 
-    def to_proto(self, layers: dict[Function, pb.LayerParameter], names: dict[object, str],
-                 autonames: Counter[str]) -> None:
+    def to_proto(
+        self, layers: dict[Function, pb.LayerParameter], names: dict[object, str], autonames: Counter[str]
+    ) -> None:
         """Adds this layer (after the layers it reads from) to `layers`."""
         if self in layers:
             return
@@ -176,8 +184,10 @@ def layer_function(type_name: str) -> Any:
         return fn.tops[0] if len(fn.tops) == 1 else fn.tops
 
     call.__name__ = call.__qualname__ = type_name
-    call.__doc__ = f"A {type_name} layer reading the given tops; keywords are its parameters (see `netspec layers " \
-                   f"{type_name}`), plus ntop= and in_place=."
+    call.__doc__ = (
+        f"A {type_name} layer reading the given tops; keywords are its parameters (see `netspec layers "
+        f"{type_name}`), plus ntop= and in_place=."
+    )
     return call
 
 
@@ -190,8 +200,11 @@ def _layer_message(type_name: str, params: dict[str, Any], loc: SourceLoc) -> pb
     for key, value in params.items():
         node = _node(value, key, loc, type_name)
         if key in _SET_BY_BUILDER:
-            raise SpecFieldError(f"L.{type_name}: '{key}' is set by the builder: pass the input tops as arguments "
-                                 "and assign the result to the NetSpec", loc=loc)
+            raise SpecFieldError(
+                f"L.{type_name}: '{key}' is set by the builder: pass the input tops as arguments "
+                "and assign the result to the NetSpec",
+                loc=loc,
+            )
         if key.endswith("param") or (key not in own and key in _LAYER_FIELDS):
             layer_items.append((key, loc, node))
         elif key in own:
@@ -200,8 +213,11 @@ def _layer_message(type_name: str, params: dict[str, Any], loc: SourceLoc) -> pb
             general = {f for f in _LAYER_FIELDS if not f.endswith("_param") or f in _GENERAL_PARAMS}
             valid = sorted(own) + sorted(general - _SET_BY_BUILDER - {"blobs"})
             hint = did_you_mean(key, [*own, *_LAYER_FIELDS])
-            raise SpecFieldError(f"L.{type_name}: unknown keyword '{key}'", loc=loc,
-                                 hint=(hint + " " if hint else "") + "valid keywords: " + ", ".join(valid))
+            raise SpecFieldError(
+                f"L.{type_name}: unknown keyword '{key}'",
+                loc=loc,
+                hint=(hint + " " if hint else "") + "valid keywords: " + ", ".join(valid),
+            )
     if own_items and definition.param_field:
         given = next((n for k, _, n in layer_items if k == definition.param_field and isinstance(n, Mapping)), None)
         if given is not None:  # convolution_param=dict(...) and kernel_size=... together make one message
@@ -231,8 +247,11 @@ def _node(value: Any, key: str, loc: SourceLoc, type_name: str) -> Node:
         return Mapping(loc, [(str(k), loc, _node(v, k, loc, type_name)) for k, v in value.items()])
     if isinstance(value, (list, tuple)):
         return Sequence(loc, [_node(v, key, loc, type_name) for v in value])
-    raise SpecFieldError(f"L.{type_name}: keyword '{key}' takes numbers, strings, booleans, dicts or lists, not a "
-                         f"{type(value).__name__}", loc=loc)
+    raise SpecFieldError(
+        f"L.{type_name}: keyword '{key}' takes numbers, strings, booleans, dicts or lists, not a "
+        f"{type(value).__name__}",
+        loc=loc,
+    )
 
 
 def _caller() -> SourceLoc:

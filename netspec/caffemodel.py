@@ -48,8 +48,10 @@ def read_caffemodel(path: str | Path) -> CaffeWeights:
     try:
         net.ParseFromString(path.read_bytes())
     except (DecodeError, RuntimeError, ValueError) as e:
-        raise WeightsError(f"'{path}' is not a readable .caffemodel ({str(e)[:120] or 'corrupt data'})",
-                           hint="the file is damaged or is not a Caffe binary NetParameter") from None
+        raise WeightsError(
+            f"'{path}' is not a readable .caffemodel ({str(e)[:120] or 'corrupt data'})",
+            hint="the file is damaged or is not a Caffe binary NetParameter",
+        ) from None
     blobs: dict[str, list[np.ndarray]] = {}
     legacy = set()
     for layer in [*net.layer, *net.layers]:
@@ -96,8 +98,11 @@ def _read_h5(path: Path) -> CaffeWeights:
     try:
         with h5py.File(path, "r") as f:
             data = f["data"]
-            blobs = {name: [np.asarray(group[str(i)]) for i in range(len(group))] for name, group in data.items()
-                     if len(group)}
+            blobs = {
+                name: [np.asarray(group[str(i)]) for i in range(len(group))]
+                for name, group in data.items()
+                if len(group)
+            }
     except (OSError, KeyError) as e:
         raise WeightsError(f"'{path}' is not a readable Caffe HDF5 weights file ({str(e)[:120]})") from None
     return CaffeWeights(path.name, blobs, frozenset(), False)
@@ -109,8 +114,7 @@ def legacy_fits(target: tuple[int, ...], legacy: tuple[int, ...]) -> bool:
     return len(legacy) == 4 and len(target) <= 4 and (1,) * (4 - len(target)) + tuple(target) == tuple(legacy)
 
 
-def write_caffemodel(path: str | Path, name: str, layers: Iterable[tuple[pb.LayerParameter, list[np.ndarray]]]
-                     ) -> int:
+def write_caffemodel(path: str | Path, name: str, layers: Iterable[tuple[pb.LayerParameter, list[np.ndarray]]]) -> int:
     """Writes a .caffemodel: each layer's parameters as given (so Caffe can match them by name) with its
     blobs as float32 in `shape` form (a 0-axis blob with no shape at all, as Caffe's Blob::ToProto writes
     it). Returns the number of bytes written.

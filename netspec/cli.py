@@ -37,14 +37,24 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature
 
 
-UNTRAINED = ("warning: no --weights: the spec's weights are its fillers' (untrained); give a snapshot or a "
-             ".caffemodel for a trained model")
+UNTRAINED = (
+    "warning: no --weights: the spec's weights are its fillers' (untrained); give a snapshot or a "
+    ".caffemodel for a trained model"
+)
 
 
 def _error_fields(e: NetspecError) -> dict[str, Any]:
-    return {"message": e.msg, "file": e.loc.file if e.loc else None, "line": e.loc.line if e.loc else None,
-            "column": e.loc.col if e.loc else None, "layer": e.layer, "type": e.layer_type, "field": e.field,
-            "hint": e.hint, "text": str(e)}
+    return {
+        "message": e.msg,
+        "file": e.loc.file if e.loc else None,
+        "line": e.loc.line if e.loc else None,
+        "column": e.loc.col if e.loc else None,
+        "layer": e.layer,
+        "type": e.layer_type,
+        "field": e.field,
+        "hint": e.hint,
+        "text": str(e),
+    }
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,10 +64,14 @@ def main(debug: bool) -> None:
     """netspec: Caffe-style network specs, checked before they run, trained with PyTorch."""
 
 
-_phase_option = click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
-                             help="Instantiate the net for this phase (default: the spec's state, else TEST).")
-_stage_option = click.option("--stage", multiple=True,
-                             help="A NetState stage for include/exclude rules (repeat, or comma-separate).")
+_phase_option = click.option(
+    "--phase",
+    type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
+    help="Instantiate the net for this phase (default: the spec's state, else TEST).",
+)
+_stage_option = click.option(
+    "--stage", multiple=True, help="A NetState stage for include/exclude rules (repeat, or comma-separate)."
+)
 
 
 def _stages(stage: tuple[str, ...]) -> tuple[str, ...]:
@@ -69,12 +83,18 @@ def _stages(stage: tuple[str, ...]) -> tuple[str, ...]:
 @_phase_option
 @_stage_option
 @click.option("--level", type=int, default=None, help="The NetState level.")
-@click.option("--shape", "shapes", multiple=True, metavar="BLOB=D0,D1,...",
-              help="The shape of a data layer's top, instead of reading its source (repeatable).")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="BLOB=D0,D1,...",
+    help="The shape of a data layer's top, instead of reading its source (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @user_errors
-def check(spec: str, phase: str | None, stage: tuple[str, ...], level: int | None, shapes: tuple[str, ...],
-          as_json: bool) -> None:
+def check(
+    spec: str, phase: str | None, stage: tuple[str, ...], level: int | None, shapes: tuple[str, ...], as_json: bool
+) -> None:
     """Check a net and show every layer's shapes, parameters and MACs.
 
     Without --phase, layers that only the other phase includes are checked too."""
@@ -128,8 +148,12 @@ def _given_files(*flags: tuple[str, str | None]) -> None:
 @main.command()
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.argument("target", type=click.Path(dir_okay=False))
-@click.option("--upgrade", is_flag=True, help="Write the current form: V1 layers, input: declarations and "
-              "ceil_mode become what Caffe's upgrade_net_proto_text would write.")
+@click.option(
+    "--upgrade",
+    is_flag=True,
+    help="Write the current form: V1 layers, input: declarations and "
+    "ceil_mode become what Caffe's upgrade_net_proto_text would write.",
+)
 @user_errors
 def convert(source: str, target: str, upgrade: bool) -> None:
     """Convert a net between prototxt and YAML (by the file names) without loss."""
@@ -187,53 +211,99 @@ def layers(type_name: str | None) -> None:
     click.echo(describe(get(type_name)) if type_name else listing(all_types()))
 
 
-_device_option = click.option("--device", default=None,
-                              help="cpu, cuda or cuda:N (default: CUDA if present, else CPU).")
+_device_option = click.option(
+    "--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if present, else CPU)."
+)
 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--solver", "solver_file", type=click.Path(dir_okay=False), help="Solver settings from this file.")
-@click.option("--weights", type=click.Path(dir_okay=False),
-              help="Initialise from these weights, a snapshot (.pt) or a .caffemodel (fine-tuning).")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Initialise from these weights, a snapshot (.pt) or a .caffemodel (fine-tuning).",
+)
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue from this snapshot.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a solver field (solver.base_lr=0.01) or a layer field (conv1.convolution_param."
-                   "num_output=32); repeatable.")
-@click.option("--out", type=click.Path(file_okay=False), help="Where snapshots, metrics, the log and HDF5Output "
-              "files go (default: runs/<spec name>).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a solver field (solver.base_lr=0.01) or a layer field (conv1.convolution_param."
+    "num_output=32); repeatable.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Where snapshots, metrics, the log and HDF5Output files go (default: runs/<spec name>).",
+)
 @_device_option
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), help="Mixed precision for the forward pass.")
 @click.option("--compile", "use_compile", is_flag=True, help="Run the forward pass through torch.compile.")
-@click.option("--overfit", type=int, metavar="N", help="Train on the first N examples and report whether the "
-              "net fits them (100% training accuracy).")
+@click.option(
+    "--overfit",
+    type=int,
+    metavar="N",
+    help="Train on the first N examples and report whether the net fits them (100% training accuracy).",
+)
 @click.option("--allow-missing", is_flag=True, help="With --weights, start mismatched layers from their fillers.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @user_errors
-def train(spec: str, solver_file: str | None, weights: str | None, resume: str | None, overrides: tuple[str, ...],
-          out: str | None, device: str | None, amp: str | None, use_compile: bool, overfit: int | None,
-          allow_missing: bool, quiet: bool) -> None:
+def train(
+    spec: str,
+    solver_file: str | None,
+    weights: str | None,
+    resume: str | None,
+    overrides: tuple[str, ...],
+    out: str | None,
+    device: str | None,
+    amp: str | None,
+    use_compile: bool,
+    overfit: int | None,
+    allow_missing: bool,
+    quiet: bool,
+) -> None:
     """Train a net: a YAML spec with a solver section, or a Caffe solver prototxt."""
     from netspec.train import commands
 
     _given_files(("--solver", solver_file), ("--weights", weights), ("--resume", resume))
-    summary = commands.train(spec, solver_file=solver_file, weights=weights, resume=resume, overrides=overrides,
-                             out=out, device=device, amp=amp, compile=use_compile, overfit=overfit,
-                             allow_missing=allow_missing, quiet=quiet)
+    summary = commands.train(
+        spec,
+        solver_file=solver_file,
+        weights=weights,
+        resume=resume,
+        overrides=overrides,
+        out=out,
+        device=device,
+        amp=amp,
+        compile=use_compile,
+        overfit=overfit,
+        allow_missing=allow_missing,
+        quiet=quiet,
+    )
     if summary.get("weights"):
         click.echo(f"weights: {summary['weights']}")
     if "overfit" in summary:
         result = summary["overfit"]
         ok = result["accuracy"] >= 1.0
-        why = {"fitted": "stopped as soon as they were fitted", "max_iter": "stopped at max_iter",
-               "passes": f"stopped after the limit of {commands.OVERFIT_PASSES} passes",
-               "interrupted": "stopped by Ctrl-C"}
-        click.echo(f"overfit check: {100 * result['accuracy']:.1f}% training accuracy on {result['examples']} examples "
-                   f"after {result['iterations']} iterations ({result['passes']:.3g} passes; "
-                   f"{why[result['stopped']]}) "
-                   + ("- the net can fit them" if ok else
-                      "- a net that cannot fit a handful of examples usually has a bug (labels, loss, learning rate, "
-                      "or too few iterations)"))
+        why = {
+            "fitted": "stopped as soon as they were fitted",
+            "max_iter": "stopped at max_iter",
+            "passes": f"stopped after the limit of {commands.OVERFIT_PASSES} passes",
+            "interrupted": "stopped by Ctrl-C",
+        }
+        click.echo(
+            f"overfit check: {100 * result['accuracy']:.1f}% training accuracy on {result['examples']} examples "
+            f"after {result['iterations']} iterations ({result['passes']:.3g} passes; "
+            f"{why[result['stopped']]}) "
+            + (
+                "- the net can fit them"
+                if ok
+                else "- a net that cannot fit a handful of examples usually has a bug (labels, loss, learning rate, "
+                "or too few iterations)"
+            )
+        )
         if not ok:
             sys.exit(130 if result["stopped"] == "interrupted" else 1)
         return
@@ -262,32 +332,66 @@ def train(spec: str, solver_file: str | None, weights: str | None, resume: str |
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--sweep", "sweep_file", type=click.Path(dir_okay=False),
-              help="The sweep settings in a file of their own (YAML or prototxt), e.g. for a Caffe prototxt net.")
-@click.option("--solver", "solver_file", type=click.Path(dir_okay=False),
-              help="Train the net with the settings of this Caffe solver file.")
+@click.option(
+    "--sweep",
+    "sweep_file",
+    type=click.Path(dir_okay=False),
+    help="The sweep settings in a file of their own (YAML or prototxt), e.g. for a Caffe prototxt net.",
+)
+@click.option(
+    "--solver",
+    "solver_file",
+    type=click.Path(dir_okay=False),
+    help="Train the net with the settings of this Caffe solver file.",
+)
 @click.option("--trials", type=int, help="How many trials to finish (default: the sweep's `trials`).")
-@click.option("--out", type=click.Path(file_okay=False),
-              help="The sweep's folder: a folder per trial, trials.csv, best.yaml (default: runs/<spec name>-sweep).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="The sweep's folder: a folder per trial, trials.csv, best.yaml (default: runs/<spec name>-sweep).",
+)
 @click.option("--resume", is_flag=True, help="Continue the sweep in --out, running only the trials not finished.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Set a field in every trial, as `netspec train --set` does; repeatable.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set a field in every trial, as `netspec train --set` does; repeatable.",
+)
 @_device_option
 @user_errors
-def sweep(spec: str, sweep_file: str | None, solver_file: str | None, trials: int | None, out: str | None,
-          resume: bool, overrides: tuple[str, ...], device: str | None) -> None:
+def sweep(
+    spec: str,
+    sweep_file: str | None,
+    solver_file: str | None,
+    trials: int | None,
+    out: str | None,
+    resume: bool,
+    overrides: tuple[str, ...],
+    device: str | None,
+) -> None:
     """Search hyperparameters: train a trial per sampled setting and keep the best (needs Optuna)."""
     from netspec.train.sweep import sweep as run_sweep
 
     try:
-        summary = run_sweep(spec, out=out, trials=trials, resume=resume, solver_file=solver_file,
-                            sweep_file=sweep_file, overrides=overrides, device=device, echo=click.echo)
+        summary = run_sweep(
+            spec,
+            out=out,
+            trials=trials,
+            resume=resume,
+            solver_file=solver_file,
+            sweep_file=sweep_file,
+            overrides=overrides,
+            device=device,
+            echo=click.echo,
+        )
     except KeyboardInterrupt:
         click.echo("sweep interrupted; `netspec sweep ... --resume` continues it", err=True)
         sys.exit(130)
     best = summary["best"]
-    click.echo(f"{summary['trials']} trial(s) finished, {summary['complete']} complete; trials: "
-               f"{summary['out']}/trials.csv")
+    click.echo(
+        f"{summary['trials']} trial(s) finished, {summary['complete']} complete; trials: {summary['out']}/trials.csv"
+    )
     if best is None:
         click.echo("no trial completed: see each trial's error.txt and train.log")
         sys.exit(1)
@@ -298,15 +402,18 @@ def sweep(spec: str, sweep_file: str | None, solver_file: str | None, trials: in
 
 @main.command(name="test")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--weights", type=click.Path(dir_okay=False),
-              help="The weights to test: a snapshot (.pt) or a .caffemodel.")
+@click.option(
+    "--weights", type=click.Path(dir_okay=False), help="The weights to test: a snapshot (.pt) or a .caffemodel."
+)
 @click.option("--iterations", type=int, help="Batches to run (default: one pass over the test data).")
-@click.option("--out", type=click.Path(file_okay=False), help="Where HDF5Output layers write their files "
-              "(default: the current folder).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Where HDF5Output layers write their files (default: the current folder).",
+)
 @_device_option
 @user_errors
-def test_command(spec: str, weights: str | None, iterations: int | None, out: str | None, device: str | None
-                 ) -> None:
+def test_command(spec: str, weights: str | None, iterations: int | None, out: str | None, device: str | None) -> None:
     """Run a net's TEST phase over its data and print the mean of each output."""
     from netspec.train.commands import evaluate
 
@@ -324,8 +431,13 @@ def test_command(spec: str, weights: str | None, iterations: int | None, out: st
 @main.command(name="time")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--iterations", type=int, default=50, show_default=True)
-@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TRAIN",
-              show_default=True, help="TRAIN times forward and backward; TEST only forward.")
+@click.option(
+    "--phase",
+    type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
+    default="TRAIN",
+    show_default=True,
+    help="TRAIN times forward and backward; TEST only forward.",
+)
 @_device_option
 @user_errors
 def time_command(spec: str, iterations: int, phase: str, device: str | None) -> None:
@@ -338,8 +450,10 @@ def time_command(spec: str, iterations: int, phase: str, device: str | None) -> 
     for name, type_name, f, b in rows:
         click.echo(f"{name:<{width}}  {type_name:<16} {f:>10.3f} {b:>11.3f}")
     total_f, total_b = sum(r[2] for r in rows), sum(r[3] for r in rows)
-    click.echo(f"{'total':<{width}}  {'':<16} {total_f:>10.3f} {total_b:>11.3f}   "
-               f"forward + backward: {total_f + total_b:.3f} ms ({iterations} iterations)")
+    click.echo(
+        f"{'total':<{width}}  {'':<16} {total_f:>10.3f} {total_b:>11.3f}   "
+        f"forward + backward: {total_f + total_b:.3f} ms ({iterations} iterations)"
+    )
 
 
 @main.command()
@@ -357,18 +471,33 @@ def plot(metrics: str, output: str, log: bool) -> None:
 
 @main.command(name="draw")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="net.svg, net.png, net.dot for Graphviz, or net.html to explore in a browser; the suffix picks "
-                   "the format.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="net.svg, net.png, net.dot for Graphviz, or net.html to explore in a browser; the suffix picks the format.",
+)
 @_phase_option
 @_stage_option
-@click.option("--rankdir", type=click.Choice(["TB", "LR", "BT", "RL"], case_sensitive=False), default="TB",
-              show_default=True, help="The way the data flows: top to bottom, left to right, or the reverse.")
-@click.option("--shape", "shapes", multiple=True, metavar="BLOB=D0,D1,...",
-              help="The shape of a data layer's top, instead of reading its source (repeatable).")
+@click.option(
+    "--rankdir",
+    type=click.Choice(["TB", "LR", "BT", "RL"], case_sensitive=False),
+    default="TB",
+    show_default=True,
+    help="The way the data flows: top to bottom, left to right, or the reverse.",
+)
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="BLOB=D0,D1,...",
+    help="The shape of a data layer's top, instead of reading its source (repeatable).",
+)
 @user_errors
-def draw_command(spec: str, output: str, phase: str | None, stage: tuple[str, ...], rankdir: str,
-                 shapes: tuple[str, ...]) -> None:
+def draw_command(
+    spec: str, output: str, phase: str | None, stage: tuple[str, ...], rankdir: str, shapes: tuple[str, ...]
+) -> None:
     """Draw a net's layer graph, each edge labelled with its blob's shape."""
     from netspec.draw import draw
 
@@ -378,18 +507,33 @@ def draw_command(spec: str, output: str, phase: str | None, stage: tuple[str, ..
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--weights", type=click.Path(dir_okay=False),
-              help="Weights to export: a snapshot (.pt) or a .caffemodel (default: the fillers').")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Weights to export: a snapshot (.pt) or a .caffemodel (default: the fillers').",
+)
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="The .onnx file to write.")
-@click.option("--caffemodel", "caffemodel", type=click.Path(dir_okay=False),
-              help="A .caffemodel to write, with its deploy prototxt beside it (NAME_deploy.prototxt).")
+@click.option(
+    "--caffemodel",
+    "caffemodel",
+    type=click.Path(dir_okay=False),
+    help="A .caffemodel to write, with its deploy prototxt beside it (NAME_deploy.prototxt).",
+)
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic', or a fixed batch size.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line, recorded in the model.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-against-PyTorch comparison.")
 @user_errors
-def export(spec: str, weights: str | None, onnx_path: str | None, caffemodel: str | None, opset: int, batch: str,
-           labels: str | None, no_verify: bool) -> None:
+def export(
+    spec: str,
+    weights: str | None,
+    onnx_path: str | None,
+    caffemodel: str | None,
+    opset: int,
+    batch: str,
+    labels: str | None,
+    no_verify: bool,
+) -> None:
     """Export the deploy graph (TEST phase, without losses) to ONNX, verified against PyTorch, or as a
     .caffemodel with its deploy prototxt."""
     from netspec.deploy.commands import compiled
@@ -413,20 +557,33 @@ def export(spec: str, weights: str | None, onnx_path: str | None, caffemodel: st
 @main.command("import")
 @click.argument("prototxt", type=click.Path(dir_okay=False))
 @click.argument("caffemodel", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="The folder to write NAME.yaml, NAME.pt and NAME.onnx to.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The folder to write NAME.yaml, NAME.pt and NAME.onnx to.",
+)
 @_phase_option
-@click.option("--shape", "shapes", multiple=True, metavar="BLOB=D0,D1,...",
-              help="The shape of a data layer's top, instead of reading its source (repeatable).")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="BLOB=D0,D1,...",
+    help="The shape of a data layer's top, instead of reading its source (repeatable).",
+)
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-against-PyTorch comparison.")
 @user_errors
-def import_command(prototxt: str, caffemodel: str, out_dir: str, phase: str | None, shapes: tuple[str, ...],
-                   no_verify: bool) -> None:
+def import_command(
+    prototxt: str, caffemodel: str, out_dir: str, phase: str | None, shapes: tuple[str, ...], no_verify: bool
+) -> None:
     """Turn a Caffe model (prototxt + .caffemodel) into a netspec spec (YAML), weights and a verified ONNX file."""
     from netspec.deploy.caffe import import_caffe
 
-    for line in import_caffe(prototxt, caffemodel, out_dir, (phase or "TEST").upper(), _parse_shapes(shapes),
-                             not no_verify):
+    for line in import_caffe(
+        prototxt, caffemodel, out_dir, (phase or "TEST").upper(), _parse_shapes(shapes), not no_verify
+    ):
         click.echo(line)
 
 
@@ -435,41 +592,97 @@ def import_command(prototxt: str, caffemodel: str, out_dir: str, phase: str | No
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port.")
 @click.option("--threads", type=int, help="onnxruntime threads per run (default: a worker's cores / instances).")
-@click.option("--workers", type=click.IntRange(min=1),
-              help="Server processes on the port (default: one per physical core this process may use).")
-@click.option("--instances", type=click.IntRange(min=1),
-              help="onnxruntime runs at once per worker (default: its share of the cores, at least 2).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Server processes on the port (default: one per physical core this process may use).",
+)
+@click.option(
+    "--instances",
+    type=click.IntRange(min=1),
+    help="onnxruntime runs at once per worker (default: its share of the cores, at least 2).",
+)
 @click.option("--name", help="The model's name in the URLs (default: the file name without .onnx).")
 @click.option("--max-body-mb", type=int, default=64, show_default=True, help="The largest request accepted.")
-@click.option("--max-connections", type=click.IntRange(min=1),
-              help="Open connections per worker at most (default: 1000, fewer if the open-file limit is lower).")
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Rows per merged run (1: no dynamic batching).")
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=0, show_default=True,
-              help="How long a request may wait for others to batch with (0: never wait on purpose).")
-@click.option("--max-queue-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Requests waiting at most; beyond, 503.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    help="Open connections per worker at most (default: 1000, fewer if the open-file limit is lower).",
+)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Rows per merged run (1: no dynamic batching).",
+)
+@click.option(
+    "--max-queue-delay-us",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="How long a request may wait for others to batch with (0: never wait on purpose).",
+)
+@click.option(
+    "--max-queue-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Requests waiting at most; beyond, 503.",
+)
 @user_errors
-def serve(model: str, host: str, port: int, threads: int | None, workers: int | None, instances: int | None,
-          name: str | None, max_body_mb: int, max_connections: int | None, max_batch_size: int,
-          max_queue_delay_us: int, max_queue_size: int) -> None:
+def serve(
+    model: str,
+    host: str,
+    port: int,
+    threads: int | None,
+    workers: int | None,
+    instances: int | None,
+    name: str | None,
+    max_body_mb: int,
+    max_connections: int | None,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    max_queue_size: int,
+) -> None:
     """Serve an ONNX model over HTTP with the Open Inference Protocol (KServe V2)."""
     from netspec.deploy.serve import serve as run_server
 
     def started(bound_host: str, bound_port: int) -> None:
         model_name = name or Path(model).stem
-        click.echo(f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port} "
-                   f"(POST /v2/models/{model_name}/infer; GET /metrics); Ctrl-C or SIGTERM stops", err=True)
+        click.echo(
+            f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port} "
+            f"(POST /v2/models/{model_name}/infer; GET /metrics); Ctrl-C or SIGTERM stops",
+            err=True,
+        )
 
-    run_server(model, host, port, threads, name, instances, max_body_mb, started, max_connections, max_batch_size,
-               max_queue_delay_us, max_queue_size, workers)
+    run_server(
+        model,
+        host,
+        port,
+        threads,
+        name,
+        instances,
+        max_body_mb,
+        started,
+        max_connections,
+        max_batch_size,
+        max_queue_delay_us,
+        max_queue_size,
+        workers,
+    )
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for a spec (not for .onnx models).")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
-              help="A .npy array, an image or a .csv row.")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A .npy array, an image or a .csv row.",
+)
 @click.option("--top-k", type=int, default=5, show_default=True)
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line.")
 @user_errors

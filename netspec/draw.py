@@ -52,8 +52,14 @@ Point = tuple[float, float]
 Rect = tuple[float, float, float, float]  # x0, y0, x1, y1
 
 
-def draw(spec: str, output: str, phase: str | None = None, stages: tuple[str, ...] = (), rankdir: str = "TB",
-         shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+def draw(
+    spec: str,
+    output: str,
+    phase: str | None = None,
+    stages: tuple[str, ...] = (),
+    rankdir: str = "TB",
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> None:
     """Draws a net's layer graph to `output` (.svg, .png, .dot or .html), each edge labelled with its blob's shape.
 
     Reviewing a net means following its blobs through branches, in-place layers and losses while checking
@@ -202,8 +208,13 @@ def _summary(info: LayerInfo) -> tuple[str, ...]:
 # style, written for netspec; nothing is fetched), so it can be mailed, archived with a model or opened offline.
 
 
-def html_page(spec: str, phase: str | None = None, stages: tuple[str, ...] = (), rankdir: str = "TB",
-              shapes: dict[str, tuple[int, ...]] | None = None) -> str:
+def html_page(
+    spec: str,
+    phase: str | None = None,
+    stages: tuple[str, ...] = (),
+    rankdir: str = "TB",
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> str:
     """The page for a spec: one view for `phase`, or for both phases when none is given and the spec has
     phase rules (its own phase first, as `netspec check` picks it)."""
     first = load(spec, phase=phase, stages=stages, shapes=shapes)
@@ -213,13 +224,19 @@ def html_page(spec: str, phase: str | None = None, stages: tuple[str, ...] = (),
     views = [_view(net, rankdir) for net in nets]
     data = json.dumps([v["data"] for v in views]).replace("</", "<\\/")
     name = html.escape(views[0]["name"] or "net")
-    tabs = "".join(f'<button class="phase" data-view="{i}">{html.escape(v["data"]["phase"])}</button>'
-                   for i, v in enumerate(views)) if len(views) > 1 else ""
-    svgs = "".join(f'<div class="view" data-view="{i}"{"" if i == 0 else " hidden"}>{v["svg"]}</div>'
-                   for i, v in enumerate(views))
+    tabs = (
+        "".join(
+            f'<button class="phase" data-view="{i}">{html.escape(v["data"]["phase"])}</button>'
+            for i, v in enumerate(views)
+        )
+        if len(views) > 1
+        else ""
+    )
+    svgs = "".join(
+        f'<div class="view" data-view="{i}"{"" if i == 0 else " hidden"}>{v["svg"]}</div>' for i, v in enumerate(views)
+    )
     page = resources.files("netspec").joinpath("draw_page.html").read_text(encoding="utf-8")
-    return (page.replace("{{name}}", name).replace("{{tabs}}", tabs).replace("{{svgs}}", svgs)
-            .replace("{{data}}", data))
+    return page.replace("{{name}}", name).replace("{{tabs}}", tabs).replace("{{svgs}}", svgs).replace("{{data}}", data)
 
 
 def _view(net: Net, rankdir: str) -> dict[str, Any]:
@@ -232,18 +249,28 @@ def _view(net: Net, rankdir: str) -> dict[str, Any]:
             entries.append({"id": box.id, "output": True, "blob": box.lines[0], "shape": box.lines[1]})
             continue
         entries.append({"id": box.id, "layers": [_layer(info) for info in infos]})
-    data = {"name": net.name, "phase": net.phase, "layers": len(net.layers), "params": net.num_params,
-            "macs": net.num_macs, "boxes": entries}
+    data = {
+        "name": net.name,
+        "phase": net.phase,
+        "layers": len(net.layers),
+        "params": net.num_params,
+        "macs": net.num_macs,
+        "boxes": entries,
+    }
     return {"name": net.name, "svg": svg, "data": data}
 
 
 def _layer(info: LayerInfo) -> dict[str, Any]:
     node = info.node
     return {
-        "name": node.name, "type": node.type, "loc": f"{node.loc.file}:{node.loc.line}",
+        "name": node.name,
+        "type": node.type,
+        "loc": f"{node.loc.file}:{node.loc.line}",
         "bottoms": [[b, _shape_text(s)] for b, s in zip(node.bottoms, info.bottom_shapes, strict=True)],
         "tops": [[t, _shape_text(s)] for t, s in zip(node.tops, info.top_shapes, strict=True)],
-        "params": info.num_params, "macs": info.macs, "spec": to_prototxt(node.lp).strip(),
+        "params": info.num_params,
+        "macs": info.macs,
+        "spec": to_prototxt(node.lp).strip(),
     }
 
 
@@ -251,9 +278,12 @@ def _layer(info: LayerInfo) -> dict[str, Any]:
 
 
 def _dot(name: str, boxes: list[_Box], edges: list[_Edge], rankdir: str) -> str:
-    lines = [f"digraph {_quote(name or 'net')} {{", f"  rankdir={rankdir};",
-             '  node [shape=box, style="filled,rounded", fontname="Helvetica", fontsize=11];',
-             '  edge [fontname="Helvetica", fontsize=9];']
+    lines = [
+        f"digraph {_quote(name or 'net')} {{",
+        f"  rankdir={rankdir};",
+        '  node [shape=box, style="filled,rounded", fontname="Helvetica", fontsize=11];',
+        '  edge [fontname="Helvetica", fontsize=9];',
+    ]
     for box in boxes:
         label = "\\n".join(_escape(line) for line in box.lines)
         shape = ", shape=ellipse, style=filled" if box.output else ""
@@ -340,8 +370,10 @@ def _layout(boxes: list[_Box], edges: list[_Edge], rankdir: str, text_width: Cal
             inset = 4 if across else 2  # the text sits beside the edge that passes the anchor
             labels.append((v.label, rect(v.pos + inset, v.pos + v.after, c - v.depth / 2, c + v.depth / 2)))
     ports = _ports(vertices, up, down)
-    paths = [(e, [xy(o, r) for o, r in _route(chain, vertices, centres, depths, ports)])
-             for e, chain in zip(edges, chains, strict=True)]
+    paths = [
+        (e, [xy(o, r) for o, r in _route(chain, vertices, centres, depths, ports)])
+        for e, chain in zip(edges, chains, strict=True)
+    ]
     breadth = max((v.pos + v.after for v in vertices), default=0.0)
     width, height = (breadth, extent) if across else (extent, breadth)
     return _Picture(width + 2 * _MARGIN, height + 2 * _MARGIN, placed, labels, paths)
@@ -361,8 +393,9 @@ def _label_vertex(text: str, rank: int, across: bool, text_width: Callable[[str]
     return _Vertex(rank, 0.0, w + 6, _LINE, label=text) if across else _Vertex(rank, 0.0, _LINE + 2, w + 8, label=text)
 
 
-def _chains(vertices: list[_Vertex], edges: list[_Edge], across: bool,
-            text_width: Callable[[str], float]) -> list[list[int]]:
+def _chains(
+    vertices: list[_Vertex], edges: list[_Edge], across: bool, text_width: Callable[[str], float]
+) -> list[list[int]]:
     """Each edge's vertices, one per rank: its layer, its label on the next rank, bend points, its reader.
 
     The edges of one blob from one layer share its label, and their bends for as long as they run together:
@@ -431,8 +464,9 @@ def _crossings(ranks: list[list[int]], down: dict[int, list[int]]) -> int:
     return total
 
 
-def _place(vertices: list[_Vertex], ranks: list[list[int]], up: dict[int, list[int]],
-           down: dict[int, list[int]]) -> None:
+def _place(
+    vertices: list[_Vertex], ranks: list[list[int]], up: dict[int, list[int]], down: dict[int, list[int]]
+) -> None:
     """Positions on the order axis, after Brandes and Köpf: four packings, each lining vertices up with their
     median neighbour above or below and pushing them to the left or the right, balanced by taking the mean
     of the middle two positions of every vertex. Lined-up vertices share one position: chains run straight."""
@@ -440,8 +474,11 @@ def _place(vertices: list[_Vertex], ranks: list[list[int]], up: dict[int, list[i
         return
     # Bends, and labels of blobs whose edges all run on as bends: a layer lined up with one of these rather
     # than with its short edges would sit far from the layers it feeds (a data layer's label, say).
-    far = {v for v, vertex in enumerate(vertices)
-           if vertex.box is None and (not vertex.label or all(vertices[w].box is None for w in down[v]))}
+    far = {
+        v
+        for v, vertex in enumerate(vertices)
+        if vertex.box is None and (not vertex.label or all(vertices[w].box is None for w in down[v]))
+    }
     packings = []
     for neighbours, sweep in ((up, ranks), (down, ranks[::-1])):
         for mirror in (False, True):
@@ -471,7 +508,7 @@ def _align(sweep: list[list[int]], neighbours: dict[int, list[int]], far: set[in
         medians = {}
         for v in order:
             ends = sorted(neighbours[v], key=index.__getitem__)
-            medians[v] = sorted(ends[(len(ends) - 1) // 2: len(ends) // 2 + 1], key=far.__contains__)
+            medians[v] = sorted(ends[(len(ends) - 1) // 2 : len(ends) // 2 + 1], key=far.__contains__)
         wanted = {u for v in order if v not in far for u in medians[v]}
         last = -1  # the rank before's last vertex lined up so far
         for v in order:
@@ -509,8 +546,9 @@ def _gap(a: _Vertex, b: _Vertex) -> float:
     return a.after + b.before + (_BEND_GAP if bends else _NODE_GAP)
 
 
-def _rank_positions(vertices: list[_Vertex], ranks: list[list[int]],
-                    down: dict[int, list[int]]) -> tuple[list[float], list[float]]:
+def _rank_positions(
+    vertices: list[_Vertex], ranks: list[list[int]], down: dict[int, list[int]]
+) -> tuple[list[float], list[float]]:
     """Each rank's centre and depth on the rank axis. Ranks lie further apart where edges between them run
     far sideways, so that those edges do not lie flat."""
     depths = [max((vertices[v].depth for v in order), default=0.0) for order in ranks]
@@ -525,8 +563,9 @@ def _rank_positions(vertices: list[_Vertex], ranks: list[list[int]],
     return centres, depths
 
 
-def _ports(vertices: list[_Vertex], up: dict[int, list[int]],
-           down: dict[int, list[int]]) -> dict[tuple[int, int], float]:
+def _ports(
+    vertices: list[_Vertex], up: dict[int, list[int]], down: dict[int, list[int]]
+) -> dict[tuple[int, int], float]:
     """Where each edge leaves or enters a box on the order axis: spread along the box's side in the order of
     the other ends, so that edges into one box do not meet in a point."""
     ports = {}
@@ -540,8 +579,13 @@ def _ports(vertices: list[_Vertex], up: dict[int, list[int]],
     return ports
 
 
-def _route(chain: list[int], vertices: list[_Vertex], centres: list[float], depths: list[float],
-           ports: dict[tuple[int, int], float]) -> list[Point]:
+def _route(
+    chain: list[int],
+    vertices: list[_Vertex],
+    centres: list[float],
+    depths: list[float],
+    ports: dict[tuple[int, int], float],
+) -> list[Point]:
     """An edge's polyline as (order, rank) points: straight through every rank it crosses (where the boxes
     are), and from rank to rank in the gaps between them."""
     first, last = vertices[chain[0]], vertices[chain[-1]]
@@ -556,8 +600,11 @@ def _route(chain: list[int], vertices: list[_Vertex], centres: list[float], dept
     c, d = centres[last.rank], depths[last.rank]
     points += [(o, c - d / 2 - _STUB), (o, c - last.depth / 2)]
     points = [p for i, p in enumerate(points) if i == 0 or p != points[i - 1]]
-    return [p for i, p in enumerate(points)  # without the inner points of straight runs
-            if not 0 < i < len(points) - 1 or not points[i - 1][0] == p[0] == points[i + 1][0]]
+    return [
+        p
+        for i, p in enumerate(points)  # without the inner points of straight runs
+        if not 0 < i < len(points) - 1 or not points[i - 1][0] == p[0] == points[i + 1][0]
+    ]
 
 
 def _arrowhead(path: list[Point]) -> list[Point]:
@@ -578,31 +625,43 @@ def _svg_text_width(text: str) -> float:
 
 def _svg(name: str, pic: _Picture) -> str:
     w, h = math.ceil(pic.width), math.ceil(pic.height)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-           f'font-family="sans-serif" font-size="{_FONT_SIZE}">', f"<title>{html.escape(name)}</title>",
-           f'<rect width="{w}" height="{h}" fill="white"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+        f'font-family="sans-serif" font-size="{_FONT_SIZE}">',
+        f"<title>{html.escape(name)}</title>",
+        f'<rect width="{w}" height="{h}" fill="white"/>',
+    ]
     for edge, path in pic.edges:
         points = " ".join(f"{x:.1f},{y:.1f}" for x, y in path)
         arrow = " ".join(f"{x:.1f},{y:.1f}" for x, y in _arrowhead(path))
-        out.append(f'<g class="edge"><title>{html.escape(edge.label or edge.blob)}</title><polyline points="{points}" '
-                   f'fill="none" stroke="{_EDGE_INK}" stroke-linejoin="round"/>'
-                   f'<polygon points="{arrow}" fill="{_EDGE_INK}"/></g>')
+        out.append(
+            f'<g class="edge"><title>{html.escape(edge.label or edge.blob)}</title><polyline points="{points}" '
+            f'fill="none" stroke="{_EDGE_INK}" stroke-linejoin="round"/>'
+            f'<polygon points="{arrow}" fill="{_EDGE_INK}"/></g>'
+        )
     for text, (x0, y0, _, _) in pic.labels:
-        out.append(f'<text class="label" x="{x0:.1f}" y="{y0 + _FONT_SIZE:.1f}" fill="{_LABEL_INK}">'
-                   f"{html.escape(text)}</text>")
+        out.append(
+            f'<text class="label" x="{x0:.1f}" y="{y0 + _FONT_SIZE:.1f}" fill="{_LABEL_INK}">{html.escape(text)}</text>'
+        )
     for i, (box, (x0, y0, x1, y1)) in enumerate(pic.boxes):
         if box.output:
-            shape = (f'<ellipse cx="{(x0 + x1) / 2:.1f}" cy="{(y0 + y1) / 2:.1f}" rx="{(x1 - x0) / 2:.1f}" '
-                     f'ry="{(y1 - y0) / 2:.1f}"')
+            shape = (
+                f'<ellipse cx="{(x0 + x1) / 2:.1f}" cy="{(y0 + y1) / 2:.1f}" rx="{(x1 - x0) / 2:.1f}" '
+                f'ry="{(y1 - y0) / 2:.1f}"'
+            )
         else:
             shape = f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" rx="4"'
         kind = "output" if box.output else "layer"
-        out.append(f'<g class="{kind}" data-box="{i}"><title>{html.escape(box.id)}</title>'
-                   f'{shape} fill="{box.fill}" stroke="{_INK}"/>')
+        out.append(
+            f'<g class="{kind}" data-box="{i}"><title>{html.escape(box.id)}</title>'
+            f'{shape} fill="{box.fill}" stroke="{_INK}"/>'
+        )
         top = (y0 + y1) / 2 - len(box.lines) * _LINE / 2
         for i, line in enumerate(box.lines):
-            out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{top + i * _LINE + _FONT_SIZE:.1f}" text-anchor="middle"'
-                       f'>{html.escape(line)}</text>')
+            out.append(
+                f'<text x="{(x0 + x1) / 2:.1f}" y="{top + i * _LINE + _FONT_SIZE:.1f}" text-anchor="middle"'
+                f">{html.escape(line)}</text>"
+            )
         out.append("</g>")
     out.append("</svg>")
     return "\n".join(out) + "\n"

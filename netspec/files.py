@@ -23,8 +23,12 @@ from netspec.errors import DataError, NetspecError
 
 Kind = Literal["file", "folder", "any"]  # any: a regular file or a folder (an LMDB is either)
 
-_SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-            (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+_SPECIAL = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def checked(path: str | Path, what: str, kind: Kind = "file", error: type[NetspecError] = DataError) -> Path:

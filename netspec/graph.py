@@ -94,10 +94,12 @@ def stale_reads(graph: Graph) -> dict[str, str]:
         if not d.reads_blobs_in_backward():
             continue
         read = {node.bottoms[0], node.tops[0]}
-        writers = [n for n in graph.nodes[i + 1:] if read.intersection(n.tops)]
+        writers = [n for n in graph.nodes[i + 1 :] if read.intersection(n.tops)]
         if writers:
-            harmless = all(w.definition.keeps_values(w.spec)
-                           or (d.reads_only_sign(node.spec) and w.definition.keeps_sign(w.spec)) for w in writers)
+            harmless = all(
+                w.definition.keeps_values(w.spec) or (d.reads_only_sign(node.spec) and w.definition.keeps_sign(w.spec))
+                for w in writers
+            )
             if not harmless:
                 out[node.name] = writers[0].name
         elif node.bottoms[0] == node.tops[0] and not d.inplace_exact(node.spec):
@@ -123,8 +125,7 @@ def included(layer: pb.LayerParameter, state: NetState) -> bool:
     return not any(meets_rule(state, r) for r in layer.exclude)
 
 
-def build_graph(name: str, layers: Sequence[SourcedLayer], state: NetState, smap: SourceMap,
-                base_dir: str) -> Graph:
+def build_graph(name: str, layers: Sequence[SourcedLayer], state: NetState, smap: SourceMap, base_dir: str) -> Graph:
     """Filters the layers for `state` and wires them; raises a located NetspecError on any mistake."""
     nodes: list[Node] = []
     producers: dict[str, Node | None] = {}  # blob -> the node that last wrote it
@@ -134,8 +135,9 @@ def build_graph(name: str, layers: Sequence[SourcedLayer], state: NetState, smap
         lp, path = sl.param, sl.path
         loc = smap.find(path)
         if lp.include and lp.exclude:
-            raise GraphError("a layer may have include rules or exclude rules, not both", loc=loc,
-                             layer=lp.name, layer_type=lp.type)
+            raise GraphError(
+                "a layer may have include rules or exclude rules, not both", loc=loc, layer=lp.name, layer_type=lp.type
+            )
         if not included(lp, state):
             for top in lp.top:
                 dropped_tops.setdefault(top, lp)
@@ -145,15 +147,28 @@ def build_graph(name: str, layers: Sequence[SourcedLayer], state: NetState, smap
         except NetspecError as e:
             raise e.at(smap.find((*path, "type")), lp.name, lp.type) from None
         if not lp.name:
-            raise GraphError("the layer has no name", loc=loc, layer_type=lp.type,
-                             hint="give every layer a unique name (weights are matched to layers by name)")
+            raise GraphError(
+                "the layer has no name",
+                loc=loc,
+                layer_type=lp.type,
+                hint="give every layer a unique name (weights are matched to layers by name)",
+            )
         seen_names.setdefault(lp.name, loc)
         if definition.loss and not lp.top:  # Caffe gives a loss without tops an anonymous one
             lp.top.append(lp.name if lp.name not in producers else f"{lp.name} (automatic)")
         phase = lp.phase if lp.HasField("phase") else state.phase
         spec = LayerSpec(lp, definition.params(lp), phase, base_dir)
-        node = Node(lp.name, lp.type, definition, spec, tuple(lp.bottom), tuple(lp.top),
-                    _loss_weights(lp, definition), loc, path)
+        node = Node(
+            lp.name,
+            lp.type,
+            definition,
+            spec,
+            tuple(lp.bottom),
+            tuple(lp.top),
+            _loss_weights(lp, definition),
+            loc,
+            path,
+        )
         try:
             _check_counts(node)
             _wire(node, producers, dropped_tops, state)
@@ -187,42 +202,58 @@ def _check_counts(node: Node) -> None:
     d, lp = node.definition, node.lp
     for what, arity, n in (("bottom", d.bottoms, len(node.bottoms)), ("top", d.tops, len(node.tops))):
         if not arity.accepts(n):
-            raise GraphError(f"{node.type} takes {arity} {what}{'' if arity.max == 1 else 's'}, got {n}",
-                             field=what)
+            raise GraphError(f"{node.type} takes {arity} {what}{'' if arity.max == 1 else 's'}, got {n}", field=what)
     if lp.loss_weight and len(lp.loss_weight) != len(node.tops):
-        raise ParamError(f"{len(lp.loss_weight)} loss_weight values for {len(node.tops)} tops; give one per top",
-                         field="loss_weight")
+        raise ParamError(
+            f"{len(lp.loss_weight)} loss_weight values for {len(node.tops)} tops; give one per top", field="loss_weight"
+        )
     if lp.propagate_down and len(lp.propagate_down) != len(node.bottoms):
-        raise ParamError(f"{len(lp.propagate_down)} propagate_down values for {len(node.bottoms)} bottoms; "
-                         "give one per bottom", field="propagate_down")
+        raise ParamError(
+            f"{len(lp.propagate_down)} propagate_down values for {len(node.bottoms)} bottoms; give one per bottom",
+            field="propagate_down",
+        )
 
 
-def _wire(node: Node, producers: dict[str, Node | None], dropped_tops: dict[str, pb.LayerParameter],
-          state: NetState) -> None:
+def _wire(
+    node: Node, producers: dict[str, Node | None], dropped_tops: dict[str, pb.LayerParameter], state: NetState
+) -> None:
     for bottom in node.bottoms:
         if bottom not in producers:
-            raise GraphError(f"unknown bottom blob '{bottom}'", field="bottom",
-                             hint=_unknown_blob_hint(bottom, producers, dropped_tops, state))
+            raise GraphError(
+                f"unknown bottom blob '{bottom}'",
+                field="bottom",
+                hint=_unknown_blob_hint(bottom, producers, dropped_tops, state),
+            )
     for i, top in enumerate(node.tops):
         in_place = i < len(node.bottoms) and node.bottoms[i] == top
         if in_place:
             if node.definition.no_in_place:
-                raise GraphError(f"{node.type} cannot run in place (top '{top}' is also its bottom)", field="top",
-                                 hint="give the top a new name")
+                raise GraphError(
+                    f"{node.type} cannot run in place (top '{top}' is also its bottom)",
+                    field="top",
+                    hint="give the top a new name",
+                )
         elif top in node.bottoms:
-            raise GraphError(f"top '{top}' is bottom {node.bottoms.index(top)} of this layer but top {i}; in-place "
-                             "tops must sit at the same position as their bottom", field="top")
+            raise GraphError(
+                f"top '{top}' is bottom {node.bottoms.index(top)} of this layer but top {i}; in-place "
+                "tops must sit at the same position as their bottom",
+                field="top",
+            )
         elif top in producers:
             first = producers[top]
             by = f" by layer '{first.name}' (line {first.loc.line})" if first else ""
-            raise GraphError(f"top blob '{top}' is already produced{by}", field="top",
-                             hint="to compute in place, give the same blob as bottom and top at the same "
-                                  "position; otherwise rename the top")
+            raise GraphError(
+                f"top blob '{top}' is already produced{by}",
+                field="top",
+                hint="to compute in place, give the same blob as bottom and top at the same "
+                "position; otherwise rename the top",
+            )
         producers[top] = node
 
 
-def _unknown_blob_hint(blob: str, producers: dict[str, Node | None], dropped_tops: dict[str, pb.LayerParameter],
-                       state: NetState) -> str:
+def _unknown_blob_hint(
+    blob: str, producers: dict[str, Node | None], dropped_tops: dict[str, pb.LayerParameter], state: NetState
+) -> str:
     if blob in dropped_tops:
         layer = dropped_tops[blob]
         stages = sorted({st for rule in layer.include for st in rule.stage})

@@ -82,12 +82,18 @@ def _phase(phase: str | int | None, spec: SpecFile) -> int:
 def net_state(spec: SpecFile, phase: str | int | None, stages: Iterable[str], level: int | None) -> NetState:
     """The state to instantiate a net in: the arguments, else the spec's own `state`, else TEST."""
     own = spec.message.state
-    return NetState(_phase(phase, spec), own.level if level is None else level,
-                    tuple(stages) if stages else tuple(own.stage))
+    return NetState(
+        _phase(phase, spec), own.level if level is None else level, tuple(stages) if stages else tuple(own.stage)
+    )
 
 
-def load(path: str, phase: str | int | None = None, stages: Iterable[str] = (), level: int | None = None,
-         shapes: dict[str, Shape] | None = None) -> Net:
+def load(
+    path: str,
+    phase: str | int | None = None,
+    stages: Iterable[str] = (),
+    level: int | None = None,
+    shapes: dict[str, Shape] | None = None,
+) -> Net:
     """Parses a spec, builds its graph for a phase and infers every blob's shape. Never imports torch.
 
     Args:
@@ -104,21 +110,32 @@ def load(path: str, phase: str | int | None = None, stages: Iterable[str] = (), 
     return build_net(read_net(path), phase, stages, level, shapes)
 
 
-def build_net(spec: SpecFile, phase: str | int | None = None, stages: Iterable[str] = (),
-              level: int | None = None, shapes: dict[str, Shape] | None = None) -> Net:
+def build_net(
+    spec: SpecFile,
+    phase: str | int | None = None,
+    stages: Iterable[str] = (),
+    level: int | None = None,
+    shapes: dict[str, Shape] | None = None,
+) -> Net:
     """A Net from an already-read spec."""
     net_param, layers = upgrade_net(spec.message, spec.smap)
     return net_from_layers(spec, net_param.name, layers, net_state(spec, phase, stages, level), shapes)
 
 
-def net_from_layers(spec: SpecFile, name: str, layers: list[SourcedLayer], state: NetState,
-                    fed: dict[str, Shape] | None = None) -> Net:
+def net_from_layers(
+    spec: SpecFile, name: str, layers: list[SourcedLayer], state: NetState, fed: dict[str, Shape] | None = None
+) -> Net:
     graph = build_graph(name, layers, state, spec.smap, spec.base_dir)
     infos, shapes = infer_shapes(graph, fed)
     # the shapes the feeding layers give, not the blobs' last values: an opaque layer in place on an input
     # leaves its last shape unknown
-    inputs = {top: shape for info in infos if info.node.definition.feeds
-              for top, shape in zip(info.node.tops, info.top_shapes, strict=True) if shape is not None}
+    inputs = {
+        top: shape
+        for info in infos
+        if info.node.definition.feeds
+        for top, shape in zip(info.node.tops, info.top_shapes, strict=True)
+        if shape is not None
+    }
     net = Net(name, state, spec, infos, shapes, inputs, graph.outputs, graph)
     net.warnings.extend(_warnings(net))
     return net
@@ -131,9 +148,15 @@ def _warnings(net: Net) -> list[NetspecError]:
     for info in net.layers:
         node = info.node
         if node.definition.opaque:
-            out.append(NetspecError("warning: netspec never runs code named in a spec, so this net can be "
-                                    "checked but not compiled or trained; the shapes of its tops are unknown",
-                                    loc=node.loc, layer=node.name, layer_type=node.type))
+            out.append(
+                NetspecError(
+                    "warning: netspec never runs code named in a spec, so this net can be "
+                    "checked but not compiled or trained; the shapes of its tops are unknown",
+                    loc=node.loc,
+                    layer=node.name,
+                    layer_type=node.type,
+                )
+            )
     if net.state.phase != pb.TRAIN:
         return out
     hidden = _hidden_layers(net)
@@ -141,26 +164,45 @@ def _warnings(net: Net) -> list[NetspecError]:
         node = next(n for n in net.graph.nodes if n.name == name)
         top = node.tops[0]
         if by == name:
-            why = (f"it runs in place on '{top}', and its backward pass reads '{top}', which then holds "
-                   "its output, not its input")
+            why = (
+                f"it runs in place on '{top}', and its backward pass reads '{top}', which then holds "
+                "its output, not its input"
+            )
         else:
             why = f"layer '{by}' overwrites '{top}' in place before this layer's backward pass reads it"
-        out.append(NetspecError(f"warning: {why}; like Caffe, netspec then computes a gradient that is not "
-                                "the true one", loc=node.loc, layer=node.name, layer_type=node.type,
-                                hint=f"give {'this layer' if by == name else repr(by)} a new top blob to get "
-                                "the true gradient"))
+        out.append(
+            NetspecError(
+                f"warning: {why}; like Caffe, netspec then computes a gradient that is not the true one",
+                loc=node.loc,
+                layer=node.name,
+                layer_type=node.type,
+                hint=f"give {'this layer' if by == name else repr(by)} a new top blob to get the true gradient",
+            )
+        )
     for info in net.layers:
         node = info.node
         for blob in info.blobs:
             weights = blob.role == "weight" or blob.role.startswith("W_")
-            if (weights and node.name in hidden and blob.owner is None and blob.lr_mult != 0
-                    and blob.filler.type == "constant" and len(blob.shape) >= 2 and blob.shape[0] > 1):
-                out.append(NetspecError(
-                    f"warning: its {blob.role} blob starts as the constant {blob.filler.value:g} (a constant "
-                    f"filler, which is also Caffe's default when none is given), so all {blob.shape[0]} units "
-                    "start equal and learn the same thing",
-                    loc=node.loc, layer=node.name, layer_type=node.type,
-                    hint='set a random filler, e.g. weight_filler { type: "xavier" }'))
+            if (
+                weights
+                and node.name in hidden
+                and blob.owner is None
+                and blob.lr_mult != 0
+                and blob.filler.type == "constant"
+                and len(blob.shape) >= 2
+                and blob.shape[0] > 1
+            ):
+                out.append(
+                    NetspecError(
+                        f"warning: its {blob.role} blob starts as the constant {blob.filler.value:g} (a constant "
+                        f"filler, which is also Caffe's default when none is given), so all {blob.shape[0]} units "
+                        "start equal and learn the same thing",
+                        loc=node.loc,
+                        layer=node.name,
+                        layer_type=node.type,
+                        hint='set a random filler, e.g. weight_filler { type: "xavier" }',
+                    )
+                )
     return out
 
 

@@ -34,8 +34,11 @@ def read_net(path: str) -> SpecFile:
     """A net spec from a file."""
     fmt, tree = read_tree(path)
     if fmt == PROTOTXT and is_solver(tree):
-        raise SpecSyntaxError(f"'{path}' is a solver, not a net", loc=SourceLoc(path, 1),
-                              hint="give the net file it names (net: ...), or use `netspec train`")
+        raise SpecSyntaxError(
+            f"'{path}' is a solver, not a net",
+            loc=SourceLoc(path, 1),
+            hint="give the net file it names (net: ...), or use `netspec train`",
+        )
     return net_from_tree(tree, path, fmt)
 
 

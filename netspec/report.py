@@ -27,16 +27,24 @@ def summary(net: Net) -> dict[str, Any]:
                 "top": list(info.node.tops),
                 "top_shapes": [None if s is None else list(s) for s in info.top_shapes],
                 "params": info.num_params,
-                "param_blobs": [{"shape": list(b.shape), "lr_mult": b.lr_mult, "decay_mult": b.decay_mult,
-                                 "shared_with": list(b.owner) if b.owner else None} for b in info.blobs],
+                "param_blobs": [
+                    {
+                        "shape": list(b.shape),
+                        "lr_mult": b.lr_mult,
+                        "decay_mult": b.decay_mult,
+                        "shared_with": list(b.owner) if b.owner else None,
+                    }
+                    for b in info.blobs
+                ],
                 "macs": info.macs,
                 "line": info.node.loc.line,
             }
             for info in net.layers
         ],
         "total_params": net.num_params,
-        "trainable_params": sum(b.count for info in net.layers for b in info.blobs
-                                if b.owner is None and b.lr_mult != 0),
+        "trainable_params": sum(
+            b.count for info in net.layers for b in info.blobs if b.owner is None and b.lr_mult != 0
+        ),
         "total_macs": net.num_macs,
         **_memory(net),
         "warnings": [str(w) for w in net.warnings],
@@ -48,9 +56,12 @@ def _memory(net: Net) -> dict[str, Any]:
     if fp is None:
         return {"param_bytes": 0, "activation_bytes": 0, "temporary_bytes": 0, "biggest_tensor": None}
     info, what, shape = fp.biggest
-    return {"param_bytes": fp.param_bytes, "activation_bytes": fp.activation_bytes,
-            "temporary_bytes": fp.scratch_bytes,
-            "biggest_tensor": {"layer": info.node.name, "tensor": what, "shape": list(shape)}}
+    return {
+        "param_bytes": fp.param_bytes,
+        "activation_bytes": fp.activation_bytes,
+        "temporary_bytes": fp.scratch_bytes,
+        "biggest_tensor": {"layer": info.node.name, "tensor": what, "shape": list(shape)},
+    }
 
 
 def _count(n: int) -> str:

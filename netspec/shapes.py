@@ -76,9 +76,12 @@ def infer_shapes(graph: Graph, fed: dict[str, Shape] | None = None) -> tuple[lis
             for b in node.bottoms:
                 if b in unknown:
                     src = unknown[b]
-                    raise ShapeError(f"the shape of bottom '{b}' is unknown: it comes from {src.type} layer "
-                                     f"'{src.name}' (line {src.loc.line}), whose code netspec never runs",
-                                     field="bottom", hint="replace that layer with built-in ones")
+                    raise ShapeError(
+                        f"the shape of bottom '{b}' is unknown: it comes from {src.type} layer "
+                        f"'{src.name}' (line {src.loc.line}), whose code netspec never runs",
+                        field="bottom",
+                        hint="replace that layer with built-in ones",
+                    )
             info = _infer_node(node, shapes, shared, fed or {})
             _unique_owner(node, bool(info.blobs), owners, named)
         except NetspecError as e:
@@ -97,10 +100,16 @@ def _unique_owner(node: Node, has_blobs: bool, owners: dict[str, Node], named: d
     if first is node or owner is None:
         return
     if owner is not node:
-        raise ParamError(f"another layer with parameters is also named '{node.name}' (line {owner.loc.line}); "
-                         "weights are matched to layers by name", hint="rename one of them")
-    raise ParamError(f"another layer is also named '{node.name}' (line {first.loc.line}), and this one has "
-                     "parameters; weights are matched to layers by name", hint="rename one of them")
+        raise ParamError(
+            f"another layer with parameters is also named '{node.name}' (line {owner.loc.line}); "
+            "weights are matched to layers by name",
+            hint="rename one of them",
+        )
+    raise ParamError(
+        f"another layer is also named '{node.name}' (line {first.loc.line}), and this one has "
+        "parameters; weights are matched to layers by name",
+        hint="rename one of them",
+    )
 
 
 def _fed_tops(node: Node, fed: dict[str, Shape]) -> tuple[Shape, ...] | None:
@@ -113,26 +122,31 @@ def _fed_tops(node: Node, fed: dict[str, Shape]) -> tuple[Shape, ...] | None:
     return None
 
 
-def _infer_node(node: Node, shapes: dict[str, Shape], shared: dict[str, ParamBlob],
-                fed: dict[str, Shape]) -> LayerInfo:
+def _infer_node(node: Node, shapes: dict[str, Shape], shared: dict[str, ParamBlob], fed: dict[str, Shape]) -> LayerInfo:
     d, s = node.definition, node.spec
     bottoms = tuple(shapes[b] for b in node.bottoms)
     given = _fed_tops(node, fed) if d.feeds else None
     tops = given if given is not None else tuple(d.infer(s, bottoms))
     for top, shape in zip(node.tops, tops, strict=True):
         if 0 in shape:  # nothing downstream can compute on it, and no layer rule needs to consider it
-            raise ShapeError(f"top '{top}' would have shape {fmt(shape)}, which holds no values",
-                             hint="every axis of a blob needs a size of at least 1")
+            raise ShapeError(
+                f"top '{top}' would have shape {fmt(shape)}, which holds no values",
+                hint="every axis of a blob needs a size of at least 1",
+            )
     for i, top in enumerate(node.tops):
         if i < len(bottoms) and node.bottoms[i] == top and tops[i] != bottoms[i]:
-            raise ShapeError(f"in place, top '{top}' must keep its shape {fmt(bottoms[i])}, but {node.type} makes "
-                             f"it {fmt(tops[i])}", field="top", hint="give the top a new name")
+            raise ShapeError(
+                f"in place, top '{top}' must keep its shape {fmt(bottoms[i])}, but {node.type} makes it {fmt(tops[i])}",
+                field="top",
+                hint="give the top a new name",
+            )
         shapes[top] = tops[i]
     defs = d.blobs(s, bottoms)
     lp = node.lp
     if len(lp.param) > len(defs):
-        raise ParamError(f"{len(lp.param)} param entries, but {node.type} has {len(defs)} parameter blob(s) here",
-                         field="param")
+        raise ParamError(
+            f"{len(lp.param)} param entries, but {node.type} has {len(defs)} parameter blob(s) here", field="param"
+        )
     blobs = []
     for j, bd in enumerate(defs):
         try:
@@ -141,8 +155,16 @@ def _infer_node(node: Node, shapes: dict[str, Shape], shared: dict[str, ParamBlo
             e.field = f"{bd.filler_field}.{e.field}"
             raise
         spec = lp.param[j] if j < len(lp.param) else pb.ParamSpec()
-        blob = ParamBlob(node.name, j, bd.role, bd.shape, bd.filler, bd.learnable,
-                         spec.lr_mult if bd.learnable else 0.0, spec.decay_mult if bd.learnable else 0.0)
+        blob = ParamBlob(
+            node.name,
+            j,
+            bd.role,
+            bd.shape,
+            bd.filler,
+            bd.learnable,
+            spec.lr_mult if bd.learnable else 0.0,
+            spec.decay_mult if bd.learnable else 0.0,
+        )
         if spec.name:
             blob = _share(blob, spec, shared)
         blobs.append(blob)
@@ -156,20 +178,40 @@ def _share(blob: ParamBlob, spec: pb.ParamSpec, shared: dict[str, ParamBlob]) ->
         return blob
     permissive = spec.share_mode == pb.ParamSpec.PERMISSIVE
     if permissive and owner.count != blob.count:
-        raise ShapeError(f"shared param '{spec.name}' has {blob.count} values here {fmt(blob.shape)} but "
-                         f"{owner.count} in layer '{owner.layer}' {fmt(owner.shape)}", field="param")
+        raise ShapeError(
+            f"shared param '{spec.name}' has {blob.count} values here {fmt(blob.shape)} but "
+            f"{owner.count} in layer '{owner.layer}' {fmt(owner.shape)}",
+            field="param",
+        )
     if not permissive and owner.shape != blob.shape:
-        raise ShapeError(f"shared param '{spec.name}' has shape {fmt(blob.shape)} here but {fmt(owner.shape)} in "
-                         f"layer '{owner.layer}'", field="param",
-                         hint="shared blobs need equal shapes (or share_mode: PERMISSIVE for equal counts)")
+        raise ShapeError(
+            f"shared param '{spec.name}' has shape {fmt(blob.shape)} here but {fmt(owner.shape)} in "
+            f"layer '{owner.layer}'",
+            field="param",
+            hint="shared blobs need equal shapes (or share_mode: PERMISSIVE for equal counts)",
+        )
     if spec.HasField("lr_mult") and spec.lr_mult != owner.lr_mult:
-        raise ParamError(f"shared param '{spec.name}' has lr_mult {spec.lr_mult} here but {owner.lr_mult} in layer "
-                         f"'{owner.layer}'", field="param")
+        raise ParamError(
+            f"shared param '{spec.name}' has lr_mult {spec.lr_mult} here but {owner.lr_mult} in layer '{owner.layer}'",
+            field="param",
+        )
     if spec.HasField("decay_mult") and spec.decay_mult != owner.decay_mult:
-        raise ParamError(f"shared param '{spec.name}' has decay_mult {spec.decay_mult} here but "
-                         f"{owner.decay_mult} in layer '{owner.layer}'", field="param")
-    return ParamBlob(blob.layer, blob.index, blob.role, blob.shape, owner.filler, owner.learnable, owner.lr_mult,
-                     owner.decay_mult, (owner.layer, owner.index))
+        raise ParamError(
+            f"shared param '{spec.name}' has decay_mult {spec.decay_mult} here but "
+            f"{owner.decay_mult} in layer '{owner.layer}'",
+            field="param",
+        )
+    return ParamBlob(
+        blob.layer,
+        blob.index,
+        blob.role,
+        blob.shape,
+        owner.filler,
+        owner.learnable,
+        owner.lr_mult,
+        owner.decay_mult,
+        (owner.layer, owner.index),
+    )
 
 
 # ---- memory: checked before a net is allocated ------------------------------------------------------
@@ -200,8 +242,11 @@ class Footprint:
 def _tensors(info: LayerInfo) -> list[tuple[str, Shape, str]]:
     """What a layer holds in memory, as (which, shape, kind): its tops of known shape ("activation"), its
     own parameter blobs ("parameter") and its largest temporary tensor ("temporary")."""
-    out = [(f"top '{t}'", shape, "activation") for t, shape in zip(info.node.tops, info.top_shapes, strict=True)
-           if shape is not None]
+    out = [
+        (f"top '{t}'", shape, "activation")
+        for t, shape in zip(info.node.tops, info.top_shapes, strict=True)
+        if shape is not None
+    ]
     out += [(f"{b.role} blob", b.shape, "parameter") for b in info.blobs if b.owner is None]
     if info.scratch is not None:
         out.append(("temporary tensor", info.scratch, "temporary"))
@@ -221,8 +266,12 @@ def footprint(infos: list[LayerInfo]) -> Footprint | None:
                 biggest = (info, what, shape)
     if biggest is None:
         return None
-    return Footprint(total["parameter"] * ELEMENT_BYTES, total["activation"] * ELEMENT_BYTES,
-                     total["temporary"] * ELEMENT_BYTES, biggest)
+    return Footprint(
+        total["parameter"] * ELEMENT_BYTES,
+        total["activation"] * ELEMENT_BYTES,
+        total["temporary"] * ELEMENT_BYTES,
+        biggest,
+    )
 
 
 def size_text(n_bytes: int) -> str:
@@ -241,8 +290,10 @@ def _parts(fp: Footprint) -> str:
 def memory_text(fp: Footprint) -> str:
     """The footprint as `netspec check` reports it."""
     info, what, shape = fp.biggest
-    return (f"memory (float32): {_parts(fp)} per forward pass; biggest tensor: {what} of layer "
-            f"'{info.node.name}' {fmt(shape)}")
+    return (
+        f"memory (float32): {_parts(fp)} per forward pass; biggest tensor: {what} of layer "
+        f"'{info.node.name}' {fmt(shape)}"
+    )
 
 
 def memory_limit() -> int:
@@ -263,17 +314,21 @@ def check_fits(graph: Graph, infos: list[LayerInfo]) -> None:
     for info in infos:
         for what, shape, kind in _tensors(info):
             if kind != "temporary" and count(shape) > MAX_BLOB_VALUES:
-                e = ResourceError(f"its {what} has shape {fmt(shape)}, {count(shape):,} values; a blob holds at "
-                                  f"most {MAX_BLOB_VALUES:,} (2^31 - 1, as in Caffe)",
-                                  hint="make the batch or the layer smaller")
+                e = ResourceError(
+                    f"its {what} has shape {fmt(shape)}, {count(shape):,} values; a blob holds at "
+                    f"most {MAX_BLOB_VALUES:,} (2^31 - 1, as in Caffe)",
+                    hint="make the batch or the layer smaller",
+                )
                 raise info.node.error_context(e, graph.smap)
     fp = footprint(infos)
     limit = memory_limit()
     if fp is None or fp.total_bytes <= limit:
         return
     info, what, shape = fp.biggest
-    e = ResourceError(f"one forward pass needs {size_text(fp.total_bytes)} ({_parts(fp)}), over the limit of "
-                      f"{size_text(limit)}; the biggest tensor is this layer's {what} {fmt(shape)}, "
-                      f"{size_text(count(shape) * ELEMENT_BYTES)}",
-                      hint=f"make the batch or the layers smaller, or raise the limit ({LIMIT_VARIABLE}=64G)")
+    e = ResourceError(
+        f"one forward pass needs {size_text(fp.total_bytes)} ({_parts(fp)}), over the limit of "
+        f"{size_text(limit)}; the biggest tensor is this layer's {what} {fmt(shape)}, "
+        f"{size_text(count(shape) * ELEMENT_BYTES)}",
+        hint=f"make the batch or the layers smaller, or raise the limit ({LIMIT_VARIABLE}=64G)",
+    )
     raise info.node.error_context(e, graph.smap)

@@ -78,8 +78,14 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
 
 def save_weights(blobs: dict[str, list[torch.Tensor]], path: str | Path) -> None:
     """A weights-only snapshot (what `netspec import` writes): loads with --weights, not --resume."""
-    save_atomic({"format": FORMAT, "version": VERSION, "blobs": {k: [t.detach().cpu().clone() for t in v]
-                                                                  for k, v in blobs.items()}}, path)
+    save_atomic(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "blobs": {k: [t.detach().cpu().clone() for t in v] for k, v in blobs.items()},
+        },
+        path,
+    )
 
 
 def remove_leftovers(folder: Path) -> None:
@@ -107,13 +113,17 @@ def load(path: str | Path) -> dict[str, Any]:
     except Exception:  # a damaged file can hold values the checksum cannot walk (odd tensor layouts)
         actual = None
     if saved is None and obj.get("version") == 1:
-        raise WeightsError(f"snapshot '{path}' has no checksum (format version 1, written by an older netspec); "
-                           f"this netspec reads version {VERSION}",
-                           hint="its weights are torch.load(path, weights_only=True)['blobs']; "
-                                "netspec.snapshot.save_weights writes them in the current format")
+        raise WeightsError(
+            f"snapshot '{path}' has no checksum (format version 1, written by an older netspec); "
+            f"this netspec reads version {VERSION}",
+            hint="its weights are torch.load(path, weights_only=True)['blobs']; "
+            "netspec.snapshot.save_weights writes them in the current format",
+        )
     if actual is None or saved != actual:
-        raise WeightsError(f"snapshot '{path}' is damaged: its contents do not match their checksum",
-                           hint="it changed after netspec wrote it; use an earlier snapshot")
+        raise WeightsError(
+            f"snapshot '{path}' is damaged: its contents do not match their checksum",
+            hint="it changed after netspec wrote it; use an earlier snapshot",
+        )
     if obj.get("version") != VERSION:
         raise WeightsError(f"snapshot '{path}' has format version {obj.get('version')}; this netspec reads {VERSION}")
     return obj
@@ -123,8 +133,11 @@ def check_layout(path: str | Path, saved: dict[str, list[int]], expected: dict[s
     """Refuses a snapshot whose parameter blobs are not the net's (names and shapes)."""
     missing = [k for k in expected if k not in saved]
     extra = [k for k in saved if k not in expected]
-    wrong = [f"{k}: {tuple(saved[k])} in the snapshot, {expected[k]} in the net" for k in expected
-             if k in saved and tuple(saved[k]) != expected[k]]
+    wrong = [
+        f"{k}: {tuple(saved[k])} in the snapshot, {expected[k]} in the net"
+        for k in expected
+        if k in saved and tuple(saved[k]) != expected[k]
+    ]
     if missing or extra or wrong:
         parts = []
         if wrong:
@@ -133,5 +146,7 @@ def check_layout(path: str | Path, saved: dict[str, list[int]], expected: dict[s
             parts.append("not in the snapshot: " + ", ".join(missing[:5]))
         if extra:
             parts.append("not in the net: " + ", ".join(extra[:5]))
-        raise WeightsError(f"snapshot '{path}' does not match the net (" + "; ".join(parts) + ")",
-                           hint="resume with the spec the snapshot was trained with")
+        raise WeightsError(
+            f"snapshot '{path}' does not match the net (" + "; ".join(parts) + ")",
+            hint="resume with the spec the snapshot was trained with",
+        )

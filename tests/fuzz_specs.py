@@ -120,8 +120,7 @@ def to_prototxt(root: Map) -> str:
         raise TypeError(v)
 
     def inline(m: Map) -> str:
-        return " ".join(f"{k} {{ {inline(v)} }}" if isinstance(v, Map) else f"{k}: {value(v)}"
-                        for k, v in m.items)
+        return " ".join(f"{k} {{ {inline(v)} }}" if isinstance(v, Map) else f"{k}: {value(v)}" for k, v in m.items)
 
     def body(m: Map, indent: str) -> None:
         for k, v in m.items:
@@ -215,22 +214,125 @@ def load_seeds() -> list[Seed]:
 
 # ----------------------------------------------------------------------------------------------- values
 
-_HUGE_INTS = ["2147483647", "2147483648", "-2147483649", "4294967296", "9223372036854775808",
-              "18446744073709551616", "1" + "0" * 40, "1" + "0" * 400, "9" * 5000]
-_INT_SPELLINGS = ["0", "-0", "00", "-1", "08", "010", "0x10", "0X1f", "0x", "1.5", "1e3", "+5", "0b1", "1_000",
-                  "007", "-010", "0xFFFFFFFF", "0x7fffffffffffffff", "true", "1f"]
-_FLOAT_SPELLINGS = ["0", "-0.0", "1e-8", "1e30", "1e38", "3.5e38", "1e309", "-1e309", "1e-400", "nan", "-nan", "NaN",
-                    "inf", "-inf", "infinity", "-Infinity", ".inf", "1" + "0" * 309, "1.5f", ".5", "5.", "1e",
-                    "0x10", "010", "0x1p3", "1.0e+5", "9" * 400 + ".0"]
-_ODD_STRINGS = ["", " ", "\u00e9t\u00e9", "\U0001f4a5", "\u202eabc", "\ufeffx", "a\u0301", "\u0000", "a b", "../x",
-                "/dev/zero", "/nonexistent/x", ".", "~", "a" * 5000, "\u2028", "\u00a0", "x\ty", "CON", "%s%n",
-                "{}", "'", "\\", '"']
-_RAW_ESCAPES = ["\\ud800", "\\udfff", "\\xZZ", "\\x", "\\777", "\\400", "\\u12", "\\", "\\q", "\\U0010ffff",
-                "\\x00", "\\0"]
+_HUGE_INTS = [
+    "2147483647",
+    "2147483648",
+    "-2147483649",
+    "4294967296",
+    "9223372036854775808",
+    "18446744073709551616",
+    "1" + "0" * 40,
+    "1" + "0" * 400,
+    "9" * 5000,
+]
+_INT_SPELLINGS = [
+    "0",
+    "-0",
+    "00",
+    "-1",
+    "08",
+    "010",
+    "0x10",
+    "0X1f",
+    "0x",
+    "1.5",
+    "1e3",
+    "+5",
+    "0b1",
+    "1_000",
+    "007",
+    "-010",
+    "0xFFFFFFFF",
+    "0x7fffffffffffffff",
+    "true",
+    "1f",
+]
+_FLOAT_SPELLINGS = [
+    "0",
+    "-0.0",
+    "1e-8",
+    "1e30",
+    "1e38",
+    "3.5e38",
+    "1e309",
+    "-1e309",
+    "1e-400",
+    "nan",
+    "-nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "infinity",
+    "-Infinity",
+    ".inf",
+    "1" + "0" * 309,
+    "1.5f",
+    ".5",
+    "5.",
+    "1e",
+    "0x10",
+    "010",
+    "0x1p3",
+    "1.0e+5",
+    "9" * 400 + ".0",
+]
+_ODD_STRINGS = [
+    "",
+    " ",
+    "\u00e9t\u00e9",
+    "\U0001f4a5",
+    "\u202eabc",
+    "\ufeffx",
+    "a\u0301",
+    "\u0000",
+    "a b",
+    "../x",
+    "/dev/zero",
+    "/nonexistent/x",
+    ".",
+    "~",
+    "a" * 5000,
+    "\u2028",
+    "\u00a0",
+    "x\ty",
+    "CON",
+    "%s%n",
+    "{}",
+    "'",
+    "\\",
+    '"',
+]
+_RAW_ESCAPES = [
+    "\\ud800",
+    "\\udfff",
+    "\\xZZ",
+    "\\x",
+    "\\777",
+    "\\400",
+    "\\u12",
+    "\\",
+    "\\q",
+    "\\U0010ffff",
+    "\\x00",
+    "\\0",
+]
 # Data paths: devices, folders, escapes from the run's folder (never /dev/stdin: a worker reads its cases there).
 _PATH_FIELDS = {"source", "mean_file", "file_name", "root_folder", "snapshot_prefix"}
-_PATHS = ["/dev/zero", "/dev/null", "/dev/urandom", "../outside.h5", "out/../../x.h5", "/tmp", ".", "",
-          "missing.txt", "/etc/passwd", "/nonexistent/dir/x.h5", "a\nb", "/proc/self/status"]
+_PATHS = [
+    "/dev/zero",
+    "/dev/null",
+    "/dev/urandom",
+    "../outside.h5",
+    "out/../../x.h5",
+    "/tmp",
+    ".",
+    "",
+    "missing.txt",
+    "/etc/passwd",
+    "/nonexistent/dir/x.h5",
+    "a\nb",
+    "/proc/self/status",
+]
 _BLOBS = ["data", "label", "conv1", "ip1", "loss", "x", "", "data2", "top", "a.b", "1"]
 
 
@@ -319,8 +421,19 @@ class Values:
         return out
 
     def wrong_kind(self) -> Node:
-        return self.rng.choice([Lit("1"), Lit("x", True), Lit("MAX"), Map(), Seq(), Seq([Lit("1"), Lit("2")]),
-                                Map([["a", Lit("1")]]), Lit("nan"), Lit("{}", True)])
+        return self.rng.choice(
+            [
+                Lit("1"),
+                Lit("x", True),
+                Lit("MAX"),
+                Map(),
+                Seq(),
+                Seq([Lit("1"), Lit("2")]),
+                Map([["a", Lit("1")]]),
+                Lit("nan"),
+                Lit("{}", True),
+            ]
+        )
 
 
 # -------------------------------------------------------------------------------------------- tree edits
@@ -348,8 +461,11 @@ def walk(m: Map, desc: Descriptor | None) -> Iterator[tuple[Map, Descriptor | No
 
 
 def sites(root: Map, desc: Descriptor) -> list[Site]:
-    return [Site(m, i, d, d.fields_by_name.get(k) if d is not None else None)
-            for m, d in walk(root, desc) for i, (k, _) in enumerate(m.items)]
+    return [
+        Site(m, i, d, d.fields_by_name.get(k) if d is not None else None)
+        for m, d in walk(root, desc)
+        for i, (k, _) in enumerate(m.items)
+    ]
 
 
 def layers_of(root: Map) -> list[Map]:
@@ -379,8 +495,18 @@ class Mutator:
     def mutate(self, root: Map, desc: Descriptor) -> str:
         """Applies one tree edit in place; says which. Mild mutators keep to edits that often leave a
         spec valid, so that shape rules and lowering see many specs too."""
-        edits = [self.set_value, self.set_value, self.set_value, self.add_field, self.add_field, self.delete,
-                 self.duplicate, self.rename_blob, self.swap_type, self.swap_type]
+        edits = [
+            self.set_value,
+            self.set_value,
+            self.set_value,
+            self.add_field,
+            self.add_field,
+            self.delete,
+            self.duplicate,
+            self.rename_blob,
+            self.swap_type,
+            self.swap_type,
+        ]
         if self.hostile:
             edits += [self.move, self.wrong_kind, self.delete]
         return self.rng.choice(edits)(root, desc)
@@ -440,8 +566,12 @@ class Mutator:
         return f"move {item[0]}"
 
     def rename_blob(self, root: Map, desc: Descriptor) -> str:
-        refs = [(layer, i) for layer in layers_of(root) for i, (k, v) in enumerate(layer.items)
-                if k in ("top", "bottom") and isinstance(v, Lit)]
+        refs = [
+            (layer, i)
+            for layer in layers_of(root)
+            for i, (k, v) in enumerate(layer.items)
+            if k in ("top", "bottom") and isinstance(v, Lit)
+        ]
         if not refs:
             return self.swap_type(root, desc)
         layer, i = self.rng.choice(refs)
@@ -510,10 +640,26 @@ class Mutator:
         if dims and self.rng.random() < 0.25:
             dims[self.rng.randrange(len(dims))] = self.rng.choice([0, 0, 0, 100000, 2**31 - 1, 10**12])
         shape = Map([["dim", Lit(str(d))] for d in dims])
-        root = Map([["name", Lit("stack", True)],
-                    ["layer", Map([["name", Lit("data", True)], ["type", Lit("Input", True)], ["top", Lit("data", True)],
-                                   ["top", Lit("label", True)],
-                                   ["input_param", Map([["shape", shape], ["shape", Map([["dim", Lit(str(dims[0] if dims else 1))]])]])]])]])
+        root = Map(
+            [
+                ["name", Lit("stack", True)],
+                [
+                    "layer",
+                    Map(
+                        [
+                            ["name", Lit("data", True)],
+                            ["type", Lit("Input", True)],
+                            ["top", Lit("data", True)],
+                            ["top", Lit("label", True)],
+                            [
+                                "input_param",
+                                Map([["shape", shape], ["shape", Map([["dim", Lit(str(dims[0] if dims else 1))]])]]),
+                            ],
+                        ]
+                    ),
+                ],
+            ]
+        )
         blobs = ["data", "label"]
         for n in range(self.rng.randint(1, 5)):
             layer = self.random_layer(blobs, n)
@@ -532,10 +678,50 @@ def _copy(v: Node) -> Node:
 
 # -------------------------------------------------------------------------------------------- text edits
 
-_SNIPPETS = ["{", "}", "[", "]", ":", '"', "'", "\\", "#", ",", ";", "<", ">", "\t", "\x00", "\ufeff", "\ud800",
-             "&a ", "*a ", "!!python/object/apply:os.system ['true'] ", "<<: *a\n", "- ", "? ", "|\n", "%YAML 1.1\n",
-             "---\n", "...\n", " layer { ", "layer:\n  - {", "a {" * 600, "[" * 600, "{" * 600, "- " * 600,
-             "x: " + "[" * 300, "\u202e", "\U0001f4a5", "1e309", "08", "nan", "\\xZZ", "\r", "\x1b[31m"]
+_SNIPPETS = [
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    '"',
+    "'",
+    "\\",
+    "#",
+    ",",
+    ";",
+    "<",
+    ">",
+    "\t",
+    "\x00",
+    "\ufeff",
+    "\ud800",
+    "&a ",
+    "*a ",
+    "!!python/object/apply:os.system ['true'] ",
+    "<<: *a\n",
+    "- ",
+    "? ",
+    "|\n",
+    "%YAML 1.1\n",
+    "---\n",
+    "...\n",
+    " layer { ",
+    "layer:\n  - {",
+    "a {" * 600,
+    "[" * 600,
+    "{" * 600,
+    "- " * 600,
+    "x: " + "[" * 300,
+    "\u202e",
+    "\U0001f4a5",
+    "1e309",
+    "08",
+    "nan",
+    "\\xZZ",
+    "\r",
+    "\x1b[31m",
+]
 
 
 def text_edit(text: str, rng: random.Random) -> tuple[str, str]:
@@ -555,7 +741,7 @@ def text_edit(text: str, rng: random.Random) -> tuple[str, str]:
     if kind == "insert":
         return text[:pos] + rng.choice(_SNIPPETS) + text[pos:], "insert"
     if kind == "delete":
-        return text[:pos] + text[pos + rng.randint(1, 40):], "delete span"
+        return text[:pos] + text[pos + rng.randint(1, 40) :], "delete span"
     lines = text.splitlines(keepends=True)
     i = rng.randrange(len(lines))
     return "".join(lines[: i + 1] + lines[i:]), "duplicate a line"
@@ -688,11 +874,17 @@ def invoke(args: list[str], timeout: float) -> tuple[int, str, Defect | None]:
     if result.exit_code == 0:
         return 0, result.stdout, None
     lines = result.stderr.rstrip("\n").split("\n")
-    if result.exit_code == 1 and lines[0].strip() and (
-            len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("  hint: "))):
+    if (
+        result.exit_code == 1
+        and lines[0].strip()
+        and (len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("  hint: ")))
+    ):
         return 1, result.stdout, None
-    return result.exit_code, result.stdout, Defect(
-        f"{args[0]}: exit {result.exit_code} with {len(lines)} lines", "?", command, result.stderr)
+    return (
+        result.exit_code,
+        result.stdout,
+        Defect(f"{args[0]}: exit {result.exit_code} with {len(lines)} lines", "?", command, result.stderr),
+    )
 
 
 @dataclass
@@ -710,8 +902,14 @@ def _tiny(summary_json: str) -> bool:
     return max(sizes, default=0) <= 50_000 and report["total_params"] <= 200_000
 
 
-def run_case(case: Case, workdir: Path, timeout: float = 10.0, time_fraction: float = 0.0,
-             rng: random.Random | None = None, train_fraction: float = 0.0) -> Outcome:
+def run_case(
+    case: Case,
+    workdir: Path,
+    timeout: float = 10.0,
+    time_fraction: float = 0.0,
+    rng: random.Random | None = None,
+    train_fraction: float = 0.0,
+) -> Outcome:
     """`check` and `convert` on one case, and `draw` (SVG) when `check` accepts it, and for `time_fraction`
     of the small accepted nets, `time` for one iteration; a spec that `check` accepts must convert to
     one that is accepted too. For `train_fraction` of the accepted specs with a solver section, `train`
@@ -720,8 +918,9 @@ def run_case(case: Case, workdir: Path, timeout: float = 10.0, time_fraction: fl
         return _run_case(case, workdir, timeout, time_fraction, rng, train_fraction)
 
 
-def _run_case(case: Case, workdir: Path, timeout: float, time_fraction: float, rng: random.Random | None,
-              train_fraction: float) -> Outcome:
+def _run_case(
+    case: Case, workdir: Path, timeout: float, time_fraction: float, rng: random.Random | None, train_fraction: float
+) -> Outcome:
     spec = workdir / case.name
     spec.write_bytes(case.data())
     defects = []
@@ -736,8 +935,14 @@ def _run_case(case: Case, workdir: Path, timeout: float, time_fraction: float, r
         code_2, _, d = invoke(["check", str(target)], timeout)
         defects += [d] if d else []
         if code_2 != 0 and d is None:
-            defects.append(Defect("convert: an accepted spec converts to a refused one", "?",
-                                  "netspec convert + check", target.read_text(errors="replace")))
+            defects.append(
+                Defect(
+                    "convert: an accepted spec converts to a refused one",
+                    "?",
+                    "netspec convert + check",
+                    target.read_text(errors="replace"),
+                )
+            )
     if accepted:
         _, _, d = invoke(["draw", str(spec), "-o", str(workdir / "net.svg")], timeout)
         defects += [d] if d else []
@@ -748,8 +953,22 @@ def _run_case(case: Case, workdir: Path, timeout: float, time_fraction: float, r
         defects += [d] if d else []
     trained = accepted and rng is not None and rng.random() < train_fraction and "solver" in case.text
     if trained:
-        _, _, d = invoke(["train", str(spec), "--set", "solver.max_iter=1", "--set", "solver.max_epoch=0",
-                          "--out", str(workdir / "run"), "--device", "cpu", "--quiet"], timeout * 6)
+        _, _, d = invoke(
+            [
+                "train",
+                str(spec),
+                "--set",
+                "solver.max_iter=1",
+                "--set",
+                "solver.max_epoch=0",
+                "--out",
+                str(workdir / "run"),
+                "--device",
+                "cpu",
+                "--quiet",
+            ],
+            timeout * 6,
+        )
         defects += [d] if d else []
         shutil.rmtree(workdir / "run", ignore_errors=True)
     return Outcome(accepted, defects, timed, trained)
@@ -792,7 +1011,7 @@ def minimize(case: Case, defect: Defect, workdir: Path, timeout: float = 5.0, at
     while chunk >= 1 and attempts > 0:
         i, changed = 0, False
         while i < len(lines) and attempts > 0:
-            trial = lines[:i] + lines[i + chunk:]
+            trial = lines[:i] + lines[i + chunk :]
             attempts -= 1
             if trial and reproduces(Case(case.name, "".join(trial), case.how), defect, workdir, timeout):
                 lines, changed = trial, True

@@ -18,8 +18,9 @@ def net_text(type_name: str, fields: str, inputs: tuple[In, ...], tops: int, pre
     lines = []
     for i, spec in enumerate(inputs):
         dims = " ".join(f"dim: {d}" for d in spec.shape)
-        lines.append(f'layer {{ name: "{prefix}in{i}" type: "Input" top: "{prefix}x{i}" '
-                     f'input_param {{ shape {{ {dims} }} }} }}')
+        lines.append(
+            f'layer {{ name: "{prefix}in{i}" type: "Input" top: "{prefix}x{i}" input_param {{ shape {{ {dims} }} }} }}'
+        )
     bottoms = " ".join(f'bottom: "{prefix}x{i}"' for i in range(len(inputs)))
     top_names = " ".join(f'top: "{prefix}y{i}"' for i in range(tops))
     lines.append(f'layer {{ name: "{prefix}under_test" type: "{type_name}" {bottoms} {top_names} {fields} }}')
@@ -47,8 +48,9 @@ def make_input(spec: In, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return values.reshape(shape).to(dtype)
 
 
-def run(net: netspec.Net, inputs: tuple[In, ...], dtype: torch.dtype = torch.float32
-        ) -> tuple[NetModule, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def run(
+    net: netspec.Net, inputs: tuple[In, ...], dtype: torch.dtype = torch.float32
+) -> tuple[NetModule, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     module = netspec.compile(net).to(dtype)
     feeds = {f"x{i}": make_input(spec, dtype) for i, spec in enumerate(inputs)}
     return module, feeds, module.blobs(**feeds)

@@ -45,8 +45,7 @@ def load_case(path: str) -> tuple[dict[str, np.ndarray], netspec.Net, NetModule]
 def _run(path: str) -> tuple[dict, netspec.Net, dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     ref, net, module = load_case(path)
     params = module.caffe_params()
-    inputs = {k[6:]: torch.from_numpy(v).clone().requires_grad_(True) for k, v in ref.items()
-              if k.startswith("input:")}
+    inputs = {k[6:]: torch.from_numpy(v).clone().requires_grad_(True) for k, v in ref.items() if k.startswith("input:")}
     return ref, net, inputs, module.blobs(**inputs), params
 
 
@@ -61,7 +60,7 @@ def test_forward_and_backward_equal_caffe(path: str) -> None:
     for key, want in ref.items():
         if not key.startswith("output:") or "_split_" in key:  # Caffe's own split copies
             continue
-        blob = key[len("output:"):]
+        blob = key[len("output:") :]
         got = blobs[blob].detach().numpy().reshape(want.shape)
         if (name, blob) in SUMMATION_ORDER:
             assert np.max(np.abs(got - want)) <= 1e-5 * max(1.0, np.abs(want).max()), blob
@@ -74,8 +73,12 @@ def test_forward_and_backward_equal_caffe(path: str) -> None:
             assert _forward_error(params[layer][int(i)].detach().numpy(), want) <= 1e-5, key
 
     # backward: the loss weights, or the given top gradients, as Caffe started it
-    loss = sum(blobs[t].sum() * w for info in net.layers for t, w in zip(info.node.tops, info.node.loss_weights,
-                                                                          strict=True) if w)
+    loss = sum(
+        blobs[t].sum() * w
+        for info in net.layers
+        for t, w in zip(info.node.tops, info.node.loss_weights, strict=True)
+        if w
+    )
     loss = loss + sum((blobs[k[9:]] * torch.from_numpy(v)).sum() for k, v in ref.items() if k.startswith("top_diff:"))
     computed = net.spec.message.force_backward or any(w for i in net.layers for w in i.node.loss_weights)
     if not computed or not isinstance(loss, torch.Tensor) or not loss.requires_grad:
@@ -83,7 +86,7 @@ def test_forward_and_backward_equal_caffe(path: str) -> None:
     loss.backward()
     for key, want in ref.items():
         if key.startswith("bottom_diff:"):
-            grad = inputs[key[len("bottom_diff:"):]].grad
+            grad = inputs[key[len("bottom_diff:") :]].grad
             if not want.any():
                 continue  # Caffe did not propagate to this input (a label, propagate_down: false)
         elif key.startswith("param_diff:"):
@@ -111,8 +114,10 @@ def test_misaligned_scale_bottom_is_refused(tmp_path: Path) -> None:
     path.write_text(text.replace("shape { dim: 3 dim: 8 }", "shape { dim: 2 dim: 3 }"))
     with pytest.raises(ShapeError) as e:
         netspec.load(str(path))
-    assert str(e.value).endswith("scale.prototxt:6:7: layer 'sc' (Scale): bottom 1 has shape (2, 3), "
-                                 "which does not match bottom 0 (2, 3, 8, 8) from axis 1")
+    assert str(e.value).endswith(
+        "scale.prototxt:6:7: layer 'sc' (Scale): bottom 1 has shape (2, 3), "
+        "which does not match bottom 0 (2, 3, 8, 8) from axis 1"
+    )
 
 
 def test_mvn_gradient_is_caffes_with_a_large_eps() -> None:

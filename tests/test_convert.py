@@ -17,8 +17,11 @@ from netspec.spec.load import PROTOTXT, YAML
 from tests.conftest import CAFFE, MODELS
 from tests.test_prototxt import layers, names
 
-NETS = sorted(glob.glob(str(CAFFE / "layers" / "*.prototxt")) + glob.glob(str(CAFFE / "nets" / "*.prototxt"))
-              + glob.glob(str(MODELS / "*")))
+NETS = sorted(
+    glob.glob(str(CAFFE / "layers" / "*.prototxt"))
+    + glob.glob(str(CAFFE / "nets" / "*.prototxt"))
+    + glob.glob(str(MODELS / "*"))
+)
 
 
 @pytest.mark.parametrize("path", NETS, ids=lambda p: Path(p).name)
@@ -55,11 +58,13 @@ def test_cli_convert_and_upgrade(tmp_path: Path) -> None:
     from netspec.cli import main
 
     v1 = tmp_path / "v1.prototxt"
-    v1.write_text('name: "old"\ninput: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
-                  'layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv" blobs_lr: 1 blobs_lr: 2 '
-                  'weight_decay: 1 weight_decay: 0 convolution_param { num_output: 4 kernel_size: 3 } }\n'
-                  'layers { name: "pool" type: POOLING bottom: "conv" top: "pool" '
-                  'pooling_param { pool: MAX kernel_size: 2 stride: 2 ceil_mode: false } }\n')
+    v1.write_text(
+        'name: "old"\ninput: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
+        'layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv" blobs_lr: 1 blobs_lr: 2 '
+        "weight_decay: 1 weight_decay: 0 convolution_param { num_output: 4 kernel_size: 3 } }\n"
+        'layers { name: "pool" type: POOLING bottom: "conv" top: "pool" '
+        "pooling_param { pool: MAX kernel_size: 2 stride: 2 ceil_mode: false } }\n"
+    )
     runner = CliRunner()
     out = tmp_path / "v1.yaml"
     assert runner.invoke(main, ["convert", str(v1), str(out)]).exit_code == 0
@@ -87,9 +92,12 @@ def test_nesting_at_the_limit_checks_and_converts_and_one_more_level_is_refused(
     deep = tmp_path / "deep.prototxt"
     deep.write_text(layer + "solver { net_param { " * pairs + 'name: "x"' + " } }" * pairs + "\n")
     runner = CliRunner()
-    for args in (["check", str(deep)], ["convert", str(deep), str(tmp_path / "deep.yaml")],
-                 ["check", str(tmp_path / "deep.yaml")],
-                 ["convert", "--upgrade", str(tmp_path / "deep.yaml"), str(tmp_path / "back.prototxt")]):
+    for args in (
+        ["check", str(deep)],
+        ["convert", str(deep), str(tmp_path / "deep.yaml")],
+        ["check", str(tmp_path / "deep.yaml")],
+        ["convert", "--upgrade", str(tmp_path / "deep.yaml"), str(tmp_path / "back.prototxt")],
+    ):
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
     assert read_net(str(tmp_path / "back.prototxt")).message == read_net(str(deep)).message
@@ -98,6 +106,9 @@ def test_nesting_at_the_limit_checks_and_converts_and_one_more_level_is_refused(
     for args in (["check", str(deeper)], ["convert", str(deeper), str(tmp_path / "x.yaml")]):
         result = runner.invoke(main, args)
         brace = len("solver { net_param { ") * pairs + len("solver {")  # the column of the 101st '{'
-        assert (result.exit_code, result.output) == (1, f"{deeper}:2:{brace}: blocks nest more than "
-                                                     f"{MAX_DEPTH} levels deep here\n  hint: specs nest a few "
-                                                     "levels; is the file generated or damaged?\n")
+        assert (result.exit_code, result.output) == (
+            1,
+            f"{deeper}:2:{brace}: blocks nest more than "
+            f"{MAX_DEPTH} levels deep here\n  hint: specs nest a few "
+            "levels; is the file generated or damaged?\n",
+        )

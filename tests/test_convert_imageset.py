@@ -29,8 +29,16 @@ SCALE = 1 / 255
 
 def run_all(*calls: Sequence[object]) -> list[subprocess.CompletedProcess[str]]:
     """Runs the tool once per argument list, all at the same time (a run is mostly Python starting up)."""
-    procs = [subprocess.Popen([sys.executable, str(TOOL), *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for args in calls]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(TOOL), *map(str, args)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in calls
+    ]
     results = []
     for args, proc in zip(calls, procs, strict=True):
         out, err = proc.communicate(timeout=120)
@@ -110,28 +118,42 @@ def converted(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
     """The tool's runs that succeed, done at once: name -> (result, database)."""
     root, out = images["root"], tmp_path_factory.mktemp("dbs")
     runs = {
-        "raw": ("list",), "gray": ("list", "--gray"), "encoded": ("list", "--encoded"),
+        "raw": ("list",),
+        "gray": ("list", "--gray"),
+        "encoded": ("list", "--encoded"),
         "jpg": ("list", "-gray", "--encode_type=jpg"),  # Caffe's flag spellings
         "resized": ("ramps", "--resize_height", 2, "--resize_width", 4),
         "resized_encoded": ("ramps", "--resize_height", 2, "--resize_width", 4, "--encoded"),
-        "shuffled": ("eight", "--shuffle=true"), "skips": ("skips",), "many": ("many",),
-        "leveldb": ("list", "--backend", "leveldb"), "bd_raw": ("bright_dark",), "bd_png": ("bright_dark", "--encoded"),
+        "shuffled": ("eight", "--shuffle=true"),
+        "skips": ("skips",),
+        "many": ("many",),
+        "leveldb": ("list", "--backend", "leveldb"),
+        "bd_raw": ("bright_dark",),
+        "bd_png": ("bright_dark", "--encoded"),
     }
-    results = run_all(*[(root / "bd" if name.startswith("bd") else root, root / f"{a[0]}.txt", out / name, *a[1:])
-                        for name, a in runs.items()])
+    results = run_all(
+        *[
+            (root / "bd" if name.startswith("bd") else root, root / f"{a[0]}.txt", out / name, *a[1:])
+            for name, a in runs.items()
+        ]
+    )
     return {name: (r, out / name) for name, r in zip(runs, results, strict=True)}
 
 
-def test_records_are_caffe_datums_of_bgr_pixels_under_caffes_keys(images: dict[str, Any],
-                                                                   converted: dict[str, Any]) -> None:
+def test_records_are_caffe_datums_of_bgr_pixels_under_caffes_keys(
+    images: dict[str, Any], converted: dict[str, Any]
+) -> None:
     result, db = converted["raw"]
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["A total of 3 images.", "Processed 3 files.", f"Wrote 3 records to '{db}'"]
     records = read_db(db)
     assert [k for k, _ in records] == ["00000000_colour.png", "00000001_grey.png", "00000002_sub dir/with space.png"]
     arrays = images["arrays"]
-    expected = [bgr(arrays["colour.png"]), np.repeat(arrays["grey.png"][None], 3, axis=0),
-                bgr(arrays["sub dir/with space.png"][..., :3])]
+    expected = [
+        bgr(arrays["colour.png"]),
+        np.repeat(arrays["grey.png"][None], 3, axis=0),
+        bgr(arrays["sub dir/with space.png"][..., :3]),
+    ]
     for (_, d), want, label in zip(records, expected, range(3), strict=True):
         assert (d.channels, d.height, d.width, d.label) == (3, 4, 5, label)
         assert d.data == np.ascontiguousarray(want).tobytes() and not d.float_data
@@ -150,8 +172,11 @@ def test_gray_stores_one_channel_as_opencv_reads_it(images: dict[str, Any], conv
     records = read_db(db)
     arrays = images["arrays"]
     rgba = arrays["sub dir/with space.png"][..., :3].astype(np.int64)  # libpng's weights: 15-bit, truncated
-    want = [np.asarray(Image.fromarray(arrays["colour.png"]).convert("L")), arrays["grey.png"],
-            (rgba @ np.array([9797, 19234, 3737])) >> 15]
+    want = [
+        np.asarray(Image.fromarray(arrays["colour.png"]).convert("L")),
+        arrays["grey.png"],
+        (rgba @ np.array([9797, 19234, 3737])) >> 15,
+    ]
     for (_, d), w in zip(records, want, strict=True):
         assert (d.channels, d.height, d.width) == (1, 4, 5)
         assert d.data == w.astype(np.uint8).tobytes()
@@ -185,8 +210,9 @@ def test_resize_is_opencvs_bilinear_without_antialiasing(converted: dict[str, An
         assert enc.encoded and np.array_equal(pixels(enc), pixels(raw))  # re-encoded PNG of the resized image
 
 
-def test_encoded_records_keep_the_file_or_re_encode_its_pixels(images: dict[str, Any],
-                                                                converted: dict[str, Any]) -> None:
+def test_encoded_records_keep_the_file_or_re_encode_its_pixels(
+    images: dict[str, Any], converted: dict[str, Any]
+) -> None:
     result, db = converted["encoded"]
     assert result.returncode == 0, result.stderr
     records, raw = read_db(db), read_db(converted["raw"][1])
@@ -227,7 +253,8 @@ def test_unreadable_images_are_skipped_and_counted(images: dict[str, Any], conve
     assert result.returncode == 0
     assert result.stderr.splitlines() == [
         f"skipped '{root / 'nope.png'}' (line 2): No such file or directory",
-        f"skipped '{root / 'notes.png'}' (line 4): not an image file Pillow can read"]
+        f"skipped '{root / 'notes.png'}' (line 4): not an image file Pillow can read",
+    ]
     assert result.stdout.splitlines()[-1] == f"Wrote 2 records to '{db}'; skipped 2 unreadable image(s)"
     # a key numbers the image's place in the list, as Caffe's does: skipped images leave gaps
     assert [(k, d.label) for k, d in read_db(db)] == [("00000000_colour.png", 0), ("00000003_grey.png", 3)]
@@ -237,7 +264,9 @@ def test_commits_every_1000_records_and_grows_the_map(images: dict[str, Any], co
     result, db = converted["many"]
     assert result.returncode == 0, result.stderr
     assert [ln for ln in result.stdout.splitlines() if ln.startswith("Processed")] == [
-        "Processed 1000 files.", "Processed 1006 files."]
+        "Processed 1000 files.",
+        "Processed 1006 files.",
+    ]
     records = read_db(db)
     assert len(records) == 1006 and records[-1][0] == "00001005_big.png"
     assert np.array_equal(pixels(records[-1][1]), bgr(images["arrays"]["big.png"]))  # 2.4 MB > the first 1 MiB map
@@ -254,8 +283,12 @@ def test_leveldb_backend(converted: dict[str, Any], write_spec: Any) -> None:
     finally:
         ldb.close()
     assert items == raw_items(converted["raw"][1])
-    net = netspec.load(write_spec(f'layer {{ name: "d" type: "Data" top: "data" top: "label" '
-                                  f'data_param {{ source: "{db}" backend: LEVELDB batch_size: 2 }} }}'))
+    net = netspec.load(
+        write_spec(
+            f'layer {{ name: "d" type: "Data" top: "data" top: "label" '
+            f'data_param {{ source: "{db}" backend: LEVELDB batch_size: 2 }} }}'
+        )
+    )
     assert net.shapes["data"] == (2, 3, 4, 5)
 
 
@@ -264,19 +297,35 @@ def test_mistakes_are_one_line_and_exit_status_1(images: dict[str, Any], tmp_pat
     (tmp_path / "exists").mkdir()
     lst = {name: root / f"{name}.txt" for name in ("list", "malformed", "bad_label", "none", "sizes")}
     cases = {
-        "missing list": ((root, tmp_path / "missing.txt", tmp_path / "a"),
-                         f"cannot read list file '{tmp_path / 'missing.txt'}': No such file or directory"),
-        "malformed": ((root, lst["malformed"], tmp_path / "b"),
-                      f"{lst['malformed']}:2: expected 'PATH LABEL', got 'no_label.png'"),
-        "bad label": ((root, lst["bad_label"], tmp_path / "c"), f"{lst['bad_label']}:1: label 'zero' is not a whole number"),
-        "db exists": ((root, lst["list"], tmp_path / "exists"),
-                      f"database '{tmp_path / 'exists'}' already exists; convert_imageset never overwrites one "
-                      "(remove it, or choose another DB_NAME)"),
-        "nothing read": ((root, lst["none"], tmp_path / "d"), "none of the 1 images could be read; no database written"),
-        "one size": ((root, lst["list"], tmp_path / "e", "--resize_height", 8),
-                     "--resize_height and --resize_width go together: give both, or neither"),
-        "check_size": ((root, lst["sizes"], tmp_path / "f", "--check_size"),
-                       f"--check_size: '{root / 'up.png'}' (line 2) is 3x2x2 (C x H x W), but the first image is 3x4x5"),
+        "missing list": (
+            (root, tmp_path / "missing.txt", tmp_path / "a"),
+            f"cannot read list file '{tmp_path / 'missing.txt'}': No such file or directory",
+        ),
+        "malformed": (
+            (root, lst["malformed"], tmp_path / "b"),
+            f"{lst['malformed']}:2: expected 'PATH LABEL', got 'no_label.png'",
+        ),
+        "bad label": (
+            (root, lst["bad_label"], tmp_path / "c"),
+            f"{lst['bad_label']}:1: label 'zero' is not a whole number",
+        ),
+        "db exists": (
+            (root, lst["list"], tmp_path / "exists"),
+            f"database '{tmp_path / 'exists'}' already exists; convert_imageset never overwrites one "
+            "(remove it, or choose another DB_NAME)",
+        ),
+        "nothing read": (
+            (root, lst["none"], tmp_path / "d"),
+            "none of the 1 images could be read; no database written",
+        ),
+        "one size": (
+            (root, lst["list"], tmp_path / "e", "--resize_height", 8),
+            "--resize_height and --resize_width go together: give both, or neither",
+        ),
+        "check_size": (
+            (root, lst["sizes"], tmp_path / "f", "--check_size"),
+            f"--check_size: '{root / 'up.png'}' (line 2) is 3x2x2 (C x H x W), but the first image is 3x4x5",
+        ),
     }
     results = run_all(*[args for args, _ in cases.values()])
     for (name, (args, message)), result in zip(cases.items(), results, strict=True):

@@ -52,8 +52,9 @@ def read_svg(path: Path) -> Picture:
     for g in root.iter(f"{SVG}g"):
         title = g.findtext(f"{SVG}title")
         if g.get("class") == "edge":
-            pic.edges.append((title, points(g.find(f"{SVG}polyline").get("points")),
-                              points(g.find(f"{SVG}polygon").get("points"))))
+            pic.edges.append(
+                (title, points(g.find(f"{SVG}polyline").get("points")), points(g.find(f"{SVG}polygon").get("points")))
+            )
             continue
         rect, ellipse = g.find(f"{SVG}rect"), g.find(f"{SVG}ellipse")
         if rect is not None:
@@ -64,8 +65,9 @@ def read_svg(path: Path) -> Picture:
             cx, cy, rx, ry = (float(ellipse.get(k)) for k in ("cx", "cy", "rx", "ry"))
             pic.boxes[title] = (cx - rx, cy - ry, cx + rx, cy + ry)
             pic.outputs.add(title)
-    pic.labels = [(t.text, (float(t.get("x")), float(t.get("y")))) for t in root.iter(f"{SVG}text")
-                  if t.get("class") == "label"]
+    pic.labels = [
+        (t.text, (float(t.get("x")), float(t.get("y")))) for t in root.iter(f"{SVG}text") if t.get("class") == "label"
+    ]
     return pic
 
 
@@ -169,32 +171,41 @@ def test_dot_honours_rankdir(tmp_path: Path, rankdir: str) -> None:
 def test_dot_follows_phase_and_fed_shapes(tmp_path: Path, write_spec: Callable[[str, str], str]) -> None:
     assert not any(line.startswith('  "accuracy"') for line in dot(LENET, tmp_path, phase="TRAIN"))
     assert any(line.startswith('  "accuracy"') for line in dot(LENET, tmp_path, phase="TEST"))
-    spec = write_spec('name: "fed"\n'
-                      'layer { name: "data" type: "Data" top: "data" top: "label" data_param { source: "nowhere" '
-                      "batch_size: 10 } }\n"
-                      'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
-                      "inner_product_param { num_output: 5 } }\n"
-                      'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n',
-                      "fed.prototxt")
+    spec = write_spec(
+        'name: "fed"\n'
+        'layer { name: "data" type: "Data" top: "data" top: "label" data_param { source: "nowhere" '
+        "batch_size: 10 } }\n"
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+        "inner_product_param { num_output: 5 } }\n"
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n',
+        "fed.prototxt",
+    )
     lines = dot(spec, tmp_path, shapes={"data": (10, 3, 32, 32)})
     assert '  "data" -> "ip" [label="data (10, 3, 32, 32)"];' in lines
     assert '  "data" -> "loss" [label="label (10,)"];' in lines
     assert '  "data" [label="data\\nData", fillcolor="#A5D6A7"];' in lines
 
 
-def test_dot_quotes_odd_names_and_keeps_same_named_layers_apart(tmp_path: Path,
-                                                                write_spec: Callable[[str, str], str]) -> None:
-    spec = write_spec("name: odd\nlayer:\n"
-                      "  - {name: 'in\"<&>\\x', type: Input, top: x, input_param: {shape: [2, 3]}}\n"
-                      "  - {name: act, type: ReLU, bottom: x, top: a}\n"
-                      "  - {name: act, type: Sigmoid, bottom: x, top: b}\n"
-                      "  - {name: sum, type: Eltwise, bottom: [a, a, b]}\n", "odd.yaml")
+def test_dot_quotes_odd_names_and_keeps_same_named_layers_apart(
+    tmp_path: Path, write_spec: Callable[[str, str], str]
+) -> None:
+    spec = write_spec(
+        "name: odd\nlayer:\n"
+        "  - {name: 'in\"<&>\\x', type: Input, top: x, input_param: {shape: [2, 3]}}\n"
+        "  - {name: act, type: ReLU, bottom: x, top: a}\n"
+        "  - {name: act, type: Sigmoid, bottom: x, top: b}\n"
+        "  - {name: sum, type: Eltwise, bottom: [a, a, b]}\n",
+        "odd.yaml",
+    )
     lines = dot(spec, tmp_path)
     assert '  "in\\"<&>\\\\x" [label="in\\"<&>\\\\x\\nInput", fillcolor="#A5D6A7"];' in lines
     assert '  "in\\"<&>\\\\x" -> "act#2" [label="x (2, 3)"];' in lines
     # a blob read twice is one connection
     assert [line for line in lines if " -> " in line and '"sum"' in line] == [
-        '  "act" -> "sum" [label="a (2, 3)"];', '  "act#2" -> "sum" [label="b (2, 3)"];', '  "sum" -> "output:sum";']
+        '  "act" -> "sum" [label="a (2, 3)"];',
+        '  "act#2" -> "sum" [label="b (2, 3)"];',
+        '  "sum" -> "output:sum";',
+    ]
     pic = read_svg(draw_to(spec, tmp_path / "odd.svg"))  # the same names in XML
     assert set(pic.boxes) == {'in"<&>\\x', "act", "act#2", "sum", "output:sum"}
 
@@ -302,15 +313,17 @@ def test_the_draw_command(tmp_path: Path) -> None:
     assert (result.exit_code, result.output) == (0, f"wrote {out}\n")
     assert "  rankdir=LR;" in out.read_text()
     result = CliRunner().invoke(main, ["draw", str(MODELS / "lenet.prototxt"), "-o", str(tmp_path / "x.jpg")])
-    assert (result.exit_code, result.output) == (1, f"error: cannot draw to '{tmp_path / 'x.jpg'}': give a .svg, "
-                                                    ".png, .dot or .html file\n")
+    assert (result.exit_code, result.output) == (
+        1,
+        f"error: cannot draw to '{tmp_path / 'x.jpg'}': give a .svg, .png, .dot or .html file\n",
+    )
 
 
 def assert_apart(pic: Picture) -> None:
     """No two boxes overlap, no label starts inside a box, and no edge passes through a box."""
     rects = list(pic.boxes.items())
     for i, (a, ra) in enumerate(rects):
-        for b, rb in rects[i + 1:]:
+        for b, rb in rects[i + 1 :]:
             assert not overlap(ra, rb), (a, b)
         inside = (ra[0] + 1, ra[1] + 1, ra[2] - 1, ra[3] - 1)
         for text, (x, y) in pic.labels:
@@ -332,7 +345,7 @@ def test_png_is_a_drawn_picture(tmp_path: Path, rankdir: str) -> None:
     assert 150 < short < long < 4000  # eleven layers in a chain, drawn along the ranks
     counts = {colour: n for n, colour in rgb.getcolors(maxcolors=width * height)}
     for fill in ("#FF8A80", "#A5D6A7", "#FFE082"):  # convolution, data, loss boxes
-        assert counts.get(tuple(int(fill[i:i + 2], 16) for i in (1, 3, 5)), 0) > 500
+        assert counts.get(tuple(int(fill[i : i + 2], 16) for i in (1, 3, 5)), 0) > 500
     assert width * height - counts[255, 255, 255] > 0.05 * width * height  # not blank
 
 
@@ -362,10 +375,13 @@ def test_a_missing_output_folder_is_a_message(tmp_path: Path) -> None:
 
 
 def test_a_spec_error_is_raised_unchanged(tmp_path: Path, write_spec: Callable[[str, str], str]) -> None:
-    spec = write_spec('name: "broken"\n'
-                      'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'
-                      'layer { name: "ip" type: "InnerProduct" bottom: "dat" top: "ip" '
-                      "inner_product_param { num_output: 2 } }\n", "broken.prototxt")
+    spec = write_spec(
+        'name: "broken"\n'
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "dat" top: "ip" '
+        "inner_product_param { num_output: 2 } }\n",
+        "broken.prototxt",
+    )
     with pytest.raises(NetspecError) as loading:
         load(spec)
     with pytest.raises(NetspecError) as drawing:
@@ -377,12 +393,15 @@ def test_a_spec_error_is_raised_unchanged(tmp_path: Path, write_spec: Callable[[
 
 
 def test_drawing_never_imports_torch(tmp_path: Path) -> None:
-    code = ("import sys; from netspec.draw import draw\n"
-            "for suffix in ('dot', 'svg', 'png'):\n"
-            "    draw(sys.argv[1], sys.argv[2] + '.' + suffix)\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')")
-    result = subprocess.run([sys.executable, "-c", code, BRANCHED[0], str(tmp_path / "net")], capture_output=True,
-                            text=True)
+    code = (
+        "import sys; from netspec.draw import draw\n"
+        "for suffix in ('dot', 'svg', 'png'):\n"
+        "    draw(sys.argv[1], sys.argv[2] + '.' + suffix)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, BRANCHED[0], str(tmp_path / "net")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
     assert all((tmp_path / f"net.{suffix}").stat().st_size > 0 for suffix in ("dot", "svg", "png"))

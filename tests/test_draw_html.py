@@ -21,8 +21,15 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
 
 # The closed network here refuses Chromium's background connections; these flags keep it from trying.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +87,7 @@ def test_in_place_layers_fold_into_their_producer_and_phases_switch(browser: obj
     box = page.locator("div.view:not([hidden]) g.layer", has_text="conv1").first
     assert "+ ReLU relu1" in box.text_content()
     box.click()
-    assert page.locator("#panel section.layer-info h2").all_text_contents() == ["conv1 (Convolution)",
-                                                                               "relu1 (ReLU)"]
+    assert page.locator("#panel section.layer-info h2").all_text_contents() == ["conv1 (Convolution)", "relu1 (ReLU)"]
     assert "prob" in page.locator("div.view:not([hidden]) g.layer title").all_text_contents()
     page.locator("button.phase", has_text="TRAIN").click()
     assert page.locator("#totals").text_content().startswith("TRAIN · ")

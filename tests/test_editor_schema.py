@@ -33,17 +33,36 @@ def test_every_ready_yaml_spec_is_valid(spec: str) -> None:
     assert errors == []
 
 
-@pytest.mark.parametrize(("old", "new", "path", "message"), [
-    ("kernel_size: 3, pad: 1", "kernel_sise: 3, pad: 1", ["layer", 1, "convolution_param"],
-     "Additional properties are not allowed ('kernel_sise' was unexpected)"),
-    ("pool: MAX", "pool: MAXX", ["layer", 3, "pooling_param", "pool"],
-     "'MAXX' is not one of ['MAX', 'AVE', 'STOCHASTIC', 0, 1, 2]"),
-    ("num_output: 128", "num_output: many", ["layer", 7, "inner_product_param", "num_output"],
-     "'many' is not of type 'integer'"),
-    ("type: Adam", "tipe: Adam", ["solver"], "Additional properties are not allowed ('tipe' was unexpected)"),
-    ("metric: accuracy", "metric: accuracy\n  trails: 3", ["sweep"],
-     "Additional properties are not allowed ('trails' was unexpected)"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "path", "message"),
+    [
+        (
+            "kernel_size: 3, pad: 1",
+            "kernel_sise: 3, pad: 1",
+            ["layer", 1, "convolution_param"],
+            "Additional properties are not allowed ('kernel_sise' was unexpected)",
+        ),
+        (
+            "pool: MAX",
+            "pool: MAXX",
+            ["layer", 3, "pooling_param", "pool"],
+            "'MAXX' is not one of ['MAX', 'AVE', 'STOCHASTIC', 0, 1, 2]",
+        ),
+        (
+            "num_output: 128",
+            "num_output: many",
+            ["layer", 7, "inner_product_param", "num_output"],
+            "'many' is not of type 'integer'",
+        ),
+        ("type: Adam", "tipe: Adam", ["solver"], "Additional properties are not allowed ('tipe' was unexpected)"),
+        (
+            "metric: accuracy",
+            "metric: accuracy\n  trails: 3",
+            ["sweep"],
+            "Additional properties are not allowed ('trails' was unexpected)",
+        ),
+    ],
+)
 def test_mistakes_are_flagged_at_their_field(old: str, new: str, path: list, message: str) -> None:
     error = best_match(VALIDATOR.iter_errors(yaml.safe_load(DIGITS.replace(old, new, 1))))
     assert error is not None
@@ -58,9 +77,17 @@ def test_the_schema_knows_every_layer_type_default_shorthand_and_comment() -> No
     assert defs["SweepParameter"]["properties"]["metric"]["description"].startswith("The test output to optimise")
     assert defs["LayerParameter"]["properties"]["convolution_param"]["description"].startswith("Convolution: ")
     assert defs["LayerParameter"]["additionalProperties"] is False
-    shorthand = {"layer": [{"name": "d", "type": "Input", "input_param": {"shape": [1, 2]}},  # a shape as a list
-                           {"name": "f", "type": "InnerProduct", "bottom": "d",  # one value for a list
-                            "inner_product_param": {"num_output": 2, "weight_filler": "xavier"}}]}
+    shorthand = {
+        "layer": [
+            {"name": "d", "type": "Input", "input_param": {"shape": [1, 2]}},  # a shape as a list
+            {
+                "name": "f",
+                "type": "InnerProduct",
+                "bottom": "d",  # one value for a list
+                "inner_product_param": {"num_output": 2, "weight_filler": "xavier"},
+            },
+        ]
+    }
     assert list(VALIDATOR.iter_errors(shorthand)) == []
 
 

@@ -35,8 +35,9 @@ READING = [p for p in SPECS if p.name.startswith(("nesting_", "number_", "string
 
 
 @pytest.mark.parametrize("spec", READING, ids=lambda p: p.name)
-def test_convert_refuses_what_reading_refuses_with_the_same_message(spec: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_convert_refuses_what_reading_refuses_with_the_same_message(
+    spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ERRORS)
     target = tmp_path / ("out.yaml" if spec.suffix == ".prototxt" else "out.prototxt")
     result = CliRunner().invoke(main, ["convert", spec.name, str(target)])
@@ -62,8 +63,10 @@ def test_unknown_extension(tmp_path: Path) -> None:
     spec.write_text("{}")
     result = CliRunner().invoke(main, ["check", str(spec)])
     assert result.exit_code == 1
-    assert result.output == (f"error: cannot tell the format of '{spec}' from its name\n"
-                             "  hint: name spec files *.prototxt (or *.pbtxt) or *.yaml (or *.yml)\n")
+    assert result.output == (
+        f"error: cannot tell the format of '{spec}' from its name\n"
+        "  hint: name spec files *.prototxt (or *.pbtxt) or *.yaml (or *.yml)\n"
+    )
 
 
 def test_binary_file_named_like_a_spec(tmp_path: Path) -> None:

@@ -64,8 +64,10 @@ def test_ready_model_exports_and_matches_pytorch(path: str, tmp_path: Path) -> N
         for value in session.get_inputs():
             shape = (batch, *net.shapes[value.name][1:])
             feeds[value.name] = torch.randn(shape, generator=gen) * 4 + 2
-        fed = {n: _preprocessed(net, n, x) if n in feeds else torch.zeros((batch, *net.shapes[n][1:]))
-               for n, x in {**{n: None for n in net.inputs}, **feeds}.items()}
+        fed = {
+            n: _preprocessed(net, n, x) if n in feeds else torch.zeros((batch, *net.shapes[n][1:]))
+            for n, x in {**{n: None for n in net.inputs}, **feeds}.items()
+        }
         with torch.no_grad():
             blobs = module.blobs(**fed)
         names = [o.name for o in session.get_outputs()]
@@ -142,8 +144,9 @@ def test_metadata_records_the_spec_io_and_labels(digits_onnx: Path) -> None:
     assert json.loads(meta["netspec.inputs"]) == {"data": [64, 1, 8, 8]}
     assert json.loads(meta["netspec.outputs"]) == ["prob"]
     assert json.loads(meta["netspec.labels"]) == DIGIT_LABELS
-    assert json.loads(meta["netspec.preprocessing"]) == {"data": {"scale": 0.0625, "mean": None, "mean_file": None,
-                                                                  "standardize": None}}
+    assert json.loads(meta["netspec.preprocessing"]) == {
+        "data": {"scale": 0.0625, "mean": None, "mean_file": None, "standardize": None}
+    }
     assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 1, 8, 8]
     assert model.producer_name == "netspec"
 
@@ -182,8 +185,11 @@ def test_failed_verification_renames_the_file(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(export, "ATOL", -1.0)  # nothing can agree within a negative tolerance
     out = tmp_path / "xor.onnx"
-    with pytest.raises(ExportError, match=r"the exported model does not compute what PyTorch does: on random "
-                                          r"inputs \(batch \d\) they differ by up to .*; the file was renamed to "):
+    with pytest.raises(
+        ExportError,
+        match=r"the exported model does not compute what PyTorch does: on random "
+        r"inputs \(batch \d\) they differ by up to .*; the file was renamed to ",
+    ):
         export.export_onnx(netspec.compile(str(MODELS / "xor.yaml")), out)
     assert not out.exists() and (tmp_path / "xor.onnx.failed").exists()
 
@@ -199,6 +205,7 @@ def test_net_without_deploy_outputs_is_refused(write_spec) -> None:
 layer { name: "d" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
 layer { name: "loss" type: "EuclideanLoss" bottom: "x" bottom: "y" top: "loss" }
 """)
-    with pytest.raises(ExportError, match="the net has nothing left to compute once its losses and accuracy are "
-                                          "dropped"):
+    with pytest.raises(
+        ExportError, match="the net has nothing left to compute once its losses and accuracy are dropped"
+    ):
         netspec.export_onnx(netspec.compile(path), Path(path).with_suffix(".onnx"))

@@ -76,17 +76,35 @@ def test_netspec_additions() -> None:
     assert gained.abs().max().item() == pytest.approx(2 * math.sqrt(6 / 800), rel=0.01)
 
 
-@pytest.mark.parametrize(("filler", "shape", "message"), [
-    (F(type="xaviar"), (2, 2), "unknown filler type 'xaviar'"),
-    (F(type="uniform", sparse=3), (2, 2), "sparse applies only to the gaussian filler"),
-    (F(type="bilinear"), (2, 2, 3, 4), "the bilinear filler needs a 4-axis blob with square kernels, got shape (2, 2, 3, 4)"),
-    (F(type="kaiming_normal", nonlinearity="swish"), (2, 2),
-     "unknown nonlinearity 'swish' (known: linear, conv, sigmoid, tanh, relu, leaky_relu, selu, elu, gelu)"),
-    (F(type="positive_unitball"), (), "the positive_unitball filler needs a blob with at least one axis, got a "
-     "0-axis blob (a shared PReLU slope, or Scale/Bias with num_axes 0)"),
-    (F(type="gaussian", sparse=1), (), "the sparse filler needs a blob with at least one axis, got a 0-axis blob "
-     "(a shared PReLU slope, or Scale/Bias with num_axes 0)"),
-])
+@pytest.mark.parametrize(
+    ("filler", "shape", "message"),
+    [
+        (F(type="xaviar"), (2, 2), "unknown filler type 'xaviar'"),
+        (F(type="uniform", sparse=3), (2, 2), "sparse applies only to the gaussian filler"),
+        (
+            F(type="bilinear"),
+            (2, 2, 3, 4),
+            "the bilinear filler needs a 4-axis blob with square kernels, got shape (2, 2, 3, 4)",
+        ),
+        (
+            F(type="kaiming_normal", nonlinearity="swish"),
+            (2, 2),
+            "unknown nonlinearity 'swish' (known: linear, conv, sigmoid, tanh, relu, leaky_relu, selu, elu, gelu)",
+        ),
+        (
+            F(type="positive_unitball"),
+            (),
+            "the positive_unitball filler needs a blob with at least one axis, got a "
+            "0-axis blob (a shared PReLU slope, or Scale/Bias with num_axes 0)",
+        ),
+        (
+            F(type="gaussian", sparse=1),
+            (),
+            "the sparse filler needs a blob with at least one axis, got a 0-axis blob "
+            "(a shared PReLU slope, or Scale/Bias with num_axes 0)",
+        ),
+    ],
+)
 def test_filler_errors(filler: pb.FillerParameter, shape: tuple[int, ...], message: str) -> None:
     with pytest.raises(ParamError) as e:
         check_filler(filler, shape)

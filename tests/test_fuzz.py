@@ -33,8 +33,10 @@ KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def _report(unknown: dict[str, tuple[Case, object]]) -> str:
-    return "\n\n".join(f"{sig}\n  {case.how}\n{case.text[:2000]}\n{getattr(d, 'detail', '')[-3000:]}"
-                       for sig, (case, d) in unknown.items())
+    return "\n\n".join(
+        f"{sig}\n  {case.how}\n{case.text[:2000]}\n{getattr(d, 'detail', '')[-3000:]}"
+        for sig, (case, d) in unknown.items()
+    )
 
 
 def test_fuzzed_specs_are_accepted_or_refused_with_one_line(tmp_path: Path) -> None:
@@ -67,8 +69,9 @@ def _seed_message(seed: Seed) -> Message | None:
     return msg.net_param if seed.name.endswith(":net_param") else msg
 
 
-@pytest.mark.parametrize("seed", [s for s in load_seeds() if s.tree is not None and _seed_message(s) is not None],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "seed", [s for s in load_seeds() if s.tree is not None and _seed_message(s) is not None], ids=lambda s: s.name
+)
 def test_the_fuzzer_writes_its_seeds_back_unchanged(seed: Seed) -> None:
     """The mutations start from the seeds as netspec reads them: the tree written back in the seed's own
     format is the same message. (Across formats it need not be: YAML fills in tops and bottoms.)"""
@@ -128,8 +131,9 @@ def test_known_defects_still_fail(tmp_path: Path) -> None:
             # machine does not pass for a hang.
             timeout = 5.0 if signature.startswith("Hang") else 30.0
             with memory_limit(2048):
-                result = run_case(case, tmp_path, timeout=timeout, time_fraction=1.0, rng=random.Random(0),
-                                  train_fraction=1.0)
+                result = run_case(
+                    case, tmp_path, timeout=timeout, time_fraction=1.0, rng=random.Random(0), train_fraction=1.0
+                )
             if not any(_same(signature, d.signature) for d in result.defects):
                 fixed.append(f"{path.name}: {signature}")
     assert not fixed, "fixed - delete these from KNOWN_DEFECTS: " + "; ".join(fixed)

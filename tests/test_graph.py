@@ -57,8 +57,11 @@ def test_in_place_blobs_are_rewritten_and_blobs_feed_several_layers(write_spec: 
 
 
 def test_loss_weights_default_to_one_for_the_first_top_of_a_loss(write_spec: Callable[..., str]) -> None:
-    net = netspec.load(write_spec(TRAIN_TEST + 'layer { name: "l2" type: "SoftmaxWithLoss" bottom: "fc" '
-                                              'bottom: "label" top: "l2" top: "p2" }'))
+    net = netspec.load(
+        write_spec(
+            TRAIN_TEST + 'layer { name: "l2" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "l2" top: "p2" }'
+        )
+    )
     weights = {info.node.name: info.node.loss_weights for info in net.layers}
     assert weights["loss"] == (1.0,) and weights["l2"] == (1.0, 0.0) and weights["fc"] == (0.0,)
 
@@ -100,30 +103,56 @@ layer { name: "fc" type: "InnerProduct" bottom: "a" top: "fc" param { name: "sha
     assert module.caffe_params()["fc"][0].data_ptr() == module.caffe_params()["p"][0].data_ptr()
 
 
-@pytest.mark.parametrize(("extra", "error", "message"), [
-    ('layer { name: "fb" type: "InnerProduct" bottom: "data" top: "fb" param { name: "w" } '
-     'inner_product_param { num_output: 4 } }', ShapeError,
-     "shared param 'w' has shape (4, 6) here but (3, 6) in layer 'fa'"),
-    ('layer { name: "fb" type: "InnerProduct" bottom: "data" top: "fb" param { name: "w" lr_mult: 2 } '
-     'inner_product_param { num_output: 3 } }', ParamError,
-     "shared param 'w' has lr_mult 2.0 here but 1.0 in layer 'fa'"),
-    ('layer { name: "fa" type: "InnerProduct" bottom: "data" top: "f2" inner_product_param { num_output: 3 } }',
-     ParamError, "another layer with parameters is also named 'fa' (line 2); weights are matched to layers by name"),
-    ('layer { name: "fa" type: "ReLU" bottom: "fa" top: "fa" }',  # Caffe would load fa's weights into the ReLU
-     ParamError, "another layer with parameters is also named 'fa' (line 2); weights are matched to layers by name"),
-    ('layer { name: "data" type: "InnerProduct" bottom: "data" top: "f2" inner_product_param { num_output: 3 } }',
-     ParamError, "another layer is also named 'data' (line 1), and this one has parameters; weights are matched to "
-                 "layers by name"),
-    ('layer { name: "x" type: "ReLU" bottom: "data" top: "fa_out" include { phase: TEST } exclude { phase: TRAIN } }',
-     GraphError, "a layer may have include rules or exclude rules, not both"),
-    ('layer { name: "x" type: "Concat" bottom: "data" bottom: "fa" top: "fa" }', GraphError,
-     "top 'fa' is bottom 1 of this layer but top 0; in-place tops must sit at the same position as their bottom"),
-    ('layer { type: "ReLU" bottom: "data" top: "r" }', GraphError, "the layer has no name"),
-])
+@pytest.mark.parametrize(
+    ("extra", "error", "message"),
+    [
+        (
+            'layer { name: "fb" type: "InnerProduct" bottom: "data" top: "fb" param { name: "w" } '
+            "inner_product_param { num_output: 4 } }",
+            ShapeError,
+            "shared param 'w' has shape (4, 6) here but (3, 6) in layer 'fa'",
+        ),
+        (
+            'layer { name: "fb" type: "InnerProduct" bottom: "data" top: "fb" param { name: "w" lr_mult: 2 } '
+            "inner_product_param { num_output: 3 } }",
+            ParamError,
+            "shared param 'w' has lr_mult 2.0 here but 1.0 in layer 'fa'",
+        ),
+        (
+            'layer { name: "fa" type: "InnerProduct" bottom: "data" top: "f2" inner_product_param { num_output: 3 } }',
+            ParamError,
+            "another layer with parameters is also named 'fa' (line 2); weights are matched to layers by name",
+        ),
+        (
+            'layer { name: "fa" type: "ReLU" bottom: "fa" top: "fa" }',  # Caffe would load fa's weights into the ReLU
+            ParamError,
+            "another layer with parameters is also named 'fa' (line 2); weights are matched to layers by name",
+        ),
+        (
+            'layer { name: "data" type: "InnerProduct" bottom: "data" top: "f2" inner_product_param { num_output: 3 } }',
+            ParamError,
+            "another layer is also named 'data' (line 1), and this one has parameters; weights are matched to "
+            "layers by name",
+        ),
+        (
+            'layer { name: "x" type: "ReLU" bottom: "data" top: "fa_out" include { phase: TEST } exclude { phase: TRAIN } }',
+            GraphError,
+            "a layer may have include rules or exclude rules, not both",
+        ),
+        (
+            'layer { name: "x" type: "Concat" bottom: "data" bottom: "fa" top: "fa" }',
+            GraphError,
+            "top 'fa' is bottom 1 of this layer but top 0; in-place tops must sit at the same position as their bottom",
+        ),
+        ('layer { type: "ReLU" bottom: "data" top: "r" }', GraphError, "the layer has no name"),
+    ],
+)
 def test_graph_errors(write_spec: Callable[..., str], extra: str, error: type, message: str) -> None:
-    base = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }\n'
-            'layer { name: "fa" type: "InnerProduct" bottom: "data" top: "fa" param { name: "w" } '
-            'inner_product_param { num_output: 3 } }\n')
+    base = (
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }\n'
+        'layer { name: "fa" type: "InnerProduct" bottom: "data" top: "fa" param { name: "w" } '
+        "inner_product_param { num_output: 3 } }\n"
+    )
     with pytest.raises(error) as e:
         netspec.load(write_spec(base + extra))
     assert e.value.msg == message
@@ -131,16 +160,20 @@ def test_graph_errors(write_spec: Callable[..., str], extra: str, error: type, m
 
 
 def test_duplicate_names_of_parameter_free_layers_are_allowed(write_spec: Callable[..., str]) -> None:
-    spec = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }\n'
-            'layer { name: "act" type: "ReLU" bottom: "data" top: "a" }\n'
-            'layer { name: "act" type: "TanH" bottom: "data" top: "b" }\n')
+    spec = (
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }\n'
+        'layer { name: "act" type: "ReLU" bottom: "data" top: "a" }\n'
+        'layer { name: "act" type: "TanH" bottom: "data" top: "b" }\n'
+    )
     assert names(netspec.load(write_spec(spec))) == ["data", "act", "act"]
 
 
 def test_in_place_layers_keep_their_shape(write_spec: Callable[..., str]) -> None:
-    spec = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }\n'
-            'layer { name: "s" type: "Softmax" bottom: "data" top: "data" }\n'
-            'layer { name: "r" type: "Reduction" bottom: "data" top: "data" reduction_param { axis: 1 } }\n')
+    spec = (
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }\n'
+        'layer { name: "s" type: "Softmax" bottom: "data" top: "data" }\n'
+        'layer { name: "r" type: "Reduction" bottom: "data" top: "data" reduction_param { axis: 1 } }\n'
+    )
     with pytest.raises(ShapeError) as e:
         netspec.load(write_spec(spec))
     assert e.value.msg == "in place, top 'data' must keep its shape (2, 6), but Reduction makes it (2,)"

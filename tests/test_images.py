@@ -46,9 +46,11 @@ def _within_one(got: np.ndarray, want: np.ndarray) -> None:
 def test_image_data_batches_are_caffes(tmp_path: Path, key: str) -> None:
     h, w = _size(key)
     spec = tmp_path / "images.prototxt"
-    spec.write_text(f'layer {{ name: "data" type: "ImageData" top: "data" top: "label" image_data_param {{ '
-                    f'source: "{FOLDER / "list.txt"}" root_folder: "{FOLDER}/" batch_size: 4 new_height: {h} '
-                    f'new_width: {w} is_color: {str(key.startswith("colour")).lower()} }} }}')
+    spec.write_text(
+        f'layer {{ name: "data" type: "ImageData" top: "data" top: "label" image_data_param {{ '
+        f'source: "{FOLDER / "list.txt"}" root_folder: "{FOLDER}/" batch_size: 4 new_height: {h} '
+        f"new_width: {w} is_color: {str(key.startswith('colour')).lower()} }} }}"
+    )
     batch = Feeder(netspec.load(str(spec), phase="TEST"), torch.device("cpu"), seed=0).next()
     _within_one(batch["data"].numpy(), CAFFE[key])
     assert batch["label"].tolist() == [0, 1, 2, 3]
@@ -76,8 +78,20 @@ def test_image_folder_datasets_resize_as_caffe(tmp_path: Path) -> None:
 
 def test_convert_imageset_resizes_as_caffe(tmp_path: Path) -> None:
     tool = Path(__file__).resolve().parent.parent / "tools" / "convert_imageset.py"
-    run = subprocess.run([sys.executable, str(tool), "--resize_height=7", "--resize_width=9", f"{FOLDER}/",
-                          str(FOLDER / "list.txt"), str(tmp_path / "db")], capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(tool),
+            "--resize_height=7",
+            "--resize_width=9",
+            f"{FOLDER}/",
+            str(FOLDER / "list.txt"),
+            str(tmp_path / "db"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     from netspec.data.probe import lmdb_env
 
@@ -97,12 +111,16 @@ def test_decoding_refuses_what_opencv_cannot_read() -> None:
 def test_checking_an_image_net_does_not_import_opencv(tmp_path: Path) -> None:
     # checking reads image headers with Pillow; OpenCV (and its import time) is for decoding only
     spec = tmp_path / "images.prototxt"
-    spec.write_text(f'layer {{ name: "data" type: "ImageData" top: "data" top: "label" image_data_param {{ '
-                    f'source: "{FOLDER / "list.txt"}" root_folder: "{FOLDER}/" batch_size: 4 new_height: 7 '
-                    'new_width: 9 } }')
-    code = ("import sys; from netspec.cli import main; sys.argv = ['netspec', 'check', sys.argv[1]]\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "assert 'cv2' not in sys.modules and 'torch' not in sys.modules\nprint('ok')")
+    spec.write_text(
+        f'layer {{ name: "data" type: "ImageData" top: "data" top: "label" image_data_param {{ '
+        f'source: "{FOLDER / "list.txt"}" root_folder: "{FOLDER}/" batch_size: 4 new_height: 7 '
+        "new_width: 9 } }"
+    )
+    code = (
+        "import sys; from netspec.cli import main; sys.argv = ['netspec', 'check', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'cv2' not in sys.modules and 'torch' not in sys.modules\nprint('ok')"
+    )
     result = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")

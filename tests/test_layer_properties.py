@@ -50,10 +50,12 @@ def conv(draw: st.DrawFn, deconv: bool = False) -> Case:
     channels = group * draw(small)
     x = (draw(small), channels, *draw(st.lists(st.integers(1, 9), min_size=spatial, max_size=spatial)))
     k = draw(st.lists(st.integers(1, 4), min_size=1, max_size=1 if spatial != 2 else 2))
-    fields = (f"convolution_param {{ num_output: {group * draw(small)} group: {group} "
-              + " ".join(f"kernel_size: {v}" for v in k)
-              + f" stride: {draw(st.integers(1, 3))} pad: {draw(st.integers(0, 2))} dilation: {draw(st.integers(1, 2))}"
-              + f" bias_term: {str(draw(st.booleans())).lower()} }}")
+    fields = (
+        f"convolution_param {{ num_output: {group * draw(small)} group: {group} "
+        + " ".join(f"kernel_size: {v}" for v in k)
+        + f" stride: {draw(st.integers(1, 3))} pad: {draw(st.integers(0, 2))} dilation: {draw(st.integers(1, 2))}"
+        + f" bias_term: {str(draw(st.booleans())).lower()} }}"
+    )
     return fields, (In(x),), 1
 
 
@@ -64,8 +66,10 @@ def pooling(draw: st.DrawFn) -> Case:
     if draw(st.integers(0, 5)) == 0:
         return f"pooling_param {{ pool: {pool} global_pooling: true }}", (In(x),), 1
     k = draw(st.integers(1, 5))
-    fields = (f"pooling_param {{ pool: {pool} kernel_size: {k} stride: {draw(st.integers(1, 4))} "
-              f"pad: {draw(st.integers(0, k - 1))} round_mode: {draw(st.sampled_from(['CEIL', 'FLOOR']))} }}")
+    fields = (
+        f"pooling_param {{ pool: {pool} kernel_size: {k} stride: {draw(st.integers(1, 4))} "
+        f"pad: {draw(st.integers(0, k - 1))} round_mode: {draw(st.sampled_from(['CEIL', 'FLOOR']))} }}"
+    )
     return fields, (In(x),), 2 if pool == "MAX" and draw(st.booleans()) else 1
 
 
@@ -73,8 +77,10 @@ def pooling(draw: st.DrawFn) -> Case:
 def reshape(draw: st.DrawFn) -> Case:
     x = draw(shape(1, 4))
     new = draw(st.lists(st.sampled_from([-1, 0, 1, 2, 3, 4, 6]), min_size=0, max_size=3))
-    fields = ("reshape_param { shape { " + " ".join(f"dim: {d}" for d in new) + " } "
-              f"axis: {draw(st.integers(-len(x) - 1, len(x)))} num_axes: {draw(st.integers(-1, len(x)))} }}")
+    fields = (
+        "reshape_param { shape { " + " ".join(f"dim: {d}" for d in new) + " } "
+        f"axis: {draw(st.integers(-len(x) - 1, len(x)))} num_axes: {draw(st.integers(-1, len(x)))} }}"
+    )
     return fields, (In(x),), 1
 
 
@@ -90,7 +96,7 @@ def scale_or_bias(draw: st.DrawFn, type_name: str) -> Case:
     axis = draw(st.integers(0, len(x) - 1))
     block = "scale_param" if type_name == "Scale" else "bias_param"
     if draw(st.booleans()):
-        operand = x[axis:axis + draw(st.integers(0, len(x) - axis))]
+        operand = x[axis : axis + draw(st.integers(0, len(x) - axis))]
         return f"{block} {{ axis: {axis} }}", (In(x), In(operand or (1,))), 1
     return f"{block} {{ axis: {axis} num_axes: {draw(st.integers(-1, len(x) - axis))} }}", (In(x),), 1
 
@@ -125,8 +131,12 @@ def crop(draw: st.DrawFn) -> Case:
 @st.composite
 def im2col(draw: st.DrawFn) -> Case:
     x = (draw(small), draw(small), draw(st.integers(1, 9)), draw(st.integers(1, 9)))
-    return (f"convolution_param {{ kernel_size: {draw(st.integers(1, 4))} stride: {draw(st.integers(1, 3))} "
-            f"pad: {draw(st.integers(0, 2))} }}", (In(x),), 1)
+    return (
+        f"convolution_param {{ kernel_size: {draw(st.integers(1, 4))} stride: {draw(st.integers(1, 3))} "
+        f"pad: {draw(st.integers(0, 2))} }}",
+        (In(x),),
+        1,
+    )
 
 
 @st.composite
@@ -166,24 +176,44 @@ def argmax(draw: st.DrawFn) -> Case:
 @st.composite
 def spp(draw: st.DrawFn) -> Case:
     x = (draw(small), draw(small), draw(st.integers(1, 14)), draw(st.integers(1, 14)))
-    return (f"spp_param {{ pyramid_height: {draw(st.integers(1, 4))} pool: {draw(st.sampled_from(['MAX', 'AVE']))} }}",
-            (In(x),), 1)
+    return (
+        f"spp_param {{ pyramid_height: {draw(st.integers(1, 4))} pool: {draw(st.sampled_from(['MAX', 'AVE']))} }}",
+        (In(x),),
+        1,
+    )
 
 
 STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
-    "Convolution": conv, "Deconvolution": lambda: conv(deconv=True), "Pooling": pooling, "Im2col": im2col,
-    "SPP": spp, "Crop": crop, "Reshape": reshape, "Concat": concat, "Slice": slice_,
-    "Scale": lambda: scale_or_bias("Scale"), "Bias": lambda: scale_or_bias("Bias"),
+    "Convolution": conv,
+    "Deconvolution": lambda: conv(deconv=True),
+    "Pooling": pooling,
+    "Im2col": im2col,
+    "SPP": spp,
+    "Crop": crop,
+    "Reshape": reshape,
+    "Concat": concat,
+    "Slice": slice_,
+    "Scale": lambda: scale_or_bias("Scale"),
+    "Bias": lambda: scale_or_bias("Bias"),
     "InnerProduct": lambda: with_axis("inner_product_param", "num_output: 3 transpose: true"),
     "Maxout": lambda: with_axis("maxout_param", "num_output: 2 num_pieces: 3"),
-    "Softmax": lambda: with_axis("softmax_param"), "Tile": lambda: with_axis("tile_param", "tiles: 2"),
+    "Softmax": lambda: with_axis("softmax_param"),
+    "Tile": lambda: with_axis("tile_param", "tiles: 2"),
     "Reduction": lambda: with_axis("reduction_param", "operation: SUMSQ"),
-    "Flatten": lambda: with_axis("flatten_param"), "LayerNorm": lambda: with_axis("layer_norm_param"),
-    "ArgMax": argmax, "RNN": recurrent, "LSTM": recurrent,
-    "SoftmaxWithLoss": label_loss, "Accuracy": lambda: label_loss("accuracy_param { top_k: 2 }"),
-    "EuclideanLoss": paired, "L1Loss": paired, "SigmoidCrossEntropyLoss": lambda: paired("binary"),
-    "CrossEntropyLoss": lambda: paired("prob"), "Eltwise": lambda: paired(),
-    "Log": lambda: neuron("", "positive"), "Power": lambda: neuron("power_param { power: 2 shift: 1 }"),
+    "Flatten": lambda: with_axis("flatten_param"),
+    "LayerNorm": lambda: with_axis("layer_norm_param"),
+    "ArgMax": argmax,
+    "RNN": recurrent,
+    "LSTM": recurrent,
+    "SoftmaxWithLoss": label_loss,
+    "Accuracy": lambda: label_loss("accuracy_param { top_k: 2 }"),
+    "EuclideanLoss": paired,
+    "L1Loss": paired,
+    "SigmoidCrossEntropyLoss": lambda: paired("binary"),
+    "CrossEntropyLoss": lambda: paired("prob"),
+    "Eltwise": lambda: paired(),
+    "Log": lambda: neuron("", "positive"),
+    "Power": lambda: neuron("power_param { power: 2 shift: 1 }"),
 }
 
 
@@ -192,10 +222,19 @@ def strategy_for(type_name: str) -> st.SearchStrategy[Case]:
         return STRATEGIES[type_name]()
     # the rest vary the input shape around their own examples
     examples = all_types()[type_name].examples
-    return st.sampled_from(examples).flatmap(lambda ex: st.builds(
-        lambda scale: (ex.fields, tuple(In(tuple(max(1, d * scale) if i == 0 else d for i, d in enumerate(s.shape)),
-                                           s.kind, s.high) for s in ex.inputs), ex.tops),
-        st.integers(1, 3)))
+    return st.sampled_from(examples).flatmap(
+        lambda ex: st.builds(
+            lambda scale: (
+                ex.fields,
+                tuple(
+                    In(tuple(max(1, d * scale) if i == 0 else d for i, d in enumerate(s.shape)), s.kind, s.high)
+                    for s in ex.inputs
+                ),
+                ex.tops,
+            ),
+            st.integers(1, 3),
+        )
+    )
 
 
 TYPES = sorted(t for t, d in all_types().items() if not (d.feeds or d.opaque or t in NOT_RUN))
@@ -229,9 +268,12 @@ def test_inferred_shapes_hold_for_random_parameters(type_name: str) -> None:
 # O(values) work (a list per output position) on 2^40 runs out the hang guard instead of finishing.
 HUGE = (2**31, 2**40)
 GROWTH = 2**20  # an example's shapes this much larger still relate as they did, with 2^40 values or more
-DEGENERATE_INTS = {FD.TYPE_INT32: [0, 1, 2, 3, -1, -(2**31), 2**31 - 1],
-                   FD.TYPE_UINT32: [0, 1, 2, 3, 2**31, 2**32 - 1],
-                   FD.TYPE_INT64: [0, 1, 2, -1, -2, *HUGE], FD.TYPE_UINT64: [0, 1, 2, *HUGE]}
+DEGENERATE_INTS = {
+    FD.TYPE_INT32: [0, 1, 2, 3, -1, -(2**31), 2**31 - 1],
+    FD.TYPE_UINT32: [0, 1, 2, 3, 2**31, 2**32 - 1],
+    FD.TYPE_INT64: [0, 1, 2, -1, -2, *HUGE],
+    FD.TYPE_UINT64: [0, 1, 2, *HUGE],
+}
 DEGENERATE_FLOATS = [0.0, 1.0, -1.0, 0.5, 2.0, 1e-30, 1e30, -1e30, 3e38]
 # SpecFieldError: a required field left out; DataError: a data layer's source is missing
 REFUSALS = (ShapeError, ParamError, GraphError, DataError, SpecFieldError)
@@ -277,9 +319,9 @@ def mutated_shape(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape
     i = draw(st.integers(0, len(shape) - 1))
     if edit == "dim":
-        return (*shape[:i], draw(st.sampled_from([0, *HUGE])), *shape[i + 1:])
+        return (*shape[:i], draw(st.sampled_from([0, *HUGE])), *shape[i + 1 :])
     if edit == "drop":
-        return shape[:i] + shape[i + 1:]
+        return shape[:i] + shape[i + 1 :]
     return (*shape[:i], draw(degenerate_dims()), *shape[i:])
 
 

@@ -54,8 +54,9 @@ MODULES = {module_name(p): p for p in ROOT.rglob("*.py")}
 def unit(module: str) -> str:
     if module == "netspec":
         return module
-    return max((u for u in TIER if u != "netspec" and (module == u or module.startswith(u + "."))), key=len,
-               default=module)
+    return max(
+        (u for u in TIER if u != "netspec" and (module == u or module.startswith(u + "."))), key=len, default=module
+    )
 
 
 def imports(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
@@ -68,11 +69,13 @@ def imports(source: str, module: str, is_package: bool = False) -> list[tuple[in
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([base] if base else []))
             # `from netspec.data import probe` imports the module netspec.data.probe
-            out += [(node.lineno, f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES or a.name == "__version__"
-                     else base) for a in node.names]
+            out += [
+                (node.lineno, f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES or a.name == "__version__" else base)
+                for a in node.names
+            ]
     return [(line, name) for line, name in out if name == "netspec" or name.startswith("netspec.")]
 
 
@@ -92,8 +95,11 @@ def violations(module: str, found: list[tuple[int, str]]) -> list[str]:
 
 
 def test_imports_go_down_the_stack() -> None:
-    found = [v for module, path in sorted(MODULES.items())
-             for v in violations(module, imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py"))]
+    found = [
+        v
+        for module, path in sorted(MODULES.items())
+        for v in violations(module, imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py"))
+    ]
     assert found == []
 
 
@@ -102,14 +108,22 @@ def test_every_module_has_a_place_in_the_stack() -> None:
 
 
 def test_the_check_sees_lazy_relative_and_submodule_imports() -> None:
-    source = ("from netspec.errors import ParamError\n\n\ndef f():\n    from netspec.data import probe\n"
-              "    from ..layers import neuron\n    import netspec.spec.build\n")
+    source = (
+        "from netspec.errors import ParamError\n\n\ndef f():\n    from netspec.data import probe\n"
+        "    from ..layers import neuron\n    import netspec.spec.build\n"
+    )
     found = imports(source, "netspec.spec.x")
-    assert found == [(1, "netspec.errors"), (5, "netspec.data.probe"), (6, "netspec.layers.neuron"),
-                     (7, "netspec.spec.build")]
+    assert found == [
+        (1, "netspec.errors"),
+        (5, "netspec.data.probe"),
+        (6, "netspec.layers.neuron"),
+        (7, "netspec.spec.build"),
+    ]
     assert violations("netspec.spec.x", found) == [
         "netspec.spec.x:6 imports netspec.layers.neuron, which is not below it (tier 8: netspec.layers; tier 8: "
-        "netspec.spec)"]
+        "netspec.spec)"
+    ]
     assert violations("netspec.graph", [(3, "netspec.layers.neuron")]) == [
         "netspec.graph:3 imports netspec.layers.neuron, a layer family module (ask the registry or the LayerDef "
-        "instead)"]
+        "instead)"
+    ]

@@ -31,14 +31,69 @@ def test_every_runnable_layer_type_has_examples() -> None:
 
 
 def test_caffe_layer_types_are_all_registered() -> None:
-    caffe = {"Input", "DummyData", "Data", "ImageData", "HDF5Data", "MemoryData", "HDF5Output", "WindowData",
-             "Convolution", "Deconvolution", "Pooling", "SPP", "Crop", "Im2col", "LRN", "ReLU", "PReLU", "ELU",
-             "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log", "Threshold", "Clip", "Swish", "Dropout",
-             "BatchNorm", "Scale", "Bias", "MVN", "InnerProduct", "Embed", "Concat", "Slice", "Split", "Eltwise",
-             "Flatten", "Reshape", "Tile", "Reduction", "ArgMax", "Softmax", "Silence", "Filter", "BatchReindex",
-             "Parameter", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss",
-             "ContrastiveLoss", "MultinomialLogisticLoss", "InfogainLoss", "Accuracy", "RNN", "LSTM", "LSTMUnit",
-             "Python"}
+    caffe = {
+        "Input",
+        "DummyData",
+        "Data",
+        "ImageData",
+        "HDF5Data",
+        "MemoryData",
+        "HDF5Output",
+        "WindowData",
+        "Convolution",
+        "Deconvolution",
+        "Pooling",
+        "SPP",
+        "Crop",
+        "Im2col",
+        "LRN",
+        "ReLU",
+        "PReLU",
+        "ELU",
+        "Sigmoid",
+        "TanH",
+        "AbsVal",
+        "BNLL",
+        "Power",
+        "Exp",
+        "Log",
+        "Threshold",
+        "Clip",
+        "Swish",
+        "Dropout",
+        "BatchNorm",
+        "Scale",
+        "Bias",
+        "MVN",
+        "InnerProduct",
+        "Embed",
+        "Concat",
+        "Slice",
+        "Split",
+        "Eltwise",
+        "Flatten",
+        "Reshape",
+        "Tile",
+        "Reduction",
+        "ArgMax",
+        "Softmax",
+        "Silence",
+        "Filter",
+        "BatchReindex",
+        "Parameter",
+        "SoftmaxWithLoss",
+        "EuclideanLoss",
+        "SigmoidCrossEntropyLoss",
+        "HingeLoss",
+        "ContrastiveLoss",
+        "MultinomialLogisticLoss",
+        "InfogainLoss",
+        "Accuracy",
+        "RNN",
+        "LSTM",
+        "LSTMUnit",
+        "Python",
+    }
     additions = {"LayerNorm", "GELU", "Maxout", "L1Loss", "CrossEntropyLoss", "Dataset"}
     assert caffe | additions <= set(all_types())
     # any other type is one of netspec's additions, marked as such
@@ -65,8 +120,9 @@ def test_gradients_match_finite_differences(case: tuple[LayerDef, int, Example])
     net = load_layer(d.type, ex.fields, ex.inputs, ex.tops, ex.phase)
     module = netspec.compile(net).double()
     float_inputs = {f"x{i}": make_input(s, torch.float64) for i, s in enumerate(ex.inputs)}
-    differentiable = [k for k, s in zip(float_inputs, ex.inputs, strict=True)
-                      if s.kind in ("float", "positive", "prob")]
+    differentiable = [
+        k for k, s in zip(float_inputs, ex.inputs, strict=True) if s.kind in ("float", "positive", "prob")
+    ]
     params = {k: p.detach().clone() for k, p in module.blob_params.items() if p.requires_grad}
     for p in params.values():
         p.normal_(0, 0.5) if p.dim() > 0 else None
@@ -107,7 +163,11 @@ def test_no_module_outside_layers_names_a_layer_type() -> None:
             continue
         allowed = NAMES_ALLOWED.get(rel, set())
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Constant) and node.value in names and allowed is not None
-                    and node.value not in allowed):
+            if (
+                isinstance(node, ast.Constant)
+                and node.value in names
+                and allowed is not None
+                and node.value not in allowed
+            ):
                 found.append(f"{rel}:{node.lineno}: {node.value!r}")
     assert found == []

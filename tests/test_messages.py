@@ -30,26 +30,34 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_layer_type_hint_ignores_case() -> None:
-    assert run("layers", "convolution") == (1, "", "error: unknown layer type 'convolution'\n"
-                                                   "  hint: did you mean 'Convolution'?\n")
-    assert run("layers", "innerprodcut")[2] == ("error: unknown layer type 'innerprodcut'\n"
-                                                "  hint: did you mean 'InnerProduct'?\n")
+    assert run("layers", "convolution") == (
+        1,
+        "",
+        "error: unknown layer type 'convolution'\n  hint: did you mean 'Convolution'?\n",
+    )
+    assert run("layers", "innerprodcut")[2] == (
+        "error: unknown layer type 'innerprodcut'\n  hint: did you mean 'InnerProduct'?\n"
+    )
 
 
 def test_field_hint_ignores_case(write_spec: Callable[..., str]) -> None:
     spec = write_spec(WINE.replace("SOURCE", "wine").replace("num_output", "Num_Outptu"), "net.yaml")
-    assert run("check", spec)[2] == (f"{spec}:4:81: layer 'ip' (InnerProduct): unknown field 'Num_Outptu' in "
-                                     "InnerProductParameter\n  hint: did you mean 'num_output'?\n")
+    assert run("check", spec)[2] == (
+        f"{spec}:4:81: layer 'ip' (InnerProduct): unknown field 'Num_Outptu' in "
+        "InnerProductParameter\n  hint: did you mean 'num_output'?\n"
+    )
 
 
 def test_unknown_source_suggests_sets_and_near_files(write_spec: Callable[..., str], tmp_path: Path) -> None:
     spec = write_spec(WINE.replace("SOURCE", "wines"), "net.yaml")
     code, out, err = run("check", spec)
     assert code == 1 and out == ""
-    assert err == (f"{spec}:3:69: layer 'data' (Dataset): dataset_param.source 'wines' is neither a bundled or "
-                   "generated set nor an existing file or folder\n  hint: did you mean 'wine'? bundled sets: digits, "
-                   "iris, wine, breast_cancer, diabetes; generated: xor, spirals, blobs; files are read from the "
-                   "working directory, then from the spec's folder\n")
+    assert err == (
+        f"{spec}:3:69: layer 'data' (Dataset): dataset_param.source 'wines' is neither a bundled or "
+        "generated set nor an existing file or folder\n  hint: did you mean 'wine'? bundled sets: digits, "
+        "iris, wine, breast_cancer, diabetes; generated: xor, spirals, blobs; files are read from the "
+        "working directory, then from the spec's folder\n"
+    )
     (tmp_path / "train.csv").write_text("1,2,0\n")
     spec = write_spec(WINE.replace("SOURCE", str(tmp_path / "trian.csv")), "net2.yaml")
     assert f"hint: files with near names: {tmp_path / 'train.csv'}; bundled sets: " in run("check", spec)[2]
@@ -73,8 +81,10 @@ def test_a_missing_weights_file_is_not_called_a_snapshot(tmp_path: Path) -> None
     assert (code, err) == (1, f"error: --weights '{tmp_path / 'w.pt'}' does not exist\n")
     with pytest.raises(WeightsError) as e:
         read_weights(tmp_path / "w.pt")  # the library call, without the command line's check
-    assert (e.value.msg, e.value.hint) == (f"weights file '{tmp_path / 'w.pt'}' does not exist",
-                                           f"--weights takes {ACCEPTED}")
+    assert (e.value.msg, e.value.hint) == (
+        f"weights file '{tmp_path / 'w.pt'}' does not exist",
+        f"--weights takes {ACCEPTED}",
+    )
 
 
 def test_check_json_prints_errors_as_json(write_spec: Callable[..., str]) -> None:
@@ -83,9 +93,16 @@ def test_check_json_prints_errors_as_json(write_spec: Callable[..., str]) -> Non
     assert code == 1
     error = json.loads(out)["error"]
     assert {k: error[k] for k in ("file", "line", "column", "layer", "type", "field")} == {
-        "file": spec, "line": 3, "column": 69, "layer": "data", "type": "Dataset", "field": "source"}
-    assert error["message"] == ("dataset_param.source 'wines' is neither a bundled or generated set nor an existing "
-                                "file or folder")
+        "file": spec,
+        "line": 3,
+        "column": 69,
+        "layer": "data",
+        "type": "Dataset",
+        "field": "source",
+    }
+    assert error["message"] == (
+        "dataset_param.source 'wines' is neither a bundled or generated set nor an existing file or folder"
+    )
     assert error["hint"].startswith("did you mean 'wine'? ")
     assert err.startswith(error["text"])
     code, out, _ = run("check", str(Path(spec).with_name("none.yaml")), "--json")

@@ -31,7 +31,10 @@ def module(write_spec) -> NetModule:
 
 def test_steps_are_the_layers_that_compute_in_order(module: NetModule) -> None:
     assert [(s.name, s.bottoms, s.tops) for s in module.steps] == [
-        ("sum", ("a", "b"), ("sum",)), ("ip", ("sum",), ("ip",)), ("relu", ("ip",), ("out",))]
+        ("sum", ("a", "b"), ("sum",)),
+        ("ip", ("sum",), ("ip",)),
+        ("relu", ("ip",), ("out",)),
+    ]
 
 
 def test_until_stops_after_the_layer_and_layers_runs_a_part(module: NetModule) -> None:
@@ -85,7 +88,8 @@ def test_bottoms_of_mismatched_batch_sizes_are_the_users_error(module: NetModule
         f"{tmp_path / 'net.prototxt'}:4:7: layer 'sum' (Eltwise): cannot run on bottoms a (2, 3), b (4, 3): "
         "The size of tensor a (2) must match the size of tensor b (4) at non-singleton dimension 0\n"
         "  hint: the spec infers a (2, 3), b (2, 3); give the net float32 inputs of the spec's shapes, with one "
-        "batch size for all")
+        "batch size for all"
+    )
 
 
 def test_bottoms_of_another_dtype_are_the_users_error(module: NetModule, tmp_path: Path) -> None:
@@ -95,7 +99,8 @@ def test_bottoms_of_another_dtype_are_the_users_error(module: NetModule, tmp_pat
         f"{tmp_path / 'net.prototxt'}:5:7: layer 'ip' (InnerProduct): cannot run on bottoms sum (2, 3) int64: "
         "mat1 and mat2 must have the same dtype, but got Long and Float\n"
         "  hint: the spec infers sum (2, 3); give the net float32 inputs of the spec's shapes, with one batch "
-        "size for all")
+        "size for all"
+    )
 
 
 def test_a_layer_failing_on_the_specs_shapes_is_a_bug_with_a_note(write_spec, monkeypatch) -> None:
@@ -121,43 +126,65 @@ def test_the_cli_prints_a_runtime_layer_error_as_one_located_line(tmp_path: Path
         return {**batch, "label": batch["label"][:-1]}
 
     monkeypatch.setattr(Feeder, "next", short_labels)
-    result = CliRunner().invoke(main, ["train", str(MODELS / "xor_train.yaml"), "--set", "solver.max_iter=1",
-                                        "--out", str(tmp_path / "run"), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(MODELS / "xor_train.yaml"),
+            "--set",
+            "solver.max_iter=1",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 1
     assert result.output == (
         f"{MODELS / 'xor_train.yaml'}:18:5: layer 'accuracy' (Accuracy): cannot run on bottoms out (32, 2), "
         "label (31,): shape '[32, 1]' is invalid for input of size 31\n"
         "  hint: the spec infers out (32, 2), label (32,); give the net float32 inputs of the spec's shapes, with "
-        "one batch size for all\n")
+        "one batch size for all\n"
+    )
 
 
 @pytest.mark.parametrize(("ids", "bad"), [([0, 9, 10], "10"), ([-1, 0, 3], "-1"), ([0, float("nan"), 1], "nan")])
 def test_an_embed_id_out_of_range_is_named_with_the_valid_range(write_spec, ids: list[float], bad: str) -> None:
-    path = write_spec('layer { name: "words" type: "Input" top: "words" input_param { shape { dim: 3 } } }\n'
-                      'layer { name: "embed" type: "Embed" bottom: "words" top: "v" '
-                      'embed_param { input_dim: 10 num_output: 2 } }\n')
+    path = write_spec(
+        'layer { name: "words" type: "Input" top: "words" input_param { shape { dim: 3 } } }\n'
+        'layer { name: "embed" type: "Embed" bottom: "words" top: "v" '
+        "embed_param { input_dim: 10 num_output: 2 } }\n"
+    )
     module = netspec.compile(path)
     with pytest.raises(DataError) as e:
         module(words=torch.tensor(ids))
-    assert str(e.value) == f"{path}:2:7: layer 'embed' (Embed): bottom 'words' holds {bad}, outside the valid range [0, 10) " \
-                           "of input_dim"
+    assert (
+        str(e.value)
+        == f"{path}:2:7: layer 'embed' (Embed): bottom 'words' holds {bad}, outside the valid range [0, 10) "
+        "of input_dim"
+    )
 
 
 def test_embed_truncates_fractional_ids_as_caffe_does(write_spec) -> None:
-    path = write_spec('layer { name: "words" type: "Input" top: "words" input_param { shape { dim: 2 } } }\n'
-                      'layer { name: "embed" type: "Embed" bottom: "words" top: "v" '
-                      'embed_param { input_dim: 10 num_output: 2 bias_term: false } }\n')
+    path = write_spec(
+        'layer { name: "words" type: "Input" top: "words" input_param { shape { dim: 2 } } }\n'
+        'layer { name: "embed" type: "Embed" bottom: "words" top: "v" '
+        "embed_param { input_dim: 10 num_output: 2 bias_term: false } }\n"
+    )
     module = netspec.compile(path)
     table = module.caffe_params()["embed"][0]
     assert torch.equal(module(words=torch.tensor([9.75, 0.5]))["v"], table[[9, 0]])
 
 
 def test_a_batch_reindex_index_out_of_range_is_named_with_the_valid_range(write_spec) -> None:
-    path = write_spec('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }\n'
-                      'layer { name: "i" type: "Input" top: "i" input_param { shape { dim: 2 } } }\n'
-                      'layer { name: "r" type: "BatchReindex" bottom: "x" bottom: "i" top: "y" }\n')
+    path = write_spec(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }\n'
+        'layer { name: "i" type: "Input" top: "i" input_param { shape { dim: 2 } } }\n'
+        'layer { name: "r" type: "BatchReindex" bottom: "x" bottom: "i" top: "y" }\n'
+    )
     module = netspec.compile(path)
     with pytest.raises(DataError) as e:
         module(x=torch.ones(4, 3), i=torch.tensor([1.0, 4.0]))
-    assert str(e.value) == f"{path}:3:7: layer 'r' (BatchReindex): index bottom 'i' holds 4, outside the valid range " \
-                           "[0, 4) of the items of bottom 0"
+    assert (
+        str(e.value) == f"{path}:3:7: layer 'r' (BatchReindex): index bottom 'i' holds 4, outside the valid range "
+        "[0, 4) of the items of bottom 0"
+    )

@@ -59,9 +59,13 @@ def python_only(spelling: str) -> bool:
     """Spellings Python's text_format takes only because Python's int() and float() do, and that
     C++ protobuf (so Caffe) refuses: a '+' sign, '_' between digits, 0b/0o prefixes, an 'f' after
     inf or nan, more than one 'f' after a number."""
-    return bool("+" in spelling or "_" in spelling or re.search(r"0[bBoO]", spelling)
-                or re.fullmatch(r"-?(inf|infinity|nan)f", spelling, re.IGNORECASE)
-                or re.search(r"[0-9.][fF]{2,}$", spelling))
+    return bool(
+        "+" in spelling
+        or "_" in spelling
+        or re.search(r"0[bBoO]", spelling)
+        or re.fullmatch(r"-?(inf|infinity|nan)f", spelling, re.IGNORECASE)
+        or re.search(r"[0-9.][fF]{2,}$", spelling)
+    )
 
 
 digits = st.text("0123456789", min_size=1, max_size=30)
@@ -69,16 +73,45 @@ spellings = st.one_of(
     st.integers(-(2**65), 2**65).map(str),
     st.integers(0, 2**65).map(hex),
     st.integers(0, 2**65).map(lambda n: "0" + format(n, "o")),
-    st.tuples(st.sampled_from(["", "-", "+"]), st.sampled_from(["0", "00", "0x", "0X", "0b", "0o", ""]),
-              digits).map("".join),
+    st.tuples(st.sampled_from(["", "-", "+"]), st.sampled_from(["0", "00", "0x", "0X", "0b", "0o", ""]), digits).map(
+        "".join
+    ),
     st.floats(allow_nan=False).map(repr),
     st.floats(width=32, allow_nan=False).map(lambda f: f"{f:g}"),
-    st.tuples(st.sampled_from(["", "-", "+"]), digits, st.sampled_from(["", ".", ".5"]),
-              st.sampled_from(["", "e5", "E-3", "e+400", "e"]), st.sampled_from(["", "f", "F", "ff"])).map("".join),
-    st.tuples(st.sampled_from(["", "-", "+"]), st.sampled_from(["inf", "Infinity", "NaN", "nan", "iNF", "INFINITY"]),
-              st.sampled_from(["", "f"])).map("".join),
-    st.sampled_from(["true", "True", "TRUE", "t", "1", "false", "False", "f", "0", "yes", "TRAIN", "TEST",
-                     "train", "1" + "0" * 309, "-1" + "0" * 400 + ".5", "1" * 5000, "0x" + "f" * 300, "0" * 50 + "7"]),
+    st.tuples(
+        st.sampled_from(["", "-", "+"]),
+        digits,
+        st.sampled_from(["", ".", ".5"]),
+        st.sampled_from(["", "e5", "E-3", "e+400", "e"]),
+        st.sampled_from(["", "f", "F", "ff"]),
+    ).map("".join),
+    st.tuples(
+        st.sampled_from(["", "-", "+"]),
+        st.sampled_from(["inf", "Infinity", "NaN", "nan", "iNF", "INFINITY"]),
+        st.sampled_from(["", "f"]),
+    ).map("".join),
+    st.sampled_from(
+        [
+            "true",
+            "True",
+            "TRUE",
+            "t",
+            "1",
+            "false",
+            "False",
+            "f",
+            "0",
+            "yes",
+            "TRAIN",
+            "TEST",
+            "train",
+            "1" + "0" * 309,
+            "-1" + "0" * 400 + ".5",
+            "1" * 5000,
+            "0x" + "f" * 300,
+            "0" * 50 + "7",
+        ]
+    ),
     st.text("0123456789abcdefxXeEfFinINaA.+-_", min_size=1, max_size=12),
 )
 
@@ -96,13 +129,30 @@ def test_prototxt_numbers_read_as_protobuf_reads_them(kind: str, spelling: str) 
         assert mine.SerializeToString() == theirs.SerializeToString()  # bit for bit, NaN and -0.0 too
 
 
-@pytest.mark.parametrize(("kind", "spelling", "value"), [
-    ("int64", "010", 8), ("int64", "-010", -8), ("int64", "0x1F", 31), ("int64", "-0X1f", -31), ("int64", "00", 0),
-    ("int64", "0" * 5000 + "7", 7), ("uint32", "4294967295", 2**32 - 1), ("uint64", "0xffffffffffffffff", 2**64 - 1),
-    ("float", "1" + "0" * 309, math.inf), ("float", "1e39", math.inf), ("double", "1e39", 1e39),
-    ("double", "-1e400", -math.inf), ("float", "2f", 2.0), ("float", "-Infinity", -math.inf), ("float", "0e5", 0.0),
-    ("enum", "0x1", pb.TEST), ("enum", "TRAIN", pb.TRAIN), ("bool", "t", True), ("bool", "False", False),
-])
+@pytest.mark.parametrize(
+    ("kind", "spelling", "value"),
+    [
+        ("int64", "010", 8),
+        ("int64", "-010", -8),
+        ("int64", "0x1F", 31),
+        ("int64", "-0X1f", -31),
+        ("int64", "00", 0),
+        ("int64", "0" * 5000 + "7", 7),
+        ("uint32", "4294967295", 2**32 - 1),
+        ("uint64", "0xffffffffffffffff", 2**64 - 1),
+        ("float", "1" + "0" * 309, math.inf),
+        ("float", "1e39", math.inf),
+        ("double", "1e39", 1e39),
+        ("double", "-1e400", -math.inf),
+        ("float", "2f", 2.0),
+        ("float", "-Infinity", -math.inf),
+        ("float", "0e5", 0.0),
+        ("enum", "0x1", pb.TEST),
+        ("enum", "TRAIN", pb.TRAIN),
+        ("bool", "t", True),
+        ("bool", "False", False),
+    ],
+)
 def test_prototxt_spellings(kind: str, spelling: str, value: object) -> None:
     message, snippet = FIELDS[kind]
     msg = ours(message, snippet % spelling)
@@ -118,33 +168,69 @@ def _value(msg: Message) -> object:
     return value[0] if fd.is_repeated else value
 
 
-@pytest.mark.parametrize(("text", "message", "hint"), [
-    ("input_dim: 08", "field 'input_dim' takes a 32-bit integer, got '08'",
-     "a leading 0 means octal in protobuf's text format, Caffe and YAML 1.1 (010 is 8), and octal has no digit 8 "
-     "or 9: write 8"),
-    ("input_dim: 2147483648", "field 'input_dim' takes a 32-bit integer (-2147483648 to 2147483647); 2147483648 is "
-     "out of range", None),
-    ("layer { convolution_param { num_output: -0x1 } }", "field 'num_output' takes a non-negative integer (0 to "
-     "4294967295); -0x1 is out of range", None),
-    ("layer { reshape_param { shape { dim: 9223372036854775808 } } }", "field 'dim' takes a 64-bit integer "
-     "(-9223372036854775808 to 9223372036854775807); 9223372036854775808 is out of range", None),
-    ("input_dim: " + "9" * 5000, "field 'input_dim' takes a 32-bit integer (-2147483648 to 2147483647); "
-     + "9" * 40 + "...9999999999 (5000 characters) is out of range", None),
-    ("input_dim: +5", "field 'input_dim' takes a 32-bit integer, got '+5'",
-     "protobuf's text format takes no '+' sign: leave it out"),
-    ("input_dim: 1e3", "field 'input_dim' takes a 32-bit integer, got '1e3'",
-     "write it without a decimal point: input_dim: 1000"),
-    ("layer { loss_weight: 01 }", "field 'loss_weight' takes a number, got '01'",
-     "a leading 0 means octal in protobuf's text format, Caffe and YAML 1.1 (010 is 8), and a float cannot be "
-     "octal: leave out the leading 0"),
-    ("layer { loss_weight: 0x10 }", "field 'loss_weight' takes a number, got '0x10'", None),
-    ("layer { loss_weight: +1 }", "field 'loss_weight' takes a number, got '+1'",
-     "protobuf's text format takes no '+' sign: leave it out"),
-    ("layer { include { phase: 01 } }", "field 'phase' takes one of TRAIN, TEST; got '01'",
-     "protobuf reads enum numbers without a leading 0; better, write the name"),
-    ("layer { include { phase: 2 } }", "field 'phase' takes one of TRAIN, TEST; got '2'", None),
-    ("force_backward: yes", "field 'force_backward' takes true or false, got 'yes'", None),
-])
+@pytest.mark.parametrize(
+    ("text", "message", "hint"),
+    [
+        (
+            "input_dim: 08",
+            "field 'input_dim' takes a 32-bit integer, got '08'",
+            "a leading 0 means octal in protobuf's text format, Caffe and YAML 1.1 (010 is 8), and octal has no digit 8 "
+            "or 9: write 8",
+        ),
+        (
+            "input_dim: 2147483648",
+            "field 'input_dim' takes a 32-bit integer (-2147483648 to 2147483647); 2147483648 is out of range",
+            None,
+        ),
+        (
+            "layer { convolution_param { num_output: -0x1 } }",
+            "field 'num_output' takes a non-negative integer (0 to 4294967295); -0x1 is out of range",
+            None,
+        ),
+        (
+            "layer { reshape_param { shape { dim: 9223372036854775808 } } }",
+            "field 'dim' takes a 64-bit integer "
+            "(-9223372036854775808 to 9223372036854775807); 9223372036854775808 is out of range",
+            None,
+        ),
+        (
+            "input_dim: " + "9" * 5000,
+            "field 'input_dim' takes a 32-bit integer (-2147483648 to 2147483647); "
+            + "9" * 40
+            + "...9999999999 (5000 characters) is out of range",
+            None,
+        ),
+        (
+            "input_dim: +5",
+            "field 'input_dim' takes a 32-bit integer, got '+5'",
+            "protobuf's text format takes no '+' sign: leave it out",
+        ),
+        (
+            "input_dim: 1e3",
+            "field 'input_dim' takes a 32-bit integer, got '1e3'",
+            "write it without a decimal point: input_dim: 1000",
+        ),
+        (
+            "layer { loss_weight: 01 }",
+            "field 'loss_weight' takes a number, got '01'",
+            "a leading 0 means octal in protobuf's text format, Caffe and YAML 1.1 (010 is 8), and a float cannot be "
+            "octal: leave out the leading 0",
+        ),
+        ("layer { loss_weight: 0x10 }", "field 'loss_weight' takes a number, got '0x10'", None),
+        (
+            "layer { loss_weight: +1 }",
+            "field 'loss_weight' takes a number, got '+1'",
+            "protobuf's text format takes no '+' sign: leave it out",
+        ),
+        (
+            "layer { include { phase: 01 } }",
+            "field 'phase' takes one of TRAIN, TEST; got '01'",
+            "protobuf reads enum numbers without a leading 0; better, write the name",
+        ),
+        ("layer { include { phase: 2 } }", "field 'phase' takes one of TRAIN, TEST; got '2'", None),
+        ("force_backward: yes", "field 'force_backward' takes true or false, got 'yes'", None),
+    ],
+)
 def test_prototxt_refusals_name_the_field_and_why(text: str, message: str, hint: str | None) -> None:
     with pytest.raises(SpecFieldError) as e:
         load_net_text(text, "t.prototxt", PROTOTXT)
@@ -175,13 +261,28 @@ def test_yaml_numbers_read_as_yaml_reads_them(spelling: str) -> None:
         assert (int64.value if int64 is not None else None) == (value if -(2**63) <= value < 2**63 else None)
 
 
-@pytest.mark.parametrize(("kind", "spelling", "value"), [
-    ("int64", "010", 8), ("int64", "+5", 5), ("int64", "0x1F", 31), ("int64", "'12'", 12),
-    ("float", "010", 8.0), ("float", "0x10", 16.0), ("float", "1e-4", pytest.approx(1e-4)), ("float", ".inf", math.inf),
-    ("float", "-.inf", -math.inf), ("float", "+.5", 0.5), ("float", "1" + "0" * 309, math.inf),
-    ("float", "0x" + "f" * 300, math.inf), ("double", "00.5", 0.5),
-    ("bool", "yes", True), ("bool", "Off", False), ("enum", "TEST", pb.TEST), ("enum", "01", pb.TEST),
-])
+@pytest.mark.parametrize(
+    ("kind", "spelling", "value"),
+    [
+        ("int64", "010", 8),
+        ("int64", "+5", 5),
+        ("int64", "0x1F", 31),
+        ("int64", "'12'", 12),
+        ("float", "010", 8.0),
+        ("float", "0x10", 16.0),
+        ("float", "1e-4", pytest.approx(1e-4)),
+        ("float", ".inf", math.inf),
+        ("float", "-.inf", -math.inf),
+        ("float", "+.5", 0.5),
+        ("float", "1" + "0" * 309, math.inf),
+        ("float", "0x" + "f" * 300, math.inf),
+        ("double", "00.5", 0.5),
+        ("bool", "yes", True),
+        ("bool", "Off", False),
+        ("enum", "TEST", pb.TEST),
+        ("enum", "01", pb.TEST),
+    ],
+)
 def test_yaml_spellings(kind: str, spelling: str, value: object) -> None:
     message, snippet = FIELDS[kind]
     key, _, inner = snippet.partition(" { ")
@@ -196,14 +297,20 @@ def test_yaml_nan_is_nan() -> None:
     assert msg is not None and math.isnan(msg.loss_weight[0])
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("dim: 08", "field 'dim' takes a 64-bit integer, got '08'"),
-    ("dim: 1_000", "field 'dim' takes a 64-bit integer, got '1_000'"),
-    ("dim: 0b11", "field 'dim' takes a 64-bit integer, got '0b11'"),
-    ("dim: 1:30", "field 'dim' takes a 64-bit integer, got '1:30'"),
-    ("dim: -9223372036854775809", "field 'dim' takes a 64-bit integer (-9223372036854775808 to "
-     "9223372036854775807); -9223372036854775809 is out of range"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dim: 08", "field 'dim' takes a 64-bit integer, got '08'"),
+        ("dim: 1_000", "field 'dim' takes a 64-bit integer, got '1_000'"),
+        ("dim: 0b11", "field 'dim' takes a 64-bit integer, got '0b11'"),
+        ("dim: 1:30", "field 'dim' takes a 64-bit integer, got '1:30'"),
+        (
+            "dim: -9223372036854775809",
+            "field 'dim' takes a 64-bit integer (-9223372036854775808 to "
+            "9223372036854775807); -9223372036854775809 is out of range",
+        ),
+    ],
+)
 def test_yaml_refusals(text: str, message: str) -> None:
     with pytest.raises(SpecFieldError) as e:
         build_message(parse_yaml(text, "t.yaml"), pb.BlobShape(), SourceMap("t"), BuildOptions(False))

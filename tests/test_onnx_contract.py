@@ -35,8 +35,15 @@ def _example(d: LayerDef) -> Example | None:
     """A TEST example whose inputs share one batch size on the layer's batch axis (the deploy graph gives
     every input the same batch; a dropped layer's inputs are no inputs of it), of batch 2 where there is
     one: the fewer batch sizes, the fewer exports."""
-    fits = [ex for ex in d.examples if ex.phase == "TEST" and (not d.onnx_ops or len(
-        {i.shape[d.batch_axis] if len(i.shape) > d.batch_axis else i.shape[0] for i in ex.inputs}) <= 1)]
+    fits = [
+        ex
+        for ex in d.examples
+        if ex.phase == "TEST"
+        and (
+            not d.onnx_ops
+            or len({i.shape[d.batch_axis] if len(i.shape) > d.batch_axis else i.shape[0] for i in ex.inputs}) <= 1
+        )
+    ]
     return next((ex for ex in fits if _batch(d, ex) == 2), fits[0] if fits else None)
 
 
@@ -112,8 +119,9 @@ def test_onnx_ops_are_declared_exactly_for_what_is_exported() -> None:
 
 
 @pytest.mark.parametrize("type_name", [t for t in TYPES if _example(TYPES[t]) is not None])
-def test_layer_exports_to_its_onnx_ops(type_name: str, exported: dict[str, tuple[Any, DeployPlan, ExportReport]]
-                                       ) -> None:
+def test_layer_exports_to_its_onnx_ops(
+    type_name: str, exported: dict[str, tuple[Any, DeployPlan, ExportReport]]
+) -> None:
     d, ex = TYPES[type_name], _example(TYPES[type_name])
     graph, deploy, report = exported[type_name]
     assert report.verified and (RTOL, ATOL) == (1e-4, 1e-5)
@@ -132,16 +140,25 @@ def test_layer_exports_to_its_onnx_ops(type_name: str, exported: dict[str, tuple
 def test_unrun_train_only_layers_are_dropped(type_name: str) -> None:
     assert TYPES[type_name].train_only and not TYPES[type_name].onnx_ops
     text = net_text(type_name, UNRUN[type_name], (In((2, 3)), In((2,))), 0)
-    net = build_net(load_net_text(text + 'layer { name: "relu" type: "ReLU" bottom: "x0" top: "out" }\n',
-                                  "unrun.prototxt", PROTOTXT), "TEST")
+    net = build_net(
+        load_net_text(
+            text + 'layer { name: "relu" type: "ReLU" bottom: "x0" top: "out" }\n', "unrun.prototxt", PROTOTXT
+        ),
+        "TEST",
+    )
     assert plan(net).layers == ("relu",)
 
 
 def test_data_layers_become_inputs() -> None:
     # a fed layer is no operator of the deploy graph: its top is an input
-    net = build_net(load_net_text(
-        'layer { name: "data" type: "MemoryData" top: "data" memory_data_param { batch_size: 2 channels: 3 '
-        'height: 1 width: 1 } }\nlayer { name: "relu" type: "ReLU" bottom: "data" top: "out" }\n',
-        "fed.prototxt", PROTOTXT), "TEST")
+    net = build_net(
+        load_net_text(
+            'layer { name: "data" type: "MemoryData" top: "data" memory_data_param { batch_size: 2 channels: 3 '
+            'height: 1 width: 1 } }\nlayer { name: "relu" type: "ReLU" bottom: "data" top: "out" }\n',
+            "fed.prototxt",
+            PROTOTXT,
+        ),
+        "TEST",
+    )
     deploy = plan(net)
     assert deploy.layers == ("relu",) and deploy.inputs == {"data": (2, 3, 1, 1)}

@@ -37,8 +37,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     labels = folder / "labels.txt"
     labels.write_text("".join(f"digit {i}\n" for i in range(10)))
     onnx_path = folder / "digits.onnx"
-    code, out = run("export", str(MODELS / "digits_cnn.yaml"), "--weights", str(weights), "--onnx", str(onnx_path),
-                    "--labels", str(labels))
+    code, out = run(
+        "export",
+        str(MODELS / "digits_cnn.yaml"),
+        "--weights",
+        str(weights),
+        "--onnx",
+        str(onnx_path),
+        "--labels",
+        str(labels),
+    )
     assert code == 0, out
     return weights, onnx_path, labels
 
@@ -64,15 +72,26 @@ def _ranked(output: str) -> list[tuple[str, float]]:
 
 def test_export_prints_what_it_verified(trained: tuple[Path, Path, Path]) -> None:
     weights, _, _ = trained
-    code, out = run("export", str(MODELS / "digits_cnn.yaml"), "--weights", str(weights), "--onnx",
-                    str(weights.with_suffix(".again.onnx")))
+    code, out = run(
+        "export",
+        str(MODELS / "digits_cnn.yaml"),
+        "--weights",
+        str(weights),
+        "--onnx",
+        str(weights.with_suffix(".again.onnx")),
+    )
     lines = out.splitlines()
     assert code == 0
-    assert lines[:3] == [f"exported {weights.with_suffix('.again.onnx')} (opset 18)", "inputs:  data ['batch', 1, 8, 8]",
-                         "outputs: prob ['batch', 10]"]
-    assert [ln.split(":")[0] for ln in lines[3:]] == ["verified on random inputs (batch 1)",
-                                                      "verified on random inputs (batch 3)",
-                                                      "verified on a batch of the spec's data (batch 5)"]
+    assert lines[:3] == [
+        f"exported {weights.with_suffix('.again.onnx')} (opset 18)",
+        "inputs:  data ['batch', 1, 8, 8]",
+        "outputs: prob ['batch', 10]",
+    ]
+    assert [ln.split(":")[0] for ln in lines[3:]] == [
+        "verified on random inputs (batch 1)",
+        "verified on random inputs (batch 3)",
+        "verified on a batch of the spec's data (batch 5)",
+    ]
     assert all(ln.endswith("(ok; tolerance rtol 0.0001, atol 1e-05)") for ln in lines[3:])
 
 
@@ -95,8 +114,18 @@ def test_spec_and_onnx_model_predict_the_same(trained: tuple[Path, Path, Path], 
     assert out.splitlines()[0] == "prob:"
     assert [(label, round(score, 4)) for label, score in _ranked(out)] == want  # labels from the model
 
-    code, out = run("predict", str(MODELS / "digits_cnn.yaml"), "--weights", str(weights), "--input", str(path),
-                    "--top-k", "3", "--labels", str(labels))
+    code, out = run(
+        "predict",
+        str(MODELS / "digits_cnn.yaml"),
+        "--weights",
+        str(weights),
+        "--input",
+        str(path),
+        "--top-k",
+        "3",
+        "--labels",
+        str(labels),
+    )
     assert code == 0, out
     assert [(label, round(score, 4)) for label, score in _ranked(out)] == want
 
@@ -111,16 +140,18 @@ def test_an_output_that_is_not_class_scores_is_printed_as_values(tmp_path: Path)
     assert lines[1] == "xor:" and [round(float(v)) for v in " ".join(lines[2:]).split()] == [0, 1, 1, 0]
 
 
-def test_every_row_of_a_csv_is_a_record_and_classes_are_numbered(trained: tuple[Path, Path, Path],
-                                                                  tmp_path: Path) -> None:
+def test_every_row_of_a_csv_is_a_record_and_classes_are_numbered(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     weights, _, _ = trained
     from sklearn.datasets import load_digits
 
     x = load_digits().images[:3].reshape(3, 64)
     path = tmp_path / "rows.csv"
     path.write_text("".join(",".join(f"{v:g}" for v in row) + "\n" for row in x))
-    code, out = run("predict", str(MODELS / "digits_cnn.yaml"), "--weights", str(weights), "--input", str(path),
-                    "--top-k", "1")
+    code, out = run(
+        "predict", str(MODELS / "digits_cnn.yaml"), "--weights", str(weights), "--input", str(path), "--top-k", "1"
+    )
     assert code == 0, out
     lines = out.splitlines()
     assert lines[0::2] == ["prob (record 1):", "prob (record 2):", "prob (record 3):"]
@@ -129,8 +160,9 @@ def test_every_row_of_a_csv_is_a_record_and_classes_are_numbered(trained: tuple[
         assert line.split()[:2] == ["1.", str(int(scores.argmax()))]
 
 
-def test_a_0_255_image_is_scaled_to_the_training_range_with_a_note(trained: tuple[Path, Path, Path],
-                                                                     tmp_path: Path) -> None:
+def test_a_0_255_image_is_scaled_to_the_training_range_with_a_note(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     weights, onnx_path, _ = trained
     x = _digit()
     big = tmp_path / "big.png"  # the digit as a usual image: 0..255, 32x32
@@ -139,28 +171,37 @@ def test_a_0_255_image_is_scaled_to_the_training_range_with_a_note(trained: tupl
     code, out = run("predict", str(onnx_path), "--input", str(big), "--top-k", "1")
     assert code == 0, out
     lines = out.splitlines()
-    assert lines[:3] == ["note: the 32x32 image was resized to 8x8, the model's input size",
-                         "note: the color image was read as grayscale, as the model takes one channel",
-                         "note: the pixels (0..255) were scaled to 0..16, the range of the training data (a guess: "
-                         "check that it is what the model takes)"]
+    assert lines[:3] == [
+        "note: the 32x32 image was resized to 8x8, the model's input size",
+        "note: the color image was read as grayscale, as the model takes one channel",
+        "note: the pixels (0..255) were scaled to 0..16, the range of the training data (a guess: "
+        "check that it is what the model takes)",
+    ]
     assert lines[4].split()[1:3] == ["digit", str(int(_scores(weights, x).argmax()))]
 
 
 def test_export_without_weights_warns(tmp_path: Path) -> None:
-    code, out = run("export", str(MODELS / "logistic_regression.yaml"), "--onnx", str(tmp_path / "m.onnx"),
-                    "--no-verify")
+    code, out = run(
+        "export", str(MODELS / "logistic_regression.yaml"), "--onnx", str(tmp_path / "m.onnx"), "--no-verify"
+    )
     assert code == 0 and out.splitlines()[-1] == UNTRAINED
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (None, "error: --input '{path}' does not exist\n"),
-    ("fifo", "error: --input '{path}' is a FIFO (named pipe); netspec opens only regular files\n"),
-    (b"garbage", "error: cannot read '{path}' as a .npy array: "),
-    (np.zeros(5, dtype=np.float32), "error: '{path}' holds 5 values of shape (5,); the model takes records of "
-                                    "shape (1, 8, 8)"),
-])
-def test_bad_inputs_are_one_clear_line(trained: tuple[Path, Path, Path], tmp_path: Path, content: object,
-                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "error: --input '{path}' does not exist\n"),
+        ("fifo", "error: --input '{path}' is a FIFO (named pipe); netspec opens only regular files\n"),
+        (b"garbage", "error: cannot read '{path}' as a .npy array: "),
+        (
+            np.zeros(5, dtype=np.float32),
+            "error: '{path}' holds 5 values of shape (5,); the model takes records of shape (1, 8, 8)",
+        ),
+    ],
+)
+def test_bad_inputs_are_one_clear_line(
+    trained: tuple[Path, Path, Path], tmp_path: Path, content: object, message: str
+) -> None:
     _, onnx_path, _ = trained
     path = tmp_path / "x.npy"
     if isinstance(content, str):  # "fifo"
@@ -179,17 +220,24 @@ def test_other_mistakes(trained: tuple[Path, Path, Path], tmp_path: Path) -> Non
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((8, 8), dtype=np.float32))
     assert run("predict", str(onnx_path), "--input", str(x), "--weights", str(weights)) == (
-        1, "error: an ONNX model holds its own weights; --weights is for specs\n")
+        1,
+        "error: an ONNX model holds its own weights; --weights is for specs\n",
+    )
     assert run("predict", str(onnx_path), "--input", str(x), "--top-k", "0") == (1, "error: --top-k must be positive\n")
     text = tmp_path / "x.txt"
     text.write_text("1 2 3")
     code, out = run("predict", str(onnx_path), "--input", str(text))
-    assert (code, out) == (1, f"error: cannot tell what '{text}' holds from its name\n  hint: give a .npy array, an "
-                              "image (.png, .jpg, ...) or a .csv of rows\n")
+    assert (code, out) == (
+        1,
+        f"error: cannot tell what '{text}' holds from its name\n  hint: give a .npy array, an "
+        "image (.png, .jpg, ...) or a .csv of rows\n",
+    )
     csv = tmp_path / "x.csv"
     csv.write_text("1,2,x\n")
     assert run("predict", str(onnx_path), "--input", str(csv)) == (
-        1, f"error: {csv}:1: the row is not all numbers: 1,2,x\n")
+        1,
+        f"error: {csv}:1: the row is not all numbers: 1,2,x\n",
+    )
 
 
 def test_images_are_resized_and_put_in_the_models_channel_order(tmp_path: Path) -> None:
@@ -208,11 +256,13 @@ def test_images_are_resized_and_put_in_the_models_channel_order(tmp_path: Path) 
 def test_export_errors_exit_1(tmp_path: Path) -> None:
     code, out = run("export", str(MODELS / "xor.yaml"), "--onnx", str(tmp_path / "x.onnx"), "--batch", "two")
     assert (code, out) == (1, "error: --batch takes 'dynamic' or a positive number, got 'two'\n")
-    code, out = run("export", str(MODELS / "xor.yaml"), "--onnx", str(tmp_path / "x.onnx"), "--labels",
-                    str(tmp_path / "none.txt"))
+    code, out = run(
+        "export", str(MODELS / "xor.yaml"), "--onnx", str(tmp_path / "x.onnx"), "--labels", str(tmp_path / "none.txt")
+    )
     assert (code, out) == (1, f"error: --labels '{tmp_path / 'none.txt'}' does not exist\n")
-    code, out = run("export", str(MODELS / "xor.yaml"), "--onnx", str(tmp_path / "x.onnx"), "--weights",
-                    str(tmp_path / "none.pt"))
+    code, out = run(
+        "export", str(MODELS / "xor.yaml"), "--onnx", str(tmp_path / "x.onnx"), "--weights", str(tmp_path / "none.pt")
+    )
     assert (code, out) == (1, f"error: --weights '{tmp_path / 'none.pt'}' does not exist\n")
 
 
@@ -220,9 +270,11 @@ def test_a_model_without_netspec_metadata_gets_notes_for_what_was_guessed(tmp_pa
     import onnx
 
     spec = tmp_path / "rgb.yaml"
-    spec.write_text("layer:\n- {name: data, type: Input, input_param: {shape: [1, 3, 4, 4]}}\n"
-                    "- {name: ip, type: InnerProduct, bottom: data, inner_product_param: {num_output: 2}}\n"
-                    "- {name: prob, type: Softmax, bottom: ip}\n")
+    spec.write_text(
+        "layer:\n- {name: data, type: Input, input_param: {shape: [1, 3, 4, 4]}}\n"
+        "- {name: ip, type: InnerProduct, bottom: data, inner_product_param: {num_output: 2}}\n"
+        "- {name: prob, type: Softmax, bottom: ip}\n"
+    )
     assert run("export", str(spec), "--onnx", str(tmp_path / "m.onnx"), "--no-verify")[0] == 0
     model = onnx.load(str(tmp_path / "m.onnx"))
     del model.metadata_props[:]  # as a model from elsewhere comes
@@ -233,5 +285,6 @@ def test_a_model_without_netspec_metadata_gets_notes_for_what_was_guessed(tmp_pa
     assert code == 0, out
     assert out.splitlines()[:2] == [
         "note: the model records no range for its input; the pixels are fed as they are (0..255)",
-        "note: the model records no channel order; the image was fed as BGR, as Caffe's models take it"]
+        "note: the model records no channel order; the image was fed as BGR, as Caffe's models take it",
+    ]
     assert out.splitlines()[2] == "prob:"

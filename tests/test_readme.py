@@ -75,7 +75,7 @@ def test_the_readme_has_examples_of_every_kind() -> None:
     found = examples(README.read_text())
     commands = [e.command for e in found]
     assert any(c.startswith("python3 -m venv") and c.endswith(MAIN_JOB) for c in commands)  # the quick start
-    assert any("pip install" in c and "python -m pytest" in c for c in commands)           # the tests
+    assert any("pip install" in c and "python -m pytest" in c for c in commands)  # the tests
     assert sum(e.output is not None for e in found) >= 2 and len(found) >= 10
     assert MAIN_JOB_SNAPSHOT.split("/")[-1] in (ROOT / "tests" / "test_train.py").read_text()
 
@@ -97,8 +97,14 @@ def test_the_readme_files_are_what_the_tool_writes() -> None:
 
 def stand_in_for_the_main_job(cwd: Path, env: dict[str, str]) -> None:
     run = cwd / Path(MAIN_JOB_SNAPSHOT).parent
-    subprocess.run(["netspec", "train", "models/digits_cnn.yaml", "--set", "solver.max_epoch=1", "--out", str(run),
-                    "--quiet"], cwd=cwd, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        ["netspec", "train", "models/digits_cnn.yaml", "--set", "solver.max_epoch=1", "--out", str(run), "--quiet"],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (last,) = run.glob("*_iter_*.pt")
     last.rename(cwd / MAIN_JOB_SNAPSHOT)
 
@@ -110,34 +116,51 @@ def test_every_shell_example_in_the_readme_runs_as_shown(tmp_path: Path) -> None
     bin_dir.mkdir()
     (bin_dir / "netspec").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m netspec "$@"\n')
     (bin_dir / "netspec").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "100"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "COLUMNS": "100",
+    }
     ran = 0
     for example in examples(README.read_text()):
         if skipped(example.command):
             if MAIN_JOB in example.command and not (tmp_path / MAIN_JOB_SNAPSHOT).exists():
                 stand_in_for_the_main_job(tmp_path, env)
             continue
-        result = subprocess.run(["bash", "-c", example.command], cwd=tmp_path, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        result = subprocess.run(
+            ["bash", "-c", example.command],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
         shown = example.output
         expected_code = 1 if shown and LOCATION.match(shown[0]) else 0
         assert result.returncode == expected_code, f"$ {example.command}\n{result.stdout}"
         if shown is not None:
             actual = result.stdout.rstrip("\n").splitlines()
-            assert len(actual) == len(shown) and all(map(matches, shown, actual)), \
+            assert len(actual) == len(shown) and all(map(matches, shown, actual)), (
                 f"$ {example.command}\nREADME shows:\n" + "\n".join(shown) + "\nit prints:\n" + result.stdout
+            )
         ran += 1
     assert ran >= 10
 
 
-@pytest.mark.parametrize(("command", "skip"), [
-    ("python3 -m venv .venv && . .venv/bin/activate && pip install -e . && netspec train models/digits_cnn.yaml",
-     True),
-    ("netspec train models/digits_cnn.yaml", True),
-    ("netspec train models/digits_cnn.yaml --set solver.max_epoch=1", False),
-    ("netspec serve digits.onnx                 # http://127.0.0.1:8000", True),
-    ("netspec export models/digits_cnn.yaml --onnx d.onnx", False),
-])
+@pytest.mark.parametrize(
+    ("command", "skip"),
+    [
+        (
+            "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && netspec train models/digits_cnn.yaml",
+            True,
+        ),
+        ("netspec train models/digits_cnn.yaml", True),
+        ("netspec train models/digits_cnn.yaml --set solver.max_epoch=1", False),
+        ("netspec serve digits.onnx                 # http://127.0.0.1:8000", True),
+        ("netspec export models/digits_cnn.yaml --onnx d.onnx", False),
+    ],
+)
 def test_the_skip_rules_name_only_what_they_mean(command: str, skip: bool) -> None:
     assert skipped(command) == skip

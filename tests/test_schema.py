@@ -23,8 +23,14 @@ def _compare(expected: dict, desc: Descriptor, path: str) -> list[str]:
         if f is None:
             problems.append(f"{path}.{name} is missing")
             continue
-        ours = [f.number, f.type, f.is_repeated, f.is_required, f.default_value if f.has_default_value else None,
-                bool(f.GetOptions().packed)]
+        ours = [
+            f.number,
+            f.type,
+            f.is_repeated,
+            f.is_required,
+            f.default_value if f.has_default_value else None,
+            bool(f.GetOptions().packed),
+        ]
         if ours != [number, ftype, repeated, required, default, packed]:
             problems.append(f"{path}.{name}: ours {ours}, Caffe's {[number, ftype, repeated, required, default]}")
     for enum, values in expected["enums"].items():
@@ -67,6 +73,7 @@ def test_a_message_encoded_with_caffe_numbers_decodes() -> None:
 
 def test_generated_code_is_up_to_date() -> None:
     pytest.importorskip("grpc_tools")
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_proto.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_proto.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -34,16 +34,21 @@ class Served:
     """A `netspec serve` process on a free port."""
 
     def __init__(self, model: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "netspec.cli", "serve", str(model), "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "netspec.cli", "serve", str(model), "--port", "0", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec_fn,
+        )
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
         found = re.search(r"on http://127\.0\.0\.1:(\d+) ", line)
         assert found, line
         self.port = int(found.group(1))
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-                ) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -85,8 +90,10 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _infer_doc(x: np.ndarray, **extra: object) -> dict:
-    return {"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
-            **extra}
+    return {
+        "inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+        **extra,
+    }
 
 
 # ---- the protocol ----------------------------------------------------------------------------------------
@@ -95,14 +102,20 @@ def _infer_doc(x: np.ndarray, **extra: object) -> dict:
 def test_health_and_server_metadata(server: Served) -> None:
     assert server.json("GET", "/v2/health/live") == (200, {"live": True})
     assert server.json("GET", "/v2/health/ready") == (200, {"ready": True})
-    assert server.json("GET", "/v2") == (200, {"name": "netspec", "version": netspec.__version__,
-                                               "extensions": ["binary_tensor_data"]})
+    assert server.json("GET", "/v2") == (
+        200,
+        {"name": "netspec", "version": netspec.__version__, "extensions": ["binary_tensor_data"]},
+    )
 
 
 def test_model_metadata(server: Served) -> None:
-    meta = {"name": "digits", "versions": ["1"], "platform": "onnxruntime_onnx",
-            "inputs": [{"name": "data", "datatype": "FP32", "shape": [-1, 1, 8, 8]}],
-            "outputs": [{"name": "prob", "datatype": "FP32", "shape": [-1, 10]}]}
+    meta = {
+        "name": "digits",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "data", "datatype": "FP32", "shape": [-1, 1, 8, 8]}],
+        "outputs": [{"name": "prob", "datatype": "FP32", "shape": [-1, 10]}],
+    }
     assert server.json("GET", "/v2/models/digits") == (200, meta)
     assert server.json("GET", "/v2/models/digits/versions/1") == (200, meta)
     assert server.json("GET", "/v2/models/digits/ready") == (200, {"name": "digits", "ready": True})
@@ -129,16 +142,31 @@ def test_nested_data_is_accepted(server: Served, reference: ort.InferenceSession
 
 def test_binary_tensors_both_ways(server: Served, reference: ort.InferenceSession) -> None:
     x = _images(4, seed=2)
-    header = json.dumps({"inputs": [{"name": "data", "shape": [4, 1, 8, 8], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "outputs": [{"name": "prob", "parameters": {"binary_data": True}}]}).encode()
-    status, headers, body = server.request("POST", "/v2/models/digits/infer", header + x.tobytes(), {
-        "Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "data",
+                    "shape": [4, 1, 8, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "prob", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    status, headers, body = server.request(
+        "POST",
+        "/v2/models/digits/infer",
+        header + x.tobytes(),
+        {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
     assert status == 200
     n = int(headers["inference-header-content-length"])
     doc = json.loads(body[:n])
-    assert doc["outputs"] == [{"name": "prob", "datatype": "FP32", "shape": [4, 10],
-                               "parameters": {"binary_data_size": 160}}]
+    assert doc["outputs"] == [
+        {"name": "prob", "datatype": "FP32", "shape": [4, 10], "parameters": {"binary_data_size": 160}}
+    ]
     got = np.frombuffer(body[n:], dtype="<f4").reshape(4, 10)
     np.testing.assert_allclose(got, reference.run(None, {"data": x})[0], rtol=1e-6)
 
@@ -181,8 +209,13 @@ def test_metrics_count_requests_errors_and_latency(server: Served) -> None:
     assert value(after, ok) - value(before, ok) == 3
     errors = 'netspec_request_errors_total{model="digits"}'
     assert value(after, errors) - value(before, errors) == 1
-    for name in ("netspec_inference_count_total", "netspec_execution_count_total", "netspec_queue_seconds_count",
-                 "netspec_compute_seconds_count", "netspec_batch_size_count"):
+    for name in (
+        "netspec_inference_count_total",
+        "netspec_execution_count_total",
+        "netspec_queue_seconds_count",
+        "netspec_compute_seconds_count",
+        "netspec_batch_size_count",
+    ):
         count = name + '{model="digits"}'
         assert value(after, count) - value(before, count) == 3, name  # one client: nothing to batch
     ones = 'netspec_batch_size_bucket{model="digits",le="1"}'
@@ -196,50 +229,135 @@ GOOD = {"name": "data", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0]
 BAD_REQUESTS = [
     ("GET", "/v2/models/nope", None, {}, 404, "unknown model 'nope'; this server serves 'digits'"),
     ("GET", "/v2/models/digits/versions/2", None, {}, 404, "unknown version of model 'digits'; it has version 1"),
-    ("GET", "/v3/health", None, {}, 404, "no endpoint '/v3/health'; this server speaks the Open Inference "
-                                        "Protocol under /v2"),
+    (
+        "GET",
+        "/v3/health",
+        None,
+        {},
+        404,
+        "no endpoint '/v3/health'; this server speaks the Open Inference Protocol under /v2",
+    ),
     ("GET", "/v2/models/digits/infer", None, {}, 405, "/v2/models/digits/infer takes POST, not GET"),
     ("POST", "/v2/health/live", b"", {}, 405, "/v2/health/live takes GET, not POST"),
     ("POST", "/v2/models/digits/infer", b"{not json", {}, 400, "the request body is not valid JSON"),
-    ("POST", "/v2/models/digits/infer", b"[1, 2]", {}, 400, "the request must be a JSON object with an 'inputs' "
-                                                            "list"),
+    ("POST", "/v2/models/digits/infer", b"[1, 2]", {}, 400, "the request must be a JSON object with an 'inputs' list"),
     ("POST", "/v2/models/digits/infer", {"inputs": []}, {}, 400, "the request needs a non-empty 'inputs' list"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "name": "image"}]}, {}, 400,
-     "unknown input 'image'; the model takes: data"),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**GOOD, "name": "image"}]},
+        {},
+        400,
+        "unknown input 'image'; the model takes: data",
+    ),
     ("POST", "/v2/models/digits/infer", {"inputs": [GOOD, GOOD]}, {}, 400, "input 'data' is given twice"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "shape": [1, 8, 8]}]}, {}, 400,
-     "input 'data' has shape [1, 8, 8]; the model takes [-1, 1, 8, 8] (-1: any size)"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "shape": [1, 1, 8, -8]}]}, {}, 400,
-     "input 'data' needs 'shape', a list of non-negative integers"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "datatype": "INT64"}]}, {}, 400,
-     "input 'data' has datatype INT64; the model takes FP32"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": [0.0] * 65}]}, {}, 400,
-     "input 'data' of shape [1, 1, 8, 8] needs 64 values; 'data' holds 65"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": ["a"] * 64}]}, {}, 400,
-     "input 'data': 'data' must hold FP32 numbers in nested or flat lists of one shape"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": None}]}, {}, 400,
-     "input 'data' needs 'data' (a list) or binary data"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [GOOD], "outputs": [{"name": "loss"}]}, {}, 400,
-     "unknown output 'loss'; the model has: prob"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": None, "parameters": {"binary_data_size": 256}}]},
-     {}, 400, "input 'data' claims 256 bytes of binary data, but only 0 remain"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**GOOD, "data": None, "parameters": {"binary_data_size": 8}}]},
-     {}, 400, "input 'data' of shape [1, 1, 8, 8] and FP32 needs 256 bytes; binary_data_size says 8"),
-    ("POST", "/v2/models/digits/infer", b"{}", {"Inference-Header-Content-Length": "99"}, 400,
-     "Inference-Header-Content-Length 99 is beyond the 2-byte body"),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**GOOD, "shape": [1, 8, 8]}]},
+        {},
+        400,
+        "input 'data' has shape [1, 8, 8]; the model takes [-1, 1, 8, 8] (-1: any size)",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**GOOD, "shape": [1, 1, 8, -8]}]},
+        {},
+        400,
+        "input 'data' needs 'shape', a list of non-negative integers",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**GOOD, "datatype": "INT64"}]},
+        {},
+        400,
+        "input 'data' has datatype INT64; the model takes FP32",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**GOOD, "data": [0.0] * 65}]},
+        {},
+        400,
+        "input 'data' of shape [1, 1, 8, 8] needs 64 values; 'data' holds 65",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**GOOD, "data": ["a"] * 64}]},
+        {},
+        400,
+        "input 'data': 'data' must hold FP32 numbers in nested or flat lists of one shape",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**GOOD, "data": None}]},
+        {},
+        400,
+        "input 'data' needs 'data' (a list) or binary data",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [GOOD], "outputs": [{"name": "loss"}]},
+        {},
+        400,
+        "unknown output 'loss'; the model has: prob",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**GOOD, "data": None, "parameters": {"binary_data_size": 256}}]},
+        {},
+        400,
+        "input 'data' claims 256 bytes of binary data, but only 0 remain",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**GOOD, "data": None, "parameters": {"binary_data_size": 8}}]},
+        {},
+        400,
+        "input 'data' of shape [1, 1, 8, 8] and FP32 needs 256 bytes; binary_data_size says 8",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        b"{}",
+        {"Inference-Header-Content-Length": "99"},
+        400,
+        "Inference-Header-Content-Length 99 is beyond the 2-byte body",
+    ),
     ("POST", "/v2/models/digits/infer", b"[" * 1000 + b"]" * 1000, {}, 400, "the request's JSON is nested too deeply"),
-    ("POST", "/v2/models/digits/infer", json.dumps({"inputs": [{**GOOD, "data": [float("nan")] * 64}]}).encode(), {},
-     400, "the request body is not valid JSON"),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        json.dumps({"inputs": [{**GOOD, "data": [float("nan")] * 64}]}).encode(),
+        {},
+        400,
+        "the request body is not valid JSON",
+    ),
     ("POST", "/v2/models/digits/infer", {"inputs": [GOOD], "id": 7}, {}, 400, "the request's 'id' must be a string"),
-    ("POST", "/v2/models/digits/infer", b"x" * (2**20 + 1), {}, 413,
-     "the request body has 1048577 bytes; this server takes at most 1048576 (--max-body-mb)"),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        b"x" * (2**20 + 1),
+        {},
+        413,
+        "the request body has 1048577 bytes; this server takes at most 1048576 (--max-body-mb)",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "headers", "status", "message"), BAD_REQUESTS,
-                         ids=[m for *_, m in BAD_REQUESTS])
-def test_bad_request_gets_its_reason(server: Served, method: str, path: str, body: object, headers: dict,
-                                     status: int, message: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "message"), BAD_REQUESTS, ids=[m for *_, m in BAD_REQUESTS]
+)
+def test_bad_request_gets_its_reason(
+    server: Served, method: str, path: str, body: object, headers: dict, status: int, message: str
+) -> None:
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     got, reply_headers, reply = server.request(method, path, data, headers)
     assert (got, json.loads(reply)) == (status, {"error": message})
@@ -256,30 +374,58 @@ def _raw(port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.parametrize(("data", "status", "message"), [
-    (b"hello\r\n\r\n", 400, "malformed HTTP request: Invalid method encountered"),
-    (b"GET /v2 SPDY/3\r\nHost: a\r\n\r\n", 400, "malformed HTTP request: Expected HTTP/, RTSP/ or ICE/"),
-    (b"GET /v2 HTTP/1.1\r\n\r\n", 400, "the request has no Host header"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: ten\r\n\r\n", 400,
-     "malformed HTTP request: Invalid character in Content-Length"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
-     400, "malformed HTTP request: Duplicate Content-Length"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
-     400, "malformed HTTP request: Duplicate Content-Length"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 3\r\n\r\n{}",
-     400, "malformed HTTP request: Invalid character in Content-Length"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400,
-     "malformed HTTP request: Request has invalid `Transfer-Encoding`"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
-     b"0\r\n\r\nGET /v2 HTTP/1.1\r\nHost: a\r\n\r\n", 400,
-     "malformed HTTP request: Content-Length can't be present with Transfer-Encoding"),
-    (b"GET /v2 HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", 400, "malformed HTTP request: Invalid header token"),
-    (b"GET /v2 HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n", 431,
-     "the request's headers are larger than 64 KiB"),
-    (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n100001\r\n" +
-     b"x" * 0x100001 + b"\r\n0\r\n\r\n", 413,
-     "the request body has more than 1048576 bytes; this server takes at most that (--max-body-mb)"),
-])
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (b"hello\r\n\r\n", 400, "malformed HTTP request: Invalid method encountered"),
+        (b"GET /v2 SPDY/3\r\nHost: a\r\n\r\n", 400, "malformed HTTP request: Expected HTTP/, RTSP/ or ICE/"),
+        (b"GET /v2 HTTP/1.1\r\n\r\n", 400, "the request has no Host header"),
+        (
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: ten\r\n\r\n",
+            400,
+            "malformed HTTP request: Invalid character in Content-Length",
+        ),
+        (
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            400,
+            "malformed HTTP request: Duplicate Content-Length",
+        ),
+        (
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+            400,
+            "malformed HTTP request: Duplicate Content-Length",
+        ),
+        (
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 3\r\n\r\n{}",
+            400,
+            "malformed HTTP request: Invalid character in Content-Length",
+        ),
+        (
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+            "malformed HTTP request: Request has invalid `Transfer-Encoding`",
+        ),
+        (
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+            b"0\r\n\r\nGET /v2 HTTP/1.1\r\nHost: a\r\n\r\n",
+            400,
+            "malformed HTTP request: Content-Length can't be present with Transfer-Encoding",
+        ),
+        (b"GET /v2 HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", 400, "malformed HTTP request: Invalid header token"),
+        (
+            b"GET /v2 HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n",
+            431,
+            "the request's headers are larger than 64 KiB",
+        ),
+        (
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n100001\r\n"
+            + b"x" * 0x100001
+            + b"\r\n0\r\n\r\n",
+            413,
+            "the request body has more than 1048576 bytes; this server takes at most that (--max-body-mb)",
+        ),
+    ],
+)
 def test_malformed_http_gets_its_reason(server: Served, data: bytes, status: int, message: str) -> None:
     reply = _raw(server.port, data)
     head, _, body = reply.partition(b"\r\n\r\n")
@@ -291,8 +437,9 @@ def _malformed(rng: random.Random) -> bytes:
     """A request the server must refuse: a broken line, header or body of one of many kinds."""
     kind = rng.randrange(6)
     if kind == 0:
-        return bytes(rng.randrange(1, 256) for _ in range(rng.randrange(1, 200))).replace(b"\r\n\r\n", b"") + \
-            b"\r\n\r\n"
+        return (
+            bytes(rng.randrange(1, 256) for _ in range(rng.randrange(1, 200))).replace(b"\r\n\r\n", b"") + b"\r\n\r\n"
+        )
     if kind == 1:
         body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300)))
     elif kind == 2:
@@ -308,7 +455,7 @@ def _malformed(rng: random.Random) -> bytes:
     else:
         method = rng.choice(["GET", "PUT", "DELETE", "PATCH"])
         return f"{method} /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".encode()
-    return (f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    return f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
 
 
 def test_a_thousand_malformed_requests_all_get_4xx_and_the_server_stays_up(server: Served) -> None:
@@ -359,10 +506,13 @@ def _json_body(x: np.ndarray) -> bytes:
 def test_chunked_request_body(server: Served, reference: ort.InferenceSession) -> None:
     x = _images(2, seed=5)
     body = _json_body(x)
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 700]), body[i:i + 700]) for i in range(0, len(body), 700))
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 700]), body[i : i + 700]) for i in range(0, len(body), 700))
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks +
-                  b"0\r\n\r\n")
+        s.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunks
+            + b"0\r\n\r\n"
+        )
         status, _, reply = _reply(s)
     assert status == 200
     np.testing.assert_array_equal(json.loads(reply)["outputs"][0]["data"], reference.run(None, {"data": x})[0].ravel())
@@ -372,34 +522,67 @@ def test_expect_100_continue(server: Served, reference: ort.InferenceSession) ->
     x = _images(1, seed=6)
     body = _json_body(x)
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
-                  b"Content-Length: %d\r\n\r\n" % len(body))
+        s.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
         assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(body)
         status, headers, reply = _reply(s)
         assert status == 200 and headers["connection"] == "keep-alive"
-        np.testing.assert_array_equal(json.loads(reply)["outputs"][0]["data"],
-                                      reference.run(None, {"data": x})[0].ravel())
+        np.testing.assert_array_equal(
+            json.loads(reply)["outputs"][0]["data"], reference.run(None, {"data": x})[0].ravel()
+        )
         # too large: refused at once, without 100 Continue, and the body is never awaited
-        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
-                  b"Content-Length: 2000000\r\n\r\n")
+        s.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 2000000\r\n\r\n"
+        )
         status, headers, reply = _reply(s)
     assert (status, headers["connection"]) == (413, "close")
-    assert json.loads(reply) == {"error": "the request body has 2000000 bytes; this server takes at most 1048576 "
-                                          "(--max-body-mb)"}
+    assert json.loads(reply) == {
+        "error": "the request body has 2000000 bytes; this server takes at most 1048576 (--max-body-mb)"
+    }
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_with_a_large_body(server: Served, reference: ort.InferenceSession, tmp_path: Path) -> None:
     x = _images(4000, seed=8)  # curl asks before sending a body this large (1 MB), as it does over 1 MiB
-    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "parameters": {"binary_data_output": True}}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "data",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     (tmp_path / "body").write_bytes(header + x.tobytes())
-    run = subprocess.run(["curl", "-sS", "-v", "--data-binary", f"@{tmp_path / 'body'}", "-H", "Expect: 100-continue",
-                          "-H", f"Inference-Header-Content-Length: {len(header)}", "-D", str(tmp_path / "headers"),
-                          "-o", str(tmp_path / "out"), f"http://127.0.0.1:{server.port}/v2/models/digits/infer"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-v",
+            "--data-binary",
+            f"@{tmp_path / 'body'}",
+            "-H",
+            "Expect: 100-continue",
+            "-H",
+            f"Inference-Header-Content-Length: {len(header)}",
+            "-D",
+            str(tmp_path / "headers"),
+            "-o",
+            str(tmp_path / "out"),
+            f"http://127.0.0.1:{server.port}/v2/models/digits/infer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0 and "< HTTP/1.1 100 Continue" in run.stderr, run.stderr
     headers = (tmp_path / "headers").read_text().lower()
     n = int(re.search(r"inference-header-content-length: (\d+)", headers).group(1))  # type: ignore[union-attr]
@@ -417,22 +600,31 @@ def test_connection_token_lists(server: Served, connection: str) -> None:
 
 
 def test_pipelined_requests_are_answered_in_order(server: Served) -> None:
-    reply = _raw(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\nGET /v2/models/digits/ready HTTP/1.1\r\n"
-                 b"Host: a\r\n\r\nHEAD /v2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    reply = _raw(
+        server.port,
+        b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\nGET /v2/models/digits/ready HTTP/1.1\r\n"
+        b"Host: a\r\n\r\nHEAD /v2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
     answers = []
     for head_only in (False, False, True):
         head, _, reply = reply.partition(b"\r\n\r\n")
         length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
         body, reply = (b"", reply) if head_only else (reply[:length], reply[length:])
         answers.append((head.split(b" ")[1], body, head.endswith(b"Connection: close")))
-    assert answers == [(b"200", b'{"live":true}', False), (b"200", b'{"name":"digits","ready":true}', False),
-                       (b"405", b"", True)]  # HEAD: the headers of the GET's 405, no body
+    assert answers == [
+        (b"200", b'{"live":true}', False),
+        (b"200", b'{"name":"digits","ready":true}', False),
+        (b"405", b"", True),
+    ]  # HEAD: the headers of the GET's 405, no body
     assert reply == b""
 
 
 def test_an_upgrade_is_answered_over_http_1_1(server: Served) -> None:
-    reply = _raw(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-                              b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+    reply = _raw(
+        server.port,
+        b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
     assert reply.startswith(b"HTTP/1.1 200 ") and b"Connection: close\r\n" in reply and reply.endswith(b'{"live":true}')
 
 
@@ -444,15 +636,34 @@ def test_http_1_0_is_answered_and_closed(server: Served) -> None:
 def test_nan_outputs_are_refused_as_json_and_sent_as_binary(server: Served) -> None:
     x = np.full((1, 1, 8, 8), np.inf, dtype=np.float32)
     for binary in (False, True):
-        header = json.dumps({"inputs": [{"name": "data", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                                         "parameters": {"binary_data_size": x.nbytes}}],
-                             "parameters": {"binary_data_output": binary}}).encode()
-        status, headers, body = server.request("POST", "/v2/models/digits/infer", header + x.tobytes(),
-                                               {"Inference-Header-Content-Length": str(len(header))})
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "data",
+                        "shape": [1, 1, 8, 8],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "parameters": {"binary_data_output": binary},
+            }
+        ).encode()
+        status, headers, body = server.request(
+            "POST",
+            "/v2/models/digits/infer",
+            header + x.tobytes(),
+            {"Inference-Header-Content-Length": str(len(header))},
+        )
         if not binary:
-            assert (status, json.loads(body)) == (500, {"error": "output 'prob' holds NaN or infinite values, which "
-                                                                 "JSON cannot carry; ask for it as binary data "
-                                                                 "(binary_data_output)"})
+            assert (status, json.loads(body)) == (
+                500,
+                {
+                    "error": "output 'prob' holds NaN or infinite values, which "
+                    "JSON cannot carry; ask for it as binary data "
+                    "(binary_data_output)"
+                },
+            )
         else:
             n = int(headers["inference-header-content-length"])
             assert status == 200 and np.isnan(np.frombuffer(body[n:], dtype="<f4")).all()
@@ -502,14 +713,28 @@ def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort
 def test_sigterm_lets_the_request_in_flight_finish(model: Path) -> None:
     served = Served(model, "--instances", "1", "--workers", "1")
     x = _images(20000)  # a batch that takes onnxruntime a noticeable time
-    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "parameters": {"binary_data_output": True}}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "data",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     result: dict[str, object] = {}
 
     def slow() -> None:
-        result["reply"] = served.request("POST", "/v2/models/digits/infer", header + x.tobytes(),
-                                         {"Inference-Header-Content-Length": str(len(header))})
+        result["reply"] = served.request(
+            "POST",
+            "/v2/models/digits/infer",
+            header + x.tobytes(),
+            {"Inference-Header-Content-Length": str(len(header))},
+        )
 
     thread = threading.Thread(target=slow)
     thread.start()
@@ -531,12 +756,20 @@ def test_sigterm_lets_the_request_in_flight_finish(model: Path) -> None:
 
 
 def test_missing_model_and_busy_port_are_clear_errors(model: Path, server: Served, tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "netspec.cli", "serve", str(tmp_path / "none.onnx")],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "netspec.cli", "serve", str(tmp_path / "none.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 1
     assert run.stderr == f"error: model file '{tmp_path / 'none.onnx'}' does not exist\n"
-    run = subprocess.run([sys.executable, "-m", "netspec.cli", "serve", str(model), "--port", str(server.port)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "netspec.cli", "serve", str(model), "--port", str(server.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith(f"error: cannot listen on 127.0.0.1:{server.port}: ")
     assert run.stderr.endswith("Address already in use\n  hint: pick another --port (0 takes a free one)\n")
@@ -545,8 +778,9 @@ def test_missing_model_and_busy_port_are_clear_errors(model: Path, server: Serve
 def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    run = subprocess.run([sys.executable, "-m", "netspec.cli", "serve", str(bad)], capture_output=True, text=True,
-                         timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "netspec.cli", "serve", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith(f"error: onnxruntime cannot load '{bad}': ")
     assert run.stderr.endswith("hint: export it with `netspec export SPEC --onnx FILE`\n")
@@ -633,8 +867,10 @@ def test_slow_clients_cannot_lock_others_out() -> None:
 
 
 def test_a_request_must_arrive_within_the_read_timeout() -> None:
-    with in_process(GatedRuntime(), read_timeout=0.3) as (_, port), \
-            socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+    with (
+        in_process(GatedRuntime(), read_timeout=0.3) as (_, port),
+        socket.create_connection(("127.0.0.1", port), timeout=30) as s,
+    ):
         s.sendall(b"GET /v2 HT")
         time.sleep(0.2)
         s.sendall(b"T")  # trickling bytes does not extend the deadline
@@ -651,8 +887,10 @@ def test_every_client_over_the_limit_gets_a_readable_503() -> None:
             s.sendall(_small_infer(1))
         _wait_for(lambda: server.metrics.in_flight == 4)
         replies: list[bytes] = [b""] * 40
-        threads = [threading.Thread(target=lambda i: replies.__setitem__(i, _raw(port, _small_infer(3))), args=(i,))
-                   for i in range(40)]
+        threads = [
+            threading.Thread(target=lambda i: replies.__setitem__(i, _raw(port, _small_infer(3))), args=(i,))
+            for i in range(40)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -707,8 +945,12 @@ def _queued(server: object, runtime: GatedRuntime, first: bytes, rest: list[byte
 
 
 def _doc(name: str, x: np.ndarray, model: str = "m") -> bytes:
-    body = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
-                                   "data": x.ravel().tolist()}], "parameters": {"binary_data_output": False}})
+    body = json.dumps(
+        {
+            "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+            "parameters": {"binary_data_output": False},
+        }
+    )
     return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
 
 
@@ -724,8 +966,9 @@ def test_batched_answers_equal_unbatched_ones_exactly(model: Path) -> None:
     assert runtime.runs == [1, 11]  # the blocker alone, then the four waiting requests in one run
     for x, (status, doc) in zip(inputs[1:], replies, strict=True):
         assert status == 200 and doc["outputs"][0]["shape"] == [len(x), 10]
-        np.testing.assert_array_equal(np.array(doc["outputs"][0]["data"], dtype=np.float32).reshape(-1, 10),
-                                      real.run({"data": x})[0])
+        np.testing.assert_array_equal(
+            np.array(doc["outputs"][0]["data"], dtype=np.float32).reshape(-1, 10), real.run({"data": x})[0]
+        )
 
 
 def test_a_failing_request_in_a_batch_fails_alone() -> None:
@@ -737,12 +980,18 @@ def test_a_failing_request_in_a_batch_fails_alone() -> None:
         metrics = server.metrics.text("m")  # type: ignore[attr-defined]
     assert runtime.runs[:2] == [1, 6] and sorted(runtime.runs[2:]) == [1, 2, 3]  # the merged run failed; each
     # request was retried alone (the queue's order is the order the requests arrived in, which varies)
-    assert replies[0] == (200, {"model_name": "m", "model_version": "1",
-                                "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [2.0, 2.0]}]})
+    assert replies[0] == (
+        200,
+        {
+            "model_name": "m",
+            "model_version": "1",
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [2.0, 2.0]}],
+        },
+    )
     assert replies[1] == (400, {"error": "inference failed: negative values"})
     assert replies[2][0] == 200 and replies[2][1]["outputs"][0]["data"] == [6.0] * 6
-    assert "netspec_inference_count_total{model=\"m\"} 3" in metrics  # successful runs only, as Triton counts
-    assert "netspec_execution_count_total{model=\"m\"} 3" in metrics
+    assert 'netspec_inference_count_total{model="m"} 3' in metrics  # successful runs only, as Triton counts
+    assert 'netspec_execution_count_total{model="m"} 3' in metrics
 
 
 def test_only_requests_that_agree_are_merged() -> None:
@@ -768,7 +1017,8 @@ def test_a_full_queue_answers_503_at_once() -> None:
         waiting.start()
         _wait_for(lambda: len(server.batcher.queue) == 2)
         assert _send_all(port, [_doc("x", np.ones((1, 2)))]) == [
-            (503, {"error": "the server's queue holds 2 requests (--max-queue-size); retry later"})]
+            (503, {"error": "the server's queue holds 2 requests (--max-queue-size); retry later"})
+        ]
         runtime.gate.set()
         waiting.join(60)
         assert _reply(blocker)[0] == 200
@@ -824,8 +1074,9 @@ def _workers(pid: int) -> set[int]:
 def _dead(pid: int) -> bool:
     """Exited, all its threads too (its sockets closed), whether or not reaped yet."""
     try:
-        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text() and \
-            os.listdir(f"/proc/{pid}/task") == [str(pid)]
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text() and os.listdir(f"/proc/{pid}/task") == [
+            str(pid)
+        ]
     except FileNotFoundError:
         return True
 
@@ -856,16 +1107,35 @@ def test_sigterm_drains_every_worker(model: Path) -> None:
     served = Served(model, "--workers", "2")
     workers = _workers(served.proc.pid)
     x = _images(20000)
-    header = json.dumps({"inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "parameters": {"binary_data_output": True}}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "data",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     result: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: result.update(reply=served.request(
-        "POST", "/v2/models/digits/infer", header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})))
+    thread = threading.Thread(
+        target=lambda: result.update(
+            reply=served.request(
+                "POST",
+                "/v2/models/digits/infer",
+                header + x.tobytes(),
+                {"Inference-Header-Content-Length": str(len(header))},
+            )
+        )
+    )
     thread.start()
     # the worker answering it says so when /metrics reaches it (connections are spread over the workers)
-    _wait_for(lambda: re.search(rb"^netspec_requests_in_flight 2$", served.request("GET", "/metrics")[2], re.M)
-              is not None)
+    _wait_for(
+        lambda: re.search(rb"^netspec_requests_in_flight 2$", served.request("GET", "/metrics")[2], re.M) is not None
+    )
     code, err = served.stop()
     thread.join(30)
     status, headers, body = result["reply"]  # type: ignore[misc]
@@ -876,19 +1146,31 @@ def test_sigterm_drains_every_worker(model: Path) -> None:
             os.kill(pid, 0)
 
 
-@pytest.mark.parametrize(("affinity", "files", "cores"), [
-    ({0, 1, 2, 3}, {}, 4),  # nothing known but the affinity
-    ({0, 1, 2, 3}, {"/sys/devices/system/cpu/cpu0/topology/thread_siblings_list": "0-1"}, 2),  # SMT pairs
-    ({0, 1, 2, 3, 4, 5, 6, 7}, {"/sys/devices/system/cpu/cpu0/topology/thread_siblings_list": "0,4",
-                                "/sys/fs/cgroup/cpu.max": "250000 100000"}, 1),  # 2.5 CPUs of quota -> 3, / 2
-    ({0, 1, 2, 3}, {"/sys/fs/cgroup/cpu.max": "max 100000"}, 4),  # cgroup v2 without a quota
-    ({0, 1, 2, 3}, {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "200000",
-                    "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"}, 2),  # cgroup v1 quota
-    ({0, 1}, {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1"}, 2),  # cgroup v1 without a quota
-])
-def test_workers_default_to_the_physical_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch,
-                                                                   affinity: set[int], files: dict[str, str],
-                                                                   cores: int) -> None:
+@pytest.mark.parametrize(
+    ("affinity", "files", "cores"),
+    [
+        ({0, 1, 2, 3}, {}, 4),  # nothing known but the affinity
+        ({0, 1, 2, 3}, {"/sys/devices/system/cpu/cpu0/topology/thread_siblings_list": "0-1"}, 2),  # SMT pairs
+        (
+            {0, 1, 2, 3, 4, 5, 6, 7},
+            {
+                "/sys/devices/system/cpu/cpu0/topology/thread_siblings_list": "0,4",
+                "/sys/fs/cgroup/cpu.max": "250000 100000",
+            },
+            1,
+        ),  # 2.5 CPUs of quota -> 3, / 2
+        ({0, 1, 2, 3}, {"/sys/fs/cgroup/cpu.max": "max 100000"}, 4),  # cgroup v2 without a quota
+        (
+            {0, 1, 2, 3},
+            {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "200000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"},
+            2,
+        ),  # cgroup v1 quota
+        ({0, 1}, {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1"}, 2),  # cgroup v1 without a quota
+    ],
+)
+def test_workers_default_to_the_physical_cores_this_process_may_use(
+    monkeypatch: pytest.MonkeyPatch, affinity: set[int], files: dict[str, str], cores: int
+) -> None:
     from netspec.deploy import runtime
 
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: affinity)

@@ -76,17 +76,23 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: 
 """
 
 
-@pytest.mark.parametrize(("solver_type", "make"), [
-    ("AdamW", lambda ps: torch.optim.AdamW(ps, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)),
-    ("Adamax", lambda ps: torch.optim.Adamax(ps, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0)),
-    ("NAdam", lambda ps: torch.optim.NAdam(ps, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0)),
-])
-def test_modern_solvers_match_torch_optim(write_spec: Callable[..., str], solver_type: str,
-                                           make: Callable[..., torch.optim.Optimizer]) -> None:
+@pytest.mark.parametrize(
+    ("solver_type", "make"),
+    [
+        ("AdamW", lambda ps: torch.optim.AdamW(ps, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)),
+        ("Adamax", lambda ps: torch.optim.Adamax(ps, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0)),
+        ("NAdam", lambda ps: torch.optim.NAdam(ps, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0)),
+    ],
+)
+def test_modern_solvers_match_torch_optim(
+    write_spec: Callable[..., str], solver_type: str, make: Callable[..., torch.optim.Optimizer]
+) -> None:
     decay = 0.1 if solver_type == "AdamW" else 0
-    spec = write_spec(f'type: "{solver_type}" base_lr: 0.01 momentum: 0.9 momentum2: 0.99 delta: 1e-8 '
-                      f'weight_decay: {decay} lr_policy: "fixed" max_iter: 10 random_seed: 3\nnet_param {{ {NET} }}',
-                      "solver.prototxt")
+    spec = write_spec(
+        f'type: "{solver_type}" base_lr: 0.01 momentum: 0.9 momentum2: 0.99 delta: 1e-8 '
+        f'weight_decay: {decay} lr_policy: "fixed" max_iter: 10 random_seed: 3\nnet_param {{ {NET} }}',
+        "solver.prototxt",
+    )
     solver = Solver(spec, quiet=True)
     reference = {k: [t.detach().clone().requires_grad_(True) for t in v] for k, v in solver.net.caffe_params().items()}
     optimizer = make([t for v in reference.values() for t in v])
@@ -107,9 +113,11 @@ def test_modern_solvers_match_torch_optim(write_spec: Callable[..., str], solver
 def test_decoupled_weight_decay_differs_from_l2_for_adam(write_spec: Callable[..., str]) -> None:
     results = []
     for decoupled in ("false", "true"):
-        spec = write_spec(f'type: "Adam" base_lr: 0.01 momentum: 0.9 weight_decay: 0.5 lr_policy: "fixed" '
-                          f'max_iter: 10 random_seed: 3 decoupled_weight_decay: {decoupled}\nnet_param {{ {NET} }}',
-                          f"s_{decoupled}.prototxt")
+        spec = write_spec(
+            f'type: "Adam" base_lr: 0.01 momentum: 0.9 weight_decay: 0.5 lr_policy: "fixed" '
+            f"max_iter: 10 random_seed: 3 decoupled_weight_decay: {decoupled}\nnet_param {{ {NET} }}",
+            f"s_{decoupled}.prototxt",
+        )
         solver = Solver(spec, quiet=True)
         for _ in range(3):
             solver.step({"data": torch.ones(8, 6), "label": torch.zeros(8)})
@@ -117,15 +125,24 @@ def test_decoupled_weight_decay_differs_from_l2_for_adam(write_spec: Callable[..
     assert not torch.allclose(results[0], results[1])
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ('type: "Adamm"', "unknown solver type 'Adamm'; netspec has SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam, "
-                      "AdamW, Adamax, NAdam"),
-    ('lr_policy: "stp"', "unknown lr_policy 'stp'; netspec has fixed, step, exp, inv, multistep, poly, sigmoid, cosine"),
-    ('lr_policy: "step"', "lr_policy step needs a positive stepsize"),
-    ('type: "AdaGrad" momentum: 0.9', "AdaGrad takes no momentum (Caffe requires momentum 0 for it)"),
-    ('regularization_type: "L3"', "regularization_type must be L1 or L2, got 'L3'"),
-    ('max_epoch: 3', "give max_iter or max_epoch, not both"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            'type: "Adamm"',
+            "unknown solver type 'Adamm'; netspec has SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam, "
+            "AdamW, Adamax, NAdam",
+        ),
+        (
+            'lr_policy: "stp"',
+            "unknown lr_policy 'stp'; netspec has fixed, step, exp, inv, multistep, poly, sigmoid, cosine",
+        ),
+        ('lr_policy: "step"', "lr_policy step needs a positive stepsize"),
+        ('type: "AdaGrad" momentum: 0.9', "AdaGrad takes no momentum (Caffe requires momentum 0 for it)"),
+        ('regularization_type: "L3"', "regularization_type must be L1 or L2, got 'L3'"),
+        ("max_epoch: 3", "give max_iter or max_epoch, not both"),
+    ],
+)
 def test_solver_setting_errors(write_spec: Callable[..., str], settings: str, message: str) -> None:
     spec = write_spec(f"base_lr: 0.1 max_iter: 10\n{settings}\nnet_param {{ {NET} }}", "solver.prototxt")
     with pytest.raises(SolverError) as e:
@@ -135,7 +152,7 @@ def test_solver_setting_errors(write_spec: Callable[..., str], settings: str, me
 
 
 def test_test_iter_needs_test_interval(write_spec: Callable[..., str]) -> None:
-    spec = write_spec(f'base_lr: 0.1 max_iter: 10 test_iter: 5\nnet_param {{ {NET} }}', "solver.prototxt")
+    spec = write_spec(f"base_lr: 0.1 max_iter: 10 test_iter: 5\nnet_param {{ {NET} }}", "solver.prototxt")
     with pytest.raises(SolverError) as e:
         Solver(spec, quiet=True)
     assert e.value.msg == "test nets are given, so test_interval must be positive"
@@ -150,8 +167,9 @@ def test_missing_base_lr_and_length(write_spec: Callable[..., str]) -> None:
 
 def test_net_file_named_by_a_solver(tmp_path: Path) -> None:
     (tmp_path / "net.prototxt").write_text(NET)
-    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt" base_lr: 0.1 max_iter: 2 solver_type: NESTEROV '
-                                              'momentum: 0.9')
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt" base_lr: 0.1 max_iter: 2 solver_type: NESTEROV momentum: 0.9'
+    )
     solver = Solver(str(tmp_path / "solver.prototxt"), quiet=True)
     assert solver.param.type == "Nesterov"
     (tmp_path / "bad.prototxt").write_text('net: "nope.prototxt" base_lr: 0.1 max_iter: 2')
@@ -161,7 +179,7 @@ def test_net_file_named_by_a_solver(tmp_path: Path) -> None:
 
 
 def test_overrides(write_spec: Callable[..., str]) -> None:
-    spec = write_spec(f'base_lr: 0.1 max_iter: 10\nnet_param {{ {NET} }}', "solver.prototxt")
+    spec = write_spec(f"base_lr: 0.1 max_iter: 10\nnet_param {{ {NET} }}", "solver.prototxt")
     solver = Solver(spec, overrides=("solver.base_lr=0.5", "ip1.inner_product_param.num_output=7"), quiet=True)
     assert solver.param.base_lr == 0.5
     assert solver.net.caffe_params()["ip1"][0].shape == (7, 6)

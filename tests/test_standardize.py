@@ -37,18 +37,25 @@ def test_statistics_come_from_the_training_part_only() -> None:
 def test_a_constant_feature_keeps_scale_one(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("".join(f"{i},5,{i % 2}\n" for i in range(20)))
-    data, _ = load_arrays(pb.DatasetParameter(source=str(path), standardize=True, split=pb.DatasetParameter.ALL),
-                          ".", pb.TRAIN)
+    data, _ = load_arrays(
+        pb.DatasetParameter(source=str(path), standardize=True, split=pb.DatasetParameter.ALL), ".", pb.TRAIN
+    )
     np.testing.assert_allclose(data[:, 1], 0)
     np.testing.assert_allclose(data[:, 0].std(), 1, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("source", "classes", "epochs"), [("wine", 3, 15), ("breast_cancer", 2, 8)])
 def test_first_mlp_reaches_95_percent_and_the_onnx_model_takes_raw_features(
-        tmp_path: Path, source: str, classes: int, epochs: int) -> None:
+    tmp_path: Path, source: str, classes: int, epochs: int
+) -> None:
     spec = tmp_path / "mlp.yaml"
-    spec.write_text((MODELS / "wine_mlp.yaml").read_text().replace("source: wine", f"source: {source}")
-                    .replace("num_output: 3,", f"num_output: {classes},").replace("max_epoch: 60", f"max_epoch: {epochs}"))
+    spec.write_text(
+        (MODELS / "wine_mlp.yaml")
+        .read_text()
+        .replace("source: wine", f"source: {source}")
+        .replace("num_output: 3,", f"num_output: {classes},")
+        .replace("max_epoch: 60", f"max_epoch: {epochs}")
+    )
     summary = Solver(str(spec), out_dir=tmp_path / "run", quiet=True).solve()
     assert summary["test"][0]["accuracy"] >= 0.95, summary["test"]
 

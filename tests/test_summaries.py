@@ -40,9 +40,11 @@ def test_ctrl_c_summary_names_the_last_test_and_exits_130(tmp_path: Path, monkey
     lines = out.splitlines()
     assert lines[0] == "stopped at iteration 59"
     assert lines[1].startswith("test (the last one, at iteration 50): accuracy = ")
-    assert lines[2:] == [f"snapshot: {tmp_path / 'run' / 'small_iter_59.pt'}",
-                         f"metrics:  {tmp_path / 'run' / 'metrics.csv'}  (netspec plot "
-                         f"{tmp_path / 'run' / 'metrics.csv'} -o curves.png)"]
+    assert lines[2:] == [
+        f"snapshot: {tmp_path / 'run' / 'small_iter_59.pt'}",
+        f"metrics:  {tmp_path / 'run' / 'metrics.csv'}  (netspec plot "
+        f"{tmp_path / 'run' / 'metrics.csv'} -o curves.png)",
+    ]
     assert snapshot.load(tmp_path / "run" / "small_iter_59.pt")["iter"] == 59
     log = (tmp_path / "run" / "train.log").read_text()
     assert "small_iter_59.pt" not in log  # named once, by the summary
@@ -53,19 +55,30 @@ def test_ctrl_c_before_any_test_says_none_was_run(tmp_path: Path, monkeypatch: p
     _stop_at(monkeypatch, 3)
     code, out = cli("train", spec, "--out", str(tmp_path / "run"), "--quiet")
     assert code == 130
-    assert out.splitlines()[:3] == ["stopped at iteration 3", "test: none was run",
-                                    f"snapshot: {tmp_path / 'run' / 'small_iter_3.pt'}"]
+    assert out.splitlines()[:3] == [
+        "stopped at iteration 3",
+        "test: none was run",
+        f"snapshot: {tmp_path / 'run' / 'small_iter_3.pt'}",
+    ]
 
 
 def test_gradients_too_large_are_named_not_the_loss(tmp_path: Path) -> None:
-    code, out = cli("train", str(MODELS / "digits_cnn.yaml"), "--set", "solver.base_lr=1e6", "--out",
-                    str(tmp_path / "run"), "--quiet")
+    code, out = cli(
+        "train",
+        str(MODELS / "digits_cnn.yaml"),
+        "--set",
+        "solver.base_lr=1e6",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert code == 1
     first = out.splitlines()[0]
-    assert ": layer 'fc2' (InnerProduct): iteration 1: the gradient of this layer's parameter blob 0 grew too " \
-           "large (largest value " in first
-    assert first.endswith("; its L2 norm overflows), with the loss at 0; training stopped before updating the "
-                          "weights")
+    assert (
+        ": layer 'fc2' (InnerProduct): iteration 1: the gradient of this layer's parameter blob 0 grew too "
+        "large (largest value " in first
+    )
+    assert first.endswith("; its L2 norm overflows), with the loss at 0; training stopped before updating the weights")
     assert "the loss became" not in out
 
 
@@ -76,8 +89,10 @@ def test_early_stopping_snapshots_hold_their_iterations_weights(tmp_path: Path) 
     assert code == 0, out
     lines = out.splitlines()
     assert lines[0].startswith("test (the best weights, from iteration 0): accuracy = ")
-    assert lines[1:3] == [f"snapshot: {tmp_path / 'run' / 'small_iter_20.pt'}",
-                          f"best:     {tmp_path / 'run' / 'small_best.pt'}"]
+    assert lines[1:3] == [
+        f"snapshot: {tmp_path / 'run' / 'small_iter_20.pt'}",
+        f"best:     {tmp_path / 'run' / 'small_best.pt'}",
+    ]
     last, best = snapshot.load(tmp_path / "run" / "small_iter_20.pt"), snapshot.load(tmp_path / "run" / "small_best.pt")
     assert (last["iter"], best["iter"]) == (20, 0)
     assert not torch.equal(last["blobs"]["fc1"][0], best["blobs"]["fc1"][0])
@@ -88,11 +103,15 @@ def test_test_prints_the_loss_once(tmp_path: Path) -> None:
     assert code == 0
     assert out == "accuracy = 0\nloss = 1.09861\n(1 batch)\n"  # constant fillers: every class equally likely
     spec = tmp_path / "weighted.yaml"
-    spec.write_text((MODELS / "logistic_regression.yaml").read_text().replace(
-        "bottom: [logits, label]}", "bottom: [logits, label], loss_weight: 2}"))
+    spec.write_text(
+        (MODELS / "logistic_regression.yaml")
+        .read_text()
+        .replace("bottom: [logits, label]}", "bottom: [logits, label], loss_weight: 2}")
+    )
     code, out = cli("test", str(spec))
-    assert out == ("accuracy = 0\nloss = 1.09861\ntotal loss = 2.19722 (the weighted sum of the loss outputs)\n"
-                   "(1 batch)\n")
+    assert out == (
+        "accuracy = 0\nloss = 1.09861\ntotal loss = 2.19722 (the weighted sum of the loss outputs)\n(1 batch)\n"
+    )
 
 
 def test_one_learning_rate_per_iteration_in_the_metrics(tmp_path: Path) -> None:
@@ -136,8 +155,10 @@ def _svg_panel(svg: str, title: str) -> tuple[list[str], list[float]]:
 
 def test_plot_flat_curves_and_log_axis(tmp_path: Path) -> None:
     metrics = tmp_path / "metrics.csv"
-    metrics.write_text("iteration,epoch,lr,loss,seconds\n" + "".join(
-        f"{i},0,0.01,{10 ** (1 - i / 50):.6g},0\n" for i in range(0, 101, 10)))
+    metrics.write_text(
+        "iteration,epoch,lr,loss,seconds\n"
+        + "".join(f"{i},0,0.01,{10 ** (1 - i / 50):.6g},0\n" for i in range(0, 101, 10))
+    )
     code, _ = cli("plot", str(metrics), "-o", str(tmp_path / "c.svg"))
     assert code == 0
     labels, ys = _svg_panel((tmp_path / "c.svg").read_text(), "learning rate")
@@ -156,7 +177,8 @@ def test_overfit_stops_after_a_bounded_number_of_passes(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(commands, "OVERFIT_PASSES", 5)
     spec = small_spec(tmp_path, max_iter=1000)
-    code, out = cli("train", spec, "--overfit", "20", "--set", "solver.base_lr=0", "--out", str(tmp_path / "o"),
-                    "--quiet")
+    code, out = cli(
+        "train", spec, "--overfit", "20", "--set", "solver.base_lr=0", "--out", str(tmp_path / "o"), "--quiet"
+    )
     assert code == 1
     assert " on 20 examples after 5 iterations (5 passes; stopped after the limit of 5 passes) - a net that " in out

@@ -62,7 +62,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list
 
 
 def test_a_sweep_trains_each_trial_and_its_best_spec_trains_to_the_same_result(
-        finished: tuple[Path, dict, list[str]], tmp_path: Path) -> None:
+    finished: tuple[Path, dict, list[str]], tmp_path: Path
+) -> None:
     out, summary, lines = finished
     table = rows(out)
     assert [r["trial"] for r in table] == ["0", "1", "2"]
@@ -79,8 +80,7 @@ def test_a_sweep_trains_each_trial_and_its_best_spec_trains_to_the_same_result(
         folder = out / r["folder"]
         assert (folder / "metrics.csv").is_file() and (folder / "spec.yaml").is_file()
         assert f"random_seed: {3 + int(r['trial'])}" in (folder / "spec.yaml").read_text()
-    retrained = CliRunner().invoke(main, ["train", str(out / "best.yaml"), "--out", str(tmp_path / "again"),
-                                          "--quiet"])
+    retrained = CliRunner().invoke(main, ["train", str(out / "best.yaml"), "--out", str(tmp_path / "again"), "--quiet"])
     assert retrained.exit_code == 0, retrained.output
     assert f"accuracy = {best['value']:.4f}" in retrained.output
 
@@ -91,8 +91,10 @@ def test_a_killed_sweep_resumes_without_repeating_finished_trials(tmp_path: Path
     first = {r["trial"]: r for r in rows(out)}
     stamps = {t: (out / r["folder"] / "metrics.csv").stat().st_mtime_ns for t, r in first.items()}
     # what a SIGKILL leaves: a trial the study saw start and never end, and its half-written folder
-    study = optuna.load_study(storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))), study_name="netspec-sweep")
+    study = optuna.load_study(
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))),
+        study_name="netspec-sweep",
+    )
     killed = study.ask()
     killed.suggest_float("solver.base_lr", 0.001, 0.1, log=True)
     killed.suggest_categorical("fc1.inner_product_param.num_output", ["4", "8"])
@@ -104,7 +106,8 @@ def test_a_killed_sweep_resumes_without_repeating_finished_trials(tmp_path: Path
     assert [r["trial"] for r in table] == ["0", "1", "3"]  # 2 was the killed one, run again as 3
     assert {k: table[2][k] for k in ("solver.base_lr", "fc1.inner_product_param.num_output")} == {
         "solver.base_lr": repr(killed.params["solver.base_lr"]),
-        "fc1.inner_product_param.num_output": killed.params["fc1.inner_product_param.num_output"]}
+        "fc1.inner_product_param.num_output": killed.params["fc1.inner_product_param.num_output"],
+    }
     assert {t: (out / first[t]["folder"] / "metrics.csv").stat().st_mtime_ns for t in first} == stamps
     assert summary["trials"] == 3
 
@@ -116,8 +119,9 @@ def test_a_sweep_folder_is_not_overwritten_nor_resumed_from_nothing(tmp_path: Pa
     sweep(spec, out=str(out), trials=1, echo=lambda _: None)
     with pytest.raises(SweepError) as e:
         sweep(spec, out=str(out), echo=lambda _: None)
-    assert str(e.value) == (f"'{out}' already holds a sweep\n"
-                            "  hint: pass --resume to continue it, or choose another --out")
+    assert str(e.value) == (
+        f"'{out}' already holds a sweep\n  hint: pass --resume to continue it, or choose another --out"
+    )
 
 
 def test_a_pruned_trial_stops_at_its_test_and_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,29 +142,45 @@ def test_a_path_the_net_does_not_have_is_refused_before_any_trial(tmp_path: Path
     spec, out = write(tmp_path, NET + bad), tmp_path / "sweep"
     result = CliRunner().invoke(main, ["sweep", spec, "--out", str(out)])
     assert result.exit_code == 1
-    assert result.output == (f"{spec}:16:5: sweep parameter 'fc1.inner_product_param.num_ouput': unknown field "
-                             "'num_ouput' in InnerProductParameter\n  hint: did you mean 'num_output'?\n")
+    assert result.output == (
+        f"{spec}:16:5: sweep parameter 'fc1.inner_product_param.num_ouput': unknown field "
+        "'num_ouput' in InnerProductParameter\n  hint: did you mean 'num_output'?\n"
+    )
     assert not out.exists()
     bad = SWEEP.replace("fc1.inner", "fc9.inner")
     result = CliRunner().invoke(main, ["sweep", write(tmp_path, NET + bad), "--out", str(out)])
-    assert "sweep parameter 'fc9.inner_product_param.num_output' names layer 'fc9', which the net does not have\n" \
-           "  hint: did you mean 'fc2'?" in result.output
+    assert (
+        "sweep parameter 'fc9.inner_product_param.num_output' names layer 'fc9', which the net does not have\n"
+        "  hint: did you mean 'fc2'?" in result.output
+    )
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ("metric: accuracy", "error: the sweep's metric 'acuracy' is not an output of the test net\n"
-                         "  hint: did you mean 'accuracy'?"),
-    ("type: loguniform, low: 0.001", ":15:5: sweep parameter 'solver.base_lr' is loguniform, so low must be "
-                                     "positive; got 0"),
-    ("type: loguniform", ":15:22: sweep parameter 'solver.base_lr' has type 'logunifrom'; give one of uniform, "
-                         "loguniform, int, choice\n  hint: did you mean 'loguniform'?"),
-    ("trials: 3", ":13:3: sweep sampler must be one of tpe, random, grid; got 'grd'\n  hint: did you mean 'grid'?"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            "metric: accuracy",
+            "error: the sweep's metric 'acuracy' is not an output of the test net\n  hint: did you mean 'accuracy'?",
+        ),
+        (
+            "type: loguniform, low: 0.001",
+            ":15:5: sweep parameter 'solver.base_lr' is loguniform, so low must be positive; got 0",
+        ),
+        (
+            "type: loguniform",
+            ":15:22: sweep parameter 'solver.base_lr' has type 'logunifrom'; give one of uniform, "
+            "loguniform, int, choice\n  hint: did you mean 'loguniform'?",
+        ),
+        ("trials: 3", ":13:3: sweep sampler must be one of tpe, random, grid; got 'grd'\n  hint: did you mean 'grid'?"),
+    ],
+)
 def test_sweep_settings_are_checked_with_their_place(tmp_path: Path, change: str, message: str) -> None:
-    edited = {"metric: accuracy": "metric: acuracy",
-              "type: loguniform, low: 0.001": "type: loguniform, low: 0",
-              "type: loguniform": "type: logunifrom",
-              "trials: 3": "trials: 3\n  sampler: grd"}[change]
+    edited = {
+        "metric: accuracy": "metric: acuracy",
+        "type: loguniform, low: 0.001": "type: loguniform, low: 0",
+        "type: loguniform": "type: logunifrom",
+        "trials: 3": "trials: 3\n  sampler: grd",
+    }[change]
     spec = write(tmp_path, NET + SWEEP.replace(change, edited))
     result = CliRunner().invoke(main, ["sweep", spec, "--out", str(tmp_path / "s")])
     assert result.exit_code == 1
@@ -170,11 +190,13 @@ def test_sweep_settings_are_checked_with_their_place(tmp_path: Path, change: str
 
 def test_the_grid_sampler_takes_finite_ranges_and_caps_the_trials(tmp_path: Path) -> None:
     grid = SWEEP.replace("trials: 3", "trials: 10\n  sampler: grid").replace(
-        "{type: loguniform, low: 0.001, high: 0.1}", "{type: choice, values: [0.01, 0.03]}")
+        "{type: loguniform, low: 0.001, high: 0.1}", "{type: choice, values: [0.01, 0.03]}"
+    )
     assert read_sweep(write(tmp_path, NET + grid)).trials == 4
     bad = SWEEP.replace("trials: 3", "trials: 3\n  sampler: grid")
-    with pytest.raises(SweepError, match=re.escape("the grid sampler needs choice or int parameters; "
-                                                   "'solver.base_lr' is loguniform")):
+    with pytest.raises(
+        SweepError, match=re.escape("the grid sampler needs choice or int parameters; 'solver.base_lr' is loguniform")
+    ):
         read_sweep(write(tmp_path, NET + bad))
 
 
@@ -208,5 +230,7 @@ def test_without_optuna_the_message_says_how_to_get_it(tmp_path: Path, monkeypat
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(SweepError) as e:
         sweep(write(tmp_path, NET + SWEEP), out=str(tmp_path / "s"), echo=lambda _: None)
-    assert str(e.value) == ("error: netspec sweep needs Optuna, which is not installed".removeprefix("error: ")
-                            + "\n  hint: pip install 'netspec[sweep]' (or pip install optuna)")
+    assert str(e.value) == (
+        "error: netspec sweep needs Optuna, which is not installed".removeprefix("error: ")
+        + "\n  hint: pip install 'netspec[sweep]' (or pip install optuna)"
+    )

@@ -18,10 +18,16 @@ def test_mnist_idx_to_npz(tmp_path: Path) -> None:
     labels = np.array([7, 2, 1], np.uint8)
     for prefix in ("train", "t10k"):
         (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(
-            b"\0\0\x08\x03" + struct.pack(">3I", 3, 28, 28) + images.tobytes())
-        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01" + struct.pack(">I", 3) + labels.tobytes())
-    subprocess.run([sys.executable, str(ROOT / "tools" / "mnist_to_npz.py"), str(tmp_path), str(tmp_path / "out")],
-                   check=True, capture_output=True)
+            b"\0\0\x08\x03" + struct.pack(">3I", 3, 28, 28) + images.tobytes()
+        )
+        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            b"\0\0\x08\x01" + struct.pack(">I", 3) + labels.tobytes()
+        )
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "mnist_to_npz.py"), str(tmp_path), str(tmp_path / "out")],
+        check=True,
+        capture_output=True,
+    )
     with np.load(tmp_path / "out" / "mnist_train.npz") as z:
         assert z["data"].shape == (3, 1, 28, 28) and np.array_equal(z["data"][:, 0], images)
         assert z["label"].tolist() == [7, 2, 1]
@@ -35,16 +41,20 @@ def test_cifar10_binary_to_npz(tmp_path: Path) -> None:
     for i in range(1, 6):
         record.tofile(tmp_path / f"data_batch_{i}.bin")
     record.tofile(tmp_path / "test_batch.bin")
-    subprocess.run([sys.executable, str(ROOT / "tools" / "cifar10_to_npz.py"), str(tmp_path), str(tmp_path / "out")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "cifar10_to_npz.py"), str(tmp_path), str(tmp_path / "out")],
+        check=True,
+        capture_output=True,
+    )
     with np.load(tmp_path / "out" / "cifar10_train.npz") as z:
         assert z["data"].shape == (5, 3, 32, 32) and z["label"].tolist() == [4] * 5
         assert z["data"][0, 0, 0, 0] == 30 and z["data"][0, 2, 0, 0] == 10  # BGR, as Caffe
 
 
 def test_layer_docs_are_generated_from_the_registry_and_current() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_layer_docs.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_layer_docs.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + "\nrun: python tools/gen_layer_docs.py"
     text = (ROOT / "docs" / "layers.md").read_text()
     for name, definition in all_types().items():
@@ -56,8 +66,13 @@ def test_layer_docs_are_generated_from_the_registry_and_current() -> None:
 
 def test_fuzz_tool_writes_a_folder_per_distinct_defect(tmp_path: Path) -> None:
     out = tmp_path / "fuzz"
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz.py"), "--cases", "30", "--out", str(out),
-                             "--time-fraction", "0"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "fuzz.py"), "--cases", "30", "--out", str(out), "--time-fraction", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     summary = (out / "summary.md").read_text().splitlines()
     assert summary[0].startswith("30 cases, ")

@@ -65,8 +65,13 @@ def test_main_job_trains_the_digits_cnn_past_97_percent(tmp_path: Path) -> None:
     assert accuracy >= 0.97
     assert (tmp_path / "run" / "metrics.csv").is_file()
     assert "snapshot: " in out and (tmp_path / "run" / "digits_cnn_iter_899.pt").is_file()
-    code, out = cli("test", str(MODELS / "digits_cnn.yaml"), "--weights", str(tmp_path / "run" / "digits_cnn_iter_899.pt"))
-    assert code == 0 and f"accuracy = {accuracy:.4f}"[:16] in f"accuracy = {float(out.split('accuracy = ')[1].split()[0]):.4f}"
+    code, out = cli(
+        "test", str(MODELS / "digits_cnn.yaml"), "--weights", str(tmp_path / "run" / "digits_cnn_iter_899.pt")
+    )
+    assert (
+        code == 0
+        and f"accuracy = {accuracy:.4f}"[:16] in f"accuracy = {float(out.split('accuracy = ')[1].split()[0]):.4f}"
+    )
     code, out = cli("plot", str(tmp_path / "run" / "metrics.csv"), "-o", str(tmp_path / "curves.png"))
     assert code == 0 and (tmp_path / "curves.png").stat().st_size > 1000
 
@@ -88,7 +93,8 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[to
 
 
 def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(
-        tmp_path: Path, uninterrupted: dict[str, list[torch.Tensor]]) -> None:
+    tmp_path: Path, uninterrupted: dict[str, list[torch.Tensor]]
+) -> None:
     spec = small_spec(tmp_path, max_iter=FULL)
     half = Solver(spec, out_dir=tmp_path / "half", quiet=True)
     half.max_iter = 60  # stop early, as an interruption would
@@ -109,8 +115,13 @@ def train_process() -> Iterator[TrainProcess]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(spec: str, out: Path) -> subprocess.Popen[bytes]:
-        started.append(subprocess.Popen([sys.executable, "-m", "netspec", "train", spec, "--out", str(out)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "netspec", "train", spec, "--out", str(out)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
         return started[-1]
 
     yield start
@@ -130,8 +141,9 @@ def _wait_for(out: Path, pattern: str, timeout: float = 60) -> list[Path]:
     raise AssertionError(f"no {pattern} in {out}")
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, train_process: TrainProcess,
-                                                        uninterrupted: dict[str, list[torch.Tensor]]) -> None:
+def test_kill_9_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, train_process: TrainProcess, uninterrupted: dict[str, list[torch.Tensor]]
+) -> None:
     spec = small_spec(tmp_path, max_iter=FULL)
     proc = train_process(spec, tmp_path / "killed")
     _wait_for(tmp_path / "killed", "small_iter_40.pt")  # the second snapshot: killed while training goes on
@@ -153,8 +165,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, train_p
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
-def test_sighup_snapshots_and_goes_on_and_sigint_snapshots_and_stops(tmp_path: Path,
-                                                                     train_process: TrainProcess) -> None:
+def test_sighup_snapshots_and_goes_on_and_sigint_snapshots_and_stops(
+    tmp_path: Path, train_process: TrainProcess
+) -> None:
     spec = small_spec(tmp_path, max_iter=100000)
     Path(spec).write_text(Path(spec).read_text().replace("snapshot: 20,", "snapshot: 0,"))
     proc = train_process(spec, tmp_path / "run")
@@ -205,9 +218,13 @@ solver: {type: SGD, base_lr: 0.1, max_iter: 2, random_seed: 1}
 
 def test_a_flipped_tensor_byte_is_refused_at_resume(tmp_path: Path) -> None:
     spec = tmp_path / "fc.yaml"
-    spec.write_text(TINY.replace("{name: loss, type: SoftmaxWithLoss, bottom: [data, label]}",
-                                 "{name: fc, type: InnerProduct, bottom: data, top: fc, inner_product_param: "
-                                 "{num_output: 2}}\n  - {name: loss, type: SoftmaxWithLoss, bottom: [fc, label]}"))
+    spec.write_text(
+        TINY.replace(
+            "{name: loss, type: SoftmaxWithLoss, bottom: [data, label]}",
+            "{name: fc, type: InnerProduct, bottom: data, top: fc, inner_product_param: "
+            "{num_output: 2}}\n  - {name: loss, type: SoftmaxWithLoss, bottom: [fc, label]}",
+        )
+    )
     Solver(str(spec), out_dir=tmp_path / "a", quiet=True).solve()
     good = tmp_path / "a" / "fc_iter_2.pt"
     raw = bytearray(good.read_bytes())
@@ -218,8 +235,11 @@ def test_a_flipped_tensor_byte_is_refused_at_resume(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(raw)
     code, out = cli("train", str(spec), "--resume", str(bad))
-    assert (code, out) == (1, f"error: snapshot '{bad}' is damaged: its contents do not match their checksum\n"
-                              "  hint: it changed after netspec wrote it; use an earlier snapshot\n")
+    assert (code, out) == (
+        1,
+        f"error: snapshot '{bad}' is damaged: its contents do not match their checksum\n"
+        "  hint: it changed after netspec wrote it; use an earlier snapshot\n",
+    )
 
 
 def _same(a: object, b: object) -> bool:
@@ -232,10 +252,16 @@ def _same(a: object, b: object) -> bool:
     return type(a) is type(b) and a == b
 
 
-_SMALL_STATE = {"format": snapshot.FORMAT, "version": snapshot.VERSION, "iter": 7, "solver_type": "SGD",
-                "blobs": {"fc": [torch.arange(12, dtype=torch.float32).reshape(3, 4), torch.full((3,), 0.5)]},
-                "history": {"fc:0": [torch.ones(3, 4)]}, "rng": {"torch": torch.arange(16, dtype=torch.uint8)},
-                "losses": [0.25, 0.125]}
+_SMALL_STATE = {
+    "format": snapshot.FORMAT,
+    "version": snapshot.VERSION,
+    "iter": 7,
+    "solver_type": "SGD",
+    "blobs": {"fc": [torch.arange(12, dtype=torch.float32).reshape(3, 4), torch.full((3,), 0.5)]},
+    "history": {"fc:0": [torch.ones(3, 4)]},
+    "rng": {"torch": torch.arange(16, dtype=torch.uint8)},
+    "losses": [0.25, 0.125],
+}
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -255,8 +281,11 @@ def test_any_flipped_byte_is_refused_or_harmless(tmp_path: Path, where: float, x
         loaded = snapshot.load(bad)
     except WeightsError as e:
         assert "\n" not in e.msg
-        assert re.fullmatch(rf"snapshot '{re.escape(str(bad))}' is damaged: its contents do not match their checksum"
-                            rf"|'{re.escape(str(bad))}' is not a (readable )?netspec snapshot( \(.+\))?", e.msg), e.msg
+        assert re.fullmatch(
+            rf"snapshot '{re.escape(str(bad))}' is damaged: its contents do not match their checksum"
+            rf"|'{re.escape(str(bad))}' is not a (readable )?netspec snapshot( \(.+\))?",
+            e.msg,
+        ), e.msg
     else:
         assert _same(loaded, _SMALL_STATE)
 
@@ -266,8 +295,10 @@ def test_snapshots_without_a_checksum_are_refused(tmp_path: Path) -> None:
     torch.save({"format": snapshot.FORMAT, "version": 1, "blobs": {"fc": [torch.ones(2)]}}, old)
     with pytest.raises(WeightsError) as e:
         snapshot.load(old)
-    assert e.value.msg == (f"snapshot '{old}' has no checksum (format version 1, written by an older netspec); this "
-                           "netspec reads version 2")
+    assert e.value.msg == (
+        f"snapshot '{old}' has no checksum (format version 1, written by an older netspec); this "
+        "netspec reads version 2"
+    )
 
 
 def test_named_inputs_must_be_regular_files(tmp_path: Path) -> None:
@@ -328,23 +359,34 @@ def test_overfit_check(tmp_path: Path) -> None:
     code, out = cli("train", spec, "--overfit", "20", "--out", str(tmp_path / "o"), "--quiet")
     assert code == 0, out
     iterations = int(out.split(" after ")[1].split()[0])
-    assert out == (f"overfit check: 100.0% training accuracy on 20 examples after {iterations} iterations "
-                   f"({iterations} passes; stopped as soon as they were fitted) - the net can fit them\n")
+    assert out == (
+        f"overfit check: 100.0% training accuracy on 20 examples after {iterations} iterations "
+        f"({iterations} passes; stopped as soon as they were fitted) - the net can fit them\n"
+    )
     assert iterations < 150  # it stopped before max_iter
-    code, out = cli("train", spec, "--overfit", "200", "--set", "solver.max_iter=1", "--out", str(tmp_path / "p"),
-                    "--quiet")
+    code, out = cli(
+        "train", spec, "--overfit", "200", "--set", "solver.max_iter=1", "--out", str(tmp_path / "p"), "--quiet"
+    )
     assert code == 1 and "after 1 iterations (0.143 passes; stopped at max_iter) - a net that cannot fit" in out
-    code, out = cli("train", spec, "--overfit", "20", "--set", "solver.base_lr=0", "--out", str(tmp_path / "q"),
-                    "--quiet")
+    code, out = cli(
+        "train", spec, "--overfit", "20", "--set", "solver.base_lr=0", "--out", str(tmp_path / "q"), "--quiet"
+    )
     assert code == 1 and "after 150 iterations (150 passes; stopped at max_iter)" in out
 
 
-@pytest.mark.parametrize(("arrays", "message"), [
-    ({"data": np.zeros((10, 64), np.float32), "label": np.full(10, 12.0)},
-     "label 12 in 'label' is out of range: layer 'loss' (SoftmaxWithLoss) has 10 classes (labels 0 to 9)"),
-    ({"data": np.zeros((10, 64), np.float32), "label": np.full(10, 1.5)},
-     "label 1.5 in 'label' is not a whole number, but layer 'loss' (SoftmaxWithLoss) takes class indices"),
-])
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        (
+            {"data": np.zeros((10, 64), np.float32), "label": np.full(10, 12.0)},
+            "label 12 in 'label' is out of range: layer 'loss' (SoftmaxWithLoss) has 10 classes (labels 0 to 9)",
+        ),
+        (
+            {"data": np.zeros((10, 64), np.float32), "label": np.full(10, 1.5)},
+            "label 1.5 in 'label' is not a whole number, but layer 'loss' (SoftmaxWithLoss) takes class indices",
+        ),
+    ],
+)
 def test_bad_labels(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
     np.savez(tmp_path / "set.npz", **arrays)
     spec = small_spec(tmp_path)
@@ -356,8 +398,12 @@ def test_bad_labels(tmp_path: Path, arrays: dict[str, np.ndarray], message: str)
 def test_data_that_does_not_fit_the_net(tmp_path: Path) -> None:
     np.savez(tmp_path / "set.npz", data=np.zeros((10, 50), np.float32), label=np.zeros(10))
     spec = small_spec(tmp_path)
-    Path(spec).write_text(Path(spec).read_text().replace("source: digits", f"source: {tmp_path / 'set.npz'}")
-                          .replace("batch_size: 32", "batch_size: 4, record_shape: [1, 8, 8]"))
+    Path(spec).write_text(
+        Path(spec)
+        .read_text()
+        .replace("source: digits", f"source: {tmp_path / 'set.npz'}")
+        .replace("batch_size: 32", "batch_size: 4, record_shape: [1, 8, 8]")
+    )
     code, out = cli("train", spec, "--out", str(tmp_path / "run"))
     assert code == 1 and "record_shape (1, 8, 8) does not hold the 50 values of a record (50,)" in out
 
@@ -379,11 +425,21 @@ def test_xor_learns_xor_from_random_weights(tmp_path: Path) -> None:
     assert "accuracy = 1.0000" in out
 
 
-@pytest.mark.parametrize("name", ["mlp_text.yaml", "keras_cnn.yaml", "resnet_small.yaml", "inception_small.yaml",
-                                  "logistic_regression.yaml", "linear_regression.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mlp_text.yaml",
+        "keras_cnn.yaml",
+        "resnet_small.yaml",
+        "inception_small.yaml",
+        "logistic_regression.yaml",
+        "linear_regression.yaml",
+    ],
+)
 def test_ready_models_train_on_their_data(tmp_path: Path, name: str) -> None:
-    code, out = cli("train", str(MODELS / name), "--set", "solver.max_epoch=0.1", "--out", str(tmp_path / "r"),
-                    "--quiet")  # a few iterations, then a test pass over all the test data
+    code, out = cli(
+        "train", str(MODELS / name), "--set", "solver.max_epoch=0.1", "--out", str(tmp_path / "r"), "--quiet"
+    )  # a few iterations, then a test pass over all the test data
     assert code == 0, out
     assert "test: " in out and "loss = " in out
 
@@ -413,8 +469,6 @@ def test_out_dir_is_never_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert default_out_dir("models/x.yaml") == Path("runs/x-2")
 
 
-
-
 def test_python_api(tmp_path: Path) -> None:
     import netspec
 
@@ -433,13 +487,25 @@ def test_weights_initialise_by_layer_name(tmp_path: Path) -> None:
     spec = small_spec(tmp_path, max_iter=20)
     Solver(spec, out_dir=tmp_path / "a", quiet=True).solve()
     trained = tmp_path / "a" / "small_iter_20.pt"
-    code, out = cli("train", spec, "--weights", str(trained), "--set", "solver.max_iter=1", "--out", str(tmp_path / "b"))
+    code, out = cli(
+        "train", spec, "--weights", str(trained), "--set", "solver.max_iter=1", "--out", str(tmp_path / "b")
+    )
     assert code == 0 and "weights: 2 layer(s) loaded" in out
     more = ("--set", "fc2.inner_product_param.num_output=11")  # another output layer: fc1 still fits
     code, out = cli("train", spec, "--weights", str(trained), *more, "--out", str(tmp_path / "c"))
     assert code == 1 and "shape mismatch: fc2 blob 0: (10, 32) in the file, (11, 32) in the net" in out
-    code, out = cli("train", spec, "--weights", str(trained), "--allow-missing", *more, "--set", "solver.max_iter=1",
-                    "--out", str(tmp_path / "d"))
+    code, out = cli(
+        "train",
+        spec,
+        "--weights",
+        str(trained),
+        "--allow-missing",
+        *more,
+        "--set",
+        "solver.max_iter=1",
+        "--out",
+        str(tmp_path / "d"),
+    )
     assert code == 0 and "weights: 1 layer(s) loaded; shape mismatch: fc2 blob 0" in out
 
 
@@ -457,8 +523,10 @@ def test_large_sources_stream_through_a_dataloader(tmp_path: Path, monkeypatch: 
             txn.put(f"{i:04d}".encode(), datum.SerializeToString())
     env.close()
     spec = tmp_path / "net.prototxt"
-    spec.write_text(f'layer {{ name: "d" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }} '
-                    f'data_param {{ source: "{tmp_path / "db"}" batch_size: 4 backend: LMDB }} }}\n')
+    spec.write_text(
+        f'layer {{ name: "d" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }} '
+        f'data_param {{ source: "{tmp_path / "db"}" batch_size: 4 backend: LMDB }} }}\n'
+    )
     net = load(str(spec), "TRAIN")
     streamed = Feeder(net, torch.device("cpu"), seed=0, limit=1)  # 1 byte: nothing fits in memory
     held = Feeder(net, torch.device("cpu"), seed=0)
@@ -484,18 +552,25 @@ def test_large_sources_stream_through_a_dataloader(tmp_path: Path, monkeypatch: 
     (tmp_path / "train.prototxt").write_text(
         spec.read_text().replace(" include { phase: TRAIN }", "")
         + 'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }\n'
-        + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
-    (tmp_path / "solver.prototxt").write_text('net: "train.prototxt" base_lr: 0.01 max_iter: 3 test_iter: 2 '
-                                              'test_interval: 2 random_seed: 1\n')
+        + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n'
+    )
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "train.prototxt" base_lr: 0.01 max_iter: 3 test_iter: 2 test_interval: 2 random_seed: 1\n'
+    )
     solver = Solver(str(tmp_path / "solver.prototxt"), quiet=True)
     assert solver.solve()["iterations"] == 3 and solver.feeder.sources[0].arrays is None
     assert not multiprocessing.active_children()  # solve() stopped the workers of both nets' data
 
 
-@pytest.mark.parametrize(("value", "read"), [
-    ("solver.max_iter=010", ("max_iter", 8)), ("solver.max_iter=0x10", ("max_iter", 16)),
-    ("solver.base_lr=.5", ("base_lr", 0.5)), ("solver.debug_info=yes", ("debug_info", True)),
-])
+@pytest.mark.parametrize(
+    ("value", "read"),
+    [
+        ("solver.max_iter=010", ("max_iter", 8)),
+        ("solver.max_iter=0x10", ("max_iter", 16)),
+        ("solver.base_lr=.5", ("base_lr", 0.5)),
+        ("solver.debug_info=yes", ("debug_info", True)),
+    ],
+)
 def test_set_values_are_read_as_yaml_spec_values(value: str, read: tuple[str, object]) -> None:
     from netspec.train.config import load_config
 
@@ -503,22 +578,36 @@ def test_set_values_are_read_as_yaml_spec_values(value: str, read: tuple[str, ob
     assert getattr(config.param, read[0]) == read[1]
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("solver.max_iter=08", "--set #1:1: field 'max_iter' takes a 32-bit integer, got '08'"),
-    ("solver.max_iter=" + "9" * 5000, "--set #1:1: field 'max_iter' takes a 32-bit integer (-2147483648 to "
-     "2147483647); " + "9" * 40 + "...9999999999 (5000 characters) is out of range"),
-    ("solver.max_iter=2147483648", "--set #1:1: field 'max_iter' takes a 32-bit integer (-2147483648 to "
-     "2147483647); 2147483648 is out of range"),
-    ("solver.base_lr=1e999", "xor_train.yaml:23:3: base_lr must be a finite number, got inf"),
-    ("solver.momentum=nan", "xor_train.yaml:24:3: momentum must be a finite number, got nan"),
-    ("solver.max_iter=&a 1", "--set #1:1:1: YAML anchors (&a) are not allowed; specs are plain data: write the "
-     "value out"),
-    ("solver.type=!!python/name:os.system", "--set #1:1:1: YAML tags (!!python/name:os.system) are not allowed; "
-     "specs are plain data: write the value out"),
-    ("solver.max_iter=5\nbase_lr: 3", "--set #1:1: --set takes one value after '=', got 5\\nbase_lr: 3"),
-    ("solver.type=a\udcff", "--set #1:1:2: U+DCFF is not a Unicode character (an undecodable byte?)"),
-    ("solver.stepvalue=" + "[" * 200, "--set #1:1:101: blocks nest more than 100 levels deep here"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("solver.max_iter=08", "--set #1:1: field 'max_iter' takes a 32-bit integer, got '08'"),
+        (
+            "solver.max_iter=" + "9" * 5000,
+            "--set #1:1: field 'max_iter' takes a 32-bit integer (-2147483648 to "
+            "2147483647); " + "9" * 40 + "...9999999999 (5000 characters) is out of range",
+        ),
+        (
+            "solver.max_iter=2147483648",
+            "--set #1:1: field 'max_iter' takes a 32-bit integer (-2147483648 to "
+            "2147483647); 2147483648 is out of range",
+        ),
+        ("solver.base_lr=1e999", "xor_train.yaml:23:3: base_lr must be a finite number, got inf"),
+        ("solver.momentum=nan", "xor_train.yaml:24:3: momentum must be a finite number, got nan"),
+        (
+            "solver.max_iter=&a 1",
+            "--set #1:1:1: YAML anchors (&a) are not allowed; specs are plain data: write the value out",
+        ),
+        (
+            "solver.type=!!python/name:os.system",
+            "--set #1:1:1: YAML tags (!!python/name:os.system) are not allowed; "
+            "specs are plain data: write the value out",
+        ),
+        ("solver.max_iter=5\nbase_lr: 3", "--set #1:1: --set takes one value after '=', got 5\\nbase_lr: 3"),
+        ("solver.type=a\udcff", "--set #1:1:2: U+DCFF is not a Unicode character (an undecodable byte?)"),
+        ("solver.stepvalue=" + "[" * 200, "--set #1:1:101: blocks nest more than 100 levels deep here"),
+    ],
+)
 def test_set_values_are_refused_with_one_located_line(value: str, message: str) -> None:
     from netspec.errors import NetspecError
     from netspec.train.config import load_config
@@ -527,19 +616,23 @@ def test_set_values_are_refused_with_one_located_line(value: str, message: str) 
         load_config(str(MODELS / "xor_train.yaml"), (value,))
     assert str(e.value).split("\n")[0].removeprefix(str(MODELS) + "/") == message
 
+
 def test_a_net_with_nothing_to_learn_runs_its_iterations(tmp_path: Path) -> None:
     """As in Caffe, the passes run (they update BatchNorm statistics, write HDF5Output) and no weight changes."""
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY)
     code, out = cli("train", str(spec), "--out", str(tmp_path / "r"))
     assert code == 0, out
-    assert ("note: the TRAIN net has no parameters to learn (none, or all with lr_mult 0): the iterations run forward "
-            "passes only, as Caffe's do, and change no weights") in out.splitlines()
+    assert (
+        "note: the TRAIN net has no parameters to learn (none, or all with lr_mult 0): the iterations run forward "
+        "passes only, as Caffe's do, and change no weights"
+    ) in out.splitlines()
     assert (tmp_path / "r" / "tiny_iter_2.pt").is_file()
 
 
-def test_hdf5_output_writes_into_the_out_folder_of_test_and_nowhere_in_time(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hdf5_output_writes_into_the_out_folder_of_test_and_nowhere_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import h5py
 
     spec = tmp_path / "tiny.yaml"

@@ -56,13 +56,21 @@ layer:
   - {name: loss, type: SoftmaxWithLoss, bottom: [fc, label]}
 """)
     wiring = [(list(layer.bottom), list(layer.top)) for layer in net.layer]
-    assert wiring == [([], ["data", "label"]), (["data"], ["fc"]), (["fc"], ["relu"]), (["label"], []),
-                      (["relu"], ["prob"]), (["fc", "label"], ["loss"])]
+    assert wiring == [
+        ([], ["data", "label"]),
+        (["data"], ["fc"]),
+        (["fc"], ["relu"]),
+        (["label"], []),
+        (["relu"], ["prob"]),
+        (["fc", "label"], ["loss"]),
+    ]
 
 
 def test_explicit_empty_lists_keep_the_defaults_out() -> None:
-    net = yaml_net("layer:\n  - {name: a, type: Input, input_param: {shape: [1]}}\n"
-                   "  - {name: b, type: SoftmaxWithLoss, bottom: [a, a], top: []}\n")
+    net = yaml_net(
+        "layer:\n  - {name: a, type: Input, input_param: {shape: [1]}}\n"
+        "  - {name: b, type: SoftmaxWithLoss, bottom: [a, a], top: []}\n"
+    )
     assert list(net.layer[1].top) == []
 
 
@@ -94,25 +102,38 @@ def test_quotes_are_only_yaml_syntax() -> None:
     assert net.layer[0].pooling_param.pad == 1
 
 
-@pytest.mark.parametrize(("text", "line", "message"), [
-    ("name: a\nname: b\n", 2, "duplicate key 'name' (first given on line 1)"),
-    ("layer:\n  - name: a\n    type: ReLU\n    type: TanH\n", 4, "duplicate key 'type' (first given on line 3)"),
-    ("layer:\n  - name: a\n    typo: ReLU\n", 3, "unknown field 'typo' in a layer"),
-    ("layer:\n  - name: a\n    convolution_param:\n      num_output: many\n", 4,
-     "field 'num_output' takes a non-negative integer, got 'many'"),
-    ("layer:\n  - name: a\n   type: ReLU\n", 3, "YAML syntax: while parsing a block collection did not find expected '-' indicator"),
-    ("layer: [a, b]\n", 1, "field 'layer' takes a LayerParameter message ({ ... }), got 'a'"),
-    ("- a\n- b\n", 1, "the top level of a YAML spec must be a mapping (name: ..., layer: [...])"),
-    ("layer:\n  - <<: {name: x}\n", 2, "YAML merge keys ('<<') are not supported in specs; write the fields out"),
-    ("base: &b {name: x}\nlayer:\n  - <<: *b\n", 1, "YAML anchors (&b) are not allowed; specs are plain data"),
-    ("name: x\nlayer:\n  - *b\n", 3, "YAML aliases (*b) are not allowed; specs are plain data"),
-    ("name: !!python/object/apply:os.system [ls]\n", 1,
-     "YAML tags (!!python/object/apply:os.system) are not allowed; specs are plain data"),
-    ("name: !!str x\n", 1, "YAML tags (!!str) are not allowed"),
-    ("layer:\n  - ! {name: x}\n", 2, "YAML tags (!) are not allowed"),
-    ("layer:\n  - {? [a]: b}\n", 2, "a mapping key must be a plain name"),
-    ("name: a\n---\nname: b\n", 2, "a spec file holds one YAML document; this is a second"),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("name: a\nname: b\n", 2, "duplicate key 'name' (first given on line 1)"),
+        ("layer:\n  - name: a\n    type: ReLU\n    type: TanH\n", 4, "duplicate key 'type' (first given on line 3)"),
+        ("layer:\n  - name: a\n    typo: ReLU\n", 3, "unknown field 'typo' in a layer"),
+        (
+            "layer:\n  - name: a\n    convolution_param:\n      num_output: many\n",
+            4,
+            "field 'num_output' takes a non-negative integer, got 'many'",
+        ),
+        (
+            "layer:\n  - name: a\n   type: ReLU\n",
+            3,
+            "YAML syntax: while parsing a block collection did not find expected '-' indicator",
+        ),
+        ("layer: [a, b]\n", 1, "field 'layer' takes a LayerParameter message ({ ... }), got 'a'"),
+        ("- a\n- b\n", 1, "the top level of a YAML spec must be a mapping (name: ..., layer: [...])"),
+        ("layer:\n  - <<: {name: x}\n", 2, "YAML merge keys ('<<') are not supported in specs; write the fields out"),
+        ("base: &b {name: x}\nlayer:\n  - <<: *b\n", 1, "YAML anchors (&b) are not allowed; specs are plain data"),
+        ("name: x\nlayer:\n  - *b\n", 3, "YAML aliases (*b) are not allowed; specs are plain data"),
+        (
+            "name: !!python/object/apply:os.system [ls]\n",
+            1,
+            "YAML tags (!!python/object/apply:os.system) are not allowed; specs are plain data",
+        ),
+        ("name: !!str x\n", 1, "YAML tags (!!str) are not allowed"),
+        ("layer:\n  - ! {name: x}\n", 2, "YAML tags (!) are not allowed"),
+        ("layer:\n  - {? [a]: b}\n", 2, "a mapping key must be a plain name"),
+        ("name: a\n---\nname: b\n", 2, "a spec file holds one YAML document; this is a second"),
+    ],
+)
 def test_errors_point_at_the_yaml_line(text: str, line: int, message: str) -> None:
     with pytest.raises((SpecSyntaxError, SpecFieldError)) as e:
         yaml_net(text)
@@ -127,12 +148,16 @@ def test_solver_section_is_a_solver_parameter() -> None:
 
 
 @pytest.mark.parametrize("loader", ["SafeLoader", "CSafeLoader"])
-@pytest.mark.parametrize(("text", "where", "message"), [
-    ('name: ok\nlayer: {name: "a\\ud800"}\n', "n.yaml:2:", "Unicode character"),
-    ("name: ok\nlayer: {name: a\x01}\n", "n.yaml:2:16", "characters are not allowed (character U+0001)"),
-])
-def test_invalid_characters_are_refused_by_either_loader(loader: str, text: str, where: str, message: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ('name: ok\nlayer: {name: "a\\ud800"}\n', "n.yaml:2:", "Unicode character"),
+        ("name: ok\nlayer: {name: a\x01}\n", "n.yaml:2:16", "characters are not allowed (character U+0001)"),
+    ],
+)
+def test_invalid_characters_are_refused_by_either_loader(
+    loader: str, text: str, where: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import yaml
 
     from netspec.spec import yamltree

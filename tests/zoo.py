@@ -8,8 +8,10 @@ class Net:
 
     def __init__(self, name: str, shape: tuple[int, ...]) -> None:
         dims = " ".join(f"dim: {d}" for d in shape)
-        self.lines = [f'name: "{name}"',
-                      f'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {dims} }} }} }}']
+        self.lines = [
+            f'name: "{name}"',
+            f'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {dims} }} }} }}',
+        ]
 
     def add(self, name: str, type_: str, bottoms: list[str], body: str = "", top: str | None = None) -> str:
         top = top or name
@@ -18,14 +20,23 @@ class Net:
         return top
 
     def conv(self, name: str, bottom: str, n: int, k: int, s: int = 1, p: int = 0, group: int = 1) -> str:
-        top = self.add(name, "Convolution", [bottom], f"convolution_param {{ num_output: {n} kernel_size: {k} "
-                       f"stride: {s} pad: {p} group: {group} }}")
+        top = self.add(
+            name,
+            "Convolution",
+            [bottom],
+            f"convolution_param {{ num_output: {n} kernel_size: {k} stride: {s} pad: {p} group: {group} }}",
+        )
         return self.add(f"relu_{name}", "ReLU", [top], top=top)
 
-    def pool(self, name: str, bottom: str, k: int, s: int, p: int = 0, kind: str = "MAX",
-             round_mode: str = "CEIL") -> str:
-        return self.add(name, "Pooling", [bottom], f"pooling_param {{ pool: {kind} kernel_size: {k} stride: {s} "
-                        f"pad: {p} round_mode: {round_mode} }}")
+    def pool(
+        self, name: str, bottom: str, k: int, s: int, p: int = 0, kind: str = "MAX", round_mode: str = "CEIL"
+    ) -> str:
+        return self.add(
+            name,
+            "Pooling",
+            [bottom],
+            f"pooling_param {{ pool: {kind} kernel_size: {k} stride: {s} pad: {p} round_mode: {round_mode} }}",
+        )
 
     def lrn(self, name: str, bottom: str, size: int = 5) -> str:
         return self.add(name, "LRN", [bottom], f"lrn_param {{ local_size: {size} alpha: 0.0001 beta: 0.75 }}")
@@ -53,10 +64,15 @@ def alexnet() -> str:
 
 
 INCEPTIONS = [  # name, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection
-    ("3a", 64, 96, 128, 16, 32, 32), ("3b", 128, 128, 192, 32, 96, 64),
-    ("4a", 192, 96, 208, 16, 48, 64), ("4b", 160, 112, 224, 24, 64, 64), ("4c", 128, 128, 256, 24, 64, 64),
-    ("4d", 112, 144, 288, 32, 64, 64), ("4e", 256, 160, 320, 32, 128, 128),
-    ("5a", 256, 160, 320, 32, 128, 128), ("5b", 384, 192, 384, 48, 128, 128),
+    ("3a", 64, 96, 128, 16, 32, 32),
+    ("3b", 128, 128, 192, 32, 96, 64),
+    ("4a", 192, 96, 208, 16, 48, 64),
+    ("4b", 160, 112, 224, 24, 64, 64),
+    ("4c", 128, 128, 256, 24, 64, 64),
+    ("4d", 112, 144, 288, 32, 64, 64),
+    ("4e", 256, 160, 320, 32, 128, 128),
+    ("5a", 256, 160, 320, 32, 128, 128),
+    ("5b", 384, 192, 384, 48, 128, 128),
 ]
 
 
@@ -68,10 +84,12 @@ def googlenet(round_mode: str = "CEIL") -> str:
     x = n.pool("pool2", n.lrn("norm2", x), 3, 2, round_mode=round_mode)
     for name, c1, r3, c3, r5, c5, proj in INCEPTIONS:
         p = f"inception_{name}/"
-        branches = [n.conv(p + "1x1", x, c1, 1),
-                    n.conv(p + "3x3", n.conv(p + "3x3_reduce", x, r3, 1), c3, 3, p=1),
-                    n.conv(p + "5x5", n.conv(p + "5x5_reduce", x, r5, 1), c5, 5, p=2),
-                    n.conv(p + "pool_proj", n.pool(p + "pool", x, 3, 1, p=1, round_mode=round_mode), proj, 1)]
+        branches = [
+            n.conv(p + "1x1", x, c1, 1),
+            n.conv(p + "3x3", n.conv(p + "3x3_reduce", x, r3, 1), c3, 3, p=1),
+            n.conv(p + "5x5", n.conv(p + "5x5_reduce", x, r5, 1), c5, 5, p=2),
+            n.conv(p + "pool_proj", n.pool(p + "pool", x, 3, 1, p=1, round_mode=round_mode), proj, 1),
+        ]
         x = n.add(p + "output", "Concat", branches)
         if name in ("3b", "4e"):
             x = n.pool(f"pool{name[0]}", x, 3, 2, round_mode=round_mode)

@@ -19,8 +19,7 @@ def describe(desc) -> dict:  # type: ignore[no-untyped-def]
     out = {"fields": {}, "enums": {}, "nested": {}}
     for f in desc.fields:
         default = f.default_value if f.has_default_value else None
-        out["fields"][f.name] = [f.number, f.type, f.is_repeated, f.is_required, default,
-                                 bool(f.GetOptions().packed)]
+        out["fields"][f.name] = [f.number, f.type, f.is_repeated, f.is_required, default, bool(f.GetOptions().packed)]
     for e in desc.enum_types:
         out["enums"][e.name] = {v.name: v.number for v in e.values}
     for n in desc.nested_types:
@@ -38,8 +37,9 @@ def main() -> None:
         sys.path.insert(0, tmp)
         module = importlib.import_module(proto.stem + "_pb2")
         snapshot = {name: describe(d) for name, d in module.DESCRIPTOR.message_types_by_name.items()}
-        snapshot["__enums__"] = {name: {v.name: v.number for v in e.values}
-                                 for name, e in module.DESCRIPTOR.enum_types_by_name.items()}
+        snapshot["__enums__"] = {
+            name: {v.name: v.number for v in e.values} for name, e in module.DESCRIPTOR.enum_types_by_name.items()
+        }
     out = ROOT / "tests" / "data" / "caffe_schema.json"
     out.write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out.relative_to(ROOT)} ({len(snapshot) - 1} messages)")

@@ -26,19 +26,30 @@ from netspec.errors import NetspecError  # noqa: E402
 from netspec.net import load  # noqa: E402
 
 KNOWN = {  # parameters reported by Caffe for the deploy and train/val nets
-    "examples/mnist/lenet.prototxt": 431_080, "examples/mnist/lenet_train_test.prototxt": 431_080,
-    "examples/cifar10/cifar10_quick.prototxt": 145_578, "examples/cifar10/cifar10_quick_train_test.prototxt": 145_578,
-    "examples/cifar10/cifar10_full.prototxt": 89_578, "models/bvlc_alexnet/deploy.prototxt": 60_965_224,
-    "models/bvlc_reference_caffenet/deploy.prototxt": 60_965_224, "models/bvlc_googlenet/deploy.prototxt": 6_998_552,
+    "examples/mnist/lenet.prototxt": 431_080,
+    "examples/mnist/lenet_train_test.prototxt": 431_080,
+    "examples/cifar10/cifar10_quick.prototxt": 145_578,
+    "examples/cifar10/cifar10_quick_train_test.prototxt": 145_578,
+    "examples/cifar10/cifar10_full.prototxt": 89_578,
+    "models/bvlc_alexnet/deploy.prototxt": 60_965_224,
+    "models/bvlc_reference_caffenet/deploy.prototxt": 60_965_224,
+    "models/bvlc_googlenet/deploy.prototxt": 6_998_552,
     "models/bvlc_reference_rcnn_ilsvrc13/deploy.prototxt": 57_687_624,
-    "models/finetune_flickr_style/deploy.prototxt": 56_950_164, "examples/net_surgery/conv.prototxt": 78,
+    "models/finetune_flickr_style/deploy.prototxt": 56_950_164,
+    "examples/net_surgery/conv.prototxt": 78,
 }
-LMDB_SOURCES = {"examples/mnist/mnist_train_lmdb": (1, 28, 28), "examples/mnist/mnist_test_lmdb": (1, 28, 28),
-                "examples/cifar10/cifar10_train_lmdb": (3, 32, 32), "examples/cifar10/cifar10_test_lmdb": (3, 32, 32),
-                "examples/imagenet/ilsvrc12_train_lmdb": (3, 256, 256),
-                "examples/imagenet/ilsvrc12_val_lmdb": (3, 256, 256)}
-LEVELDB_SOURCES = {"examples/siamese/mnist_siamese_train_leveldb": (2, 28, 28),
-                   "examples/siamese/mnist_siamese_test_leveldb": (2, 28, 28)}
+LMDB_SOURCES = {
+    "examples/mnist/mnist_train_lmdb": (1, 28, 28),
+    "examples/mnist/mnist_test_lmdb": (1, 28, 28),
+    "examples/cifar10/cifar10_train_lmdb": (3, 32, 32),
+    "examples/cifar10/cifar10_test_lmdb": (3, 32, 32),
+    "examples/imagenet/ilsvrc12_train_lmdb": (3, 256, 256),
+    "examples/imagenet/ilsvrc12_val_lmdb": (3, 256, 256),
+}
+LEVELDB_SOURCES = {
+    "examples/siamese/mnist_siamese_train_leveldb": (2, 28, 28),
+    "examples/siamese/mnist_siamese_test_leveldb": (2, 28, 28),
+}
 STAGES = {"examples/mnist/mnist_autoencoder.prototxt": {"TEST": ["test-on-test"]}}
 
 

@@ -38,8 +38,10 @@ def main() -> None:
     parser.add_argument("--rgb", action="store_true", help="keep RGB order instead of Caffe's BGR")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    splits = {"train": [args.cifar_dir / f"data_batch_{i}.bin" for i in range(1, 6)],
-              "test": [args.cifar_dir / "test_batch.bin"]}
+    splits = {
+        "train": [args.cifar_dir / f"data_batch_{i}.bin" for i in range(1, 6)],
+        "test": [args.cifar_dir / "test_batch.bin"],
+    }
     for split, paths in splits.items():
         data, labels = read_batches(paths, args.rgb)
         out = args.out_dir / f"cifar10_{split}.npz"

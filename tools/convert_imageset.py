@@ -93,8 +93,9 @@ def _size(text: str) -> int:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="convert_imageset.py", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="convert_imageset.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("root_folder", metavar="ROOT_FOLDER", help="the folder the list's paths are relative to")
     parser.add_argument("listfile", metavar="LISTFILE", help='"PATH LABEL" lines')
     parser.add_argument("db_name", metavar="DB_NAME", help="the database to create (it must not exist)")
@@ -105,10 +106,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resize_width", type=_size, default=0, metavar="W", help="resize to W columns (with H)")
     parser.add_argument("--check_size", action="store_true", help="fail unless all images have the same size")
     parser.add_argument("--encoded", action="store_true", help="store image files, not pixels")
-    parser.add_argument("--encode_type", type=str.lower, choices=ENCODE_TYPES,
-                        help="the file type for --encoded (default: each image's own); implies --encoded")
-    parser.add_argument("--backend", type=str.lower, choices=("lmdb", "leveldb"), default="lmdb",
-                        help="lmdb (default) or leveldb (needs plyvel)")
+    parser.add_argument(
+        "--encode_type",
+        type=str.lower,
+        choices=ENCODE_TYPES,
+        help="the file type for --encoded (default: each image's own); implies --encoded",
+    )
+    parser.add_argument(
+        "--backend",
+        type=str.lower,
+        choices=("lmdb", "leveldb"),
+        default="lmdb",
+        help="lmdb (default) or leveldb (needs plyvel)",
+    )
     return parser.parse_args(list(_caffe_flags(argv)))
 
 
@@ -148,7 +158,7 @@ def read_list(listfile: str) -> list[Entry]:
             label = int(parts[1])
         except ValueError:
             raise ConvertError(f"{listfile}:{n}: label '{parts[1]}' is not a whole number") from None
-        if not -2**31 <= label < 2**31:
+        if not -(2**31) <= label < 2**31:
             raise ConvertError(f"{listfile}:{n}: label {label} does not fit Datum's int32 label")
         entries.append(Entry(n, parts[0], label))
     if not entries:
@@ -199,8 +209,9 @@ def to_datum(image: Image8, label: int, encoded: bytes | None) -> bytes:
     c, h, w = image.chw
     pixels = image.pixels[..., ::-1].transpose(2, 0, 1) if c == 3 else image.pixels  # RGB -> BGR, C x H x W
     # encoded: false is written explicitly, as Caffe's CVMatToDatum does: the bytes equal Caffe's records
-    return pb.Datum(channels=c, height=h, width=w, data=np.ascontiguousarray(pixels).tobytes(), label=label,
-                    encoded=False).SerializeToString()
+    return pb.Datum(
+        channels=c, height=h, width=w, data=np.ascontiguousarray(pixels).tobytes(), label=label, encoded=False
+    ).SerializeToString()
 
 
 # ---- databases -------------------------------------------------------------------------------------
@@ -276,8 +287,10 @@ def convert(args: argparse.Namespace) -> None:
         print("encode_type specified, assuming encoded=true.")
     db = Path(args.db_name)
     if db.exists():
-        raise ConvertError(f"database '{db}' already exists; convert_imageset never overwrites one (remove it, "
-                           "or choose another DB_NAME)")
+        raise ConvertError(
+            f"database '{db}' already exists; convert_imageset never overwrites one (remove it, "
+            "or choose another DB_NAME)"
+        )
     try:
         writer: Any = LmdbWriter(db) if args.backend == "lmdb" else LevelDBWriter(db)
     except ConvertError:
@@ -297,8 +310,9 @@ def convert(args: argparse.Namespace) -> None:
     print(f"Wrote {count} records to '{db}'" + (f"; skipped {skipped} unreadable image(s)" if skipped else ""))
 
 
-def _write(args: argparse.Namespace, entries: list[Entry], size: tuple[int, int] | None, encoded: bool,
-           writer: Any) -> tuple[int, int]:
+def _write(
+    args: argparse.Namespace, entries: list[Entry], size: tuple[int, int] | None, encoded: bool, writer: Any
+) -> tuple[int, int]:
     count = skipped = 0
     first: tuple[int, int, int] | None = None
     batch: list[tuple[bytes, bytes]] = []
@@ -313,8 +327,10 @@ def _write(args: argparse.Namespace, entries: list[Entry], size: tuple[int, int]
         if args.check_size:
             first = first or image.chw
             if image.chw != first:
-                raise ConvertError(f"--check_size: '{file}' (line {entry.line}) is {_fmt(image.chw)} (C x H x W), "
-                                   f"but the first image is {_fmt(first)}")
+                raise ConvertError(
+                    f"--check_size: '{file}' (line {entry.line}) is {_fmt(image.chw)} (C x H x W), "
+                    f"but the first image is {_fmt(first)}"
+                )
         value = to_datum(image, entry.label, encode(image, args.encode_type, entry.path) if encoded else None)
         batch.append((f"{index:08d}_{entry.path}".encode("utf-8", "surrogateescape"), value))
         count += 1

@@ -81,20 +81,39 @@ class ZooCase:
 
 
 ZOO = {
-    "lenet": ZooCase("examples/mnist/lenet_train_test.prototxt", "examples/mnist/lenet.prototxt",
-                     {"data": (1, 28, 28), "label": ()}),
-    "cifar10_quick": ZooCase("examples/cifar10/cifar10_quick_train_test.prototxt",
-                             "examples/cifar10/cifar10_quick.prototxt", {"data": (3, 32, 32), "label": ()}),
-    "cifar10_full": ZooCase("examples/cifar10/cifar10_full_train_test.prototxt",
-                            "examples/cifar10/cifar10_full.prototxt", {"data": (3, 32, 32), "label": ()}),
-    "siamese": ZooCase("examples/siamese/mnist_siamese_train_test.prototxt",
-                       "examples/siamese/mnist_siamese.prototxt", {"pair_data": (2, 28, 28), "sim": ()}),
-    "caffenet": ZooCase("models/bvlc_reference_caffenet/train_val.prototxt",
-                        "models/bvlc_reference_caffenet/deploy.prototxt", {"data": (3, 227, 227), "label": ()}),
-    "alexnet": ZooCase("models/bvlc_alexnet/train_val.prototxt", "models/bvlc_alexnet/deploy.prototxt",
-                       {"data": (3, 227, 227), "label": ()}),
-    "googlenet": ZooCase("models/bvlc_googlenet/train_val.prototxt", "models/bvlc_googlenet/deploy.prototxt",
-                         {"data": (3, 224, 224), "label": ()}),
+    "lenet": ZooCase(
+        "examples/mnist/lenet_train_test.prototxt", "examples/mnist/lenet.prototxt", {"data": (1, 28, 28), "label": ()}
+    ),
+    "cifar10_quick": ZooCase(
+        "examples/cifar10/cifar10_quick_train_test.prototxt",
+        "examples/cifar10/cifar10_quick.prototxt",
+        {"data": (3, 32, 32), "label": ()},
+    ),
+    "cifar10_full": ZooCase(
+        "examples/cifar10/cifar10_full_train_test.prototxt",
+        "examples/cifar10/cifar10_full.prototxt",
+        {"data": (3, 32, 32), "label": ()},
+    ),
+    "siamese": ZooCase(
+        "examples/siamese/mnist_siamese_train_test.prototxt",
+        "examples/siamese/mnist_siamese.prototxt",
+        {"pair_data": (2, 28, 28), "sim": ()},
+    ),
+    "caffenet": ZooCase(
+        "models/bvlc_reference_caffenet/train_val.prototxt",
+        "models/bvlc_reference_caffenet/deploy.prototxt",
+        {"data": (3, 227, 227), "label": ()},
+    ),
+    "alexnet": ZooCase(
+        "models/bvlc_alexnet/train_val.prototxt",
+        "models/bvlc_alexnet/deploy.prototxt",
+        {"data": (3, 227, 227), "label": ()},
+    ),
+    "googlenet": ZooCase(
+        "models/bvlc_googlenet/train_val.prototxt",
+        "models/bvlc_googlenet/deploy.prototxt",
+        {"data": (3, 224, 224), "label": ()},
+    ),
 }
 
 
@@ -111,8 +130,9 @@ def write_h5(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return listing
 
 
-def with_hdf5_inputs(net: pb.NetParameter, sources: list[tuple[Path, Iterable[str], int]],
-                     phase: int | None) -> pb.NetParameter:
+def with_hdf5_inputs(
+    net: pb.NetParameter, sources: list[tuple[Path, Iterable[str], int]], phase: int | None
+) -> pb.NetParameter:
     """The net with its inputs (Input layers, legacy `input` fields, data layers of `phase`) replaced by
     HDF5Data layers, each reading (listing, tops, batch size); layers of the other phase are dropped."""
     out = pb.NetParameter()
@@ -144,19 +164,27 @@ def with_hdf5_outputs(net: pb.NetParameter, blobs: list[str], folder: Path) -> l
 
 def run_caffe(tool: str, args: list[str], cwd: Path) -> None:
     """Runs one of Caffe's command-line tools (caffe, convert_imageset, compute_image_mean)."""
-    run = subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True,
-                         env={**os.environ, "GLOG_minloglevel": "1"})
+    run = subprocess.run(
+        [tool, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, "GLOG_minloglevel": "1"}
+    )
     if run.returncode != 0:
         raise RuntimeError(f"{Path(tool).name} {' '.join(args)} failed:\n{run.stderr[-4000:]}")
 
 
-def caffe_blobs(caffe: str, deploy: pb.NetParameter, weights: Path, inputs: dict[str, np.ndarray],
-                blobs: list[str], folder: Path) -> dict[str, np.ndarray]:
+def caffe_blobs(
+    caffe: str, deploy: pb.NetParameter, weights: Path, inputs: dict[str, np.ndarray], blobs: list[str], folder: Path
+) -> dict[str, np.ndarray]:
     """Every blob in `blobs` (flattened) after Caffe's TEST-phase forward pass of `deploy` with `weights`."""
     # a layer per input, each reading all of it: HDF5Data's tops share their first axis, and a recurrent
     # net's x is (T, N, ...) where its static input is (N, ...)
-    net = with_hdf5_inputs(deploy, [(write_h5(folder / f"input_{n}.h5", {blob: value}), [blob], len(value))
-                                    for n, (blob, value) in enumerate(inputs.items())], None)
+    net = with_hdf5_inputs(
+        deploy,
+        [
+            (write_h5(folder / f"input_{n}.h5", {blob: value}), [blob], len(value))
+            for n, (blob, value) in enumerate(inputs.items())
+        ],
+        None,
+    )
     files = with_hdf5_outputs(net, blobs, folder)
     model = folder / "crosscheck.prototxt"
     model.write_text(text_format.MessageToString(net), encoding="utf-8")
@@ -171,13 +199,23 @@ def caffe_blobs(caffe: str, deploy: pb.NetParameter, weights: Path, inputs: dict
 def random_weights(caffe: str, case: ZooCase, root: Path, folder: Path) -> Path:
     """Caffe's own random initialisation of the case's train/val net, saved by Caffe."""
     rng = np.random.default_rng(0)
-    arrays = {top: rng.standard_normal((BATCH, *shape)).astype(np.float32) if shape else
-              np.zeros(BATCH, np.float32) for top, shape in case.train_tops.items()}
+    arrays = {
+        top: rng.standard_normal((BATCH, *shape)).astype(np.float32) if shape else np.zeros(BATCH, np.float32)
+        for top, shape in case.train_tops.items()
+    }
     listing = write_h5(folder / "train.h5", arrays)
     train = with_hdf5_inputs(read_prototxt(root / case.train), [(listing, case.train_tops, BATCH)], pb.TRAIN)
     (folder / "train.prototxt").write_text(text_format.MessageToString(train), encoding="utf-8")
-    solver = pb.SolverParameter(net="train.prototxt", base_lr=0.01, lr_policy="fixed", max_iter=0, display=0,
-                                random_seed=1, snapshot_prefix="caffe", solver_mode=pb.SolverParameter.CPU)
+    solver = pb.SolverParameter(
+        net="train.prototxt",
+        base_lr=0.01,
+        lr_policy="fixed",
+        max_iter=0,
+        display=0,
+        random_seed=1,
+        snapshot_prefix="caffe",
+        solver_mode=pb.SolverParameter.CPU,
+    )
     (folder / "solver.prototxt").write_text(text_format.MessageToString(solver), encoding="utf-8")
     run_caffe(caffe, ["train", "-solver=solver.prototxt"], folder)
     return folder / "caffe_iter_0.caffemodel"
@@ -217,15 +255,25 @@ def onnx_outputs(module: NetModule, inputs: dict[str, np.ndarray], folder: Path)
     return {o.name: v for o, v in zip(session.get_outputs(), values, strict=True)}
 
 
-def check(name: str, deploy_path: Path, deploy: pb.NetParameter, weights: Path, caffe: str,
-          folder: Path, inputs: dict[str, np.ndarray] | None = None, with_onnx: bool = True) -> bool:
+def check(
+    name: str,
+    deploy_path: Path,
+    deploy: pb.NetParameter,
+    weights: Path,
+    caffe: str,
+    folder: Path,
+    inputs: dict[str, np.ndarray] | None = None,
+    with_onnx: bool = True,
+) -> bool:
     """Runs Caffe and netspec (PyTorch and, with `with_onnx`, ONNX) on one batch (`inputs`, or random values
     with BATCH items) and prints the comparison."""
     module = netspec.compile(str(deploy_path), phase="TEST", weights=str(weights))
     if inputs is None:
         rng = np.random.default_rng(1)
-        inputs = {blob: rng.standard_normal((BATCH, *shape[1:])).astype(np.float32)
-                  for blob, shape in module.net.inputs.items()}
+        inputs = {
+            blob: rng.standard_normal((BATCH, *shape[1:])).astype(np.float32)
+            for blob, shape in module.net.inputs.items()
+        }
     with torch.no_grad():
         ours = {k: v.numpy() for k, v in module.blobs(**{k: torch.from_numpy(v) for k, v in inputs.items()}).items()}
     theirs = caffe_blobs(caffe, deploy, weights, inputs, [b for b in ours if b not in inputs], folder)
@@ -233,8 +281,10 @@ def check(name: str, deploy_path: Path, deploy: pb.NetParameter, weights: Path, 
     results = compare(ours, theirs, outputs)
     onnx = compare(onnx_outputs(module, inputs, folder), theirs, outputs) if with_onnx else []
     worst = max(results, key=lambda r: r.relative)
-    print(f"{name}: {len(results)} blobs; largest relative difference {worst.relative:.2e} "
-          f"({worst.blob} {worst.shape}, tolerance {worst.tolerance:g})")
+    print(
+        f"{name}: {len(results)} blobs; largest relative difference {worst.relative:.2e} "
+        f"({worst.blob} {worst.shape}, tolerance {worst.tolerance:g})"
+    )
     for r in results:
         if r.blob in outputs:
             print(f"  output {r.blob} {r.shape}: pytorch relative {r.relative:.2e}")
@@ -249,13 +299,23 @@ def check(name: str, deploy_path: Path, deploy: pb.NetParameter, weights: Path, 
 def zoo_case(name: str, caffe: str, root: Path, folder: Path) -> bool:
     case = ZOO[name]
     weights = random_weights(caffe, case, root, folder)
-    ok = check(f"{name} (weights from Caffe)", root / case.deploy, read_prototxt(root / case.deploy), weights,
-               caffe, folder)
+    ok = check(
+        f"{name} (weights from Caffe)", root / case.deploy, read_prototxt(root / case.deploy), weights, caffe, folder
+    )
     written = folder / "netspec.caffemodel"  # and back: netspec writes the weights Caffe made
     module = netspec.compile(str(root / case.deploy), phase="TEST", weights=str(weights))
     export = export_caffemodel(module, written)
-    return check(f"{name} (weights as netspec writes them)", export.prototxt, read_prototxt(export.prototxt),
-                 written, caffe, folder) and ok
+    return (
+        check(
+            f"{name} (weights as netspec writes them)",
+            export.prototxt,
+            read_prototxt(export.prototxt),
+            written,
+            caffe,
+            folder,
+        )
+        and ok
+    )
 
 
 def model_case(spec: Path, caffe: str, folder: Path) -> bool:
@@ -265,8 +325,14 @@ def model_case(spec: Path, caffe: str, folder: Path) -> bool:
     if export.not_caffe:
         print(f"{spec.name}: skipped, Caffe cannot read {', '.join(export.not_caffe)}")
         return True
-    return check(f"{spec.name} (written by netspec)", export.prototxt, read_prototxt(export.prototxt),
-                 export.caffemodel, caffe, folder)
+    return check(
+        f"{spec.name} (written by netspec)",
+        export.prototxt,
+        read_prototxt(export.prototxt),
+        export.caffemodel,
+        caffe,
+        folder,
+    )
 
 
 def _input(name: str, *dims: int) -> str:
@@ -280,67 +346,116 @@ _SEQ = (5, 2)  # recurrent nets: T, N
 # (so that Caffe can make weights for it too) and inputs: name -> (prototxt, {input: (shape, kind)}),
 # kind 'normal', 'index' (Embed's, below 10) or 'cont' (a recurrent net's sequence markers).
 HELD_OUT = {
-    "prelu_shared": (_input("x", 2, 3, 6, 6) + f"""
+    "prelu_shared": (
+        _input("x", 2, 3, 6, 6)
+        + f"""
 layer {{ name: "conv" type: "Convolution" bottom: "x" top: "c"
   convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "xavier" }} bias_filler {{ {_U} }} }} }}
 layer {{ name: "prelu" type: "PReLU" bottom: "c" top: "y"
-  prelu_param {{ channel_shared: true filler {{ type: "uniform" min: 0.1 max: 0.4 }} }} }}""", {"x": "normal"}),
-    "scale_bias_0axis": (_input("x", 2, 3, 4, 4) + f"""
+  prelu_param {{ channel_shared: true filler {{ type: "uniform" min: 0.1 max: 0.4 }} }} }}""",
+        {"x": "normal"},
+    ),
+    "scale_bias_0axis": (
+        _input("x", 2, 3, 4, 4)
+        + f"""
 layer {{ name: "scale" type: "Scale" bottom: "x" top: "s"
   scale_param {{ num_axes: 0 bias_term: true filler {{ {_U} }} bias_filler {{ {_U} }} }} }}
 layer {{ name: "bias" type: "Bias" bottom: "s" top: "y" bias_param {{ num_axes: 0 filler {{ {_U} }} }} }}""",
-                         {"x": "normal"}),
-    "batchnorm_scale": (_input("x", 2, 3, 6, 6) + f"""
+        {"x": "normal"},
+    ),
+    "batchnorm_scale": (
+        _input("x", 2, 3, 6, 6)
+        + f"""
 layer {{ name: "conv" type: "Convolution" bottom: "x" top: "c"
   convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "msra" }} }} }}
 layer {{ name: "bn" type: "BatchNorm" bottom: "c" top: "c" }}
 layer {{ name: "scale" type: "Scale" bottom: "c" top: "y"
-  scale_param {{ bias_term: true filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""", {"x": "normal"}),
-    "deconv_grouped": (_input("x", 2, 4, 5, 5) + f"""
+  scale_param {{ bias_term: true filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
+        {"x": "normal"},
+    ),
+    "deconv_grouped": (
+        _input("x", 2, 4, 5, 5)
+        + f"""
 layer {{ name: "deconv" type: "Deconvolution" bottom: "x" top: "y"
   convolution_param {{ num_output: 6 kernel_size: 3 stride: 2 pad: 1 group: 2 weight_filler {{ {_U} }}
-                      bias_filler {{ {_U} }} }} }}""", {"x": "normal"}),
-    "ip_transposed": (_input("x", 2, 3, 4) + f"""
+                      bias_filler {{ {_U} }} }} }}""",
+        {"x": "normal"},
+    ),
+    "ip_transposed": (
+        _input("x", 2, 3, 4)
+        + f"""
 layer {{ name: "ip" type: "InnerProduct" bottom: "x" top: "y"
   inner_product_param {{ num_output: 5 transpose: true weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
-                      {"x": "normal"}),
-    "lstm": (_input("x", *_SEQ, 3) + _input("cont", *_SEQ) + f"""
+        {"x": "normal"},
+    ),
+    "lstm": (
+        _input("x", *_SEQ, 3)
+        + _input("cont", *_SEQ)
+        + f"""
 layer {{ name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
   recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
-             {"x": "normal", "cont": "cont"}),
-    "rnn": (_input("x", *_SEQ, 3) + _input("cont", *_SEQ) + f"""
+        {"x": "normal", "cont": "cont"},
+    ),
+    "rnn": (
+        _input("x", *_SEQ, 3)
+        + _input("cont", *_SEQ)
+        + f"""
 layer {{ name: "rnn" type: "RNN" bottom: "x" bottom: "cont" top: "o"
   recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
-            {"x": "normal", "cont": "cont"}),
-    "lstm_static": (_input("x", *_SEQ, 3) + _input("cont", *_SEQ) + _input("s", _SEQ[1], 2) + f"""
+        {"x": "normal", "cont": "cont"},
+    ),
+    "lstm_static": (
+        _input("x", *_SEQ, 3)
+        + _input("cont", *_SEQ)
+        + _input("s", _SEQ[1], 2)
+        + f"""
 layer {{ name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" bottom: "s" top: "h"
   recurrent_param {{ num_output: 4 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
-                    {"x": "normal", "cont": "cont", "s": "normal"}),
-    "scale_bottom_bias": (_input("x", 2, 3, 4, 4) + _input("s", 2, 3) + f"""
+        {"x": "normal", "cont": "cont", "s": "normal"},
+    ),
+    "scale_bottom_bias": (
+        _input("x", 2, 3, 4, 4)
+        + _input("s", 2, 3)
+        + f"""
 layer {{ name: "scale" type: "Scale" bottom: "x" bottom: "s" top: "y"
-  scale_param {{ axis: 0 bias_term: true bias_filler {{ {_U} }} }} }}""", {"x": "normal", "s": "normal"}),
-    "parameter_conv1d": (_input("x", 2, 3, 9) + f"""
+  scale_param {{ axis: 0 bias_term: true bias_filler {{ {_U} }} }} }}""",
+        {"x": "normal", "s": "normal"},
+    ),
+    "parameter_conv1d": (
+        _input("x", 2, 3, 9)
+        + f"""
 layer {{ name: "conv" type: "Convolution" bottom: "x" top: "c"
   convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}
 layer {{ name: "p" type: "Parameter" top: "p" parameter_param {{ shape {{ dim: 2 dim: 4 dim: 7 }} }} }}
-layer {{ name: "sum" type: "Eltwise" bottom: "c" bottom: "p" top: "y" }}""", {"x": "normal"}),
-    "embed": (_input("x", 2, 3) + f"""
+layer {{ name: "sum" type: "Eltwise" bottom: "c" bottom: "p" top: "y" }}""",
+        {"x": "normal"},
+    ),
+    "embed": (
+        _input("x", 2, 3)
+        + f"""
 layer {{ name: "embed" type: "Embed" bottom: "x" top: "y"
   embed_param {{ num_output: 4 input_dim: 10 weight_filler {{ {_U} }} bias_filler {{ {_U} }} }} }}""",
-              {"x": "index"}),
-    "conv3d": (_input("x", 2, 2, 5, 6, 6) + f"""
+        {"x": "index"},
+    ),
+    "conv3d": (
+        _input("x", 2, 2, 5, 6, 6)
+        + f"""
 layer {{ name: "conv" type: "Convolution" bottom: "x" top: "y"
   convolution_param {{ num_output: 3 kernel_size: 3 pad: 1 stride: 2 weight_filler {{ {_U} }}
-                      bias_filler {{ {_U} }} }} }}""", {"x": "normal"}),
+                      bias_filler {{ {_U} }} }} }}""",
+        {"x": "normal"},
+    ),
 }
 
 
 def held_out_inputs(spec: Path, kinds: dict[str, str]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(6)
     shapes = netspec.load(str(spec), phase="TEST").inputs
-    made = {"normal": lambda shape: rng.standard_normal(shape),
-            "index": lambda shape: rng.integers(0, 10, shape),
-            "cont": lambda shape: (np.arange(shape[0])[:, None] % 3 != 0) * np.ones(shape)}  # restarts at 0, 3
+    made = {
+        "normal": lambda shape: rng.standard_normal(shape),
+        "index": lambda shape: rng.integers(0, 10, shape),
+        "cont": lambda shape: (np.arange(shape[0])[:, None] % 3 != 0) * np.ones(shape),
+    }  # restarts at 0, 3
     return {blob: made[kind](shapes[blob]).astype(np.float32) for blob, kind in kinds.items()}
 
 
@@ -352,14 +467,41 @@ def held_out_case(name: str, caffe: str, folder: Path) -> bool:
     inputs = held_out_inputs(spec, kinds)
     torch.manual_seed(0)
     export = export_caffemodel(netspec.compile(str(spec), phase="TEST"), folder / "netspec.caffemodel")
-    ok = check(f"{name} (weights written by netspec, run by Caffe)", export.prototxt,
-               read_prototxt(export.prototxt), export.caffemodel, caffe, folder, inputs, with_onnx=False)
-    solver = pb.SolverParameter(net=str(spec), base_lr=0.01, lr_policy="fixed", max_iter=0, display=0,
-                                random_seed=1, snapshot_prefix="caffe", solver_mode=pb.SolverParameter.CPU)
+    ok = check(
+        f"{name} (weights written by netspec, run by Caffe)",
+        export.prototxt,
+        read_prototxt(export.prototxt),
+        export.caffemodel,
+        caffe,
+        folder,
+        inputs,
+        with_onnx=False,
+    )
+    solver = pb.SolverParameter(
+        net=str(spec),
+        base_lr=0.01,
+        lr_policy="fixed",
+        max_iter=0,
+        display=0,
+        random_seed=1,
+        snapshot_prefix="caffe",
+        solver_mode=pb.SolverParameter.CPU,
+    )
     (folder / "solver.prototxt").write_text(text_format.MessageToString(solver), encoding="utf-8")
     run_caffe(caffe, ["train", "-solver=solver.prototxt"], folder)
-    return check(f"{name} (weights made by Caffe, loaded by netspec)", spec, read_prototxt(spec),
-                 folder / "caffe_iter_0.caffemodel", caffe, folder, inputs, with_onnx=False) and ok
+    return (
+        check(
+            f"{name} (weights made by Caffe, loaded by netspec)",
+            spec,
+            read_prototxt(spec),
+            folder / "caffe_iter_0.caffemodel",
+            caffe,
+            folder,
+            inputs,
+            with_onnx=False,
+        )
+        and ok
+    )
 
 
 # Solver settings as in Caffe's examples, each with weight decay and a learning-rate policy. AdaGrad,
@@ -374,9 +516,17 @@ SOLVERS = {
     "RMSProp": dict(base_lr=0.001, rms_decay=0.98, delta=1e-4, lr_policy="exp", gamma=0.95),
     "AdaDelta": dict(base_lr=1.0, momentum=0.95, delta=1e-6, lr_policy="fixed"),
     "Adam": dict(base_lr=0.001, momentum=0.9, momentum2=0.999, delta=1e-4, lr_policy="poly", power=1.0),
-    "SGD L1, clipped, iter_size 2": dict(type="SGD", base_lr=0.05, momentum=0.9, lr_policy="multistep",
-                                         gamma=0.1, stepvalue=[3, 6], regularization_type="L1",
-                                         clip_gradients=0.5, iter_size=2),
+    "SGD L1, clipped, iter_size 2": dict(
+        type="SGD",
+        base_lr=0.05,
+        momentum=0.9,
+        lr_policy="multistep",
+        gamma=0.1,
+        stepvalue=[3, 6],
+        regularization_type="L1",
+        clip_gradients=0.5,
+        iter_size=2,
+    ),
 }
 
 
@@ -385,8 +535,13 @@ def solvers_case(caffe: str, root: Path, folder: Path) -> bool:
 
     weights = random_weights(caffe, ZOO["lenet"], root, folder)  # also writes train.prototxt and its data
     rng = np.random.default_rng(3)
-    write_h5(folder / "train.h5", {"data": rng.standard_normal((40, 1, 28, 28)).astype(np.float32),
-                                   "label": rng.integers(0, 10, 40).astype(np.float32)})
+    write_h5(
+        folder / "train.h5",
+        {
+            "data": rng.standard_normal((40, 1, 28, 28)).astype(np.float32),
+            "label": rng.integers(0, 10, 40).astype(np.float32),
+        },
+    )
     train = read_prototxt(folder / "train.prototxt")
     train.layer[0].hdf5_data_param.batch_size = 16  # 40 records: the batches wrap around, as Caffe's do
     for layer in train.layer:  # max pooling routes the gradient to one input; a near-tie (1e-7 apart)
@@ -395,9 +550,17 @@ def solvers_case(caffe: str, root: Path, folder: Path) -> bool:
     (folder / "train.prototxt").write_text(text_format.MessageToString(train), encoding="utf-8")
     ok = True
     for name, settings in SOLVERS.items():
-        solver = pb.SolverParameter(net="train.prototxt", type=name.split()[0], max_iter=10, display=0,
-                                    weight_decay=5e-4, random_seed=1, snapshot_prefix="trained",
-                                    weights=[str(weights)], solver_mode=pb.SolverParameter.CPU)
+        solver = pb.SolverParameter(
+            net="train.prototxt",
+            type=name.split()[0],
+            max_iter=10,
+            display=0,
+            weight_decay=5e-4,
+            random_seed=1,
+            snapshot_prefix="trained",
+            weights=[str(weights)],
+            solver_mode=pb.SolverParameter.CPU,
+        )
         for key, value in settings.items():
             if isinstance(value, list):
                 getattr(solver, key).extend(value)
@@ -419,8 +582,12 @@ def solvers_case(caffe: str, root: Path, folder: Path) -> bool:
     return ok
 
 
-LMDB_OPTIONS = {"plain": [], "gray": ["--gray"], "resized": ["--resize_height=7", "--resize_width=10"],
-                "encoded": ["--encoded"]}
+LMDB_OPTIONS = {
+    "plain": [],
+    "gray": ["--gray"],
+    "resized": ["--resize_height=7", "--resize_width=10"],
+    "encoded": ["--encoded"],
+}
 
 
 def images(folder: Path) -> Path:
@@ -488,16 +655,28 @@ def lmdb_case(caffe: str, folder: Path) -> bool:
     for option, flags in LMDB_OPTIONS.items():
         theirs, ours = folder / f"caffe_{option}", folder / f"netspec_{option}"
         run_caffe(str(tools / "convert_imageset"), [*flags, f"{folder}/", str(listing), str(theirs)], folder)
-        subprocess.run([sys.executable, str(ROOT / "tools" / "convert_imageset.py"), *flags, f"{folder}/",
-                        str(listing), str(ours)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "tools" / "convert_imageset.py"),
+                *flags,
+                f"{folder}/",
+                str(listing),
+                str(ours),
+            ],
+            check=True,
+            capture_output=True,
+        )
         a, b = lmdb_records(theirs), lmdb_records(ours)
         pairs = [(x, y) for (_, x), (_, y) in zip(a, b, strict=True)]
         same_keys = [k for k, _ in a] == [k for k, _ in b]
         same = sum(x == y for x, y in pairs)
         diffs = [int(np.abs(datum_pixels(x).astype(int) - datum_pixels(y)).max()) for x, y in pairs]
         labels = all(x.label == y.label for x, y in pairs)
-        print(f"lmdb {option}: {len(a)} records; keys equal: {same_keys}; labels equal: {labels}; "
-              f"identical records: {same}; max pixel difference {max(diffs)}")
+        print(
+            f"lmdb {option}: {len(a)} records; keys equal: {same_keys}; labels equal: {labels}; "
+            f"identical records: {same}; max pixel difference {max(diffs)}"
+        )
         ok = ok and same_keys and labels and max(diffs) <= 1
         mean = folder / f"mean_{option}.binaryproto"
         if option != "encoded":  # Caffe's tool decodes grey files to one channel and stops at the mix
@@ -511,8 +690,10 @@ def lmdb_case(caffe: str, folder: Path) -> bool:
             got = Feeder(netspec.load(str(spec), phase="TEST"), torch.device("cpu"), seed=0).next()
             same_label = np.array_equal(got["label"].numpy(), batch["label"].ravel())
             worst = float(np.abs(got["data"].numpy() - batch["data"].reshape(got["data"].shape)).max())
-            print(f"  netspec's Data layer vs Caffe's on {who} database: max |difference| {worst:.2e}, "
-                  f"labels equal: {same_label}")
+            print(
+                f"  netspec's Data layer vs Caffe's on {who} database: max |difference| {worst:.2e}, "
+                f"labels equal: {same_label}"
+            )
             ok = ok and same_label and worst <= 1e-6
     return ok
 
@@ -549,7 +730,13 @@ def caffe_image_batches(caffe: str, folder: Path, listing: Path) -> dict[str, np
         layer = net.layer.add(name="data", type="ImageData", top=["data", "label"])
         p = layer.image_data_param
         p.source, p.root_folder, p.batch_size, p.new_height, p.new_width, p.is_color = (
-            str(listing), f"{folder}/", 4, h, w, color)
+            str(listing),
+            f"{folder}/",
+            4,
+            h,
+            w,
+            color,
+        )
         files = with_hdf5_outputs(net, ["data"], folder)
         model = folder / "images.prototxt"
         model.write_text(text_format.MessageToString(net), encoding="utf-8")
@@ -567,9 +754,12 @@ def netspec_image_batch(folder: Path, listing: Path, key: str) -> np.ndarray:
     color, size = key.split("_")
     h, w = size.split("x")
     spec = folder / "netspec_images.prototxt"
-    spec.write_text(f'name: "images" layer {{ name: "data" type: "ImageData" top: "data" top: "label" '
-                    f'image_data_param {{ source: "{listing}" root_folder: "{folder}/" batch_size: 4 new_height: {h} '
-                    f'new_width: {w} is_color: {str(color == "colour").lower()} }} }}', encoding="utf-8")
+    spec.write_text(
+        f'name: "images" layer {{ name: "data" type: "ImageData" top: "data" top: "label" '
+        f'image_data_param {{ source: "{listing}" root_folder: "{folder}/" batch_size: 4 new_height: {h} '
+        f"new_width: {w} is_color: {str(color == 'colour').lower()} }} }}",
+        encoding="utf-8",
+    )
     return Feeder(netspec.load(str(spec), phase="TEST"), torch.device("cpu"), seed=0).next()["data"].numpy()
 
 
@@ -582,8 +772,10 @@ def imagedata_case(caffe: str, folder: Path, record: bool = False) -> bool:
     for key, want in theirs.items():
         got = netspec_image_batch(folder, listing, key)
         diff = np.abs(got - want)
-        print(f"ImageData {key}: max |netspec - caffe| {diff.max():g}, pixels that differ {int((diff > 0).sum())} "
-              f"of {diff.size}")
+        print(
+            f"ImageData {key}: max |netspec - caffe| {diff.max():g}, pixels that differ {int((diff > 0).sum())} "
+            f"of {diff.size}"
+        )
         ok = ok and diff.max() <= 1
     if record:
         out = ROOT / "tests" / "data" / "opencv_resize"
@@ -619,10 +811,20 @@ def mvn_case(caffe: str, folder: Path, record: bool = False) -> bool:
     x = (rng.standard_normal((2, 3, 4, 5)) * rng.uniform(0.2, 3, (2, 3, 1, 1))).astype(np.float32)
     t = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     net = read_prototxt(spec)
-    write_caffemodel(folder / "init.caffemodel", "mvn_eps", [(lp, {"x": [x], "t": [t]}[lp.name])
-                                                              for lp in net.layer if lp.name in ("x", "t")])
-    solver = pb.SolverParameter(net=str(spec), base_lr=1.0, lr_policy="fixed", max_iter=1, display=0,
-                                snapshot_prefix="mvn", solver_mode=pb.SolverParameter.CPU)
+    write_caffemodel(
+        folder / "init.caffemodel",
+        "mvn_eps",
+        [(lp, {"x": [x], "t": [t]}[lp.name]) for lp in net.layer if lp.name in ("x", "t")],
+    )
+    solver = pb.SolverParameter(
+        net=str(spec),
+        base_lr=1.0,
+        lr_policy="fixed",
+        max_iter=1,
+        display=0,
+        snapshot_prefix="mvn",
+        solver_mode=pb.SolverParameter.CPU,
+    )
     (folder / "solver.prototxt").write_text(text_format.MessageToString(solver), encoding="utf-8")
     run_caffe(caffe, ["train", "-solver=solver.prototxt", "-weights=init.caffemodel"], folder)
     theirs = x - read_caffemodel(folder / "mvn_iter_1.caffemodel").blobs["x"][0]
@@ -633,12 +835,16 @@ def mvn_case(caffe: str, folder: Path, record: bool = False) -> bool:
     true = _true_mvn_gradient(x, t)
     scale = float(np.abs(theirs).max())
     worst = float(np.abs(ours - theirs).max()) / scale
-    print(f"MVN, eps 0.3: netspec's gradient vs Caffe's, relative {worst:.2e}; the true gradient is "
-          f"{float(np.abs(true - theirs).max()) / scale:.2e} from Caffe's")
+    print(
+        f"MVN, eps 0.3: netspec's gradient vs Caffe's, relative {worst:.2e}; the true gradient is "
+        f"{float(np.abs(true - theirs).max()) / scale:.2e} from Caffe's"
+    )
     if record:
         out = ROOT / "tests" / "data" / "caffe_made"
-        (out / "mvn_eps.prototxt").write_text("# MVN with a large eps (tools/crosscheck_caffe.py fixture): x_grad is "
-                                              "real Caffe's gradient\n" + MVN_NET, encoding="utf-8")
+        (out / "mvn_eps.prototxt").write_text(
+            "# MVN with a large eps (tools/crosscheck_caffe.py fixture): x_grad is real Caffe's gradient\n" + MVN_NET,
+            encoding="utf-8",
+        )
         np.savez(out / "mvn_eps.npz", x=x, t=t, x_grad=theirs)
         print(f"wrote {out}: mvn_eps.prototxt and mvn_eps.npz")
     return worst <= BLOB_RTOL
@@ -658,16 +864,19 @@ def _true_mvn_gradient(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 # tests/data/caffe_made: net -> (its weights, its blobs)
-FIXTURES = {"net": ("weights.caffemodel", "caffe_blobs.npz"),
-            "zero_axis": ("zero_axis.caffemodel", "zero_axis_blobs.npz")}
+FIXTURES = {
+    "net": ("weights.caffemodel", "caffe_blobs.npz"),
+    "zero_axis": ("zero_axis.caffemodel", "zero_axis_blobs.npz"),
+}
 
 
 def fixture_case(caffe: str, folder: Path) -> bool:
     out = ROOT / "tests" / "data" / "caffe_made"
     for net, (weights_name, blobs_name) in FIXTURES.items():
         spec = out / f"{net}.prototxt"
-        inputs = {"data": np.random.default_rng(4).standard_normal(netspec.load(str(spec)).inputs["data"])
-                  .astype(np.float32)}
+        inputs = {
+            "data": np.random.default_rng(4).standard_normal(netspec.load(str(spec)).inputs["data"]).astype(np.float32)
+        }
         case = ZooCase(spec.name, spec.name, {"data": inputs["data"].shape[1:]})
         weights = random_weights(caffe, case, out, folder)
         shutil.copyfile(weights, out / weights_name)
@@ -683,9 +892,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--caffe", required=True, help="the caffe command-line tool")
     parser.add_argument("--caffe-root", required=True, type=Path, help="a BVLC Caffe checkout (for its nets)")
-    parser.add_argument("cases", nargs="*",
-                        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'held_out', 'solvers', 'lmdb', 'imagedata' or "
-                             "'mvn' (default: all); 'fixture' remakes the data in tests/data made by Caffe")
+    parser.add_argument(
+        "cases",
+        nargs="*",
+        help=f"zoo nets ({', '.join(ZOO)}), 'models', 'held_out', 'solvers', 'lmdb', 'imagedata' or "
+        "'mvn' (default: all); 'fixture' remakes the data in tests/data made by Caffe",
+    )
     args = parser.parse_args()
     ok = True
     for name in args.cases or [*ZOO, "models", "held_out", "solvers", "lmdb", "imagedata", "mvn"]:

@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker(seed: int, timeout: float, memory_mb: int, time_fraction: float, train_fraction: float,
-           minimize: bool) -> None:
+def worker(
+    seed: int, timeout: float, memory_mb: int, time_fraction: float, train_fraction: float, minimize: bool
+) -> None:
     """Reads case numbers on stdin, answers one JSON line per case on stdout."""
     sys.path.insert(0, str(ROOT))
     import random
@@ -46,10 +47,14 @@ def worker(seed: int, timeout: float, memory_mb: int, time_fraction: float, trai
             request = json.loads(line)
             i = request["case"]
             case = gen.case(i)
-            outcome = run_case(case, workdir, timeout, time_fraction, random.Random(f"{seed}:{i}:time"),
-                               train_fraction)
-            answer = {"case": i, "accepted": outcome.accepted, "timed": outcome.timed, "trained": outcome.trained,
-                      "defects": []}
+            outcome = run_case(case, workdir, timeout, time_fraction, random.Random(f"{seed}:{i}:time"), train_fraction)
+            answer = {
+                "case": i,
+                "accepted": outcome.accepted,
+                "timed": outcome.timed,
+                "trained": outcome.trained,
+                "defects": [],
+            }
             for d in outcome.defects:
                 found = {"signature": d.signature, "where": d.where, "command": d.command, "detail": d.detail}
                 if minimize and request.get("minimize"):
@@ -65,14 +70,27 @@ def worker(seed: int, timeout: float, memory_mb: int, time_fraction: float, trai
 
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
-        cmd = [sys.executable, __file__, "--worker", "--seed", str(args.seed), "--timeout", str(args.timeout),
-               "--memory-mb", str(args.memory_mb), "--time-fraction", str(args.time_fraction),
-               "--train-fraction", str(args.train_fraction)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--seed",
+            str(args.seed),
+            "--timeout",
+            str(args.timeout),
+            "--memory-mb",
+            str(args.memory_mb),
+            "--time-fraction",
+            str(args.time_fraction),
+            "--train-fraction",
+            str(args.train_fraction),
+        ]
         if args.minimize:
             cmd.append("--minimize")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, stderr=subprocess.DEVNULL
+        )
 
     def ask(self, case: int, minimize: bool, wait: float) -> dict | None:
         """The worker's answer, or None if it died or did not answer in `wait` seconds (it is killed)."""
@@ -106,10 +124,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("fuzz-out"))
     parser.add_argument("--timeout", type=float, default=10.0, help="Seconds per command.")
     parser.add_argument("--memory-mb", type=int, default=3072, help="Address space a worker may add.")
-    parser.add_argument("--time-fraction", type=float, default=0.25,
-                        help="The share of small accepted nets also run through `netspec time`.")
-    parser.add_argument("--train-fraction", type=float, default=0.0,
-                        help="The share of accepted specs with a solver section also trained for one iteration.")
+    parser.add_argument(
+        "--time-fraction",
+        type=float,
+        default=0.25,
+        help="The share of small accepted nets also run through `netspec time`.",
+    )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.0,
+        help="The share of accepted specs with a solver section also trained for one iteration.",
+    )
     parser.add_argument("--minimize", action="store_true", help="Shrink the first spec of each defect.")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -134,24 +160,44 @@ def main() -> None:
             case = Generator(args.seed).case(i)
             code = w.proc.returncode
             sig = "Hang (worker killed)" if code == -9 else f"Worker died (exit status {code})"
-            answer = {"case": i, "accepted": False, "timed": False, "trained": False, "spec": case.text,
-                      "name": case.name, "how": case.how,
-                      "defects": [{"signature": sig, "where": "?", "command": "netspec check", "detail": ""}]}
+            answer = {
+                "case": i,
+                "accepted": False,
+                "timed": False,
+                "trained": False,
+                "spec": case.text,
+                "name": case.name,
+                "how": case.how,
+                "defects": [{"signature": sig, "where": "?", "command": "netspec check", "detail": ""}],
+            }
             w = Worker(args)
         accepted += answer["accepted"]
         timed += answer["timed"]
         trained += answer.get("trained", False)
         for d in answer["defects"]:
-            entry = found.setdefault(d["signature"], {"count": 0, "cases": [], **d, "spec": answer["spec"],
-                                                      "name": answer["name"], "how": answer["how"], "case": i})
+            entry = found.setdefault(
+                d["signature"],
+                {
+                    "count": 0,
+                    "cases": [],
+                    **d,
+                    "spec": answer["spec"],
+                    "name": answer["name"],
+                    "how": answer["how"],
+                    "case": i,
+                },
+            )
             entry["count"] += 1
             entry["cases"].append(i)
             if len(answer["spec"]) < len(entry["spec"]):
                 entry.update(d, spec=answer["spec"], name=answer["name"], how=answer["how"], case=i)
         done = i - args.start + 1
         if done % 500 == 0:
-            print(f"{done} cases, {accepted} accepted, {len(found)} defects, {time.monotonic() - started:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{done} cases, {accepted} accepted, {len(found)} defects, {time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     if args.minimize:
         for sig, entry in found.items():
             if sig.startswith(("Hang", "Worker")):
@@ -164,12 +210,15 @@ def main() -> None:
                 w = Worker(args)
     w.kill()
     write(args.out, found, args.cases, accepted, timed, trained, time.monotonic() - started)
-    print(f"{args.cases} cases ({accepted} accepted, {timed} timed, {trained} trained) in "
-          f"{time.monotonic() - started:.0f} s: {len(found)} distinct defects; see {args.out / 'summary.md'}")
+    print(
+        f"{args.cases} cases ({accepted} accepted, {timed} timed, {trained} trained) in "
+        f"{time.monotonic() - started:.0f} s: {len(found)} distinct defects; see {args.out / 'summary.md'}"
+    )
 
 
-def write(out: Path, found: dict[str, dict], cases: int, accepted: int, timed: int, trained: int,
-          seconds: float) -> None:
+def write(
+    out: Path, found: dict[str, dict], cases: int, accepted: int, timed: int, trained: int, seconds: float
+) -> None:
     from tests.fuzz_specs import Case
 
     rows = ["| defect | where | cases | first | command |", "| --- | --- | --- | --- | --- |"]
@@ -180,13 +229,15 @@ def write(out: Path, found: dict[str, dict], cases: int, accepted: int, timed: i
         (folder / f"spec{suffix}").write_bytes(Case(e["name"], e["spec"], "").data())
         if "minimal" in e:
             (folder / f"minimal{suffix}").write_bytes(Case(e["name"], e["minimal"], "").data())
-        (folder / "traceback.txt").write_text(f"{e['command']}\n{e['how']}\n\n{e['detail']}", encoding="utf-8",
-                                              errors="backslashreplace")
+        (folder / "traceback.txt").write_text(
+            f"{e['command']}\n{e['how']}\n\n{e['detail']}", encoding="utf-8", errors="backslashreplace"
+        )
         (folder / "cases.txt").write_text(" ".join(map(str, e["cases"])) + "\n")
         rows.append(f"| {sig} | {e['where']} | {e['count']} | {e['cases'][0]} | {e['command']} |")
     (out / "summary.md").write_text(
         f"{cases} cases, {accepted} accepted, {timed} timed, {trained} trained, {seconds:.0f} s, "
-        f"{len(found)} distinct defects\n\n" + "\n".join(rows) + "\n")
+        f"{len(found)} distinct defects\n\n" + "\n".join(rows) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ from netspec.editor_schema import schema_text  # noqa: E402
 from netspec.layers import all_types  # noqa: E402
 from netspec.layers.docs import markdown  # noqa: E402
 
-TARGETS = {ROOT / "docs" / "layers.md": lambda: markdown(all_types()),
-           ROOT / "netspec" / "_proto" / "netspec.schema.json": schema_text}
+TARGETS = {
+    ROOT / "docs" / "layers.md": lambda: markdown(all_types()),
+    ROOT / "netspec" / "_proto" / "netspec.schema.json": schema_text,
+}
 
 
 def main() -> int:

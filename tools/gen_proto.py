@@ -21,14 +21,23 @@ FILES = ("netspec_pb2.py", "netspec_pb2.pyi", "netspec_docs.json")
 def generate(out_dir: Path) -> None:
     from grpc_tools import protoc
 
-    code = protoc.main(["protoc", f"-I{ROOT / 'schemas'}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-                        "--include_source_info", f"--descriptor_set_out={out_dir / 'netspec.desc'}",
-                        str(ROOT / "schemas" / "netspec.proto")])
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'schemas'}",
+            f"--python_out={out_dir}",
+            f"--pyi_out={out_dir}",
+            "--include_source_info",
+            f"--descriptor_set_out={out_dir / 'netspec.desc'}",
+            str(ROOT / "schemas" / "netspec.proto"),
+        ]
+    )
     if code != 0:
         sys.exit(f"protoc failed with status {code}")
     desc = out_dir / "netspec.desc"
-    (out_dir / "netspec_docs.json").write_text(json.dumps(comments(desc.read_bytes()), indent=1, sort_keys=True)
-                                               + "\n", encoding="utf-8")
+    (out_dir / "netspec_docs.json").write_text(
+        json.dumps(comments(desc.read_bytes()), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
     desc.unlink()
 
 

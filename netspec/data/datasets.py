@@ -73,9 +73,15 @@ def _kind(p: pb.DatasetParameter) -> str:
 def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
     """The record and label shapes of a source, reading as little as possible."""
     if not p.source:
-        raise DataError("dataset_param.source is not set", field="source",
-                        hint="a bundled set (" + ", ".join(BUNDLED) + "), a generated one (" + ", ".join(GENERATED)
-                        + "), or a .npz/.npy/.csv file or image folder")
+        raise DataError(
+            "dataset_param.source is not set",
+            field="source",
+            hint="a bundled set ("
+            + ", ".join(BUNDLED)
+            + "), a generated one ("
+            + ", ".join(GENERATED)
+            + "), or a .npz/.npy/.csv file or image folder",
+        )
     kind = _kind(p)
     if kind == "bundled":
         b = BUNDLED[p.source]
@@ -85,16 +91,19 @@ def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
         classes = p.num_classes if p.source in ("blobs", "spirals") else 2
         for field_name, rows in (("num_samples", p.num_samples), ("num_classes", classes)):
             if rows * max(1, features) > GENERATED_LIMIT:
-                raise ParamError(f"{field_name} {rows} x {features} features makes {rows * features:,} values; a "
-                                 f"generated set holds at most {GENERATED_LIMIT:,} (512 MiB)",
-                                 field="num_features" if features > rows else field_name)
+                raise ParamError(
+                    f"{field_name} {rows} x {features} features makes {rows * features:,} values; a "
+                    f"generated set holds at most {GENERATED_LIMIT:,} (512 MiB)",
+                    field="num_features" if features > rows else field_name,
+                )
         return SourceInfo((features,), (), classes)
     path = _path(p, kind, base_dir)
     if kind == "npz":
         shapes = _npz_shapes(path)
         if p.data_key not in shapes:
-            raise DataError(f"'{path}' has no array '{p.data_key}' (it has: {', '.join(sorted(shapes))})",
-                            field="data_key")
+            raise DataError(
+                f"'{path}' has no array '{p.data_key}' (it has: {', '.join(sorted(shapes))})", field="data_key"
+            )
         label = shapes.get(p.label_key)
         return SourceInfo(shapes[p.data_key][1:], None if label is None else label[1:], 0)
     if kind == "npy":
@@ -104,8 +113,7 @@ def describe(p: pb.DatasetParameter, base_dir: str) -> SourceInfo:
         _header, row = _csv_head(path)
         return SourceInfo((len(row) - 1,), (), 0)
     if not path.is_dir():
-        raise DataError(f"'{path}' is neither a .npz/.npy/.csv file nor a folder of class folders",
-                        field="source")
+        raise DataError(f"'{path}' is neither a .npz/.npy/.csv file nor a folder of class folders", field="source")
     folders, first = _folder_head(path)
     h, w = probe.image_size(first)
     return SourceInfo((_image_channels(first), h, w), (), len(folders))
@@ -133,13 +141,26 @@ def _no_source(source: str, base_dir: str) -> NoReturn:
         except OSError:
             continue
         near_files += [str(folder / n) for n in difflib.get_close_matches(Path(source).name, names, n=3, cutoff=0.75)]
-    hint = (f"{near_sets} " if near_sets else "") + "; ".join(filter(None, [
-        ("files with near names: " + ", ".join(near_files)) if near_files else None,
-        "bundled sets: " + ", ".join(BUNDLED), "generated: " + ", ".join(GENERATED)]))
-    what = ("does not exist" if Path(source).suffix else
-            "is neither a bundled or generated set nor an existing file or folder")
-    raise DataError(f"dataset_param.source '{source}' {what}", field="source",
-                    hint=hint + "; files are read from the working directory, then from the spec's folder")
+    hint = (f"{near_sets} " if near_sets else "") + "; ".join(
+        filter(
+            None,
+            [
+                ("files with near names: " + ", ".join(near_files)) if near_files else None,
+                "bundled sets: " + ", ".join(BUNDLED),
+                "generated: " + ", ".join(GENERATED),
+            ],
+        )
+    )
+    what = (
+        "does not exist"
+        if Path(source).suffix
+        else "is neither a bundled or generated set nor an existing file or folder"
+    )
+    raise DataError(
+        f"dataset_param.source '{source}' {what}",
+        field="source",
+        hint=hint + "; files are read from the working directory, then from the spec's folder",
+    )
 
 
 def _npy_header(f: IO[bytes], stored: int, where: str) -> tuple[int, ...]:
@@ -155,8 +176,11 @@ def _npy_header(f: IO[bytes], stored: int, where: str) -> tuple[int, ...]:
     declared = math.prod(shape) * dtype.itemsize
     held = stored - f.tell()
     if declared > held:
-        raise DataError(f"{where} declares an array of shape {shape} ({declared} bytes) but holds {held} bytes",
-                        field="source", hint="the file is truncated or damaged")
+        raise DataError(
+            f"{where} declares an array of shape {shape} ({declared} bytes) but holds {held} bytes",
+            field="source",
+            hint="the file is truncated or damaged",
+        )
     return shape
 
 
@@ -210,13 +234,15 @@ def _csv_head(path: Path) -> tuple[list[str] | None, list[str]]:
 def _folder_head(path: Path) -> tuple[list[str], Path]:
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise DataError(f"image folder '{path}' has no class sub-folders", field="source",
-                        hint="put the images of each class in a sub-folder named after the class")
+        raise DataError(
+            f"image folder '{path}' has no class sub-folders",
+            field="source",
+            hint="put the images of each class in a sub-folder named after the class",
+        )
     for cls in classes:
         for f in _images(path / cls):
             return classes, f
-    raise DataError(f"image folder '{path}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
-                    field="source")
+    raise DataError(f"image folder '{path}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))})", field="source")
 
 
 def _images(folder: Path) -> Iterator[Path]:
@@ -257,8 +283,10 @@ def load_arrays(p: pb.DatasetParameter, base_dir: str, phase: int) -> tuple[np.n
     if p.HasField("record_shape"):
         shape = tuple(int(d) for d in p.record_shape.dim)
         if math.prod(shape) != math.prod(data.shape[1:]):
-            raise DataError(f"record_shape {shape} does not hold the {math.prod(data.shape[1:])} values of a "
-                            "record", field="record_shape")
+            raise DataError(
+                f"record_shape {shape} does not hold the {math.prod(data.shape[1:])} values of a record",
+                field="record_shape",
+            )
         data = data.reshape((len(data), *shape))
     if (p.new_height or p.new_width) and data.ndim == 4:
         data = _resize(data, p.new_height or data.shape[2], p.new_width or data.shape[3])
@@ -275,12 +303,11 @@ def _test_part(p: pb.DatasetParameter, n: int, presplit: np.ndarray | None) -> n
         raise DataError(f"test_fraction must be between 0 and 1, got {p.test_fraction}", field="test_fraction")
     order = np.random.default_rng(p.seed).permutation(n)
     test = np.zeros(n, dtype=bool)
-    test[order[:max(1, round(n * p.test_fraction))]] = True
+    test[order[: max(1, round(n * p.test_fraction))]] = True
     return test
 
 
-def _statistics(p: pb.DatasetParameter, data: np.ndarray, presplit: np.ndarray | None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _statistics(p: pb.DatasetParameter, data: np.ndarray, presplit: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Each feature's mean and standard deviation over the training part only (over every record with
     split ALL), so that nothing of the test part leaks into training; a constant feature keeps scale 1."""
     import numpy as np
@@ -346,8 +373,7 @@ def _read_arrays(path: Path, kind: str, p: pb.DatasetParameter) -> tuple[np.ndar
             probe.check_fits(math.prod(_npy_shape(path)), f"'{path}'")
             return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32), None
         shapes = _npz_shapes(path)
-        probe.check_fits(sum(math.prod(shapes[k]) for k in {p.data_key, p.label_key} if k in shapes),
-                         f"'{path}'")
+        probe.check_fits(sum(math.prod(shapes[k]) for k in {p.data_key, p.label_key} if k in shapes), f"'{path}'")
         with np.load(path, allow_pickle=False) as z:
             data = np.asarray(z[p.data_key], dtype=np.float32)
             labels = np.asarray(z[p.label_key], dtype=np.float32) if p.label_key in z.files else None
@@ -395,8 +421,9 @@ def _read_csv(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
                 bad = next(c for c in row if not _is_number(c))
                 raise DataError(f"{path}:{line}: '{bad}' is not a number", field="source") from None
             if len(rows[-1]) != len(rows[0]):
-                raise DataError(f"{path}:{line}: {len(rows[-1])} columns, but the first row has {len(rows[0])}",
-                                field="source")
+                raise DataError(
+                    f"{path}:{line}: {len(rows[-1])} columns, but the first row has {len(rows[0])}", field="source"
+                )
     table = np.asarray(rows, dtype=np.float32)
     col = label_column % table.shape[1]
     return np.delete(table, col, axis=1), table[:, col]

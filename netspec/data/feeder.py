@@ -47,8 +47,7 @@ class Transform:
         elif tp.mean_file:
             path = probe.resolve(tp.mean_file, node.spec.base_dir, "transform_param.mean_file")
             mean = torch.from_numpy(read_mean_file(path))
-        return Transform(tp.scale, None if mean is None else mean.to(device), tp.crop_size, tp.mirror,
-                         node.spec.train)
+        return Transform(tp.scale, None if mean is None else mean.to(device), tp.crop_size, tp.mirror, node.spec.train)
 
     def apply(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         x = x.float()
@@ -68,7 +67,7 @@ class Transform:
         k = self.crop
         if not self.train:
             top, left = (h - k) // 2, (w - k) // 2
-            return x[:, :, top:top + k, left:left + k]
+            return x[:, :, top : top + k, left : left + k]
         tops = torch.randint(0, h - k + 1, (n,), generator=gen).to(x.device)
         lefts = torch.randint(0, w - k + 1, (n,), generator=gen).to(x.device)
         steps = torch.arange(k, device=x.device)
@@ -85,8 +84,16 @@ class Source:
     """The batches of one data layer: records in a seeded order that wraps around epochs, as Caffe's
     data layers do; its position is saved in snapshots."""
 
-    def __init__(self, node: Node, batch: int, shuffle: bool, seed: int, device: torch.device,
-                 records: Records | None = None, arrays: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        batch: int,
+        shuffle: bool,
+        seed: int,
+        device: torch.device,
+        records: Records | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.node, self.batch, self.shuffle, self.seed, self.device = node, batch, shuffle, seed, device
         self.tops = node.tops
         self.transform = Transform.of(node, device)
@@ -98,8 +105,7 @@ class Source:
         else:
             self.size = len(records) if records is not None else 0
         if self.size == 0:
-            raise DataError(f"data layer '{node.name}' has no records for the {pb.Phase.Name(node.spec.phase)} "
-                            "phase")
+            raise DataError(f"data layer '{node.name}' has no records for the {pb.Phase.Name(node.spec.phase)} phase")
         self.epoch, self.cursor, self.batches = 0, 0, 0
         self._order = self._permutation(0)
         self._stream: Iterator[list[torch.Tensor]] | None = None
@@ -111,8 +117,7 @@ class Source:
         return torch.randperm(self.size, generator=gen)
 
     def _indices(self, count: int | None) -> torch.Tensor:
-        idx, self.epoch, self.cursor, self._order = _next_indices(self, self.epoch, self.cursor, self._order,
-                                                                  count)
+        idx, self.epoch, self.cursor, self._order = _next_indices(self, self.epoch, self.cursor, self._order, count)
         return idx
 
     def next(self, count: int | None = None) -> dict[str, torch.Tensor]:
@@ -138,8 +143,13 @@ class Source:
     def _open_stream(self) -> Iterator[list[torch.Tensor]]:
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(_RecordSet(self.records), batch_sampler=_Batches(self), pin_memory=False,
-                            num_workers=min(4, os.cpu_count() or 1), persistent_workers=False)
+        loader = DataLoader(
+            _RecordSet(self.records),
+            batch_sampler=_Batches(self),
+            pin_memory=False,
+            num_workers=min(4, os.cpu_count() or 1),
+            persistent_workers=False,
+        )
         return iter(loader)
 
     def _read(self) -> dict[str, torch.Tensor]:
@@ -174,13 +184,14 @@ class Source:
             self._stream = None
 
 
-def _next_indices(s: Source, epoch: int, cursor: int, order: torch.Tensor, count: int | None = None
-                  ) -> tuple[torch.Tensor, int, int, torch.Tensor]:
+def _next_indices(
+    s: Source, epoch: int, cursor: int, order: torch.Tensor, count: int | None = None
+) -> tuple[torch.Tensor, int, int, torch.Tensor]:
     """The indices of the batch at (epoch, cursor), wrapping into the next epoch, and the position after."""
     parts, need = [], count or s.batch
     while need:
         take = min(need, s.size - cursor)
-        parts.append(order[cursor:cursor + take])
+        parts.append(order[cursor : cursor + take])
         cursor += take
         need -= take
         if cursor == s.size:
@@ -214,14 +225,17 @@ class _RecordSet(torch.utils.data.Dataset[tuple[np.ndarray, float]]):
         return np.array(data), float(label) if label is not None else 0.0  # a writable copy
 
 
-
 class Feeder:
     """Batches for every data layer of a net; the blobs of Input and MemoryData layers must be given."""
 
     def __init__(self, net: Net, device: torch.device, seed: int, limit: int | None = None) -> None:
         self.sources: list[Source] = []
-        self.needs_inputs = [t for info in net.layers if info.node.definition.feeds
-                             and not info.node.definition.reads_records for t in info.node.tops]
+        self.needs_inputs = [
+            t
+            for info in net.layers
+            if info.node.definition.feeds and not info.node.definition.reads_records
+            for t in info.node.tops
+        ]
         train = net.state.phase == pb.TRAIN
         for info in net.layers:
             node, d = info.node, info.node.definition
@@ -300,8 +314,9 @@ class Feeder:
         return out
 
 
-def _stack(rows: list[tuple[np.ndarray, object]], tops: tuple[str, ...], device: torch.device
-           ) -> dict[str, torch.Tensor]:
+def _stack(
+    rows: list[tuple[np.ndarray, object]], tops: tuple[str, ...], device: torch.device
+) -> dict[str, torch.Tensor]:
     out = {tops[0]: torch.from_numpy(np.stack([r[0] for r in rows])).to(device)}
     if len(tops) > 1:
         out[tops[1]] = torch.tensor([float(r[1]) for r in rows], device=device)  # type: ignore[arg-type]  # a label top: numbers
@@ -312,8 +327,9 @@ def _load_all(node: Node, records: Records) -> dict[str, np.ndarray]:
     rows = [records.read(i) for i in range(len(records))]
     shapes = {r[0].shape for r in rows}
     if len(shapes) > 1:
-        raise DataError(f"records of '{node.name}' have different shapes: {sorted(shapes)[:3]}",
-                        hint=records.uneven_hint)
+        raise DataError(
+            f"records of '{node.name}' have different shapes: {sorted(shapes)[:3]}", hint=records.uneven_hint
+        )
     arrays = {node.tops[0]: np.stack([r[0] for r in rows])}
     if len(node.tops) > 1:
         arrays[node.tops[1]] = np.asarray([r[1] for r in rows], dtype=np.float32)

@@ -47,9 +47,11 @@ def check_fits(values: int, what: str) -> None:
     before they are read: a small compressed file can hold any number of zeros."""
     need, limit = 4 * values, memory_limit()
     if need > limit:
-        raise DataError(f"{what} holds {values:,} values ({need / 2**20:,.0f} MiB as float32), more than the "
-                        f"{limit / 2**20:,.0f} MiB netspec loads into memory",
-                        hint="raise NETSPEC_MAX_MEMORY_MB, or store the data in an LMDB, which is streamed")
+        raise DataError(
+            f"{what} holds {values:,} values ({need / 2**20:,.0f} MiB as float32), more than the "
+            f"{limit / 2**20:,.0f} MiB netspec loads into memory",
+            hint="raise NETSPEC_MAX_MEMORY_MB, or store the data in an LMDB, which is streamed",
+        )
 
 
 def database_kind(p: Any) -> Kind:
@@ -100,8 +102,7 @@ def hdf5_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise DataError("reading HDF5 files needs h5py: pip install h5py") from None
     try:
         with h5py.File(path, "r") as f:
-            return {name: tuple(int(d) for d in ds.shape) for name, ds in f.items()
-                    if isinstance(ds, h5py.Dataset)}
+            return {name: tuple(int(d) for d in ds.shape) for name, ds in f.items() if isinstance(ds, h5py.Dataset)}
     except OSError as e:
         raise DataError(f"cannot read HDF5 file '{path}': {e}", field="source") from None
 
@@ -139,9 +140,12 @@ def decoded_channels(image_mode: str, force_color: bool, force_gray: bool) -> in
     if force_color or force_gray:
         return 3 if force_color else 1
     if image_mode in WIDE_MODES:
-        raise DataError(f"encoded records hold {image_mode} images (more than 8 bits a value), which Caffe's Data "
-                        "layer refuses unless they are decoded to 8 bits", field="force_gray",
-                        hint="set transform_param { force_gray: true } or force_color")
+        raise DataError(
+            f"encoded records hold {image_mode} images (more than 8 bits a value), which Caffe's Data "
+            "layer refuses unless they are decoded to 8 bits",
+            field="force_gray",
+            hint="set transform_param { force_gray: true } or force_color",
+        )
     return 1 if image_mode in GRAY_MODES else 4 if image_mode in ALPHA_MODES else 3
 
 

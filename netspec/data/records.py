@@ -152,6 +152,8 @@ def hdf5_arrays(s: LayerSpec) -> dict[str, np.ndarray]:
                 parts[top].append(np.asarray(f[top], dtype=np.float32))
     for top, arrays in parts.items():
         if len({a.shape[1:] for a in arrays}) > 1:
-            raise DataError(f"the HDF5 files of '{listing}' hold records of different shapes in '{top}': "
-                            + ", ".join(sorted({str(a.shape[1:]) for a in arrays})[:3]))
+            raise DataError(
+                f"the HDF5 files of '{listing}' hold records of different shapes in '{top}': "
+                + ", ".join(sorted({str(a.shape[1:]) for a in arrays})[:3])
+            )
     return {top: np.concatenate(arrays) for top, arrays in parts.items()}

@@ -38,17 +38,22 @@ class CaffeExport:
     preprocessing: dict[str, Preprocess]
 
     def lines(self) -> list[str]:
-        out = [f"wrote {self.caffemodel} ({self.layers} layers with weights, {self.size:,} bytes)",
-               f"wrote {self.prototxt} (the deploy net for it)"]
+        out = [
+            f"wrote {self.caffemodel} ({self.layers} layers with weights, {self.size:,} bytes)",
+            f"wrote {self.prototxt} (the deploy net for it)",
+        ]
         for blob, pre in self.preprocessing.items():
             mean = f"the mean image in {pre.mean_file}" if pre.mean_file else f"the mean {list(pre.mean or [])}"
             steps = ([f"subtract {mean}"] if pre.mean_file or pre.mean else []) + (
-                [f"multiply by {pre.scale:g}"] if pre.scale != 1 else [])
-            out.append(f"note: the deploy net takes '{blob}' preprocessed, as the data layer did: "
-                       + ", then ".join(steps))
+                [f"multiply by {pre.scale:g}"] if pre.scale != 1 else []
+            )
+            out.append(
+                f"note: the deploy net takes '{blob}' preprocessed, as the data layer did: " + ", then ".join(steps)
+            )
         if self.not_caffe:
-            out.append("note: these layers use netspec's additions, which Caffe cannot read: "
-                       + ", ".join(self.not_caffe))
+            out.append(
+                "note: these layers use netspec's additions, which Caffe cannot read: " + ", ".join(self.not_caffe)
+            )
         return out
 
 
@@ -64,10 +69,13 @@ def export_caffemodel(module: NetModule, path: str | Path) -> CaffeExport:
     prototxt = path.with_name(path.name[: -len(".caffemodel")] + "_deploy.prototxt")
     source = Path(module.net.spec.path).resolve()
     if prototxt.resolve() == source or path.resolve() == source:
-        raise NetspecError(f"writing '{prototxt}' would overwrite the spec being exported",
-                           hint="give --caffemodel a different name or folder")
-    layers = [(info.node.lp, [t.detach().cpu().numpy() for t in params.get(info.node.name, [])])
-              for info in test.net.layers]
+        raise NetspecError(
+            f"writing '{prototxt}' would overwrite the spec being exported",
+            hint="give --caffemodel a different name or folder",
+        )
+    layers = [
+        (info.node.lp, [t.detach().cpu().numpy() for t in params.get(info.node.name, [])]) for info in test.net.layers
+    ]
     size = write_caffemodel(path, test.net.name, layers)
     net = pb.NetParameter(name=test.net.name)
     for blob, shape in deploy.plan.inputs.items():
@@ -86,8 +94,9 @@ def export_caffemodel(module: NetModule, path: str | Path) -> CaffeExport:
         prototxt.write_text(to_prototxt(net), encoding="utf-8")
     except OSError as e:
         raise NetspecError(f"cannot write '{prototxt}': {e.strerror}") from None
-    return CaffeExport(path, prototxt, sum(1 for _, blobs in layers if blobs), size, not_caffe,
-                       dict(deploy.plan.preprocessing))
+    return CaffeExport(
+        path, prototxt, sum(1 for _, blobs in layers if blobs), size, not_caffe, dict(deploy.plan.preprocessing)
+    )
 
 
 def _drop_netspec_fillers(message: Message) -> None:
@@ -116,8 +125,14 @@ def _uses_netspec_fields(message: Message) -> bool:
     return False
 
 
-def import_caffe(prototxt: str, caffemodel: str, out_dir: str, phase: str = "TEST",
-                 shapes: dict[str, tuple[int, ...]] | None = None, verify: bool = True) -> Iterator[str]:
+def import_caffe(
+    prototxt: str,
+    caffemodel: str,
+    out_dir: str,
+    phase: str = "TEST",
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    verify: bool = True,
+) -> Iterator[str]:
     """A Caffe model as netspec files in `out_dir`: NAME.yaml (the spec, in the current layer format),
     NAME.pt (its weights) and NAME.onnx (verified against PyTorch). Yields a summary line per file as it
     is written, so that what was done is reported even when a later step fails."""
@@ -135,11 +150,16 @@ def import_caffe(prototxt: str, caffemodel: str, out_dir: str, phase: str = "TES
     yaml_path.write_text(to_yaml(upgraded), encoding="utf-8")
     net = build_net(read_net(str(yaml_path)), phase, shapes=shapes)
     if net.shapes != original.shapes or net.num_params != original.num_params:
-        raise NetspecError(f"the YAML written to '{yaml_path}' does not describe the same net as '{prototxt}'",
-                           hint="this is a bug in netspec; please report it with the prototxt")
+        raise NetspecError(
+            f"the YAML written to '{yaml_path}' does not describe the same net as '{prototxt}'",
+            hint="this is a bug in netspec; please report it with the prototxt",
+        )
     yield f"imported {prototxt} with {caffemodel} (net '{net.name}', {net.phase} phase)"
-    yield (f"spec:    {yaml_path} ({len(net.layers)} layers"
-           + (", upgraded from Caffe's V1 layer format" if spec.message.layers else "") + ")")
+    yield (
+        f"spec:    {yaml_path} ({len(net.layers)} layers"
+        + (", upgraded from Caffe's V1 layer format" if spec.message.layers else "")
+        + ")"
+    )
     module = NetModule(net)
     report = apply_weights(module.caffe_params(), weights, caffemodel)
     snapshot.save_weights(module.caffe_params(), pt_path)
@@ -147,5 +167,7 @@ def import_caffe(prototxt: str, caffemodel: str, out_dir: str, phase: str = "TES
     exported = export_onnx(module, onnx_path, verify=verify)
     inputs = ", ".join(f"{k} {v}" for k, v in exported.inputs.items())
     worst = max((c.max_abs for c in exported.comparisons), default=None)
-    yield (f"onnx:    {onnx_path} (input {inputs}; "
-           + ("not verified)" if worst is None else f"verified against PyTorch: max |onnx - torch| {worst:.3g})"))
+    yield (
+        f"onnx:    {onnx_path} (input {inputs}; "
+        + ("not verified)" if worst is None else f"verified against PyTorch: max |onnx - torch| {worst:.3g})")
+    )

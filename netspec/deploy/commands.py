@@ -58,18 +58,26 @@ def spec_batch(net: Net, limit: int | None = 5) -> dict[str, torch.Tensor] | Non
         k = source.transform.crop
         if k and x.dim() == 4:
             h, w = x.shape[2], x.shape[3]
-            x = x[:, :, (h - k) // 2:(h - k) // 2 + k, (w - k) // 2:(w - k) // 2 + k]
+            x = x[:, :, (h - k) // 2 : (h - k) // 2 + k, (w - k) // 2 : (w - k) // 2 + k]
         out[top] = x
     return out
 
 
-def export(spec: str, weights: str | None, out: str, opset: int, batch: str, labels: str | None,
-           verify: bool) -> ExportReport:
+def export(
+    spec: str, weights: str | None, out: str, opset: int, batch: str, labels: str | None, verify: bool
+) -> ExportReport:
     module = compiled(spec, weights)
     size: str | int = batch if batch == "dynamic" else _batch(batch)
-    return export_onnx(module, out, opset=opset, batch=size, labels=read_labels(labels) if labels else None,
-                       verify=verify, data=spec_batch(module.net) if verify else None,
-                       ranges=input_ranges(module.net))
+    return export_onnx(
+        module,
+        out,
+        opset=opset,
+        batch=size,
+        labels=read_labels(labels) if labels else None,
+        verify=verify,
+        data=spec_batch(module.net) if verify else None,
+        ranges=input_ranges(module.net),
+    )
 
 
 def _batch(text: str) -> int:
@@ -113,8 +121,11 @@ def predict(model: str, weights: str | None, input_path: str, k: int, labels: st
             raise DataError(f"the model takes {len(runtime.inputs)} inputs; predict feeds one")
         value_range = runtime.input_ranges.get(runtime.inputs[0].name)
         x = read_input(input_path, runtime.inputs[0].shape, runtime.channel_order, value_range, notes)
-        if not runtime.channel_order_recorded and Path(input_path).suffix.lower() in IMAGES \
-                and runtime.inputs[0].shape[1:2] == (3,):  # a colour image for a model netspec did not export
+        if (
+            not runtime.channel_order_recorded
+            and Path(input_path).suffix.lower() in IMAGES
+            and runtime.inputs[0].shape[1:2] == (3,)
+        ):  # a colour image for a model netspec did not export
             notes.append("the model records no channel order; the image was fed as BGR, as Caffe's models take it")
         output = next((o for o in runtime.outputs if o.name == "prob"), runtime.outputs[0])
         scores, name = runtime.run({runtime.inputs[0].name: x}, [output.name])[0], output.name
@@ -126,8 +137,13 @@ def predict(model: str, weights: str | None, input_path: str, k: int, labels: st
         if len(deploy.input_names) != 1:
             raise DataError(f"the net takes {len(deploy.input_names)} inputs; predict feeds one")
         top = deploy.input_names[0]
-        x = read_input(input_path, (-1, *deploy.plan.inputs[top][1:]), deploy.plan.channel_order,
-                       input_ranges(deploy.net.net).get(top), notes)
+        x = read_input(
+            input_path,
+            (-1, *deploy.plan.inputs[top][1:]),
+            deploy.plan.channel_order,
+            input_ranges(deploy.net.net).get(top),
+            notes,
+        )
         with torch.no_grad():
             outputs = deploy(torch.from_numpy(x))
         index = deploy.output_names.index("prob") if "prob" in deploy.output_names else 0

@@ -55,12 +55,16 @@ class ExportReport:
         return bool(self.comparisons) and all(c.ok for c in self.comparisons)
 
     def lines(self) -> list[str]:
-        out = [f"exported {self.path} (opset {self.opset})",
-               "inputs:  " + ", ".join(f"{k} {v}" for k, v in self.inputs.items()),
-               "outputs: " + ", ".join(f"{k} {v}" for k, v in self.outputs.items())]
+        out = [
+            f"exported {self.path} (opset {self.opset})",
+            "inputs:  " + ", ".join(f"{k} {v}" for k, v in self.inputs.items()),
+            "outputs: " + ", ".join(f"{k} {v}" for k, v in self.outputs.items()),
+        ]
         for c in self.comparisons:
-            out.append(f"verified on {c.what} (batch {c.batch}): max |onnx - torch| {c.max_abs:.3g}, max relative "
-                       f"{c.max_rel:.3g} ({'ok' if c.ok else 'FAILED'}; tolerance rtol {RTOL:g}, atol {ATOL:g})")
+            out.append(
+                f"verified on {c.what} (batch {c.batch}): max |onnx - torch| {c.max_abs:.3g}, max relative "
+                f"{c.max_rel:.3g} ({'ok' if c.ok else 'FAILED'}; tolerance rtol {RTOL:g}, atol {ATOL:g})"
+            )
         return out
 
 
@@ -93,18 +97,27 @@ def deploy_module(module: NetModule) -> DeployModule:
     return DeployModule(module.to("cpu").eval(), plan(module.net))
 
 
-def _example(shape: tuple[int, ...], batch: int, ints: int | None, gen: torch.Generator, axis: int | None = 0
-             ) -> torch.Tensor:
+def _example(
+    shape: tuple[int, ...], batch: int, ints: int | None, gen: torch.Generator, axis: int | None = 0
+) -> torch.Tensor:
     full = tuple(batch if i == axis else d for i, d in enumerate(shape))  # axis None: as the spec has it
     if ints:
         return torch.randint(0, ints, full, generator=gen).float()
     return torch.randn(full, generator=gen)
 
 
-def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: str | int = "dynamic",
-                labels: list[str] | None = None, verify: bool = True, optimize: bool = True,
-                data: dict[str, torch.Tensor] | None = None,
-                ranges: dict[str, tuple[float, float]] | None = None) -> ExportReport:
+def export_onnx(
+    module: NetModule,
+    path: str | Path,
+    *,
+    opset: int = 18,
+    batch: str | int = "dynamic",
+    labels: list[str] | None = None,
+    verify: bool = True,
+    optimize: bool = True,
+    data: dict[str, torch.Tensor] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
+) -> ExportReport:
     """Exports a compiled net's deploy graph to ONNX and checks it.
 
     Args:
@@ -136,23 +149,36 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
     ids = {blob: bound for blob, bound in deploy.net.net.id_bounds().items() if blob in deploy.plan.inputs}
     gen = torch.Generator().manual_seed(0)
     axes = deploy.plan.batch_axes
-    example = tuple(_example(s, 2 if dynamic else int(batch), ids.get(n), gen, axes[n]) for n, s in
-                    zip(names, shapes, strict=True))
+    example = tuple(
+        _example(s, 2 if dynamic else int(batch), ids.get(n), gen, axes[n]) for n, s in zip(names, shapes, strict=True)
+    )
     weight_bytes = sum(t.numel() * t.element_size() for t in deploy.state_dict().values())
     external = weight_bytes > EXTERNAL_DATA_BYTES
     try:
         with _quiet(), torch.no_grad():
-            program = cast(torch.onnx.ONNXProgram, torch.onnx.export(  # dynamo=True always returns one
-                deploy, example, dynamo=True, opset_version=opset, input_names=names,
-                output_names=deploy.output_names, optimize=optimize, verbose=False,
-                dynamic_shapes=(tuple(None if axes[n] is None else {axes[n]: "batch"} for n in names),)
-                if dynamic else None))
+            program = cast(
+                torch.onnx.ONNXProgram,
+                torch.onnx.export(  # dynamo=True always returns one
+                    deploy,
+                    example,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=names,
+                    output_names=deploy.output_names,
+                    optimize=optimize,
+                    verbose=False,
+                    dynamic_shapes=(tuple(None if axes[n] is None else {axes[n]: "batch"} for n in names),)
+                    if dynamic
+                    else None,
+                ),
+            )
             program.save(str(path), external_data=external)
     except NetspecError:
         raise
     except Exception as e:  # the exporter raises many kinds; the user needs its summary
-        raise ExportError(f"the PyTorch exporter failed: {_summary(str(e))}",
-                          hint="run with --debug for the exporter's full report") from None
+        raise ExportError(
+            f"the PyTorch exporter failed: {_summary(str(e))}", hint="run with --debug for the exporter's full report"
+        ) from None
     model = onnx.load(str(path), load_external_data=True)
     _check(model, path, deploy, dynamic, batch)
     report = ExportReport(str(path), _io(model.graph.input), _io(model.graph.output), opset)
@@ -163,10 +189,12 @@ def export_onnx(module: NetModule, path: str | Path, *, opset: int = 18, batch: 
             failed = path.with_name(path.name + ".failed")
             path.replace(failed)
             worst = max(report.comparisons, key=lambda c: c.max_abs)
-            raise ExportError(f"the exported model does not compute what PyTorch does: on {worst.what} (batch "
-                              f"{worst.batch}) they differ by up to {worst.max_abs:.3g} (relative "
-                              f"{worst.max_rel:.3g}); the file was renamed to {failed}",
-                              hint="export with --no-verify to keep it anyway, or report the layers involved")
+            raise ExportError(
+                f"the exported model does not compute what PyTorch does: on {worst.what} (batch "
+                f"{worst.batch}) they differ by up to {worst.max_abs:.3g} (relative "
+                f"{worst.max_rel:.3g}); the file was renamed to {failed}",
+                hint="export with --no-verify to keep it anyway, or report the layers involved",
+            )
     return report
 
 
@@ -174,7 +202,7 @@ def _summary(text: str) -> str:
     """The line of the exporter's report that says what went wrong."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if "## Exception summary" in lines:
-        rest = lines[lines.index("## Exception summary") + 1:]
+        rest = lines[lines.index("## Exception summary") + 1 :]
         return " ".join(rest[:2])[:400]
     return (lines[0] if lines else "unknown error")[:400]
 
@@ -197,14 +225,24 @@ def _check(model: Any, path: Path, deploy: DeployModule, dynamic: bool, batch: s
         dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
         want = list(shapes[value.name])
         agree = len(dims) == len(want) and all(
-            isinstance(d, str) or d == w or (not dynamic and d == batch) for d, w in zip(dims, want, strict=True))
+            isinstance(d, str) or d == w or (not dynamic and d == batch) for d, w in zip(dims, want, strict=True)
+        )
         if not agree:
-            raise ExportError(f"ONNX shape inference gives output '{value.name}' the shape {dims}; netspec infers "
-                              f"{want} (the batch axis aside)")
+            raise ExportError(
+                f"ONNX shape inference gives output '{value.name}' the shape {dims}; netspec infers "
+                f"{want} (the batch axis aside)"
+            )
 
 
-def _write_metadata(model: Any, path: Path, module: NetModule, deploy: DeployModule, labels: list[str] | None,
-                    external: bool, ranges: dict[str, tuple[float, float]] | None = None) -> None:
+def _write_metadata(
+    model: Any,
+    path: Path,
+    module: NetModule,
+    deploy: DeployModule,
+    labels: list[str] | None,
+    external: bool,
+    ranges: dict[str, tuple[float, float]] | None = None,
+) -> None:
     import onnx
 
     spec_path = Path(module.net.spec.path)
@@ -230,8 +268,9 @@ def _write_metadata(model: Any, path: Path, module: NetModule, deploy: DeployMod
     onnx.save(model, str(path), save_as_external_data=external)
 
 
-def _verify(path: Path, deploy: DeployModule, report: ExportReport, ids: dict[str, int],
-            data: dict[str, torch.Tensor] | None) -> None:
+def _verify(
+    path: Path, deploy: DeployModule, report: ExportReport, ids: dict[str, int], data: dict[str, torch.Tensor] | None
+) -> None:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -241,9 +280,10 @@ def _verify(path: Path, deploy: DeployModule, report: ExportReport, ids: dict[st
     batches: list[tuple[str, dict[str, torch.Tensor]]] = []
     gen = torch.Generator().manual_seed(1)
     axes = deploy.plan.batch_axes
-    for b in ([fixed[0]] if fixed else [1, 3]):
-        batches.append(("random inputs", {n: _example(s, b, ids.get(n), gen, axes[n]) for n, s in
-                                          deploy.plan.inputs.items()}))
+    for b in [fixed[0]] if fixed else [1, 3]:
+        batches.append(
+            ("random inputs", {n: _example(s, b, ids.get(n), gen, axes[n]) for n, s in deploy.plan.inputs.items()})
+        )
     if data is not None:
         feed = {n: data[n] for n in deploy.input_names if n in data}
         if len(feed) == len(deploy.input_names):

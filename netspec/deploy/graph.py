@@ -41,10 +41,14 @@ class Preprocess:
     standardize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def describe(self) -> dict[str, object]:
-        return {"scale": self.scale, "mean": list(self.mean) if self.mean else None,
-                "mean_file": self.mean_file.name if self.mean_file else None,
-                "standardize": {"mean": list(self.standardize[0]), "std": list(self.standardize[1])}
-                if self.standardize else None}
+        return {
+            "scale": self.scale,
+            "mean": list(self.mean) if self.mean else None,
+            "mean_file": self.mean_file.name if self.mean_file else None,
+            "standardize": {"mean": list(self.standardize[0]), "std": list(self.standardize[1])}
+            if self.standardize
+            else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,11 @@ def plan(net: Net) -> DeployPlan:
     dropped = [info for info in net.layers if info.node.definition.train_only]
     origin = _origins(net)
     labels = _label_blobs(dropped, origin)
-    kept = [info for info in net.layers if not (info in dropped or info.node.definition.feeds
-                                                or any(labels & origin[b] for b in info.node.bottoms))]
+    kept = [
+        info
+        for info in net.layers
+        if not (info in dropped or info.node.definition.feeds or any(labels & origin[b] for b in info.node.bottoms))
+    ]
     targets = {b for info in dropped for b in info.node.bottoms[1:]} - {info.node.bottoms[0] for info in dropped}
     outputs = tuple(b for b in final_blobs([info.node for info in kept]) if b not in targets)
     kept = _needed(kept, outputs)
@@ -73,8 +80,10 @@ def plan(net: Net) -> DeployPlan:
     fed = [(info, top) for info in net.layers if info.node.definition.feeds for top in info.node.tops]
     inputs = {top: net.shapes[top] for _, top in fed if top in consumed}
     if not outputs:
-        raise ExportError("the net has nothing left to compute once its losses and accuracy are dropped",
-                          hint="a deploy net needs layers whose outputs are not losses (e.g. a Softmax 'prob')")
+        raise ExportError(
+            "the net has nothing left to compute once its losses and accuracy are dropped",
+            hint="a deploy net needs layers whose outputs are not losses (e.g. a Softmax 'prob')",
+        )
     preprocessing, order = {}, "RGB"
     for info, top in fed:
         node = info.node
@@ -83,12 +92,14 @@ def plan(net: Net) -> DeployPlan:
         if top != node.tops[0] or top not in inputs:
             continue
         tp = node.lp.transform_param
-        mean_file = probe.resolve(tp.mean_file, node.spec.base_dir, "transform_param.mean_file") if tp.mean_file \
-            else None
+        mean_file = (
+            probe.resolve(tp.mean_file, node.spec.base_dir, "transform_param.mean_file") if tp.mean_file else None
+        )
         standardize = _standardization(node, inputs[top])
         if tp.scale != 1 or tp.mean_value or mean_file or standardize:
-            preprocessing[top] = Preprocess(float(tp.scale), tuple(float(v) for v in tp.mean_value) or None,
-                                            mean_file, standardize)
+            preprocessing[top] = Preprocess(
+                float(tp.scale), tuple(float(v) for v in tp.mean_value) or None, mean_file, standardize
+            )
     # a layer's batch_axis: recurrent layers take (T, N, ...), so their inputs' batch axis is 1
     read_at: dict[str, int] = {}
     for info in kept:
@@ -97,8 +108,9 @@ def plan(net: Net) -> DeployPlan:
     found = {name: read_at.get(name, 0) if len(shape) > 1 else 0 for name, shape in inputs.items()}
     # an input whose size there differs from the first input's batch is no batch (a Scale's scale, say)
     lead = next(((shape[found[n]] if shape else None) for n, shape in inputs.items()), None)
-    axes: dict[str, int | None] = {name: found[name] if shape and shape[found[name]] == lead else None
-                                   for name, shape in inputs.items()}
+    axes: dict[str, int | None] = {
+        name: found[name] if shape and shape[found[name]] == lead else None for name, shape in inputs.items()
+    }
     return DeployPlan(tuple(i.node.name for i in kept), inputs, outputs, preprocessing, order, axes)
 
 
@@ -111,9 +123,11 @@ def _standardization(node: Any, shape: Shape) -> tuple[tuple[float, ...], tuple[
 
     mean, std = standardization(node.lp.dataset_param, node.spec.base_dir)
     if mean.size != math.prod(shape[1:]):
-        raise ExportError(f"'{node.name}' standardizes records of {mean.size} values, but the net's input "
-                          f"'{node.tops[0]}' has {math.prod(shape[1:])} (resized or cropped records)",
-                          hint="standardize tabular records; scale images with transform_param instead")
+        raise ExportError(
+            f"'{node.name}' standardizes records of {mean.size} values, but the net's input "
+            f"'{node.tops[0]}' has {math.prod(shape[1:])} (resized or cropped records)",
+            hint="standardize tabular records; scale images with transform_param instead",
+        )
     return tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel())
 
 
@@ -175,7 +189,8 @@ class DeployModule(nn.Module):
             x = env[name]
             if pre.standardize is not None:
                 x = (x - cast(torch.Tensor, self._buffers[f"center_{name}"])) / cast(
-                    torch.Tensor, self._buffers[f"spread_{name}"])
+                    torch.Tensor, self._buffers[f"spread_{name}"]
+                )
             if name in self._means:
                 x = x - cast(torch.Tensor, self._buffers[self._means[name]])
             env[name] = x * pre.scale if pre.scale != 1 else x
@@ -192,7 +207,7 @@ def _mean_tensor(name: str, pre: Preprocess, shape: Shape) -> torch.Tensor | Non
         if len(shape) != 4 or c != shape[1] or h < height or w < width:
             raise ExportError(f"the mean image in '{pre.mean_file}' is {c}x{h}x{w}; input '{name}' is {shape}")
         top, left = (h - height) // 2, (w - width) // 2
-        return image[None, :, top:top + height, left:left + width].clone()
+        return image[None, :, top : top + height, left : left + width].clone()
     if pre.mean is None:
         return None
     view = (1, -1) + (1,) * (len(shape) - 2) if len(shape) > 2 else (1, -1) if len(pre.mean) > 1 else (1,)

@@ -15,8 +15,13 @@ from netspec.files import checked
 IMAGES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
-def read_input(path: str, shape: tuple[int, ...], channel_order: str,
-               value_range: tuple[float, float] | None = None, notes: list[str] | None = None) -> np.ndarray:
+def read_input(
+    path: str,
+    shape: tuple[int, ...],
+    channel_order: str,
+    value_range: tuple[float, float] | None = None,
+    notes: list[str] | None = None,
+) -> np.ndarray:
     """The records of a file (one image, every CSV row, a .npy record or batch) shaped for a model input
     of `shape` (batch axis first, -1 where free), with a batch axis. `value_range` is the training data's
     (lowest, highest) value; what an image needed to fit the model is appended to `notes`."""
@@ -35,8 +40,10 @@ def read_input(path: str, shape: tuple[int, ...], channel_order: str,
     elif suffix in IMAGES:
         arr = _image(p, record, channel_order, value_range, [] if notes is None else notes)
     else:
-        raise DataError(f"cannot tell what '{path}' holds from its name",
-                        hint="give a .npy array, an image (.png, .jpg, ...) or a .csv of rows")
+        raise DataError(
+            f"cannot tell what '{path}' holds from its name",
+            hint="give a .npy array, an image (.png, .jpg, ...) or a .csv of rows",
+        )
     arr = np.asarray(arr, dtype=np.float32)
     want = int(np.prod([d for d in record if d > 0])) if all(d > 0 for d in record) else None
     if arr.shape == tuple(record):
@@ -47,8 +54,9 @@ def read_input(path: str, shape: tuple[int, ...], channel_order: str,
         return arr.reshape((1, *record))
     if want is not None and arr.ndim == 2 and arr.shape[1] == want:  # one record per row
         return arr.reshape((arr.shape[0], *record))
-    raise DataError(f"'{path}' holds {arr.size} values of shape {arr.shape}; the model takes records of shape "
-                    f"{tuple(record)}")
+    raise DataError(
+        f"'{path}' holds {arr.size} values of shape {arr.shape}; the model takes records of shape {tuple(record)}"
+    )
 
 
 def _csv_rows(p: Path, path: str) -> np.ndarray:
@@ -70,8 +78,9 @@ def _csv_rows(p: Path, path: str) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
-def _image(path: Path, record: tuple[int, ...], channel_order: str, value_range: tuple[float, float] | None,
-           notes: list[str]) -> np.ndarray:
+def _image(
+    path: Path, record: tuple[int, ...], channel_order: str, value_range: tuple[float, float] | None, notes: list[str]
+) -> np.ndarray:
     from netspec.data import images, probe
 
     if len(record) != 3:
@@ -86,8 +95,11 @@ def _image(path: Path, record: tuple[int, ...], channel_order: str, value_range:
         notes.append(f"the {size[1]}x{size[0]} image was resized to {width}x{height}, the model's input size")
     gray = _is_gray(path)
     if gray is not None and gray != (channels == 1):
-        notes.append("the grayscale image was read as color (3 channels)" if gray else
-                     "the color image was read as grayscale, as the model takes one channel")
+        notes.append(
+            "the grayscale image was read as color (3 channels)"
+            if gray
+            else "the color image was read as grayscale, as the model takes one channel"
+        )
     arr = images.to_chw(pixels).astype(np.float32)  # OpenCV's BGR
     if channels == 3 and channel_order != "BGR":
         arr = arr[::-1]
@@ -96,8 +108,10 @@ def _image(path: Path, record: tuple[int, ...], channel_order: str, value_range:
     elif float(arr.max()) > value_range[1] * 1.01 + 1e-6:  # a 0..255 image for a model of another range
         lo, hi = value_range
         arr = lo + arr * ((hi - lo) / 255.0)
-        notes.append(f"the pixels (0..255) were scaled to {lo:g}..{hi:g}, the range of the training data "
-                     "(a guess: check that it is what the model takes)")
+        notes.append(
+            f"the pixels (0..255) were scaled to {lo:g}..{hi:g}, the range of the training data "
+            "(a guess: check that it is what the model takes)"
+        )
     return np.ascontiguousarray(arr)
 
 

@@ -20,11 +20,17 @@ from netspec.files import checked
 
 # Open Inference Protocol datatype <-> onnxruntime type <-> numpy dtype
 DATATYPES = {
-    "tensor(float)": ("FP32", np.float32), "tensor(double)": ("FP64", np.float64),
-    "tensor(float16)": ("FP16", np.float16), "tensor(int64)": ("INT64", np.int64),
-    "tensor(int32)": ("INT32", np.int32), "tensor(int16)": ("INT16", np.int16), "tensor(int8)": ("INT8", np.int8),
-    "tensor(uint8)": ("UINT8", np.uint8), "tensor(uint16)": ("UINT16", np.uint16),
-    "tensor(uint32)": ("UINT32", np.uint32), "tensor(uint64)": ("UINT64", np.uint64),
+    "tensor(float)": ("FP32", np.float32),
+    "tensor(double)": ("FP64", np.float64),
+    "tensor(float16)": ("FP16", np.float16),
+    "tensor(int64)": ("INT64", np.int64),
+    "tensor(int32)": ("INT32", np.int32),
+    "tensor(int16)": ("INT16", np.int16),
+    "tensor(int8)": ("INT8", np.int8),
+    "tensor(uint8)": ("UINT8", np.uint8),
+    "tensor(uint16)": ("UINT16", np.uint16),
+    "tensor(uint32)": ("UINT32", np.uint32),
+    "tensor(uint64)": ("UINT64", np.uint64),
     "tensor(bool)": ("BOOL", np.bool_),
 }
 NUMPY_OF = {name: dtype for name, dtype in DATATYPES.values()}
@@ -63,8 +69,10 @@ def _cgroup_cpus() -> int | None:
     if text is not None:
         quota, _, period = text.partition(" ")
     else:
-        quota, period = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") or "-1", \
-            _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us") or "100000"
+        quota, period = (
+            _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") or "-1",
+            _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us") or "100000",
+        )
     try:
         q, p = int(quota), int(period)
     except ValueError:  # "max": no quota
@@ -109,8 +117,10 @@ class Runtime:
         try:
             self.session = ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own kinds for every unreadable model
-            raise DataError(f"onnxruntime cannot load '{path}': {str(e).splitlines()[0][:300]}",
-                            hint="export it with `netspec export SPEC --onnx FILE`") from None
+            raise DataError(
+                f"onnxruntime cannot load '{path}': {str(e).splitlines()[0][:300]}",
+                hint="export it with `netspec export SPEC --onnx FILE`",
+            ) from None
         self.path = p
         self.inputs = [self._tensor(v) for v in self.session.get_inputs()]
         self.outputs = [self._tensor(v) for v in self.session.get_outputs()]
@@ -119,7 +129,8 @@ class Runtime:
         self.channel_order = meta.get("netspec.channel_order", "BGR")
         self.channel_order_recorded = "netspec.channel_order" in meta
         self.input_ranges: dict[str, tuple[float, float]] = {
-            k: (float(v[0]), float(v[1])) for k, v in json.loads(meta.get("netspec.input_ranges", "{}")).items()}
+            k: (float(v[0]), float(v[1])) for k, v in json.loads(meta.get("netspec.input_ranges", "{}")).items()
+        }
 
     @staticmethod
     def _tensor(value: Any) -> Tensor:
@@ -168,9 +179,16 @@ class Batcher:
     `batchable` False (a model without a free first axis on every input and output) runs requests one by one
     through the same queue."""
 
-    def __init__(self, runtime: Runtime, instances: int, max_batch_size: int = 64, max_queue_delay: float = 0.0,
-                 max_queue_size: int = 1024, batchable: bool | None = None,
-                 observe: Callable[[Execution], None] | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        instances: int,
+        max_batch_size: int = 64,
+        max_queue_delay: float = 0.0,
+        max_queue_size: int = 1024,
+        batchable: bool | None = None,
+        observe: Callable[[Execution], None] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.free = instances
         self.max_batch_size = max_batch_size
@@ -192,8 +210,9 @@ class Batcher:
         item = _Pending(feeds, outputs, key, n if mergeable else 0)
         with self.cond:
             if len(self.queue) >= self.max_queue_size:
-                raise QueueFull(f"the server's queue holds {self.max_queue_size} requests (--max-queue-size); "
-                                "retry later")
+                raise QueueFull(
+                    f"the server's queue holds {self.max_queue_size} requests (--max-queue-size); retry later"
+                )
             self.queue.append(item)
             if self.max_queue_delay > 0:
                 self.cond.notify_all()  # a run waiting to fill up may take this one
@@ -263,7 +282,7 @@ class Batcher:
         self._observe(batch, start)
         offset = 0
         for item in batch:
-            part = {name: r[offset:offset + item.rows] for name, r in zip(names, results, strict=True)}
+            part = {name: r[offset : offset + item.rows] for name, r in zip(names, results, strict=True)}
             item.results = [part[name] for name in item.outputs]
             offset += item.rows
 
@@ -279,5 +298,8 @@ class Batcher:
     def _observe(self, batch: list[_Pending], start: float) -> None:
         if self.observe is not None:
             end = time.monotonic()
-            self.observe(Execution(len(batch), sum(item.rows for item in batch),
-                                   [start - item.arrival for item in batch], end - start))
+            self.observe(
+                Execution(
+                    len(batch), sum(item.rows for item in batch), [start - item.arrival for item in batch], end - start
+                )
+            )

@@ -78,9 +78,19 @@ ACCEPT_POLL = 0.2  # seconds between checks for a stop while no connection arriv
 FD_RESERVE = 64  # open files kept free of connections: the model, logs, sockets being closed
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-           411: "Length Required", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
 
 
 class RequestError(Exception):
@@ -145,9 +155,12 @@ class Metrics:
     def state(self) -> dict[str, Any]:
         """The counts, as JSON, for the other workers to add to theirs."""
         with self.lock:
-            return {"requests": [[e, s, n] for (e, s), n in self.requests.items()], "inferences": self.inferences,
-                    "executions": self.executions,
-                    "histograms": {name: [h.counts, h.sum, h.count] for name, h in self._histograms().items()}}
+            return {
+                "requests": [[e, s, n] for (e, s), n in self.requests.items()],
+                "inferences": self.inferences,
+                "executions": self.executions,
+                "histograms": {name: [h.counts, h.sum, h.count] for name, h in self._histograms().items()},
+            }
 
     def add(self, state: dict[str, Any]) -> None:
         for endpoint, status, n in state["requests"]:
@@ -161,8 +174,11 @@ class Metrics:
             h.count += count
 
     def _histograms(self) -> dict[str, Histogram]:
-        return {"batch_size": self.batch_size, "queue_seconds": self.queue_seconds,
-                "compute_seconds": self.compute_seconds}
+        return {
+            "batch_size": self.batch_size,
+            "queue_seconds": self.queue_seconds,
+            "compute_seconds": self.compute_seconds,
+        }
 
     def text(self, model: str, others: list[dict[str, Any]] | None = None) -> str:
         """The text exposition; `others`: the states of the other workers, added to this one's (the
@@ -174,25 +190,30 @@ class Metrics:
             return total.text(model)
         model = f'model="{_label(model)}"'
         with self.lock:
-            lines = ["# HELP netspec_requests_total HTTP requests by model, endpoint and status.",
-                     "# TYPE netspec_requests_total counter"]
+            lines = [
+                "# HELP netspec_requests_total HTTP requests by model, endpoint and status.",
+                "# TYPE netspec_requests_total counter",
+            ]
             for (endpoint, status), n in sorted(self.requests.items()):
                 lines.append(f'netspec_requests_total{{{model},endpoint="{endpoint}",code="{status}"}} {n}')
             errors = sum(n for (_, status), n in self.requests.items() if status >= 400)
-            lines += ["# HELP netspec_request_errors_total Requests answered with an error status.",
-                      "# TYPE netspec_request_errors_total counter",
-                      f"netspec_request_errors_total{{{model}}} {errors}",
-                      "# HELP netspec_inference_count_total Inference requests run (alone or batched).",
-                      "# TYPE netspec_inference_count_total counter",
-                      f"netspec_inference_count_total{{{model}}} {self.inferences}",
-                      "# HELP netspec_execution_count_total onnxruntime runs (fewer than requests when batched).",
-                      "# TYPE netspec_execution_count_total counter",
-                      f"netspec_execution_count_total{{{model}}} {self.executions}",
-                      *self.batch_size.lines("netspec_batch_size", "Rows per onnxruntime run.", model),
-                      *self.queue_seconds.lines("netspec_queue_seconds", "Time a request waited for a run.", model),
-                      *self.compute_seconds.lines("netspec_compute_seconds", "Time in onnxruntime per run.", model),
-                      "# HELP netspec_requests_in_flight Requests being answered now.",
-                      "# TYPE netspec_requests_in_flight gauge", f"netspec_requests_in_flight {self.in_flight}"]
+            lines += [
+                "# HELP netspec_request_errors_total Requests answered with an error status.",
+                "# TYPE netspec_request_errors_total counter",
+                f"netspec_request_errors_total{{{model}}} {errors}",
+                "# HELP netspec_inference_count_total Inference requests run (alone or batched).",
+                "# TYPE netspec_inference_count_total counter",
+                f"netspec_inference_count_total{{{model}}} {self.inferences}",
+                "# HELP netspec_execution_count_total onnxruntime runs (fewer than requests when batched).",
+                "# TYPE netspec_execution_count_total counter",
+                f"netspec_execution_count_total{{{model}}} {self.executions}",
+                *self.batch_size.lines("netspec_batch_size", "Rows per onnxruntime run.", model),
+                *self.queue_seconds.lines("netspec_queue_seconds", "Time a request waited for a run.", model),
+                *self.compute_seconds.lines("netspec_compute_seconds", "Time in onnxruntime per run.", model),
+                "# HELP netspec_requests_in_flight Requests being answered now.",
+                "# TYPE netspec_requests_in_flight gauge",
+                f"netspec_requests_in_flight {self.in_flight}",
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -208,9 +229,19 @@ class Request:
 class Server:
     """The HTTP front of one model."""
 
-    def __init__(self, runtime: Runtime, name: str, instances: int, max_body: int,
-                 max_connections: int | None = None, read_timeout: float = READ_SECONDS, max_batch_size: int = 64,
-                 max_queue_delay: float = 0.0, max_queue_size: int = 1024, metrics_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        name: str,
+        instances: int,
+        max_body: int,
+        max_connections: int | None = None,
+        read_timeout: float = READ_SECONDS,
+        max_batch_size: int = 64,
+        max_queue_delay: float = 0.0,
+        max_queue_size: int = 1024,
+        metrics_dir: str | None = None,
+    ) -> None:
         self.runtime, self.name = runtime, name
         self.metrics_dir = metrics_dir  # where the workers of one server share their counts
         self.read_timeout = read_timeout
@@ -218,8 +249,9 @@ class Server:
         self.closer = Closer()
         self.max_body = max_body
         self.metrics = Metrics()
-        self.batcher = Batcher(runtime, instances, max_batch_size, max_queue_delay, max_queue_size,
-                               observe=self.metrics.execution)
+        self.batcher = Batcher(
+            runtime, instances, max_batch_size, max_queue_delay, max_queue_size, observe=self.metrics.execution
+        )
         self.ready = True
         self.lock = threading.Lock()
         # open connection -> None while it is answering a request, else when it began waiting for one (or
@@ -254,8 +286,9 @@ class Server:
                         endpoint, status, body, headers = self._route(request)
                     self.metrics.request(endpoint, status)
                     keep_alive = request.keep_alive and not self.stopping.is_set()
-                    conn.sendall(_response(status, body if request.method != "HEAD" else b"", keep_alive, headers,
-                                           len(body)))
+                    conn.sendall(
+                        _response(status, body if request.method != "HEAD" else b"", keep_alive, headers, len(body))
+                    )
                 finally:
                     self._busy(conn, False)
                 if not keep_alive:
@@ -317,15 +350,24 @@ class Server:
         try:
             if path == "/metrics":
                 self._method(request, "GET")
-                return "metrics", 200, self.metrics.text(self.name, self._others()).encode(), {
-                    "Content-Type": "text/plain; version=0.0.4"}
+                return (
+                    "metrics",
+                    200,
+                    self.metrics.text(self.name, self._others()).encode(),
+                    {"Content-Type": "text/plain; version=0.0.4"},
+                )
             if parts[:1] != ["v2"]:
-                raise RequestError(404, f"no endpoint '{path[:80]}'; this server speaks the Open Inference "
-                                   "Protocol under /v2")
+                raise RequestError(
+                    404, f"no endpoint '{path[:80]}'; this server speaks the Open Inference Protocol under /v2"
+                )
             if parts == ["v2"]:
                 self._method(request, "GET")
-                return "server_metadata", 200, _dumps({"name": "netspec", "version": __version__,
-                                                       "extensions": ["binary_tensor_data"]}), None
+                return (
+                    "server_metadata",
+                    200,
+                    _dumps({"name": "netspec", "version": __version__, "extensions": ["binary_tensor_data"]}),
+                    None,
+                )
             if parts[1:2] == ["health"] and len(parts) == 3 and parts[2] in ("live", "ready"):
                 self._method(request, "GET")
                 key = parts[2]
@@ -354,10 +396,20 @@ class Server:
             rest = rest[2:]
         if not rest:
             self._method(request, "GET")
-            return "model_metadata", 200, _dumps({
-                "name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                "inputs": [t.metadata() for t in self.runtime.inputs],
-                "outputs": [t.metadata() for t in self.runtime.outputs]}), None
+            return (
+                "model_metadata",
+                200,
+                _dumps(
+                    {
+                        "name": self.name,
+                        "versions": ["1"],
+                        "platform": "onnxruntime_onnx",
+                        "inputs": [t.metadata() for t in self.runtime.inputs],
+                        "outputs": [t.metadata() for t in self.runtime.outputs],
+                    }
+                ),
+                None,
+            )
         if rest == ["ready"]:
             self._method(request, "GET")
             return "model_ready", 200, _dumps({"name": self.name, "ready": self.ready}), None
@@ -418,17 +470,23 @@ class Server:
                 raise RequestError(400, f"input '{name}' is given twice")
             tensor = spec[name]
             shape = _shape(item.get("shape"), name)
-            if len(shape) != len(tensor.shape) or any(m != -1 and m != s for m, s in zip(tensor.shape, shape,
-                                                                                       strict=True)):
-                raise RequestError(400, f"input '{name}' has shape {shape}; the model takes {list(tensor.shape)} "
-                                   "(-1: any size)")
+            if len(shape) != len(tensor.shape) or any(
+                m != -1 and m != s for m, s in zip(tensor.shape, shape, strict=True)
+            ):
+                raise RequestError(
+                    400, f"input '{name}' has shape {shape}; the model takes {list(tensor.shape)} (-1: any size)"
+                )
             datatype = item.get("datatype")
             if datatype != tensor.datatype:
-                raise RequestError(400, f"input '{name}' has datatype {str(datatype)[:20]}; the model takes "
-                                   f"{tensor.datatype}")
+                raise RequestError(
+                    400, f"input '{name}' has datatype {str(datatype)[:20]}; the model takes {tensor.datatype}"
+                )
             count = math.prod(shape)
-            size = (item.get("parameters") or {}).get("binary_data_size") if isinstance(item.get("parameters"),
-                                                                                      dict) else None
+            size = (
+                (item.get("parameters") or {}).get("binary_data_size")
+                if isinstance(item.get("parameters"), dict)
+                else None
+            )
             if size is not None:
                 feeds[name], offset = self._binary(name, tensor, shape, count, size, binary, offset)
             else:
@@ -441,17 +499,22 @@ class Server:
         return feeds
 
     @staticmethod
-    def _binary(name: str, tensor: Tensor, shape: list[int], count: int, size: Any, binary: bytes,
-                offset: int) -> tuple[np.ndarray, int]:
+    def _binary(
+        name: str, tensor: Tensor, shape: list[int], count: int, size: Any, binary: bytes, offset: int
+    ) -> tuple[np.ndarray, int]:
         if not isinstance(size, int) or size < 0:
             raise RequestError(400, f"input '{name}': binary_data_size must be a non-negative integer")
         dtype = np.dtype(tensor.dtype).newbyteorder("<")
         if size != count * dtype.itemsize:
-            raise RequestError(400, f"input '{name}' of shape {shape} and {tensor.datatype} needs "
-                               f"{count * dtype.itemsize} bytes; binary_data_size says {size}")
+            raise RequestError(
+                400,
+                f"input '{name}' of shape {shape} and {tensor.datatype} needs "
+                f"{count * dtype.itemsize} bytes; binary_data_size says {size}",
+            )
         if offset + size > len(binary):
-            raise RequestError(400, f"input '{name}' claims {size} bytes of binary data, but only "
-                               f"{len(binary) - offset} remain")
+            raise RequestError(
+                400, f"input '{name}' claims {size} bytes of binary data, but only {len(binary) - offset} remain"
+            )
         array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
         return array.astype(tensor.dtype, copy=False), offset + size
 
@@ -462,11 +525,11 @@ class Server:
         try:
             array = np.asarray(data, dtype=tensor.dtype)
         except (TypeError, ValueError, OverflowError):
-            raise RequestError(400, f"input '{name}': 'data' must hold {tensor.datatype} numbers in nested or "
-                               "flat lists of one shape") from None
+            raise RequestError(
+                400, f"input '{name}': 'data' must hold {tensor.datatype} numbers in nested or flat lists of one shape"
+            ) from None
         if array.size != count:
-            raise RequestError(400, f"input '{name}' of shape {shape} needs {count} values; 'data' holds "
-                               f"{array.size}")
+            raise RequestError(400, f"input '{name}' of shape {shape} needs {count} values; 'data' holds {array.size}")
         return array.reshape(shape)
 
     def _wanted(self, doc: dict[str, Any]) -> tuple[list[str], set[str]]:
@@ -489,8 +552,9 @@ class Server:
                 binary.add(item["name"])
         return wanted, binary
 
-    def _response(self, doc: dict[str, Any], wanted: list[str], results: list[np.ndarray],
-                  binary: set[str]) -> tuple[int, bytes, dict[str, str] | None]:
+    def _response(
+        self, doc: dict[str, Any], wanted: list[str], results: list[np.ndarray], binary: set[str]
+    ) -> tuple[int, bytes, dict[str, str] | None]:
         types = {t.name: t.datatype for t in self.runtime.outputs}
         outputs, chunks = [], []
         for name, value in zip(wanted, results, strict=True):
@@ -502,8 +566,11 @@ class Server:
                 chunks.append(raw)
             else:
                 if value.dtype.kind == "f" and not np.isfinite(value).all():
-                    raise RequestError(500, f"output '{name}' holds NaN or infinite values, which JSON cannot "
-                                       "carry; ask for it as binary data (binary_data_output)")
+                    raise RequestError(
+                        500,
+                        f"output '{name}' holds NaN or infinite values, which JSON cannot "
+                        "carry; ask for it as binary data (binary_data_output)",
+                    )
                 entry["data"] = value.reshape(-1).tolist()
             outputs.append(entry)
         response: dict[str, Any] = {"model_name": self.name, "model_version": "1", "outputs": outputs}
@@ -512,8 +579,11 @@ class Server:
         header = _dumps(response)
         if not chunks:
             return 200, header, None
-        return 200, header + b"".join(chunks), {"Content-Type": "application/octet-stream",
-                                                "Inference-Header-Content-Length": str(len(header))}
+        return (
+            200,
+            header + b"".join(chunks),
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+        )
 
     # ---- running ----------------------------------------------------------------------------------------
 
@@ -523,8 +593,9 @@ class Server:
             listener = socket.create_server((host, port), backlog=256, reuse_port=reuse_port)
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)
-            raise NetspecError(f"cannot listen on {host}:{port}: {reason}",
-                               hint="pick another --port (0 takes a free one)") from None
+            raise NetspecError(
+                f"cannot listen on {host}:{port}: {reason}", hint="pick another --port (0 takes a free one)"
+            ) from None
         listener.settimeout(ACCEPT_POLL)  # to notice a stop between connections
         previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -648,13 +719,19 @@ class Server:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _response(status: int, body: bytes, keep_alive: bool, headers: dict[str, str] | None = None,
-              length: int | None = None) -> bytes:
+def _response(
+    status: int, body: bytes, keep_alive: bool, headers: dict[str, str] | None = None, length: int | None = None
+) -> bytes:
     """An answer with a Content-Length body (the answers are few and fixed)."""
     fields = {"Content-Type": "application/json", **(headers or {})}
-    head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", *(f"{k}: {v}" for k, v in fields.items()),
-            f"Content-Length: {len(body) if length is None else length}",
-            f"Connection: {'keep-alive' if keep_alive else 'close'}", "", ""]
+    head = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+        *(f"{k}: {v}" for k, v in fields.items()),
+        f"Content-Length: {len(body) if length is None else length}",
+        f"Connection: {'keep-alive' if keep_alive else 'close'}",
+        "",
+        "",
+    ]
     return "\r\n".join(head).encode("latin-1") + body
 
 
@@ -708,16 +785,22 @@ class _Parser:
             raise RequestError(400, "the request has no Host header")
         length = int(fields.get("content-length", 0))  # digits: llhttp refuses anything else
         if length > self.server.max_body:
-            raise RequestError(413, f"the request body has {length} bytes; this server takes at most "
-                               f"{self.server.max_body} (--max-body-mb)")
+            raise RequestError(
+                413,
+                f"the request body has {length} bytes; this server takes at most "
+                f"{self.server.max_body} (--max-body-mb)",
+            )
         if fields.get("expect", "").lower() == "100-continue" and version == "1.1":
             self.conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, data: bytes) -> None:
         self.body += data
         if len(self.body) > self.server.max_body:
-            raise RequestError(413, f"the request body has more than {self.server.max_body} bytes; this server "
-                               "takes at most that (--max-body-mb)")
+            raise RequestError(
+                413,
+                f"the request body has more than {self.server.max_body} bytes; this server "
+                "takes at most that (--max-body-mb)",
+            )
 
     def on_message_complete(self) -> None:
         self.partial = False
@@ -822,8 +905,7 @@ def _label(value: str) -> str:
 
 
 def _shape(value: Any, name: str) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in value):
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise RequestError(400, f"input '{name}' needs 'shape', a list of non-negative integers")
     return value
 
@@ -832,10 +914,21 @@ def _error(message: str) -> bytes:
     return _dumps({"error": message})
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
-          name: str | None = None, instances: int | None = None, max_body_mb: int = 64, started: Any = None,
-          max_connections: int | None = None, max_batch_size: int = 64, max_queue_delay_us: int = 0,
-          max_queue_size: int = 1024, workers: int | None = None) -> None:
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    threads: int | None = None,
+    name: str | None = None,
+    instances: int | None = None,
+    max_body_mb: int = 64,
+    started: Any = None,
+    max_connections: int | None = None,
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 0,
+    max_queue_size: int = 1024,
+    workers: int | None = None,
+) -> None:
     """Serves an ONNX model until SIGTERM or Ctrl-C: in this process with one worker, else from `workers`
     processes on one port, watched by this one."""
     from netspec.deploy.runtime import physical_cores
@@ -844,20 +937,41 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: int | 
     if not Path(model).is_file():  # before the port is taken: a worker would say the same, later
         raise DataError(f"model file '{model}' does not exist")
     options: dict[str, Any] = {
-               "model": model, "name": name, "threads": threads, "instances": instances, "max_body_mb": max_body_mb,
-               "max_connections": max_connections, "max_batch_size": max_batch_size,
-               "max_queue_delay_us": max_queue_delay_us, "max_queue_size": max_queue_size, "workers": workers,
-               "metrics_dir": None}
+        "model": model,
+        "name": name,
+        "threads": threads,
+        "instances": instances,
+        "max_body_mb": max_body_mb,
+        "max_connections": max_connections,
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_us": max_queue_delay_us,
+        "max_queue_size": max_queue_size,
+        "workers": workers,
+        "metrics_dir": None,
+    }
     if workers == 1:
         _serve_one(host, port, started, reuse_port=False, **options)
     else:
         Supervisor(host, port, options).run(started)
 
 
-def _serve_one(host: str, port: int, started: Any, reuse_port: bool, model: str, name: str | None,
-               threads: int | None, instances: int | None, max_body_mb: int, max_connections: int | None,
-               max_batch_size: int, max_queue_delay_us: int, max_queue_size: int, workers: int,
-               metrics_dir: str | None) -> None:
+def _serve_one(
+    host: str,
+    port: int,
+    started: Any,
+    reuse_port: bool,
+    model: str,
+    name: str | None,
+    threads: int | None,
+    instances: int | None,
+    max_body_mb: int,
+    max_connections: int | None,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    max_queue_size: int,
+    workers: int,
+    metrics_dir: str | None,
+) -> None:
     """One worker: a session and a server. The cores are shared among the workers, then among a worker's
     instances."""
     from netspec.deploy.runtime import physical_cores
@@ -865,9 +979,17 @@ def _serve_one(host: str, port: int, started: Any, reuse_port: bool, model: str,
     share = max(1, physical_cores() // workers)
     instances = instances or max(2, share)
     runtime = Runtime(model, threads or max(1, share // instances))
-    Server(runtime, name or Path(model).stem, instances, max_body_mb * 2**20, max_connections,
-           max_batch_size=max_batch_size, max_queue_delay=max_queue_delay_us / 1e6,
-           max_queue_size=max_queue_size, metrics_dir=metrics_dir).serve(host, port, started, reuse_port)
+    Server(
+        runtime,
+        name or Path(model).stem,
+        instances,
+        max_body_mb * 2**20,
+        max_connections,
+        max_batch_size=max_batch_size,
+        max_queue_delay=max_queue_delay_us / 1e6,
+        max_queue_size=max_queue_size,
+        metrics_dir=metrics_dir,
+    ).serve(host, port, started, reuse_port)
 
 
 class Supervisor:
@@ -891,14 +1013,16 @@ class Supervisor:
                 return int(probe.getsockname()[1])
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)
-            raise NetspecError(f"cannot listen on {host}:{port}: {reason}",
-                               hint="pick another --port (0 takes a free one)") from None
+            raise NetspecError(
+                f"cannot listen on {host}:{port}: {reason}", hint="pick another --port (0 takes a free one)"
+            ) from None
 
     def _start(self) -> subprocess.Popen[str]:
         """A worker, once it listens; its error (a model it cannot load) is raised here."""
         config = json.dumps({"host": self.host, "port": self.port, "options": self.options})
-        proc = subprocess.Popen([sys.executable, "-m", "netspec.deploy.serve", config], stdout=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "netspec.deploy.serve", config], stdout=subprocess.PIPE, text=True
+        )
         line = proc.stdout.readline() if proc.stdout else ""
         if proc.stdout:
             proc.stdout.close()
@@ -922,8 +1046,11 @@ class Supervisor:
             while not self.stopping.wait(0.2):
                 for i, proc in enumerate(self.procs):
                     if proc.poll() is not None and not self.stopping.is_set():
-                        print(f"worker {proc.pid} exited with status {proc.returncode}; starting another",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"worker {proc.pid} exited with status {proc.returncode}; starting another",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                         self.procs[i] = self._start()
         finally:
             self._stop()
@@ -947,6 +1074,7 @@ class Supervisor:
 def _worker(config: dict[str, Any]) -> int:
     """A worker process: serves on the shared port and tells the supervisor, on its first line of output,
     that it listens or why it cannot. It stops (draining) if the supervisor dies."""
+
     def started(host: str, port: int) -> None:
         print(json.dumps({"ready": port}), flush=True)
 

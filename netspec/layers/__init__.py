@@ -29,8 +29,9 @@ def get(type_name: str) -> LayerDef:
     if found is not None:
         return found
     if not type_name:
-        raise UnknownLayerTypeError("the layer has no type", hint="add type: \"Convolution\" (or another "
-                                    "type; `netspec layers` lists them)")
+        raise UnknownLayerTypeError(
+            "the layer has no type", hint='add type: "Convolution" (or another type; `netspec layers` lists them)'
+        )
     hint = did_you_mean(type_name, REGISTRY.types) or "`netspec layers` lists the known types"
     raise UnknownLayerTypeError(f"unknown layer type '{type_name}'", hint=hint)
 

@@ -242,8 +242,9 @@ def canonical_axis(axis: int, ndim: int, what: str = "axis") -> int:
     if ndim == 0:
         raise ShapeError(f"{what} {axis} needs a bottom with axes, got a 0-axis (scalar) bottom", field=what)
     if not -ndim <= axis < ndim:
-        raise ShapeError(f"{what} {axis} is out of range for a {ndim}-axis bottom "
-                         f"(valid: {-ndim} to {ndim - 1})", field=what)
+        raise ShapeError(
+            f"{what} {axis} is out of range for a {ndim}-axis bottom (valid: {-ndim} to {ndim - 1})", field=what
+        )
     return axis + ndim if axis < 0 else axis
 
 
@@ -257,8 +258,7 @@ def at_least_axes(shape: Shape, n: int, axes: str, which: str = "the bottom") ->
     """Refuses a bottom with fewer than n axes (a 0-axis scalar, say); `axes` names the axes the layer
     reads, e.g. "(N, ...)"."""
     if len(shape) < n:
-        raise ShapeError(f"{which} has shape {fmt(shape)}, but needs at least {n} axis{'es' if n > 1 else ''} "
-                         f"{axes}")
+        raise ShapeError(f"{which} has shape {fmt(shape)}, but needs at least {n} axis{'es' if n > 1 else ''} {axes}")
     return shape
 
 
@@ -275,8 +275,9 @@ def shape_of(bs: pb.BlobShape, field: str) -> Shape:
     return dims
 
 
-def filler_or(f: pb.FillerParameter, present: bool, default_type: str = "constant",
-              value: float = 0.0) -> pb.FillerParameter:
+def filler_or(
+    f: pb.FillerParameter, present: bool, default_type: str = "constant", value: float = 0.0
+) -> pb.FillerParameter:
     """The filler a spec gives, or Caffe's default for that blob when the spec gives none."""
     if present:
         return f

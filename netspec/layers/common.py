@@ -42,8 +42,7 @@ class InnerProduct(LayerDef):
     examples = (
         Example("inner_product_param { num_output: 5 }", (In((3, 4)),)),
         Example("inner_product_param { num_output: 4 }", (In((2, 3, 2, 2)),)),
-        Example("inner_product_param { num_output: 3 axis: 2 transpose: true bias_term: false }",
-                (In((2, 3, 4)),)),
+        Example("inner_product_param { num_output: 3 axis: 2 transpose: true bias_term: false }", (In((2, 3, 4)),)),
     )
 
     def check(self, s: LayerSpec) -> None:
@@ -102,8 +101,7 @@ class Embed(LayerDef):
 
     def check(self, s: LayerSpec) -> None:
         require(s.p.num_output > 0, "num_output must be set to a positive number", "num_output")
-        require(s.p.input_dim > 0, "input_dim (the number of ids) must be set to a positive number",
-                "input_dim")
+        require(s.p.input_dim > 0, "input_dim (the number of ids) must be set to a positive number", "input_dim")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         return [(*bottoms[0], s.p.num_output)]
@@ -125,5 +123,3 @@ class Embed(LayerDef):
             return [y + params[1] if len(params) > 1 else y]
 
         return forward
-
-

@@ -45,8 +45,10 @@ def transformed(s: LayerSpec, channels: int, height: int, width: int) -> Shape:
     if tp.mean_value and tp.HasField("mean_file"):
         raise ParamError("give mean_file or mean_value, not both", field="transform_param.mean_value")
     if len(tp.mean_value) not in (0, 1, channels):
-        raise ParamError(f"{len(tp.mean_value)} mean_value entries for {channels} channels; give 1 or "
-                         f"{channels}", field="transform_param.mean_value")
+        raise ParamError(
+            f"{len(tp.mean_value)} mean_value entries for {channels} channels; give 1 or {channels}",
+            field="transform_param.mean_value",
+        )
     if tp.crop_size:
         if tp.crop_size > height or tp.crop_size > width:
             raise ShapeError(f"crop_size {tp.crop_size} is larger than the {height}x{width} records")
@@ -90,8 +92,11 @@ class Input(LayerDef):
 
     def check(self, s: LayerSpec) -> None:
         n = len(s.p.shape)
-        require(n in (1, s.num_tops), f"{n} shapes for {s.num_tops} tops; give one shape for all tops or one "
-                "per top", "shape")
+        require(
+            n in (1, s.num_tops),
+            f"{n} shapes for {s.num_tops} tops; give one shape for all tops or one per top",
+            "shape",
+        )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         shapes = [shape_of(bs, "shape") for bs in s.p.shape]
@@ -115,8 +120,11 @@ class DummyData(LayerDef):
     tops = Arity(1, None)
     examples = (
         Example("dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: 'constant' value: 1.5 } }", ()),
-        Example("dummy_data_param { num: 2 channels: 1 height: 3 width: 2 num: 2 channels: 1 height: 1 "
-                "width: 1 }", (), tops=2),
+        Example(
+            "dummy_data_param { num: 2 channels: 1 height: 3 width: 2 num: 2 channels: 1 height: 1 width: 1 }",
+            (),
+            tops=2,
+        ),
     )
 
     def check(self, s: LayerSpec) -> None:
@@ -124,13 +132,18 @@ class DummyData(LayerDef):
         legacy = max(len(p.num), len(p.channels), len(p.height), len(p.width))
         require(not (p.shape and legacy), "give shape or num/channels/height/width, not both", "shape")
         if legacy:
-            require(len(p.num) == len(p.channels) == len(p.height) == len(p.width),
-                    "num, channels, height and width need the same number of entries", "num")
+            require(
+                len(p.num) == len(p.channels) == len(p.height) == len(p.width),
+                "num, channels, height and width need the same number of entries",
+                "num",
+            )
         shapes = len(p.shape) or legacy
-        require(shapes in (1, n), f"{shapes} shapes for {n} tops; give one for all tops or one per top",
-                "shape")
-        require(len(p.data_filler) in (0, 1, n),
-                f"{len(p.data_filler)} data_filler for {n} tops; give none, one, or one per top", "data_filler")
+        require(shapes in (1, n), f"{shapes} shapes for {n} tops; give one for all tops or one per top", "shape")
+        require(
+            len(p.data_filler) in (0, 1, n),
+            f"{len(p.data_filler)} data_filler for {n} tops; give none, one, or one per top",
+            "data_filler",
+        )
 
     def _shapes(self, s: LayerSpec) -> list[Shape]:
         p = s.p
@@ -230,8 +243,7 @@ class ImageData(_SourceLayer):
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         p = s.p
-        require((p.new_height == 0) == (p.new_width == 0), "new_height and new_width go together",
-                "new_height")
+        require((p.new_height == 0) == (p.new_width == 0), "new_height and new_width go together", "new_height")
         channels = 3 if p.is_color else 1
         if p.new_height:
             h, w = p.new_height, p.new_width
@@ -273,8 +285,10 @@ class HDF5Data(LayerDef):
         tops = []
         for top in s.lp.top:
             if top not in shapes:
-                raise DataError(f"HDF5 file '{first}' has no dataset '{top}' (it has: "
-                                f"{', '.join(sorted(shapes)) or 'none'})", field="top")
+                raise DataError(
+                    f"HDF5 file '{first}' has no dataset '{top}' (it has: {', '.join(sorted(shapes)) or 'none'})",
+                    field="top",
+                )
             tops.append((p.batch_size, *shapes[top][1:]))
         return tops
 
@@ -295,15 +309,20 @@ class WindowData(_SourceLayer):
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         crop = s.lp.transform_param.crop_size
-        require(crop > 0, "WindowData warps windows to transform_param.crop_size, which must be set",
-                "transform_param.crop_size")
+        require(
+            crop > 0,
+            "WindowData warps windows to transform_param.crop_size, which must be set",
+            "transform_param.crop_size",
+        )
         listing = probe.resolve(s.p.source, s.base_dir, "window_data_param.source")
         lines = probe.read_list_raw(listing, "window file")
         try:  # "# image_index", image path, channels, height, width, ...
             channels = int(lines[2])
         except (IndexError, ValueError):
-            raise DataError(f"'{listing}' is not a Caffe window file (line 3 should give the first image's "
-                            "channels)", field="source") from None
+            raise DataError(
+                f"'{listing}' is not a Caffe window file (line 3 should give the first image's channels)",
+                field="source",
+            ) from None
         return _batch_and_label(s, s.p.batch_size, transformed(s, channels, crop, crop))
 
 
@@ -347,9 +366,11 @@ class HDF5Output(LayerDef):
         require(bool(s.p.file_name), "file_name must be set", "file_name")
         problem = confinement_problem(s.p.file_name)
         if problem:
-            raise ParamError(f"file_name '{s.p.file_name}' {problem}; HDF5Output writes only inside the run's "
-                             "output folder", field="file_name",
-                             hint="give a relative name, and the folder with --out (netspec train/test)")
+            raise ParamError(
+                f"file_name '{s.p.file_name}' {problem}; HDF5Output writes only inside the run's output folder",
+                field="file_name",
+                hint="give a relative name, and the folder with --out (netspec train/test)",
+            )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         for i, b in enumerate(bottoms):
@@ -381,24 +402,29 @@ def _append_hdf5(file_name: str, arrays: dict[str, torch.Tensor]) -> None:
     try:
         f = h5py.File(path, "a")
     except OSError as e:
-        raise DataError(f"cannot append to HDF5Output file '{path}': {_first_line(e)}",
-                        hint="it exists and is not an HDF5 file; remove it or choose another file_name") from None
+        raise DataError(
+            f"cannot append to HDF5Output file '{path}': {_first_line(e)}",
+            hint="it exists and is not an HDF5 file; remove it or choose another file_name",
+        ) from None
     with f:
         for name, value in values.items():
             ds = f.get(name)
-            if ds is not None and not (isinstance(ds, h5py.Dataset) and ds.maxshape[:1] == (None,)
-                                       and ds.shape[1:] == value.shape[1:]):
+            if ds is not None and not (
+                isinstance(ds, h5py.Dataset) and ds.maxshape[:1] == (None,) and ds.shape[1:] == value.shape[1:]
+            ):
                 shape = tuple(ds.shape) if isinstance(ds, h5py.Dataset) else "a group"
-                raise DataError(f"HDF5Output file '{path}' already holds '{name}' as {shape}, which "
-                                f"batches of shape {fmt(value.shape)} cannot be appended to",
-                                hint="remove the file or choose another file_name")
+                raise DataError(
+                    f"HDF5Output file '{path}' already holds '{name}' as {shape}, which "
+                    f"batches of shape {fmt(value.shape)} cannot be appended to",
+                    hint="remove the file or choose another file_name",
+                )
         for name, value in values.items():
             if name not in f:
                 f.create_dataset(name, data=value, maxshape=(None, *value.shape[1:]), chunks=True)
             else:
                 ds = f[name]
                 ds.resize(ds.shape[0] + value.shape[0], axis=0)
-                ds[-value.shape[0]:] = value
+                ds[-value.shape[0] :] = value
 
 
 def _first_line(e: Exception) -> str:
@@ -441,20 +467,28 @@ class Dataset(_SourceLayer):
         if p.HasField("record_shape"):
             given = shape_of(p.record_shape, "record_shape")
             if count(given) != count(record):
-                raise ShapeError(f"record_shape {fmt(given)} does not hold the {count(record)} values of a record "
-                                 f"{fmt(record)}", field="record_shape")
+                raise ShapeError(
+                    f"record_shape {fmt(given)} does not hold the {count(record)} values of a record {fmt(record)}",
+                    field="record_shape",
+                )
             record = given
         if len(record) == 3:
             if p.new_height or p.new_width:
                 record = (record[0], p.new_height or record[1], p.new_width or record[2])
             record = transformed(s, *record)
         elif p.new_height or p.new_width:
-            raise ShapeError(f"new_height/new_width resize image records (C, H, W), but records are {fmt(record)}",
-                             field="new_height", hint="give record_shape, e.g. 1 8 8 for the digits")
+            raise ShapeError(
+                f"new_height/new_width resize image records (C, H, W), but records are {fmt(record)}",
+                field="new_height",
+                hint="give record_shape, e.g. 1 8 8 for the digits",
+            )
         tops = [(p.batch_size, *record)]
         if s.num_tops == 2:
             if info.label is None:
-                raise DataError(f"'{p.source}' has no labels for the second top",
-                                field="label_key", hint="give label_key (the array holding the labels)")
+                raise DataError(
+                    f"'{p.source}' has no labels for the second top",
+                    field="label_key",
+                    hint="give label_key (the array holding the labels)",
+                )
             tops.append((p.batch_size, *info.label))
         return tops

@@ -71,11 +71,12 @@ def _label_axis(s: LayerSpec, scores: Shape, labels: Shape, axis_value: int) -> 
     axis = canonical_axis(axis_value, len(scores))
     outer, inner = count(scores, 0, axis), count(scores, axis + 1)
     if count(labels) != outer * inner:
-        flat, spatial = fmt((outer * inner,)), fmt((*scores[:axis], *scores[axis + 1:]))
-        raise ShapeError(f"{count(labels)} labels for {outer * inner} predictions: scores {fmt(scores)} with "
-                         f"classes on axis {axis} need {outer * inner} labels, got {fmt(labels)}",
-                         hint=f"bottom '{s.lp.bottom[1]}' should have shape {flat}"
-                         + (f" or {spatial}" if spatial != flat else ""))
+        flat, spatial = fmt((outer * inner,)), fmt((*scores[:axis], *scores[axis + 1 :]))
+        raise ShapeError(
+            f"{count(labels)} labels for {outer * inner} predictions: scores {fmt(scores)} with "
+            f"classes on axis {axis} need {outer * inner} labels, got {fmt(labels)}",
+            hint=f"bottom '{s.lp.bottom[1]}' should have shape {flat}" + (f" or {spatial}" if spatial != flat else ""),
+        )
     return axis, outer, inner
 
 
@@ -92,7 +93,7 @@ def _labels_moved(labels: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
 def outer_inner(x: torch.Tensor, axis: int) -> tuple[int, int]:
     """The number of items before `axis` and of positions after it, from the runtime shape (so that a
     compiled net takes any batch size)."""
-    return math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
+    return math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1 :])
 
 
 class _Loss(LayerDef):
@@ -123,8 +124,11 @@ class SoftmaxWithLoss(_Classifier):
     examples = (
         Example("", (In((4, 5)), In((4,), "label", 5))),
         Example("loss_param { ignore_label: 1 normalization: FULL }", (In((2, 3, 2, 2)), In((2, 2, 2), "label", 3))),
-        Example("loss_param { normalization: BATCH_SIZE } loss_weight: 2 loss_weight: 0",
-                (In((3, 4)), In((3,), "label", 4)), tops=2),
+        Example(
+            "loss_param { normalization: BATCH_SIZE } loss_weight: 2 loss_weight: 0",
+            (In((3, 4)), In((3,), "label", 4)),
+            tops=2,
+        ),
     )
 
     def class_axis(self, s: LayerSpec) -> int | None:
@@ -178,8 +182,7 @@ class MultinomialLogisticLoss(_Classifier):
         _batched(bottoms)
         probs, labels = bottoms
         if count(labels) != probs[0]:
-            raise ShapeError(f"{count(labels)} labels for a batch of {probs[0]}: one label per item "
-                             f"({fmt(probs)})")
+            raise ShapeError(f"{count(labels)} labels for a batch of {probs[0]}: one label per item ({fmt(probs)})")
         return [SCALAR]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -214,8 +217,9 @@ class InfogainLoss(_Classifier):
 
     def check(self, s: LayerSpec) -> None:
         if s.num_bottoms == 2:
-            require(bool(s.p.source), "give the infogain matrix: infogain_loss_param.source or a third bottom",
-                    "source")
+            require(
+                bool(s.p.source), "give the infogain matrix: infogain_loss_param.source or a third bottom", "source"
+            )
         require(s.p.axis == 1, "InfogainLoss takes one row of class probabilities per item (axis 1)", "axis")
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
@@ -226,8 +230,7 @@ class InfogainLoss(_Classifier):
         classes = count(probs, 1)
         h = bottoms[2] if len(bottoms) == 3 else self._matrix_shape(s)
         if count(h) != classes * classes:
-            raise ShapeError(f"the infogain matrix has {count(h)} values; {classes} classes need "
-                             f"{classes}x{classes}")
+            raise ShapeError(f"the infogain matrix has {count(h)} values; {classes} classes need {classes}x{classes}")
         return [SCALAR]
 
     def _read_matrix(self, s: LayerSpec) -> Any:
@@ -275,8 +278,9 @@ class EuclideanLoss(_Loss):
         _batched(bottoms)
         a, b = bottoms
         if count(a, 1) != count(b, 1) or a[:1] != b[:1]:
-            raise ShapeError(f"the two bottoms need the same shape, got {fmt(a)} and {fmt(b)}",
-                             hint=describe_bottoms(s, bottoms))
+            raise ShapeError(
+                f"the two bottoms need the same shape, got {fmt(a)} and {fmt(b)}", hint=describe_bottoms(s, bottoms)
+            )
         return [SCALAR]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -298,8 +302,10 @@ class HingeLoss(_Classifier):
 
     type = "HingeLoss"
     param_field = "hinge_loss_param"
-    examples = (Example("", (In((4, 5)), In((4,), "label", 5))),
-                Example("hinge_loss_param { norm: L2 }", (In((4, 5)), In((4,), "label", 5))))
+    examples = (
+        Example("", (In((4, 5)), In((4,), "label", 5))),
+        Example("hinge_loss_param { norm: L2 }", (In((4, 5)), In((4,), "label", 5))),
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         _batched(bottoms)
@@ -334,9 +340,10 @@ class SigmoidCrossEntropyLoss(_Loss):
     """
 
     type = "SigmoidCrossEntropyLoss"
-    examples = (Example("", (In((4, 3)), In((4, 3), "binary"))),
-                Example("loss_param { ignore_label: -1 normalization: VALID }",
-                        (In((4, 3)), In((4, 3), "binary"))))
+    examples = (
+        Example("", (In((4, 3)), In((4, 3), "binary"))),
+        Example("loss_param { ignore_label: -1 normalization: VALID }", (In((4, 3)), In((4, 3), "binary"))),
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         _batched(bottoms)
@@ -360,8 +367,7 @@ class SigmoidCrossEntropyLoss(_Loss):
                 total = F.binary_cross_entropy_with_logits(x, t, reduction="sum")
                 return [total / normalizer(mode, outer, inner, None)]
             keep = t.detach().to(torch.int64) != ignore
-            per = F.binary_cross_entropy_with_logits(x, torch.where(keep, t, torch.zeros_like(t)),
-                                                     reduction="none")
+            per = F.binary_cross_entropy_with_logits(x, torch.where(keep, t, torch.zeros_like(t)), reduction="none")
             valid = keep.sum().to(x.dtype)
             return [(per * keep).sum() / normalizer(mode, outer, inner, valid)]
 
@@ -380,9 +386,12 @@ class ContrastiveLoss(_Loss):
     type = "ContrastiveLoss"
     param_field = "contrastive_loss_param"
     bottoms = Arity(3, 3)
-    examples = (Example("contrastive_loss_param { margin: 2 }", (In((4, 3)), In((4, 3)), In((4,), "binary"))),
-                Example("contrastive_loss_param { margin: 2 legacy_version: true }",
-                        (In((4, 3)), In((4, 3)), In((4,), "binary"))))
+    examples = (
+        Example("contrastive_loss_param { margin: 2 }", (In((4, 3)), In((4, 3)), In((4,), "binary"))),
+        Example(
+            "contrastive_loss_param { margin: 2 legacy_version: true }", (In((4, 3)), In((4, 3)), In((4,), "binary"))
+        ),
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         _batched(bottoms)
@@ -432,9 +441,10 @@ class Accuracy(LayerDef):
     train_only = True
     bottoms = Arity(2, 2)
     tops = Arity(1, 2)
-    examples = (Example("accuracy_param { top_k: 2 }", (In((6, 4)), In((6,), "label", 4)), gradcheck=False),
-                Example("accuracy_param { ignore_label: 0 }", (In((2, 3, 2)), In((2, 2), "label", 3)), tops=2,
-                        gradcheck=False))
+    examples = (
+        Example("accuracy_param { top_k: 2 }", (In((6, 4)), In((6,), "label", 4)), gradcheck=False),
+        Example("accuracy_param { ignore_label: 0 }", (In((2, 3, 2)), In((2, 2), "label", 3)), tops=2, gradcheck=False),
+    )
 
     def class_axis(self, s: LayerSpec) -> int | None:
         return s.p.axis

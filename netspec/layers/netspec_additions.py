@@ -42,11 +42,13 @@ class LayerNorm(LayerDef):
     param_field = "layer_norm_param"
     category = "normalization"
     origin = "netspec"
-    examples = (Example("", (In((2, 3, 5)),)), Example("layer_norm_param { axis: 1 elementwise_affine: false }",
-                                                       (In((2, 3, 2, 2)),)))
+    examples = (
+        Example("", (In((2, 3, 5)),)),
+        Example("layer_norm_param { axis: 1 elementwise_affine: false }", (In((2, 3, 2, 2)),)),
+    )
 
     def _normalized(self, s: LayerSpec, b: Shape) -> Shape:
-        return b[canonical_axis(s.p.axis, len(b)):]
+        return b[canonical_axis(s.p.axis, len(b)) :]
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         self._normalized(s, bottoms[0])
@@ -108,8 +110,10 @@ class Maxout(LayerDef):
     param_field = "maxout_param"
     category = "common"
     origin = "netspec"
-    examples = (Example("maxout_param { num_output: 3 num_pieces: 2 }", (In((4, 5)),)),
-                Example("maxout_param { num_output: 2 num_pieces: 3 bias_term: false }", (In((2, 3, 2)),)))
+    examples = (
+        Example("maxout_param { num_output: 3 num_pieces: 2 }", (In((4, 5)),)),
+        Example("maxout_param { num_output: 2 num_pieces: 3 bias_term: false }", (In((2, 3, 2)),)),
+    )
 
     def check(self, s: LayerSpec) -> None:
         require(s.p.num_output > 0, "num_output must be set to a positive number", "num_output")
@@ -187,8 +191,10 @@ class CrossEntropyLoss(LayerDef):
     loss = True
     train_only = True
     bottoms = Arity(2, 2)
-    examples = (Example("", (In((4, 3)), In((4, 3), "prob"))),
-                Example("loss_param { normalization: BATCH_SIZE }", (In((2, 3, 4)), In((2, 3, 4), "prob"))))
+    examples = (
+        Example("", (In((4, 3)), In((4, 3), "prob"))),
+        Example("loss_param { normalization: BATCH_SIZE }", (In((2, 3, 4)), In((2, 3, 4), "prob"))),
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         if bottoms[0] != bottoms[1]:
@@ -207,5 +213,3 @@ class CrossEntropyLoss(LayerDef):
             return [-(xs[1] * torch.log_softmax(xs[0], axis)).sum() / normalizer(mode, outer, inner, None)]
 
         return forward
-
-

@@ -220,8 +220,10 @@ class Power(Neuron):
     type = "Power"
     onnx_ops = frozenset({"Add", "Mul", "Pow"})
     param_field = "power_param"
-    examples = (Example("power_param { power: 2 scale: 0.5 shift: 1 }", _X),
-                Example("power_param { power: 0.5 scale: 2 shift: 0.1 }", (In((2, 3), "positive"),)))
+    examples = (
+        Example("power_param { power: 2 scale: 0.5 shift: 1 }", _X),
+        Example("power_param { power: 0.5 scale: 2 shift: 0.1 }", (In((2, 3), "positive"),)),
+    )
 
     def check(self, s: LayerSpec) -> None:
         for name in ("power", "scale", "shift"):
@@ -258,9 +260,11 @@ FLT_MAX = 3.4028234663852886e38
 def _float32(value: float, what: str, field: str, used_by: str = "output") -> float:
     """Refuses a constant of the lowering that float32 (which Caffe and compiled nets compute in) cannot
     hold: it would turn every output (or gradient) into inf or nan."""
-    require(math.isfinite(value) and abs(value) <= FLT_MAX,
-            f"{what} = {value:g} does not fit float32 (largest {FLT_MAX:.4g}): every {used_by} would be inf or nan",
-            field)
+    require(
+        math.isfinite(value) and abs(value) <= FLT_MAX,
+        f"{what} = {value:g} does not fit float32 (largest {FLT_MAX:.4g}): every {used_by} would be inf or nan",
+        field,
+    )
     return value
 
 
@@ -277,8 +281,11 @@ def _exp_constants(p: pb.ExpParameter) -> tuple[float, float]:
     ln_base = _log_base(p.base, "base")
     inner = _float32(ln_base * p.scale, "ln(base) * scale", "scale")
     if ln_base * p.shift > math.log(FLT_MAX) or not math.isfinite(ln_base * p.shift):
-        raise ParamError(f"base^shift = e^{ln_base * p.shift:g} does not fit float32 (largest {FLT_MAX:.4g}): "
-                         "every output would be inf or nan", field="shift")
+        raise ParamError(
+            f"base^shift = e^{ln_base * p.shift:g} does not fit float32 (largest {FLT_MAX:.4g}): "
+            "every output would be inf or nan",
+            field="shift",
+        )
     return inner, math.exp(ln_base * p.shift)
 
 
@@ -434,8 +441,10 @@ class Dropout(Neuron):
     onnx_ops = frozenset({"Identity"})
     param_field = "dropout_param"
     category = "common"
-    examples = (Example("dropout_param { dropout_ratio: 0.3 }", _X),
-                Example("dropout_param { dropout_ratio: 0.3 }", _X, phase="TRAIN", gradcheck=False))
+    examples = (
+        Example("dropout_param { dropout_ratio: 0.3 }", _X),
+        Example("dropout_param { dropout_ratio: 0.3 }", _X, phase="TRAIN", gradcheck=False),
+    )
 
     def check(self, s: LayerSpec) -> None:
         r = s.p.dropout_ratio

@@ -45,16 +45,21 @@ class BatchNorm(LayerDef):
     onnx_ops = frozenset({"Add", "Div", "Mul", "ReduceMean", "Reshape", "Sqrt", "Sub"})
     param_field = "batch_norm_param"
     category = "normalization"
-    examples = (Example("", (In((2, 3, 2, 2)),)),
-                Example("batch_norm_param { use_global_stats: false }", (In((5, 3)),)),
-                Example("", (In((4, 2, 3)),), phase="TRAIN"))
+    examples = (
+        Example("", (In((2, 3, 2, 2)),)),
+        Example("batch_norm_param { use_global_stats: false }", (In((5, 3)),)),
+        Example("", (In((4, 2, 3)),), phase="TRAIN"),
+    )
 
     def check(self, s: LayerSpec) -> None:
         for i, spec in enumerate(s.lp.param):
             if spec.lr_mult != 0:
-                raise ParamError(f"param {i} has lr_mult {spec.lr_mult}: BatchNorm's statistics are not "
-                                 "learned, so every lr_mult must be 0", field="param",
-                                 hint="remove the param entries, or set lr_mult: 0")
+                raise ParamError(
+                    f"param {i} has lr_mult {spec.lr_mult}: BatchNorm's statistics are not "
+                    "learned, so every lr_mult must be 0",
+                    field="param",
+                    hint="remove the param entries, or set lr_mult: 0",
+                )
 
     def global_stats(self, s: LayerSpec) -> bool:
         return s.p.use_global_stats if s.p.HasField("use_global_stats") else not s.train
@@ -64,9 +69,11 @@ class BatchNorm(LayerDef):
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         c = bottoms[0][1] if len(bottoms[0]) > 1 else 1
-        return [BlobDef("mean", (c,), _zeros(), learnable=False),
-                BlobDef("variance", (c,), _zeros(), learnable=False),
-                BlobDef("scale_factor", (1,), _zeros(), learnable=False)]
+        return [
+            BlobDef("mean", (c,), _zeros(), learnable=False),
+            BlobDef("variance", (c,), _zeros(), learnable=False),
+            BlobDef("scale_factor", (1,), _zeros(), learnable=False),
+        ]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
@@ -77,6 +84,7 @@ class BatchNorm(LayerDef):
         reduce_dims = [0, *range(2, ndim)]
 
         if self.global_stats(s):
+
             def inference(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
                 mean_sum, var_sum, factor = params
                 scale = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
@@ -103,9 +111,11 @@ class BatchNorm(LayerDef):
 def _broadcast_axis(s: LayerSpec, x: Shape, operand: Shape) -> int:
     """Where an operand (a learned blob or bottom 1) of Scale/Bias lines up with bottom 0."""
     axis = 0 if len(operand) == 0 else canonical_axis(s.p.axis, len(x))
-    if x[axis:axis + len(operand)] != operand:
-        raise ShapeError(f"{'bottom 1' if s.num_bottoms > 1 else 'the learned blob'} has shape {fmt(operand)}, "
-                         f"which does not match bottom 0 {fmt(x)} from axis {axis}")
+    if x[axis : axis + len(operand)] != operand:
+        raise ShapeError(
+            f"{'bottom 1' if s.num_bottoms > 1 else 'the learned blob'} has shape {fmt(operand)}, "
+            f"which does not match bottom 0 {fmt(x)} from axis {axis}"
+        )
     return axis
 
 
@@ -142,10 +152,12 @@ class Scale(LayerDef):
     param_field = "scale_param"
     category = "normalization"
     bottoms = Arity(1, 2)
-    examples = (Example("scale_param { bias_term: true }", (In((2, 3, 4, 4)),)),
-                Example("scale_param { axis: 1 num_axes: 2 }", (In((2, 3, 4)),)),
-                Example("scale_param { axis: 0 num_axes: 0 }", (In((2, 3)),)),
-                Example("scale_param { axis: 1 bias_term: true }", (In((2, 3, 4, 5)), In((3, 4)))))
+    examples = (
+        Example("scale_param { bias_term: true }", (In((2, 3, 4, 4)),)),
+        Example("scale_param { axis: 1 num_axes: 2 }", (In((2, 3, 4)),)),
+        Example("scale_param { axis: 0 num_axes: 0 }", (In((2, 3)),)),
+        Example("scale_param { axis: 1 bias_term: true }", (In((2, 3, 4, 5)), In((3, 4)))),
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         _broadcast_axis(s, bottoms[0], _operand(s, bottoms))
@@ -220,8 +232,10 @@ class MVN(LayerDef):
     onnx_ops = frozenset({"Add", "Div", "Mul", "ReduceMean", "Reshape", "Sqrt", "Sub"})
     param_field = "mvn_param"
     category = "normalization"
-    examples = (Example("", (In((2, 3, 4, 5)),)),
-                Example("mvn_param { across_channels: true normalize_variance: false }", (In((2, 3, 4)),)))
+    examples = (
+        Example("", (In((2, 3, 4, 5)),)),
+        Example("mvn_param { across_channels: true normalize_variance: false }", (In((2, 3, 4)),)),
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         b = bottoms[0]

@@ -44,14 +44,20 @@ class _Recurrent(LayerDef):
     def check(self, s: LayerSpec) -> None:
         require(s.p.num_output > 0, "num_output must be set to a positive number", "num_output")
         exposed = self.states if s.p.expose_hidden else 0
-        require(s.num_tops == 1 + exposed,
-                f"{self.type} has {1 + exposed} top(s) here (the output"
-                + (f" and the final state{'s' if exposed > 1 else ''})" if exposed else ")")
-                + f", got {s.num_tops}", "top")
-        require(s.num_bottoms in (2 + exposed, 3 + exposed),
-                f"{self.type} takes x, cont, an optional x_static"
-                + (f" and {exposed} initial state(s)" if exposed else "") + f"; got {s.num_bottoms} bottoms",
-                "bottom")
+        require(
+            s.num_tops == 1 + exposed,
+            f"{self.type} has {1 + exposed} top(s) here (the output"
+            + (f" and the final state{'s' if exposed > 1 else ''})" if exposed else ")")
+            + f", got {s.num_tops}",
+            "top",
+        )
+        require(
+            s.num_bottoms in (2 + exposed, 3 + exposed),
+            f"{self.type} takes x, cont, an optional x_static"
+            + (f" and {exposed} initial state(s)" if exposed else "")
+            + f"; got {s.num_bottoms} bottoms",
+            "bottom",
+        )
 
     def _static(self, s: LayerSpec) -> bool:
         exposed = self.states if s.p.expose_hidden else 0
@@ -76,15 +82,16 @@ class _Recurrent(LayerDef):
 
     def _input_blobs(self, s: LayerSpec, bottoms: Sequence[Shape], name: str) -> list[BlobDef]:
         h, p = s.p.num_output, s.p
-        out = [filled(f"W_x{name}", (self.gates * h, count(bottoms[0], 2)), p, "weight_filler"),
-               filled(f"b_{name}", (self.gates * h,), p, "bias_filler")]
+        out = [
+            filled(f"W_x{name}", (self.gates * h, count(bottoms[0], 2)), p, "weight_filler"),
+            filled(f"b_{name}", (self.gates * h,), p, "bias_filler"),
+        ]
         if self._static(s):
             out.append(filled(f"W_x{name}_static", (self.gates * h, count(bottoms[2], 1)), p, "weight_filler"))
         return out
 
     def macs(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> int:
-        return sum(count(b.shape) for b in self.blobs(s, bottoms) if len(b.shape) == 2) * bottoms[0][0] \
-            * bottoms[0][1]
+        return sum(count(b.shape) for b in self.blobs(s, bottoms) if len(b.shape) == 2) * bottoms[0][0] * bottoms[0][1]
 
 
 @register
@@ -96,18 +103,29 @@ class RNN(_Recurrent):
     """
 
     type = "RNN"
-    onnx_ops = frozenset({
-        "Add", "Concat", "ConstantOfShape", "Gather", "Gemm", "MatMul", "Mul", "Reshape", "Tanh", "Unsqueeze"})
-    examples = (Example("recurrent_param { num_output: 3 weight_filler { type: 'uniform' min: -0.5 max: 0.5 } }",
-                        (In((4, 2, 5)), In((4, 2), "binary"))),
-                Example("recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: 'gaussian' "
-                        "std: 0.3 } }", (In((3, 2, 4)), In((3, 2), "binary"), In((2, 3)), In((1, 2, 3))),
-                        tops=2))
+    onnx_ops = frozenset(
+        {"Add", "Concat", "ConstantOfShape", "Gather", "Gemm", "MatMul", "Mul", "Reshape", "Tanh", "Unsqueeze"}
+    )
+    examples = (
+        Example(
+            "recurrent_param { num_output: 3 weight_filler { type: 'uniform' min: -0.5 max: 0.5 } }",
+            (In((4, 2, 5)), In((4, 2), "binary")),
+        ),
+        Example(
+            "recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: 'gaussian' std: 0.3 } }",
+            (In((3, 2, 4)), In((3, 2), "binary"), In((2, 3)), In((1, 2, 3))),
+            tops=2,
+        ),
+    )
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         h, p = s.p.num_output, s.p
-        return [*self._input_blobs(s, bottoms, "h"), filled("W_hh", (h, h), p, "weight_filler"),
-                filled("W_ho", (h, h), p, "weight_filler"), filled("b_o", (h,), p, "bias_filler")]
+        return [
+            *self._input_blobs(s, bottoms, "h"),
+            filled("W_hh", (h, h), p, "weight_filler"),
+            filled("W_ho", (h, h), p, "weight_filler"),
+            filled("b_o", (h,), p, "bias_filler"),
+        ]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
@@ -144,16 +162,36 @@ class LSTM(_Recurrent):
     """
 
     type = "LSTM"
-    onnx_ops = frozenset({"Add", "Concat", "ConstantOfShape", "Gather", "Gemm", "MatMul", "Mul", "Reshape", "Sigmoid",
-                          "Slice", "Tanh", "Unsqueeze"})
+    onnx_ops = frozenset(
+        {
+            "Add",
+            "Concat",
+            "ConstantOfShape",
+            "Gather",
+            "Gemm",
+            "MatMul",
+            "Mul",
+            "Reshape",
+            "Sigmoid",
+            "Slice",
+            "Tanh",
+            "Unsqueeze",
+        }
+    )
     states = 2
     gates = 4
-    examples = (Example("recurrent_param { num_output: 3 weight_filler { type: 'uniform' min: -0.5 max: 0.5 } "
-                        "bias_filler { type: 'uniform' min: -0.5 max: 0.5 } }",
-                        (In((4, 2, 5)), In((4, 2), "binary"))),
-                Example("recurrent_param { num_output: 2 expose_hidden: true weight_filler { type: 'gaussian' "
-                        "std: 0.3 } }",
-                        (In((3, 2, 4)), In((3, 2), "binary"), In((1, 2, 2)), In((1, 2, 2))), tops=3))
+    examples = (
+        Example(
+            "recurrent_param { num_output: 3 weight_filler { type: 'uniform' min: -0.5 max: 0.5 } "
+            "bias_filler { type: 'uniform' min: -0.5 max: 0.5 } }",
+            (In((4, 2, 5)), In((4, 2), "binary")),
+        ),
+        Example(
+            "recurrent_param { num_output: 2 expose_hidden: true weight_filler { type: 'gaussian' std: 0.3 } }",
+            (In((3, 2, 4)), In((3, 2), "binary"), In((1, 2, 2)), In((1, 2, 2))),
+            tops=3,
+        ),
+    )
 
     def blobs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[BlobDef]:
         h, p = s.p.num_output, s.p
@@ -193,9 +231,9 @@ def lstm_unit(cell: torch.Tensor, gates: torch.Tensor, keep: torch.Tensor, h: in
     import torch
 
     i = torch.sigmoid(gates[..., :h])
-    f = torch.sigmoid(gates[..., h:2 * h]) * keep
-    o = torch.sigmoid(gates[..., 2 * h:3 * h])
-    g = torch.tanh(gates[..., 3 * h:])
+    f = torch.sigmoid(gates[..., h : 2 * h]) * keep
+    o = torch.sigmoid(gates[..., 2 * h : 3 * h])
+    g = torch.tanh(gates[..., 3 * h :])
     cell = f * cell + i * g
     return cell, o * torch.tanh(cell)
 
@@ -218,8 +256,10 @@ class LSTMUnit(LayerDef):
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         c, gates, cont = bottoms
         if len(c) != 3 or gates != (*c[:2], 4 * c[2]) or cont != c[:2]:
-            raise ShapeError(f"LSTMUnit needs c_prev (1, N, H), gates (1, N, 4H) and cont (1, N); got {fmt(c)}, "
-                             f"{fmt(gates)} and {fmt(cont)}")
+            raise ShapeError(
+                f"LSTMUnit needs c_prev (1, N, H), gates (1, N, 4H) and cont (1, N); got {fmt(c)}, "
+                f"{fmt(gates)} and {fmt(cont)}"
+            )
         return [c, c]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:

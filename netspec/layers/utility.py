@@ -56,19 +56,23 @@ class Concat(LayerDef):
     onnx_ops = frozenset({"Concat", "Identity"})
     param_field = "concat_param"
     bottoms = Arity(1, None)
-    examples = (Example("", (In((2, 3, 4)), In((2, 5, 4)))),
-                Example("concat_param { axis: 0 }", (In((2, 3)), In((1, 3)), In((4, 3)))))
+    examples = (
+        Example("", (In((2, 3, 4)), In((2, 5, 4)))),
+        Example("concat_param { axis: 0 }", (In((2, 3)), In((1, 3)), In((4, 3)))),
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         first = bottoms[0]
         axis = canonical_axis(_legacy_axis(s, "concat_dim"), len(first))
         total = 0
         for i, b in enumerate(bottoms):
-            if len(b) != len(first) or b[:axis] != first[:axis] or b[axis + 1:] != first[axis + 1:]:
-                raise ShapeError(f"bottom {i} {fmt(b)} does not match bottom 0 {fmt(first)} on the axes "
-                                 f"other than {axis}", hint=describe_bottoms(s, bottoms))
+            if len(b) != len(first) or b[:axis] != first[:axis] or b[axis + 1 :] != first[axis + 1 :]:
+                raise ShapeError(
+                    f"bottom {i} {fmt(b)} does not match bottom 0 {fmt(first)} on the axes other than {axis}",
+                    hint=describe_bottoms(s, bottoms),
+                )
             total += b[axis]
-        return [(*first[:axis], total, *first[axis + 1:])]
+        return [(*first[:axis], total, *first[axis + 1 :])]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
@@ -91,30 +95,33 @@ class Slice(LayerDef):
     onnx_ops = frozenset({"Slice", "Split"})
     param_field = "slice_param"
     tops = Arity(1, None)
-    examples = (Example("slice_param { axis: 1 slice_point: 1 slice_point: 4 }", _X, tops=3),
-                Example("slice_param { axis: -1 }", _X, tops=2))
+    examples = (
+        Example("slice_param { axis: 1 slice_point: 1 slice_point: 4 }", _X, tops=3),
+        Example("slice_param { axis: -1 }", _X, tops=2),
+    )
 
     def _sizes(self, s: LayerSpec, b: Shape) -> tuple[int, list[int]]:
         axis = canonical_axis(_legacy_axis(s, "slice_dim"), len(b))
         dim, n, points = b[axis], s.num_tops, list(s.p.slice_point)
         if points:
             if len(points) != n - 1:
-                raise ParamError(f"{len(points)} slice_point values for {n} tops; give {n - 1}",
-                                 field="slice_point")
+                raise ParamError(f"{len(points)} slice_point values for {n} tops; give {n - 1}", field="slice_point")
             edges = [0, *points, dim]
             if any(a >= c for a, c in itertools.pairwise(edges)):
-                raise ShapeError(f"slice points {points} must increase strictly within the axis size {dim}",
-                                 field="slice_point")
+                raise ShapeError(
+                    f"slice points {points} must increase strictly within the axis size {dim}", field="slice_point"
+                )
             return axis, [c - a for a, c in itertools.pairwise(edges)]
         if dim % n:
-            raise ShapeError(f"axis {axis} of size {dim} cannot be split evenly into {n} tops",
-                             hint="give slice_point values")
+            raise ShapeError(
+                f"axis {axis} of size {dim} cannot be split evenly into {n} tops", hint="give slice_point values"
+            )
         return axis, [dim // n] * n
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         b = bottoms[0]
         axis, sizes = self._sizes(s, b)
-        return [(*b[:axis], size, *b[axis + 1:]) for size in sizes]
+        return [(*b[:axis], size, *b[axis + 1 :]) for size in sizes]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch
@@ -155,22 +162,29 @@ class Eltwise(LayerDef):
     onnx_ops = frozenset({"Add", "Max", "Mul", "Sub"})
     param_field = "eltwise_param"
     bottoms = Arity(2, None)
-    examples = (Example("eltwise_param { operation: PROD }", (In((2, 3, 4)), In((2, 3, 4)), In((2, 3, 4)))),
-                Example("eltwise_param { operation: SUM coeff: 1 coeff: -0.5 }", (In((2, 3)), In((2, 3)))),
-                Example("eltwise_param { operation: MAX }", (In((2, 3)), In((2, 3)))))
+    examples = (
+        Example("eltwise_param { operation: PROD }", (In((2, 3, 4)), In((2, 3, 4)), In((2, 3, 4)))),
+        Example("eltwise_param { operation: SUM coeff: 1 coeff: -0.5 }", (In((2, 3)), In((2, 3)))),
+        Example("eltwise_param { operation: MAX }", (In((2, 3)), In((2, 3)))),
+    )
 
     def check(self, s: LayerSpec) -> None:
         p = s.p
         if p.coeff:
             require(p.operation == p.SUM, "coeff applies only to operation SUM", "coeff")
-            require(len(p.coeff) == s.num_bottoms,
-                    f"{len(p.coeff)} coeff values for {s.num_bottoms} bottoms; give one per bottom", "coeff")
+            require(
+                len(p.coeff) == s.num_bottoms,
+                f"{len(p.coeff)} coeff values for {s.num_bottoms} bottoms; give one per bottom",
+                "coeff",
+            )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         for i, b in enumerate(bottoms[1:], 1):
             if b != bottoms[0]:
-                raise ShapeError(f"bottom {i} {fmt(b)} differs from bottom 0 {fmt(bottoms[0])}; Eltwise needs "
-                                 "equal shapes", hint=describe_bottoms(s, bottoms))
+                raise ShapeError(
+                    f"bottom {i} {fmt(b)} differs from bottom 0 {fmt(bottoms[0])}; Eltwise needs equal shapes",
+                    hint=describe_bottoms(s, bottoms),
+                )
         return [bottoms[0]]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -178,6 +192,7 @@ class Eltwise(LayerDef):
 
         p = s.p
         if p.operation == p.PROD:
+
             def prod(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
                 y = xs[0]
                 for x in xs[1:]:
@@ -186,6 +201,7 @@ class Eltwise(LayerDef):
 
             return prod
         if p.operation == p.MAX:
+
             def maximum(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
                 y = xs[0]
                 for x in xs[1:]:
@@ -227,7 +243,7 @@ class Flatten(LayerDef):
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         b = bottoms[0]
         start, end = self._axes(s, b)
-        return [(*b[:start], count(b, start, end + 1), *b[end + 1:])]
+        return [(*b[:start], count(b, start, end + 1), *b[end + 1 :])]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         start, end = self._axes(s, bottoms[0])
@@ -246,8 +262,7 @@ def reshape_dims(s: LayerSpec, b: Shape) -> tuple[int, int, list[int]]:
         require(start <= ndim, f"axis {p.axis} is out of range for a {ndim}-axis bottom", "axis")
     require(p.num_axes >= -1, "num_axes must be -1 (to the end) or non-negative", "num_axes")
     end = ndim if p.num_axes == -1 else start + p.num_axes
-    require(end <= ndim, f"axis {start} with num_axes {p.num_axes} reaches past the {ndim}-axis bottom",
-            "num_axes")
+    require(end <= ndim, f"axis {start} with num_axes {p.num_axes} reaches past the {ndim}-axis bottom", "num_axes")
     dims = [int(d) for d in p.shape.dim]
     require(dims.count(-1) <= 1, "at most one dim may be -1", "shape")
     require(all(d >= -1 for d in dims), f"dims must be -1, 0 or positive, got {dims}", "shape")
@@ -266,9 +281,11 @@ class Reshape(LayerDef):
     onnx_ops = frozenset({"Reshape"})
     param_field = "reshape_param"
     no_in_place = True
-    examples = (Example("reshape_param { shape { dim: 0 dim: 2 dim: -1 } }", _X),
-                Example("reshape_param { shape { dim: 1 } axis: 1 num_axes: 0 }", _X),
-                Example("reshape_param { shape { dim: -1 dim: 2 } axis: -2 }", _X))
+    examples = (
+        Example("reshape_param { shape { dim: 0 dim: 2 dim: -1 } }", _X),
+        Example("reshape_param { shape { dim: 1 } axis: 1 num_axes: 0 }", _X),
+        Example("reshape_param { shape { dim: -1 dim: 2 } axis: -2 }", _X),
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         b = bottoms[0]
@@ -277,21 +294,25 @@ class Reshape(LayerDef):
         for i, d in enumerate(dims):
             if d == 0:
                 if start + i >= len(b):
-                    raise ShapeError(f"dim 0 at position {i} copies axis {start + i}, which the bottom "
-                                     f"{fmt(b)} does not have", field="shape")
+                    raise ShapeError(
+                        f"dim 0 at position {i} copies axis {start + i}, which the bottom {fmt(b)} does not have",
+                        field="shape",
+                    )
                 new.append(b[start + i])
             else:
                 new.append(d)
         if -1 in new:
             known = count(b[:start]) * count(b[end:]) * count([d for d in new if d != -1])
             if known == 0 or count(b) % known:
-                raise ShapeError(f"cannot reshape {fmt(b)} with dims {dims}: {count(b)} elements do not divide "
-                                 f"evenly", field="shape")
+                raise ShapeError(
+                    f"cannot reshape {fmt(b)} with dims {dims}: {count(b)} elements do not divide evenly", field="shape"
+                )
             new[new.index(-1)] = count(b) // known
         top = (*b[:start], *new, *b[end:])
         if count(top) != count(b):
-            raise ShapeError(f"cannot reshape {fmt(b)} ({count(b)} elements) to {fmt(top)} ({count(top)} "
-                             "elements)", field="shape")
+            raise ShapeError(
+                f"cannot reshape {fmt(b)} ({count(b)} elements) to {fmt(top)} ({count(top)} elements)", field="shape"
+            )
         return [top]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
@@ -323,7 +344,7 @@ class Tile(LayerDef):
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         b = bottoms[0]
         axis = canonical_axis(s.p.axis, len(b))
-        return [(*b[:axis], b[axis] * s.p.tiles, *b[axis + 1:])]
+        return [(*b[:axis], b[axis] * s.p.tiles, *b[axis + 1 :])]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         axis = canonical_axis(s.p.axis, len(bottoms[0]))
@@ -343,12 +364,14 @@ class Reduction(LayerDef):
     type = "Reduction"
     onnx_ops = frozenset({"Abs", "Mul", "ReduceMean", "ReduceSum", "Reshape"})
     param_field = "reduction_param"
-    examples = tuple(Example(f"reduction_param {{ operation: {op} axis: {ax} coeff: 0.5 }}", _X)
-                     for op, ax in (("SUM", 0), ("ASUM", 1), ("SUMSQ", -1), ("MEAN", 2)))
+    examples = tuple(
+        Example(f"reduction_param {{ operation: {op} axis: {ax} coeff: 0.5 }}", _X)
+        for op, ax in (("SUM", 0), ("ASUM", 1), ("SUMSQ", -1), ("MEAN", 2))
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         b = bottoms[0]
-        return [b[:canonical_axis(s.p.axis, len(b))]]
+        return [b[: canonical_axis(s.p.axis, len(b))]]
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         p = s.p
@@ -379,9 +402,11 @@ class ArgMax(LayerDef):
     type = "ArgMax"
     onnx_ops = frozenset({"Cast", "Concat", "Reshape", "TopK"})
     param_field = "argmax_param"
-    examples = (Example("argmax_param { top_k: 2 }", _X, gradcheck=False),
-                Example("argmax_param { axis: 1 top_k: 3 out_max_val: true }", _X, gradcheck=False),
-                Example("argmax_param { top_k: 2 out_max_val: true }", (In((3, 5)),), gradcheck=False))
+    examples = (
+        Example("argmax_param { top_k: 2 }", _X, gradcheck=False),
+        Example("argmax_param { axis: 1 top_k: 3 out_max_val: true }", _X, gradcheck=False),
+        Example("argmax_param { top_k: 2 out_max_val: true }", (In((3, 5)),), gradcheck=False),
+    )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         b, p = bottoms[0], s.p
@@ -390,7 +415,7 @@ class ArgMax(LayerDef):
             axis = canonical_axis(p.axis, len(b))
             if p.top_k > b[axis]:
                 raise ShapeError(f"top_k {p.top_k} exceeds the size {b[axis]} of axis {axis}", field="top_k")
-            return [(*b[:axis], p.top_k, *b[axis + 1:])]
+            return [(*b[:axis], p.top_k, *b[axis + 1 :])]
         at_least_axes(b, 1, "(N, ...) when no axis is given")
         if p.top_k > count(b, 1):
             raise ShapeError(f"top_k {p.top_k} exceeds the {count(b, 1)} values of each item", field="top_k")
@@ -474,17 +499,32 @@ class Filter(LayerDef):
     """
 
     type = "Filter"
-    onnx_ops = frozenset({"Equal", "Expand", "GatherND", "Max", "NonZero", "Not", "Reshape", "Shape", "Squeeze",
-                          "Transpose", "Unsqueeze"})
+    onnx_ops = frozenset(
+        {
+            "Equal",
+            "Expand",
+            "GatherND",
+            "Max",
+            "NonZero",
+            "Not",
+            "Reshape",
+            "Shape",
+            "Squeeze",
+            "Transpose",
+            "Unsqueeze",
+        }
+    )
     bottoms = Arity(2, None)
     tops = Arity(1, None)
     data_dependent = True
     examples = (Example("", (In((2, 3)), In((2,), "binary")), gradcheck=False),)
 
     def check(self, s: LayerSpec) -> None:
-        require(s.num_tops == s.num_bottoms - 1,
-                f"Filter has one top per bottom except the selector: {s.num_bottoms - 1} tops, got "
-                f"{s.num_tops}", "top")
+        require(
+            s.num_tops == s.num_bottoms - 1,
+            f"Filter has one top per bottom except the selector: {s.num_bottoms - 1} tops, got {s.num_tops}",
+            "top",
+        )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         for i, b in enumerate(bottoms):
@@ -577,6 +617,8 @@ class Python(LayerDef):
         raise AssertionError("an opaque layer has no shape rule")  # the driver never calls it
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
-        raise ParamError(f"netspec never runs code named in a spec, so it cannot run this Python layer "
-                         f"({s.p.module}.{s.p.layer})", field="python_param",
-                         hint="replace it with built-in layers (`netspec layers` lists them)")
+        raise ParamError(
+            f"netspec never runs code named in a spec, so it cannot run this Python layer ({s.p.module}.{s.p.layer})",
+            field="python_param",
+            hint="replace it with built-in layers (`netspec layers` lists them)",
+        )

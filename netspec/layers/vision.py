@@ -63,8 +63,7 @@ def conv_geometry(p: pb.ConvolutionParameter, bottom: Shape) -> ConvGeometry:
     if p.HasField("kernel_h") or p.HasField("kernel_w"):
         require(n == 2, "kernel_h/kernel_w need exactly 2 spatial axes", "kernel_h")
         require(not p.kernel_size, "give either kernel_size or kernel_h and kernel_w, not both", "kernel_size")
-        require(p.HasField("kernel_h") and p.HasField("kernel_w"), "kernel_h and kernel_w go together",
-                "kernel_h")
+        require(p.HasField("kernel_h") and p.HasField("kernel_w"), "kernel_h and kernel_w go together", "kernel_h")
         kernel: tuple[int, ...] = (p.kernel_h, p.kernel_w)
     else:
         require(bool(p.kernel_size), "kernel_size is required (or kernel_h and kernel_w)", "kernel_size")
@@ -95,15 +94,17 @@ def _x(values: Sequence[int]) -> str:
 def _conv_common_checks(p: pb.ConvolutionParameter) -> None:
     require(p.num_output > 0, "num_output must be set to a positive number", "num_output")
     require(p.group > 0, "group must be positive", "group")
-    require(p.num_output % p.group == 0,
-            f"num_output ({p.num_output}) must be divisible by group ({p.group})", "num_output")
+    require(
+        p.num_output % p.group == 0, f"num_output ({p.num_output}) must be divisible by group ({p.group})", "num_output"
+    )
 
 
 def _check_bottoms_alike(bottoms: Sequence[Shape]) -> None:
     for i, b in enumerate(bottoms[1:], 1):
         if b != bottoms[0]:
-            raise ShapeError(f"all bottoms must have the same shape; bottom 0 is {fmt(bottoms[0])}, "
-                             f"bottom {i} is {fmt(b)}")
+            raise ShapeError(
+                f"all bottoms must have the same shape; bottom 0 is {fmt(bottoms[0])}, bottom {i} is {fmt(b)}"
+            )
 
 
 def _spatial_lowering_limit(n: int, what: str) -> None:
@@ -137,17 +138,18 @@ class _ConvBase(LayerDef):
 
     def check(self, s: LayerSpec) -> None:
         _conv_common_checks(s.p)
-        require(s.num_tops == s.num_bottoms,
-                f"a {self.type} layer has one top per bottom; got {s.num_bottoms} bottoms and "
-                f"{s.num_tops} tops", "top")
+        require(
+            s.num_tops == s.num_bottoms,
+            f"a {self.type} layer has one top per bottom; got {s.num_bottoms} bottoms and {s.num_tops} tops",
+            "top",
+        )
 
     def _geometry(self, s: LayerSpec, bottoms: Sequence[Shape]) -> tuple[ConvGeometry, int]:
         _check_bottoms_alike(bottoms)
         g = conv_geometry(s.p, bottoms[0])
         channels = bottoms[0][g.axis]
         if channels % s.p.group:
-            raise ShapeError(f"input channels ({channels}) must be divisible by group ({s.p.group})",
-                             field="group")
+            raise ShapeError(f"input channels ({channels}) must be divisible by group ({s.p.group})", field="group")
         _spatial_lowering_limit(len(g.kernel), self.type)
         return g, channels
 
@@ -182,10 +184,11 @@ class Convolution(_FilterConv):
     onnx_ops = frozenset({"Conv"})
     examples = (
         Example("convolution_param { num_output: 4 kernel_size: 3 }", (In((2, 3, 8, 8)),)),
-        Example("convolution_param { num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2 dilation: 2 }",
-                (In((1, 3, 9, 9)),)),
-        Example("convolution_param { num_output: 2 kernel_h: 3 kernel_w: 1 bias_term: false }",
-                (In((2, 2, 5, 4)),)),
+        Example(
+            "convolution_param { num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2 dilation: 2 }",
+            (In((1, 3, 9, 9)),),
+        ),
+        Example("convolution_param { num_output: 2 kernel_h: 3 kernel_w: 1 bias_term: false }", (In((2, 2, 5, 4)),)),
         Example("convolution_param { num_output: 2 kernel_size: 3 }", (In((2, 1, 7)),)),
         Example("convolution_param { num_output: 2 kernel_size: 2 }", (In((1, 2, 4, 4, 4)),)),
     )
@@ -194,14 +197,17 @@ class Convolution(_FilterConv):
         g, _ = self._geometry(s, bottoms)
         b = bottoms[0]
         out = []
-        for i, (size, k, st, pd, d) in enumerate(zip(b[g.axis + 1:], g.kernel, g.stride, g.pad, g.dilation,
-                                                     strict=True)):
+        for i, (size, k, st, pd, d) in enumerate(
+            zip(b[g.axis + 1 :], g.kernel, g.stride, g.pad, g.dilation, strict=True)
+        ):
             extent = d * (k - 1) + 1
             o = (size + 2 * pd - extent) // st + 1
             if o < 1:
-                raise ShapeError(f"kernel {_x(g.kernel)} (dilation {_x(g.dilation)}, pad {_x(g.pad)}) does "
-                                 f"not fit the input's spatial size {_x(b[g.axis + 1:])} on spatial axis {i}",
-                                 hint=f"bottom '{s.lp.bottom[0]}' has shape {fmt(b)}")
+                raise ShapeError(
+                    f"kernel {_x(g.kernel)} (dilation {_x(g.dilation)}, pad {_x(g.pad)}) does "
+                    f"not fit the input's spatial size {_x(b[g.axis + 1 :])} on spatial axis {i}",
+                    hint=f"bottom '{s.lp.bottom[0]}' has shape {fmt(b)}",
+                )
             out.append(o)
         top = (*b[: g.axis], s.p.num_output, *out)
         return [top] * len(bottoms)
@@ -216,7 +222,7 @@ class Convolution(_FilterConv):
 
     def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
         g, channels = self._geometry(s, bottoms)  # torch's CPU kernel unfolds the windows of a whole batch
-        return (count(bottoms[0][:g.axis]), channels // s.p.group * count(g.kernel), count(tops[0][g.axis + 1:]))
+        return (count(bottoms[0][: g.axis]), channels // s.p.group * count(g.kernel), count(tops[0][g.axis + 1 :]))
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -240,19 +246,24 @@ class Deconvolution(_FilterConv):
     onnx_ops = frozenset({"ConvTranspose"})
     examples = (
         Example("convolution_param { num_output: 4 kernel_size: 3 stride: 2 }", (In((2, 3, 5, 5)),)),
-        Example("convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 2 dilation: 1 }",
-                (In((1, 2, 3, 4)),)),
+        Example(
+            "convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 2 dilation: 1 }",
+            (In((1, 2, 3, 4)),),
+        ),
     )
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         g, _ = self._geometry(s, bottoms)
         b = bottoms[0]
         out = []
-        for size, k, st, pd, d in zip(b[g.axis + 1:], g.kernel, g.stride, g.pad, g.dilation, strict=True):
+        for size, k, st, pd, d in zip(b[g.axis + 1 :], g.kernel, g.stride, g.pad, g.dilation, strict=True):
             o = st * (size - 1) + d * (k - 1) + 1 - 2 * pd
             if o < 1:
-                raise ShapeError(f"pad {_x(g.pad)} is too large: the output would have size {o}",
-                                 field="pad", hint=f"bottom '{s.lp.bottom[0]}' has shape {fmt(b)}")
+                raise ShapeError(
+                    f"pad {_x(g.pad)} is too large: the output would have size {o}",
+                    field="pad",
+                    hint=f"bottom '{s.lp.bottom[0]}' has shape {fmt(b)}",
+                )
             out.append(o)
         return [(*b[: g.axis], s.p.num_output, *out)] * len(bottoms)
 
@@ -266,7 +277,7 @@ class Deconvolution(_FilterConv):
 
     def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
         g, _ = self._geometry(s, bottoms)  # torch's CPU kernel folds columns back one item at a time
-        return (s.p.num_output * count(g.kernel), count(bottoms[0][g.axis + 1:]))
+        return (s.p.num_output * count(g.kernel), count(bottoms[0][g.axis + 1 :]))
 
     def lower(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Forward:
         import torch.nn.functional as F
@@ -303,8 +314,10 @@ class Im2col(_ConvBase):
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         b = expect_axes(bottoms[0], 4)
         g = self._geometry2d(s, b)
-        sizes = [(size + 2 * pd - (d * (k - 1) + 1)) // st + 1
-                 for size, k, st, pd, d in zip(b[2:], g.kernel, g.stride, g.pad, g.dilation, strict=True)]
+        sizes = [
+            (size + 2 * pd - (d * (k - 1) + 1)) // st + 1
+            for size, k, st, pd, d in zip(b[2:], g.kernel, g.stride, g.pad, g.dilation, strict=True)
+        ]
         if min(sizes) < 1:
             raise ShapeError(f"kernel {_x(g.kernel)} does not fit input {_x(b[2:])}")
         return [(b[0], b[1] * count(g.kernel), *sizes)]
@@ -349,19 +362,35 @@ def _window(text: str, stride: Sequence[int], pad: Sequence[int]) -> str:
 def pool_geometry(p: pb.PoolingParameter, b: Shape) -> PoolGeometry:
     """Caffe's pooling kernel/stride/pad rules, checked as PoolingLayer::LayerSetUp checks them."""
     if p.global_pooling:
-        require(not (p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w")),
-                "global_pooling pools over the whole input; remove the kernel size", "kernel_size")
-        require(p.pad == 0 and p.pad_h == 0 and p.pad_w == 0 and p.stride == 1 and
-                not p.HasField("stride_h") and not p.HasField("stride_w"),
-                "global_pooling takes no pad and stride", "global_pooling")
+        require(
+            not (p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w")),
+            "global_pooling pools over the whole input; remove the kernel size",
+            "kernel_size",
+        )
+        require(
+            p.pad == 0
+            and p.pad_h == 0
+            and p.pad_w == 0
+            and p.stride == 1
+            and not p.HasField("stride_h")
+            and not p.HasField("stride_w"),
+            "global_pooling takes no pad and stride",
+            "global_pooling",
+        )
         return PoolGeometry((b[2], b[3]), (1, 1), (0, 0), True)
     if p.HasField("kernel_size"):
-        require(not (p.HasField("kernel_h") or p.HasField("kernel_w")),
-                "give either kernel_size or kernel_h and kernel_w, not both", "kernel_size")
+        require(
+            not (p.HasField("kernel_h") or p.HasField("kernel_w")),
+            "give either kernel_size or kernel_h and kernel_w, not both",
+            "kernel_size",
+        )
         kernel = (p.kernel_size, p.kernel_size)
     else:
-        require(p.HasField("kernel_h") and p.HasField("kernel_w"),
-                "pooling needs kernel_size (or kernel_h and kernel_w)", "kernel_size")
+        require(
+            p.HasField("kernel_h") and p.HasField("kernel_w"),
+            "pooling needs kernel_size (or kernel_h and kernel_w)",
+            "kernel_size",
+        )
         kernel = (p.kernel_h, p.kernel_w)
     if p.HasField("pad_h") or p.HasField("pad_w"):
         require(not p.HasField("pad"), "give either pad or pad_h and pad_w, not both", "pad")
@@ -377,8 +406,11 @@ def pool_geometry(p: pb.PoolingParameter, b: Shape) -> PoolGeometry:
     require(min(stride) > 0, f"stride must be positive, got {_x(stride)}", "stride")
     if pad != (0, 0):
         require(p.pool in (p.MAX, p.AVE), "only MAX and AVE pooling take padding", "pad")
-        require(pad[0] < kernel[0] and pad[1] < kernel[1],
-                f"pad {_x(pad)} must be smaller than the kernel {_x(kernel)}", "pad")
+        require(
+            pad[0] < kernel[0] and pad[1] < kernel[1],
+            f"pad {_x(pad)} must be smaller than the kernel {_x(kernel)}",
+            "pad",
+        )
     return PoolGeometry(kernel, stride, pad, False)
 
 
@@ -431,8 +463,15 @@ def _ave_divisor(size: int, k: int, s: int, pad: int, i: int) -> int:
     return min(k, size + 2 * pad - i * s)
 
 
-def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int],
-           ceil: bool, train: bool, with_mask: bool = False) -> list[torch.Tensor]:
+def pool2d(
+    x: torch.Tensor,
+    method: int,
+    g: PoolGeometry,
+    out_hw: tuple[int, int],
+    ceil: bool,
+    train: bool,
+    with_mask: bool = False,
+) -> list[torch.Tensor]:
     """Caffe's pooling with torch: torch's own ceil_mode/count_include_pad where they pool Caffe's
     windows, else explicit padding (and, for AVE, Caffe's divisors) so that exactly Caffe's windows
     are pooled."""
@@ -443,8 +482,10 @@ def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int
     hw = (x.shape[2], x.shape[3])
     native = _native_pooling(hw, g, out_hw, ceil, method)
     if method in (P.MAX, P.AVE) and not native:
-        (right_h, div_h), (right_w, div_w) = (_window_extent(size, k, s, pd, o) for size, k, s, pd, o in
-                                              zip(hw, g.kernel, g.stride, g.pad, out_hw, strict=True))
+        (right_h, div_h), (right_w, div_w) = (
+            _window_extent(size, k, s, pd, o)
+            for size, k, s, pd, o in zip(hw, g.kernel, g.stride, g.pad, out_hw, strict=True)
+        )
         pads = (g.pad[1], right_w, g.pad[0], right_h)  # F.pad drops cells for a negative amount
     if method == P.MAX:
         if native:
@@ -462,8 +503,10 @@ def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int
         if native:
             return [F.avg_pool2d(x, g.kernel, g.stride, g.pad, ceil, count_include_pad=True)]
         total = F.avg_pool2d(F.pad(x, pads), g.kernel, g.stride) * (g.kernel[0] * g.kernel[1])
-        divisor = torch.tensor(div_h, dtype=x.dtype, device=x.device)[:, None] * torch.tensor(
-            div_w, dtype=x.dtype, device=x.device)[None, :]
+        divisor = (
+            torch.tensor(div_h, dtype=x.dtype, device=x.device)[:, None]
+            * torch.tensor(div_w, dtype=x.dtype, device=x.device)[None, :]
+        )
         return [total / divisor]
     # STOCHASTIC, as Caffe's kernels: TEST takes sum(x^2) / (FLT_MIN + sum(x)); TRAIN draws u in [0, 1) and
     # takes the first cell whose running sum reaches u * sum(x), which samples a cell with probability
@@ -471,8 +514,7 @@ def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int
     # then leaves the output unwritten, and this takes the cell whose running sum comes closest.
     n, c = x.shape[0], x.shape[1]
     oh, ow = out_hw
-    extra = [max(0, (o - 1) * s + k - size) for size, k, s, o in
-             zip(hw, g.kernel, g.stride, out_hw, strict=True)]
+    extra = [max(0, (o - 1) * s + k - size) for size, k, s, o in zip(hw, g.kernel, g.stride, out_hw, strict=True)]
     xp = F.pad(x, (0, extra[1], 0, extra[0]))  # zeros after the window's cells leave its running sums alone
     cols = F.unfold(xp, g.kernel, 1, 0, g.stride).reshape(n, c, g.kernel[0] * g.kernel[1], oh * ow)
     total = cols.sum(2)
@@ -481,8 +523,9 @@ def pool2d(x: torch.Tensor, method: int, g: PoolGeometry, out_hw: tuple[int, int
     else:
         running = cols.detach().cumsum(2)
         reached = running >= torch.rand_like(total).unsqueeze(2) * total.detach().unsqueeze(2)
-        pick = torch.where(reached.any(2, keepdim=True), reached.to(x.dtype).argmax(2, keepdim=True),
-                           running.argmax(2, keepdim=True))
+        pick = torch.where(
+            reached.any(2, keepdim=True), reached.to(x.dtype).argmax(2, keepdim=True), running.argmax(2, keepdim=True)
+        )
         y = cols.gather(2, pick).squeeze(2)
     return [y.reshape(n, c, oh, ow)]
 
@@ -508,8 +551,11 @@ class Pooling(LayerDef):
         Example("pooling_param { pool: AVE global_pooling: true }", (In((2, 3, 4, 5)),)),
         Example("pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR }", (In((1, 1, 8, 8)),)),
         Example("pooling_param { pool: MAX kernel_size: 1 stride: 3 }", (In((1, 2, 5, 5)),)),
-        Example("pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }",
-                (In((1, 2, 4, 4), "positive"),), gradcheck=False),
+        Example(
+            "pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }",
+            (In((1, 2, 4, 4), "positive"),),
+            gradcheck=False,
+        ),
     )
 
     def summary(self, s: LayerSpec, bottoms: Sequence[Shape]) -> str:
@@ -529,16 +575,23 @@ class Pooling(LayerDef):
             raise ShapeError(f"Pooling takes 4-axis (N, C, H, W) bottoms, got {fmt(b)}")
         g = pool_geometry(s.p, b)
         ceil = s.p.round_mode == s.p.CEIL
-        out = tuple(pooled_size(size, k, st, pd, ceil)
-                    for size, k, st, pd in zip(b[2:], g.kernel, g.stride, g.pad, strict=True))
+        out = tuple(
+            pooled_size(size, k, st, pd, ceil) for size, k, st, pd in zip(b[2:], g.kernel, g.stride, g.pad, strict=True)
+        )
         if min(out) < 1:
-            raise ShapeError(f"kernel {_x(g.kernel)} is larger than the padded input {_x(b[2:])}",
-                             hint=f"bottom '{s.lp.bottom[0]}' has shape {fmt(b)}")
-        if s.p.pool == s.p.AVE and any(_ave_divisor(size, k, st, pd, o - 1) <= 0 for size, k, st, pd, o
-                                       in zip(b[2:], g.kernel, g.stride, g.pad, out, strict=True)):
-            raise ShapeError("with this kernel and stride the last average-pooling window would start "
-                             "past the input, where Caffe's divisor is undefined",
-                             hint="use a stride no larger than the kernel, or round_mode: FLOOR")
+            raise ShapeError(
+                f"kernel {_x(g.kernel)} is larger than the padded input {_x(b[2:])}",
+                hint=f"bottom '{s.lp.bottom[0]}' has shape {fmt(b)}",
+            )
+        if s.p.pool == s.p.AVE and any(
+            _ave_divisor(size, k, st, pd, o - 1) <= 0
+            for size, k, st, pd, o in zip(b[2:], g.kernel, g.stride, g.pad, out, strict=True)
+        ):
+            raise ShapeError(
+                "with this kernel and stride the last average-pooling window would start "
+                "past the input, where Caffe's divisor is undefined",
+                hint="use a stride no larger than the kernel, or round_mode: FLOOR",
+            )
         return [(b[0], b[1], *out)] * s.num_tops
 
     def scratch(self, s: LayerSpec, bottoms: Sequence[Shape], tops: Sequence[Shape]) -> Shape | None:
@@ -583,12 +636,17 @@ class SPP(LayerDef):
             kernel = (-(-h // bins), -(-w // bins))
             pad = ((kernel[0] * bins - h + 1) // 2, (kernel[1] * bins - w + 1) // 2)
             if pad[0] >= kernel[0] or pad[1] >= kernel[1]:  # Caffe's pooling refuses these windows too
-                raise ShapeError(f"pyramid level {level} ({bins}x{bins} bins) does not fit the {h}x{w} input: "
-                                 f"its windows {_x(kernel)} would need padding {_x(pad)}, which must be smaller",
-                                 field="pyramid_height", hint=f"use a pyramid_height of at most {level}")
+                raise ShapeError(
+                    f"pyramid level {level} ({bins}x{bins} bins) does not fit the {h}x{w} input: "
+                    f"its windows {_x(kernel)} would need padding {_x(pad)}, which must be smaller",
+                    field="pyramid_height",
+                    hint=f"use a pyramid_height of at most {level}",
+                )
             g = PoolGeometry(kernel, kernel, pad, False)
-            out = (pooled_size(h, kernel[0], kernel[0], pad[0], True),
-                   pooled_size(w, kernel[1], kernel[1], pad[1], True))
+            out = (
+                pooled_size(h, kernel[0], kernel[0], pad[0], True),
+                pooled_size(w, kernel[1], kernel[1], pad[1], True),
+            )
             levels.append((g, out))
         return levels
 
@@ -640,8 +698,7 @@ class Crop(LayerDef):
         axis = canonical_axis(s.p.axis, len(a))
         n = len(a) - axis
         if len(s.p.offset) > 1 and len(s.p.offset) != n:
-            raise ParamError(f"give one offset, or one per cropped axis ({n}); got {len(s.p.offset)}",
-                             field="offset")
+            raise ParamError(f"give one offset, or one per cropped axis ({n}); got {len(s.p.offset)}", field="offset")
         offsets = list(s.p.offset) * n if len(s.p.offset) == 1 else list(s.p.offset) or [0] * n
         for i, off in enumerate(offsets):
             ax = axis + i
@@ -677,8 +734,7 @@ class LRN(LayerDef):
     category = "normalization"
     examples = (
         Example("lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 }", (In((2, 5, 3, 3)),)),
-        Example("lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL }",
-                (In((2, 2, 4, 5)),)),
+        Example("lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL }", (In((2, 2, 4, 5)),)),
     )
 
     def check(self, s: LayerSpec) -> None:
@@ -707,4 +763,3 @@ class LRN(LayerDef):
             return [x * (1 + alpha_sq * mean_sq) ** (-beta)]
 
         return within
-

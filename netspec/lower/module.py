@@ -164,8 +164,10 @@ class NetModule(nn.Module):
             t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
             want = self._input_shapes.get(name) if reads is None else None
             if want is not None and (t.dim() != len(want) or tuple(t.shape[1:]) != want[1:]):
-                raise NetspecError(f"input '{name}' has shape {fmt(tuple(t.shape))}; the net expects "
-                                   f"{fmt(('N', *want[1:]))} (spec: {fmt(want)})")
+                raise NetspecError(
+                    f"input '{name}' has shape {fmt(tuple(t.shape))}; the net expects "
+                    f"{fmt(('N', *want[1:]))} (spec: {fmt(want)})"
+                )
             out[name] = t
         return out
 
@@ -195,10 +197,12 @@ class NetModule(nn.Module):
         for name in ([] if layers is None else list(layers)) + ([] if until is None else [until]):
             if name not in names:
                 every = [s.name for s in self._steps]
-                raise NetspecError(f"no layer '{name}' computes in this run",
-                                   hint=did_you_mean(name, every) or "the layers that compute: " + ", ".join(every))
+                raise NetspecError(
+                    f"no layer '{name}' computes in this run",
+                    hint=did_you_mean(name, every) or "the layers that compute: " + ", ".join(every),
+                )
         if until is not None:
-            steps = steps[:names.index(until) + 1]
+            steps = steps[: names.index(until) + 1]
         if layers is None:
             return _Plan(tuple(steps), None)
         made: set[str] = set()
@@ -208,8 +212,14 @@ class NetModule(nn.Module):
             made |= set(step.tops)
         return _Plan(tuple(steps), frozenset(reads))
 
-    def run(self, inputs: Mapping[str, Any], *, layers: Collection[str] | None = None, until: str | None = None,
-            hook: StepHook | None = None) -> dict[str, torch.Tensor]:
+    def run(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        layers: Collection[str] | None = None,
+        until: str | None = None,
+        hook: StepHook | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Runs the net's layers and returns every blob computed (an in-place blob holds its last value).
 
         Args:
@@ -254,30 +264,44 @@ class NetModule(nn.Module):
         """The user's error when the failed step got bottoms other than the spec's shapes or dtype (so the
         inputs given were not what the net takes); None when it got what the spec promised (a bug)."""
         info = self.net.layer(step.name)
-        dtype = next((t.dtype for t in (*self.blob_params.values(), *self.buffers()) if t.is_floating_point()),
-                     torch.get_default_dtype())
+        dtype = next(
+            (t.dtype for t in (*self.blob_params.values(), *self.buffers()) if t.is_floating_point()),
+            torch.get_default_dtype(),
+        )
         got = [env[b] for b in step.bottoms]
 
         def unexpected(t: torch.Tensor, shape: Shape | None) -> bool:
             autocast = torch.is_autocast_enabled(t.device.type)
-            return not t.is_floating_point() or (t.dtype != dtype and not autocast) or \
-                (shape is not None and tuple(t.shape) != shape)
+            return (
+                not t.is_floating_point()
+                or (t.dtype != dtype and not autocast)
+                or (shape is not None and tuple(t.shape) != shape)
+            )
 
         if not any(unexpected(t, shape) for t, shape in zip(got, info.bottom_shapes, strict=True)):
             return None
-        actual = ", ".join(f"{b} {fmt(tuple(t.shape))}" + ("" if t.dtype == dtype else f" {str(t.dtype)[6:]}")
-                           for b, t in zip(step.bottoms, got, strict=True))
-        expected = ", ".join(f"{b} {'(?)' if shape is None else fmt(shape)}"
-                             for b, shape in zip(step.bottoms, info.bottom_shapes, strict=True))
+        actual = ", ".join(
+            f"{b} {fmt(tuple(t.shape))}" + ("" if t.dtype == dtype else f" {str(t.dtype)[6:]}")
+            for b, t in zip(step.bottoms, got, strict=True)
+        )
+        expected = ", ".join(
+            f"{b} {'(?)' if shape is None else fmt(shape)}"
+            for b, shape in zip(step.bottoms, info.bottom_shapes, strict=True)
+        )
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         node = info.node
-        return ShapeError(f"cannot run on bottoms {actual}: {reason}", loc=node.loc, layer=node.name,
-                          layer_type=node.type,
-                          hint=f"the spec infers {expected}; give the net {str(dtype)[6:]} inputs of the spec's "
-                               "shapes, with one batch size for all")
+        return ShapeError(
+            f"cannot run on bottoms {actual}: {reason}",
+            loc=node.loc,
+            layer=node.name,
+            layer_type=node.type,
+            hint=f"the spec infers {expected}; give the net {str(dtype)[6:]} inputs of the spec's "
+            "shapes, with one batch size for all",
+        )
 
-    def _call(self, step: Step, xs: list[torch.Tensor], late_reads: list[tuple[_BlobsAtBackward, str, str]]
-              ) -> list[torch.Tensor]:
+    def _call(
+        self, step: Step, xs: list[torch.Tensor], late_reads: list[tuple[_BlobsAtBackward, str, str]]
+    ) -> list[torch.Tensor]:
         if step.caffe_grad is not None and torch.is_grad_enabled():
             blobs = _BlobsAtBackward()
             late_reads.append((blobs, step.bottoms[0], step.tops[0]))

@@ -52,8 +52,9 @@ def read_weights(path: str | Path) -> Weights:
         caffe = read_caffemodel(path)
         return Weights({k: [torch.from_numpy(a) for a in v] for k, v in caffe.blobs.items()}, caffe.legacy)
     if not str(path).endswith(".pt"):
-        raise WeightsError(f"cannot tell the format of weights file '{path}' from its name",
-                           hint=f"--weights takes {ACCEPTED}")
+        raise WeightsError(
+            f"cannot tell the format of weights file '{path}' from its name", hint=f"--weights takes {ACCEPTED}"
+        )
     if not Path(path).exists():
         raise WeightsError(f"weights file '{path}' does not exist", hint=f"--weights takes {ACCEPTED}")
     from netspec import snapshot
@@ -67,8 +68,9 @@ def read_weights(path: str | Path) -> Weights:
     return Weights(state["blobs"])
 
 
-def apply_weights(params: dict[str, list[torch.Tensor]], weights: Weights, source: str,
-                  allow_missing: bool = False) -> WeightsReport:
+def apply_weights(
+    params: dict[str, list[torch.Tensor]], weights: Weights, source: str, allow_missing: bool = False
+) -> WeightsReport:
     """Copies weights into a module's caffe_params() in place; raises on mismatches unless allowed."""
     report = WeightsReport()
     for layer, blobs in params.items():
@@ -79,12 +81,15 @@ def apply_weights(params: dict[str, list[torch.Tensor]], weights: Weights, sourc
         problems = []
         if len(given) != len(blobs):
             problems.append(f"{layer}: {len(given)} blob(s) in the file, {len(blobs)} in the net")
-        given = [v.reshape(t.shape) if _fits(t, v, (layer, i) in weights.legacy) else v
-                 for i, (t, v) in enumerate(zip(blobs, given, strict=False))] + given[len(blobs):]
+        given = [
+            v.reshape(t.shape) if _fits(t, v, (layer, i) in weights.legacy) else v
+            for i, (t, v) in enumerate(zip(blobs, given, strict=False))
+        ] + given[len(blobs) :]
         for i, (target, value) in enumerate(zip(blobs, given, strict=False)):
             if tuple(target.shape) != tuple(value.shape):
-                problems.append(f"{layer} blob {i}: {fmt(tuple(value.shape))} in the file, {fmt(tuple(target.shape))} "
-                                "in the net")
+                problems.append(
+                    f"{layer} blob {i}: {fmt(tuple(value.shape))} in the file, {fmt(tuple(target.shape))} in the net"
+                )
         if problems:
             report.mismatched.extend(problems)
             continue
@@ -94,9 +99,11 @@ def apply_weights(params: dict[str, list[torch.Tensor]], weights: Weights, sourc
         report.loaded.append(layer)
     report.unused = [layer for layer in weights.blobs if layer not in params]
     if (report.mismatched and not allow_missing) or (params and not report.loaded):
-        raise WeightsError(f"weights in '{source}' do not fit the net: {report.summary()}",
-                           hint="layers are matched by name and blobs by shape; pass --allow-missing to start the "
-                                "mismatched layers from their fillers")
+        raise WeightsError(
+            f"weights in '{source}' do not fit the net: {report.summary()}",
+            hint="layers are matched by name and blobs by shape; pass --allow-missing to start the "
+            "mismatched layers from their fillers",
+        )
     return report
 
 

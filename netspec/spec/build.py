@@ -47,8 +47,7 @@ class BuildOptions:
     quotes_mark_strings: bool
 
 
-def build_message(tree: Mapping, msg: Message, smap: SourceMap, opts: BuildOptions,
-                  path: Path = ()) -> None:
+def build_message(tree: Mapping, msg: Message, smap: SourceMap, opts: BuildOptions, path: Path = ()) -> None:
     """Fills `msg` from `tree`, recording locations in `smap`; raises SpecFieldError on any mismatch."""
     smap.locs.setdefault(path, tree.loc)
     desc = msg.DESCRIPTOR
@@ -56,12 +55,14 @@ def build_message(tree: Mapping, msg: Message, smap: SourceMap, opts: BuildOptio
     for key, key_loc, value in tree.items:
         fd = desc.fields_by_name.get(key)
         if fd is None:
-            raise SpecFieldError(f"unknown field '{shown(key)}' in {_what(desc)}", loc=key_loc,
-                                 hint=_unknown_field_hint(key, desc, tree))
+            raise SpecFieldError(
+                f"unknown field '{shown(key)}' in {_what(desc)}", loc=key_loc, hint=_unknown_field_hint(key, desc, tree)
+            )
         if not fd.is_repeated:
             if key in seen:
-                raise SpecFieldError(f"field '{key}' is given twice (first on line {seen[key].line}); "
-                                     "it takes one value", loc=key_loc)
+                raise SpecFieldError(
+                    f"field '{key}' is given twice (first on line {seen[key].line}); it takes one value", loc=key_loc
+                )
             seen[key] = key_loc
         fpath = (*path, key)
         if fd.is_repeated:
@@ -103,7 +104,8 @@ def _tree_value(tree: Mapping, key: str) -> str | None:
 
 def _what(desc: Descriptor) -> str:
     return {"LayerParameter": "a layer", "NetParameter": "the net", "SolverParameter": "the solver"}.get(
-        desc.name, desc.name)
+        desc.name, desc.name
+    )
 
 
 def repeated_items(fd: FieldDescriptor, value: Node) -> list[Node]:
@@ -114,8 +116,12 @@ def repeated_items(fd: FieldDescriptor, value: Node) -> list[Node]:
         return list(value.items)
     if isinstance(value, Scalar) and value.text == "" and not value.quoted:
         return []  # YAML `top:` with nothing after it: an empty list
-    if (isinstance(value, Mapping) and fd.message_type is not None and fd.message_type.name == "SweepRange"
-            and all("." in key for key, _, _ in value.items)):
+    if (
+        isinstance(value, Mapping)
+        and fd.message_type is not None
+        and fd.message_type.name == "SweepRange"
+        and all("." in key for key, _, _ in value.items)
+    ):
         # `parameters: {solver.base_lr: {type: loguniform, ...}}`: keyed by dotted path, as people write sweeps
         return [_keyed(key, key_loc, item) for key, key_loc, item in value.items]
     return [value]
@@ -131,8 +137,9 @@ def _all_scalars(seq: Sequence) -> bool:
     return bool(seq.items) and all(isinstance(i, Scalar) for i in seq.items)
 
 
-def fill_message(sub: Message, fd: FieldDescriptor, value: Node, smap: SourceMap,
-                  opts: BuildOptions, path: Path) -> None:
+def fill_message(
+    sub: Message, fd: FieldDescriptor, value: Node, smap: SourceMap, opts: BuildOptions, path: Path
+) -> None:
     name = fd.message_type.name
     if isinstance(value, Mapping):
         build_message(value, sub, smap, opts, path)
@@ -150,8 +157,7 @@ def fill_message(sub: Message, fd: FieldDescriptor, value: Node, smap: SourceMap
         smap.locs.setdefault(path, value.loc)  # YAML `loss_param:` with nothing: present but empty
     else:
         got = "a list" if isinstance(value, Sequence) else f"'{shown(value.text)}'"
-        raise SpecFieldError(f"field '{fd.name}' takes a {name} message ({{ ... }}), got {got}",
-                             loc=value.loc)
+        raise SpecFieldError(f"field '{fd.name}' takes a {name} message ({{ ... }}), got {got}", loc=value.loc)
 
 
 def scalar_value(fd: FieldDescriptor, node: Node, opts: BuildOptions) -> object:
@@ -161,12 +167,18 @@ def scalar_value(fd: FieldDescriptor, node: Node, opts: BuildOptions) -> object:
     text = node.text
     if fd.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
         if opts.quotes_mark_strings and not node.quoted:
-            raise SpecFieldError(f"field '{fd.name}' takes a string, got the bare word {shown(text)}",
-                                 loc=node.loc, hint=f'strings need quotes: {fd.name}: "{shown(text)}"')
+            raise SpecFieldError(
+                f"field '{fd.name}' takes a string, got the bare word {shown(text)}",
+                loc=node.loc,
+                hint=f'strings need quotes: {fd.name}: "{shown(text)}"',
+            )
         return text.encode("latin-1", "replace") if fd.type == FieldDescriptor.TYPE_BYTES else text
     if node.quoted and opts.quotes_mark_strings:
-        raise SpecFieldError(f"field '{fd.name}' takes {_kind(fd)}, got the string \"{shown(text)}\"",
-                             loc=node.loc, hint="remove the quotes")
+        raise SpecFieldError(
+            f"field '{fd.name}' takes {_kind(fd)}, got the string \"{shown(text)}\"",
+            loc=node.loc,
+            hint="remove the quotes",
+        )
     if text == "":
         raise SpecFieldError(f"field '{fd.name}' has no value; it takes {_kind(fd)}", loc=node.loc)
     yaml = not opts.quotes_mark_strings
@@ -197,8 +209,11 @@ def _unknown_field_hint(key: str, desc: Descriptor, tree: Mapping) -> str | None
     if hint or desc.name != "LayerParameter":
         return hint
     # A layer parameter written directly in the layer: name the *_param block it belongs in.
-    owners = [f.name for f in desc.fields if f.message_type is not None and f.name.endswith("_param")
-              and key in f.message_type.fields_by_name]
+    owners = [
+        f.name
+        for f in desc.fields
+        if f.message_type is not None and f.name.endswith("_param") and key in f.message_type.fields_by_name
+    ]
     if not owners:
         return None
     layer_type = _tree_value(tree, "type") or ""

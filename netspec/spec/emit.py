@@ -72,8 +72,7 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _str)
-_Dumper.add_representer(_Float, lambda d, v: d.represent_scalar("tag:yaml.org,2002:float",
-                                                                 _float_text(v, v.single)))
+_Dumper.add_representer(_Float, lambda d, v: d.represent_scalar("tag:yaml.org,2002:float", _float_text(v, v.single)))
 _Dumper.add_representer(_Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
 _Dumper.add_representer(_FlowMap, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))
 
@@ -91,8 +90,7 @@ def _scalar(fd: FieldDescriptor, value: Any) -> Any:
 
 
 def _is_leafy(d: dict[str, Any]) -> bool:
-    return all(not isinstance(v, dict) and not (isinstance(v, list) and not isinstance(v, _Flow))
-               for v in d.values())
+    return all(not isinstance(v, dict) and not (isinstance(v, list) and not isinstance(v, _Flow)) for v in d.values())
 
 
 def _message(msg: Message) -> Any:

@@ -17,8 +17,7 @@ from netspec.spec.yamltree import parse_yaml
 
 PROTOTXT = "prototxt"
 YAML = "yaml"
-_SUFFIXES = {".prototxt": PROTOTXT, ".pbtxt": PROTOTXT,
-             ".yaml": YAML, ".yml": YAML}
+_SUFFIXES = {".prototxt": PROTOTXT, ".pbtxt": PROTOTXT, ".yaml": YAML, ".yml": YAML}
 
 
 @dataclass
@@ -39,8 +38,10 @@ def spec_format(path: str) -> str:
     """prototxt or yaml, from the file name."""
     fmt = _SUFFIXES.get(Path(path).suffix.lower())
     if fmt is None:
-        raise SpecSyntaxError(f"cannot tell the format of '{path}' from its name",
-                              hint="name spec files *.prototxt (or *.pbtxt) or *.yaml (or *.yml)")
+        raise SpecSyntaxError(
+            f"cannot tell the format of '{path}' from its name",
+            hint="name spec files *.prototxt (or *.pbtxt) or *.yaml (or *.yml)",
+        )
     return fmt
 
 

@@ -103,14 +103,15 @@ def read_float(fd: FieldDescriptor, text: str, yaml: bool) -> float:
             value = int(spelling[1], spelling[2])
             return -_to_float(value) if spelling[0] else _to_float(value)
     elif text.startswith("+"):
-        raise SpecFieldError(f"field '{fd.name}' takes a number, got '{shown(text)}'",
-                             hint=_PLUS_HINT)
+        raise SpecFieldError(f"field '{fd.name}' takes a number, got '{shown(text)}'", hint=_PLUS_HINT)
     if _SPECIAL.fullmatch(text):
         return float(text)
     if _FLOAT.fullmatch(text):
         if _LEADING_ZERO.match(text) and (not yaml or text.lstrip("+-").isdigit()):
-            raise SpecFieldError(f"field '{fd.name}' takes a number, got '{shown(text)}'",
-                                 hint=f"{_OCTAL_HINT}, and a float cannot be octal: leave out the leading 0")
+            raise SpecFieldError(
+                f"field '{fd.name}' takes a number, got '{shown(text)}'",
+                hint=f"{_OCTAL_HINT}, and a float cannot be octal: leave out the leading 0",
+            )
         return float(text.rstrip("fF"))
     raise SpecFieldError(f"field '{fd.name}' takes a number, got '{shown(text)}'")
 

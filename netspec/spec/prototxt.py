@@ -28,8 +28,19 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 
-_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "a": b"\a", "b": b"\b", "f": b"\f", "v": b"\v",
-            "\\": b"\\", "'": b"'", '"': b'"', "?": b"?"}
+_ESCAPES = {
+    "n": b"\n",
+    "t": b"\t",
+    "r": b"\r",
+    "a": b"\a",
+    "b": b"\b",
+    "f": b"\f",
+    "v": b"\v",
+    "\\": b"\\",
+    "'": b"'",
+    '"': b'"',
+    "?": b"?",
+}
 _ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.))", re.DOTALL)
 _HEX_DIGITS = {"x": "one or two", "u": "four", "U": "eight"}
 
@@ -42,7 +53,7 @@ def _unescape(body: str, toks: _Tokens, start: int) -> str:
     out = bytearray()
     pos = 0
     for m in _ESCAPE.finditer(body):
-        out += body[pos:m.start()].encode("utf-8")
+        out += body[pos : m.start()].encode("utf-8")
         pos = m.end()
         octal, hex_byte, u4, u8, other = m.groups()
         if octal is not None and int(octal, 8) <= 0o377:
@@ -54,15 +65,20 @@ def _unescape(body: str, toks: _Tokens, start: int) -> str:
         elif other in _ESCAPES:
             out += _ESCAPES[other]
         else:
-            raise SpecSyntaxError(_bad_escape(m.group(), other) + " in a string", loc=toks.loc(start + m.start()),
-                                  hint=r"write \\ for a backslash" if other and other not in _HEX_DIGITS else None)
+            raise SpecSyntaxError(
+                _bad_escape(m.group(), other) + " in a string",
+                loc=toks.loc(start + m.start()),
+                hint=r"write \\ for a backslash" if other and other not in _HEX_DIGITS else None,
+            )
     out += body[pos:].encode("utf-8")
     try:
         return out.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SpecSyntaxError(f"string is not valid UTF-8 text (at byte {e.start}: "
-                              f"{bytes(out[e.start:e.end]).hex(' ')})", loc=toks.loc(start - 1),
-                              hint="a string field holds Unicode text; escapes stand for its UTF-8 bytes") from None
+        raise SpecSyntaxError(
+            f"string is not valid UTF-8 text (at byte {e.start}: {bytes(out[e.start : e.end]).hex(' ')})",
+            loc=toks.loc(start - 1),
+            hint="a string field holds Unicode text; escapes stand for its UTF-8 bytes",
+        ) from None
 
 
 def _bad_escape(escape: str, other: str | None) -> str:
@@ -141,9 +157,11 @@ def _body(toks: _Tokens, out: Mapping, closer: str | None, depth: int) -> Mappin
         tok = toks.peek()
         if tok is None:
             if closer is not None:
-                raise SpecSyntaxError(f"missing '{closer}' before the end of the file", loc=out.loc,
-                                      hint="the block opened here is never closed: a closing brace is missing "
-                                      "inside or after it")
+                raise SpecSyntaxError(
+                    f"missing '{closer}' before the end of the file",
+                    loc=out.loc,
+                    hint="the block opened here is never closed: a closing brace is missing inside or after it",
+                )
             return out
         kind, text, offset = tok
         if kind == "punct" and text == closer:
@@ -178,9 +196,7 @@ def _value(toks: _Tokens, name: str, depth: int) -> Node:
         toks.take()
         return _body(toks, Mapping(toks.loc(offset)), _CLOSE[text], _open(toks, offset, depth))
     if not colon:
-        raise SpecSyntaxError(
-            f"expected ':' or '{{' after field name '{name}', found '{text}'", loc=toks.loc(offset)
-        )
+        raise SpecSyntaxError(f"expected ':' or '{{' after field name '{name}', found '{text}'", loc=toks.loc(offset))
     if kind == "punct" and text == "[":
         toks.take()
         inner = _open(toks, offset, depth)

@@ -51,8 +51,11 @@ Node = Scalar | Mapping | Sequence
 
 def too_deep(loc: SourceLoc) -> SpecSyntaxError:
     """The error for a block opened at `loc` beyond MAX_DEPTH."""
-    return SpecSyntaxError(f"blocks nest more than {MAX_DEPTH} levels deep here", loc=loc,
-                           hint="specs nest a few levels; is the file generated or damaged?")
+    return SpecSyntaxError(
+        f"blocks nest more than {MAX_DEPTH} levels deep here",
+        loc=loc,
+        hint="specs nest a few levels; is the file generated or damaged?",
+    )
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -65,5 +68,6 @@ def check_characters(text: str, file: str) -> None:
     if m is not None:
         line = text.count("\n", 0, m.start()) + 1
         col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-        raise SpecSyntaxError(f"U+{ord(m.group()):04X} is not a Unicode character (an undecodable byte?)",
-                              loc=SourceLoc(file, line, col))
+        raise SpecSyntaxError(
+            f"U+{ord(m.group()):04X} is not a Unicode character (an undecodable byte?)", loc=SourceLoc(file, line, col)
+        )

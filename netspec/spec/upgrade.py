@@ -15,21 +15,48 @@ from netspec.errors import SpecFieldError
 from netspec.spec.build import Path, SourceMap
 
 _V1_TYPES = {
-    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat",
-    "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DATA": "Data",
-    "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData",
-    "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten",
-    "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
-    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct",
-    "LRN": "LRN", "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
-    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
-    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
-    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "ABSVAL": "AbsVal",
+    "ACCURACY": "Accuracy",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss",
+    "CONVOLUTION": "Convolution",
+    "DATA": "Data",
+    "DECONVOLUTION": "Deconvolution",
+    "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss",
+    "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "SILENCE": "Silence",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "SPLIT": "Split",
+    "SLICE": "Slice",
+    "TANH": "TanH",
+    "WINDOW_DATA": "WindowData",
+    "THRESHOLD": "Threshold",
 }
 # Parameter messages a V1 layer may carry; they have the same names in the current form.
-_V1_PARAMS = [f.name for f in pb.V1LayerParameter.DESCRIPTOR.fields
-              if f.name.endswith("_param") and f.name != "layer"]
+_V1_PARAMS = [f.name for f in pb.V1LayerParameter.DESCRIPTOR.fields if f.name.endswith("_param") and f.name != "layer"]
 _DATA_PARAMS = ("data_param", "image_data_param", "window_data_param")
 
 
@@ -56,11 +83,13 @@ def upgrade_net(net: pb.NetParameter, smap: SourceMap) -> tuple[pb.NetParameter,
         layers.append(SourcedLayer(_input_layer(net, smap), ("input",)))
     elif net.input_dim or net.input_shape:
         field = "input_dim" if net.input_dim else "input_shape"
-        raise SpecFieldError(f"'{field}' is given but no 'input' names the blobs it shapes",
-                             loc=smap.find((field,)))
+        raise SpecFieldError(f"'{field}' is given but no 'input' names the blobs it shapes", loc=smap.find((field,)))
     if net.layer and net.layers:
-        raise SpecFieldError("the net mixes 'layer' and the legacy 'layers'; use one of them",
-                             loc=smap.find(("layers",)), hint="write every layer as layer { ... }")
+        raise SpecFieldError(
+            "the net mixes 'layer' and the legacy 'layers'; use one of them",
+            loc=smap.find(("layers",)),
+            hint="write every layer as layer { ... }",
+        )
     for i, v1 in enumerate(net.layers):
         layers.append(SourcedLayer(_from_v1(v1, ("layers", i), smap), ("layers", i)))
     for i, layer in enumerate(net.layer):
@@ -79,26 +108,35 @@ def _input_layer(net: pb.NetParameter, smap: SourceMap) -> pb.LayerParameter:
     n = len(net.input)
     if net.input_shape:
         if len(net.input_shape) != n:
-            raise SpecFieldError(f"{n} 'input' blob(s) but {len(net.input_shape)} 'input_shape'; give one "
-                                 "shape per input", loc=smap.find(("input_shape",)))
+            raise SpecFieldError(
+                f"{n} 'input' blob(s) but {len(net.input_shape)} 'input_shape'; give one shape per input",
+                loc=smap.find(("input_shape",)),
+            )
         layer.input_param.shape.extend(net.input_shape)
     elif net.input_dim:
         if len(net.input_dim) != 4 * n:
-            raise SpecFieldError(f"{n} 'input' blob(s) need {4 * n} 'input_dim' values (N, C, H, W each), "
-                                 f"got {len(net.input_dim)}", loc=smap.find(("input_dim",)))
+            raise SpecFieldError(
+                f"{n} 'input' blob(s) need {4 * n} 'input_dim' values (N, C, H, W each), got {len(net.input_dim)}",
+                loc=smap.find(("input_dim",)),
+            )
         for i in range(n):
-            layer.input_param.shape.add().dim.extend(net.input_dim[4 * i: 4 * i + 4])
+            layer.input_param.shape.add().dim.extend(net.input_dim[4 * i : 4 * i + 4])
     else:
-        raise SpecFieldError("'input' is given without 'input_shape' or 'input_dim'",
-                             loc=smap.find(("input",)), hint="or declare the input with an Input layer")
+        raise SpecFieldError(
+            "'input' is given without 'input_shape' or 'input_dim'",
+            loc=smap.find(("input",)),
+            hint="or declare the input with an Input layer",
+        )
     return layer
 
 
 def _from_v1(v1: pb.V1LayerParameter, path: Path, smap: SourceMap) -> pb.LayerParameter:
     if v1.HasField("layer"):
-        raise SpecFieldError("this is the V0 layer format (layers { layer { ... } }), which netspec does "
-                             "not read", loc=smap.find((*path, "layer")),
-                             hint="upgrade the file to the current format with Caffe's upgrade_net_proto_text")
+        raise SpecFieldError(
+            "this is the V0 layer format (layers { layer { ... } }), which netspec does not read",
+            loc=smap.find((*path, "layer")),
+            hint="upgrade the file to the current format with Caffe's upgrade_net_proto_text",
+        )
     layer = pb.LayerParameter(name=v1.name)
     layer.bottom.extend(v1.bottom)
     layer.top.extend(v1.top)
@@ -133,8 +171,10 @@ def _upgrade_layer(layer: pb.LayerParameter, path: Path, smap: SourceMap) -> Non
         p = layer.pooling_param
         mode = p.CEIL if p.ceil_mode else p.FLOOR
         if p.HasField("round_mode") and p.round_mode != mode:
-            raise SpecFieldError("ceil_mode and round_mode disagree; give only one of them",
-                                 loc=smap.find((*path, "pooling_param", "ceil_mode")))
+            raise SpecFieldError(
+                "ceil_mode and round_mode disagree; give only one of them",
+                loc=smap.find((*path, "pooling_param", "ceil_mode")),
+            )
         p.ClearField("ceil_mode")
         p.round_mode = mode
     for name in _DATA_PARAMS:
@@ -145,7 +185,10 @@ def _upgrade_layer(layer: pb.LayerParameter, path: Path, smap: SourceMap) -> Non
         for f, value in moved.items():
             tp = layer.transform_param
             if tp.HasField(f) and getattr(tp, f) != value:
-                raise SpecFieldError(f"'{f}' is set both in {name} and in transform_param",
-                                     loc=smap.find((*path, name, f)), hint="keep it in transform_param only")
+                raise SpecFieldError(
+                    f"'{f}' is set both in {name} and in transform_param",
+                    loc=smap.find((*path, name, f)),
+                    hint="keep it in transform_param only",
+                )
             setattr(tp, f, value)
             old.ClearField(f)

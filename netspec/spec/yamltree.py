@@ -43,21 +43,26 @@ def parse_yaml(text: str, file: str) -> Mapping:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         msg = " ".join(" ".join(str(x).split()) for x in (e.context, e.problem) if x) or "invalid YAML"
-        raise SpecSyntaxError(f"YAML syntax: {msg}", loc=_loc(file, mark),
-                              hint="YAML nests by indentation: compare this line's with the lines above") from None
+        raise SpecSyntaxError(
+            f"YAML syntax: {msg}",
+            loc=_loc(file, mark),
+            hint="YAML nests by indentation: compare this line's with the lines above",
+        ) from None
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
         col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
-        raise SpecSyntaxError(f"YAML syntax: {e.reason} (character U+{e.character:04X})"
-                              if isinstance(e.character, int) else f"YAML syntax: {e.reason}",
-                              loc=SourceLoc(file, line, col)) from None
+        raise SpecSyntaxError(
+            f"YAML syntax: {e.reason} (character U+{e.character:04X})"
+            if isinstance(e.character, int)
+            else f"YAML syntax: {e.reason}",
+            loc=SourceLoc(file, line, col),
+        ) from None
     except yaml.YAMLError as e:
         raise SpecSyntaxError(f"YAML syntax: {' '.join(str(e).split())}", loc=SourceLoc(file, 1)) from None
     if tree is None:
         return Mapping(SourceLoc(file, 1, 1))
     if not isinstance(tree, Mapping):
-        raise SpecSyntaxError("the top level of a YAML spec must be a mapping (name: ..., layer: [...])",
-                              loc=tree.loc)
+        raise SpecSyntaxError("the top level of a YAML spec must be a mapping (name: ..., layer: [...])", loc=tree.loc)
     return tree
 
 
@@ -83,14 +88,14 @@ def _tree(events: Iterator[yaml.Event], file: str) -> Node | None:
                 raise SpecSyntaxError("a spec file holds one YAML document; this is a second", loc=loc)
             continue
         if isinstance(event, yaml.AliasEvent):
-            raise SpecSyntaxError(f"YAML aliases (*{shown(event.anchor or '')}) are not allowed; {_PLAIN_DATA}",
-                                  loc=loc)
+            raise SpecSyntaxError(
+                f"YAML aliases (*{shown(event.anchor or '')}) are not allowed; {_PLAIN_DATA}", loc=loc
+            )
         if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             node: Node = open_.pop().node
         elif isinstance(event, yaml.NodeEvent):
             if event.anchor is not None:
-                raise SpecSyntaxError(f"YAML anchors (&{shown(event.anchor)}) are not allowed; {_PLAIN_DATA}",
-                                      loc=loc)
+                raise SpecSyntaxError(f"YAML anchors (&{shown(event.anchor)}) are not allowed; {_PLAIN_DATA}", loc=loc)
             tag = getattr(event, "tag", None)
             if tag is not None:
                 tag = tag.replace("tag:yaml.org,2002:", "!!", 1)
@@ -117,8 +122,10 @@ def _scalar(event: yaml.ScalarEvent, loc: SourceLoc) -> Scalar:
     try:
         event.value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise SpecSyntaxError(f"string holds U+{ord(event.value[e.start]):04X}, which is not a Unicode character "
-                              "(a lone surrogate)", loc=loc) from None
+        raise SpecSyntaxError(
+            f"string holds U+{ord(event.value[e.start]):04X}, which is not a Unicode character (a lone surrogate)",
+            loc=loc,
+        ) from None
     return Scalar(event.value, event.style in ("'", '"'), loc)
 
 
@@ -132,10 +139,12 @@ def _attach(parent: _Open, node: Node) -> None:
     else:
         key = cast(Scalar, node)  # a mapping or sequence as a key is refused at its start
         if key.text == "<<":
-            raise SpecSyntaxError("YAML merge keys ('<<') are not supported in specs; write the fields out",
-                                  loc=key.loc)
+            raise SpecSyntaxError(
+                "YAML merge keys ('<<') are not supported in specs; write the fields out", loc=key.loc
+            )
         if key.text in parent.seen:
-            raise SpecSyntaxError(f"duplicate key '{shown(key.text)}' (first given on line "
-                                  f"{parent.seen[key.text].line})", loc=key.loc)
+            raise SpecSyntaxError(
+                f"duplicate key '{shown(key.text)}' (first given on line {parent.seen[key.text].line})", loc=key.loc
+            )
         parent.seen[key.text] = key.loc
         parent.key = (key.text, key.loc)

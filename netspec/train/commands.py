@@ -31,16 +31,35 @@ def default_out_dir(spec: str) -> Path:
     return candidate
 
 
-def train(spec: str, *, solver_file: str | None = None, weights: str | None = None, resume: str | None = None,
-          overrides: tuple[str, ...] = (), out: str | None = None, device: str | None = None,
-          amp: str | None = None, compile: bool = False, overfit: int | None = None,
-          allow_missing: bool = False, quiet: bool = False) -> dict[str, Any]:
+def train(
+    spec: str,
+    *,
+    solver_file: str | None = None,
+    weights: str | None = None,
+    resume: str | None = None,
+    overrides: tuple[str, ...] = (),
+    out: str | None = None,
+    device: str | None = None,
+    amp: str | None = None,
+    compile: bool = False,
+    overfit: int | None = None,
+    allow_missing: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Trains a spec to the end and returns a summary (what `netspec train` prints)."""
     if resume is not None and weights is not None:
         raise SolverError("give --weights or --resume, not both (a snapshot holds its own weights)")
     out_dir = Path(out) if out else (Path(resume).parent if resume else default_out_dir(spec))
-    solver = Solver(spec, solver_file=solver_file, overrides=overrides, device=device, amp=amp, compile=compile,
-                    out_dir=out_dir, quiet=quiet)
+    solver = Solver(
+        spec,
+        solver_file=solver_file,
+        overrides=overrides,
+        device=device,
+        amp=amp,
+        compile=compile,
+        out_dir=out_dir,
+        quiet=quiet,
+    )
     report = None
     if weights is not None:
         report = apply_weights(solver.net.caffe_params(), read_weights(weights), weights, allow_missing)
@@ -77,11 +96,26 @@ def _overfit(solver: Solver, n: int) -> dict[str, Any]:
                 fitted = accuracy() >= 1.0
                 if fitted:
                     break
-    stopped = ("fitted" if fitted else "interrupted" if "stop" in solver._requests else
-               "max_iter" if limit == solver.max_iter else "passes")
-    return {"overfit": {"examples": examples, "accuracy": accuracy(), "iterations": solver.iter,
-                        "passes": solver.iter / per_pass, "stopped": stopped},
-            "out": str(solver.out_dir), "name": solver.train_net.name}
+    stopped = (
+        "fitted"
+        if fitted
+        else "interrupted"
+        if "stop" in solver._requests
+        else "max_iter"
+        if limit == solver.max_iter
+        else "passes"
+    )
+    return {
+        "overfit": {
+            "examples": examples,
+            "accuracy": accuracy(),
+            "iterations": solver.iter,
+            "passes": solver.iter / per_pass,
+            "stopped": stopped,
+        },
+        "out": str(solver.out_dir),
+        "name": solver.train_net.name,
+    }
 
 
 def _training_accuracy(solver: Solver, feeder: Feeder) -> Callable[[], float]:
@@ -115,12 +149,20 @@ def _scores_for(net: Net, label: str) -> str:
         node = info.node
         if node.definition.class_axis(node.spec) is not None and len(node.bottoms) > 1 and node.bottoms[1] == label:
             return node.bottoms[0]
-    raise SolverError("--overfit measures classification accuracy, but no classifier (such as SoftmaxWithLoss or "
-                      f"Accuracy) reads the labels '{label}'")
+    raise SolverError(
+        "--overfit measures classification accuracy, but no classifier (such as SoftmaxWithLoss or "
+        f"Accuracy) reads the labels '{label}'"
+    )
 
 
-def evaluate(spec: str, weights: str | None, iterations: int | None, device: str | None = None,
-             phase: str = "TEST", out: str | None = None) -> dict[str, float]:
+def evaluate(
+    spec: str,
+    weights: str | None,
+    iterations: int | None,
+    device: str | None = None,
+    phase: str = "TEST",
+    out: str | None = None,
+) -> dict[str, float]:
     """Caffe's `test`: runs the TEST net over its data and returns the mean of each output. Files the
     net writes (HDF5Output) go into `out`, by default the working folder (where Caffe writes them)."""
     module = compile_net(spec, phase, weights)
@@ -129,8 +171,10 @@ def evaluate(spec: str, weights: str | None, iterations: int | None, device: str
     module.to(dev)
     feeder = Feeder(net, dev, seed=0)
     if feeder.needs_inputs:
-        raise SolverError(f"the net's blobs {', '.join(feeder.needs_inputs)} come from Input layers, which have no "
-                          "data to test on", hint="test a spec whose data layers read a source")
+        raise SolverError(
+            f"the net's blobs {', '.join(feeder.needs_inputs)} come from Input layers, which have no data to test on",
+            hint="test a spec whose data layers read a source",
+        )
     if not feeder.sources:
         raise SolverError("the net has no data layers to test on")
     sizes: list[int | None] = [None] * iterations if iterations else list(feeder.one_pass())
@@ -143,16 +187,19 @@ def evaluate(spec: str, weights: str | None, iterations: int | None, device: str
                     sums[name] = sums.get(name, 0.0) + float(value.float()) * (size or 1)
             seen += size or 1
     means = {name: total / seen for name, total in sums.items()}
-    terms = [(t, w) for info in net.layers for t, w in zip(info.node.tops, info.node.loss_weights, strict=True)
-             if w and t in means]
+    terms = [
+        (t, w)
+        for info in net.layers
+        for t, w in zip(info.node.tops, info.node.loss_weights, strict=True)
+        if w and t in means
+    ]
     if [w for _, w in terms] != [1.0]:  # one loss top of weight 1 is the total already
         means["(loss)"] = float(sum(means[t] * w for t, w in terms))
     means["(iterations)"] = float(len(sizes))
     return means
 
 
-def benchmark(spec: str, iterations: int, phase: str, device: str | None = None
-              ) -> list[tuple[str, str, float, float]]:
+def benchmark(spec: str, iterations: int, phase: str, device: str | None = None) -> list[tuple[str, str, float, float]]:
     """Caffe's `time`: per-layer forward and backward milliseconds on inputs of the spec's shapes."""
     if iterations <= 0:
         raise NetspecError("--iterations must be positive")
@@ -162,8 +209,11 @@ def benchmark(spec: str, iterations: int, phase: str, device: str | None = None
     inputs = {}
     ids = net.id_bounds()
     for blob, shape in net.inputs.items():
-        labels = any(len(i.node.bottoms) > 1 and i.node.bottoms[1] == blob for i in net.layers if i.node.definition.loss
-                     or i.node.definition.class_axis(i.node.spec) is not None)
+        labels = any(
+            len(i.node.bottoms) > 1 and i.node.bottoms[1] == blob
+            for i in net.layers
+            if i.node.definition.loss or i.node.definition.class_axis(i.node.spec) is not None
+        )
         if blob in ids:  # valid ids, as a layer that looks them up (an Embed) needs
             t = torch.randint(0, max(ids[blob], 1), shape, device=dev).float()
         else:

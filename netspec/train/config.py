@@ -26,9 +26,14 @@ from netspec.spec.yamltree import parse_yaml
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "AdamW", "Adamax", "NAdam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine")
-_OLD_TYPES = {pb.SolverParameter.SGD: "SGD", pb.SolverParameter.NESTEROV: "Nesterov",
-              pb.SolverParameter.ADAGRAD: "AdaGrad", pb.SolverParameter.RMSPROP: "RMSProp",
-              pb.SolverParameter.ADADELTA: "AdaDelta", pb.SolverParameter.ADAM: "Adam"}
+_OLD_TYPES = {
+    pb.SolverParameter.SGD: "SGD",
+    pb.SolverParameter.NESTEROV: "Nesterov",
+    pb.SolverParameter.ADAGRAD: "AdaGrad",
+    pb.SolverParameter.RMSPROP: "RMSProp",
+    pb.SolverParameter.ADADELTA: "AdaDelta",
+    pb.SolverParameter.ADAM: "Adam",
+}
 
 
 @dataclass
@@ -66,8 +71,11 @@ def load_config(path: str, overrides: tuple[str, ...] = ()) -> SolverConfig:
         spec = net_from_tree(tree, path, fmt)
         net = spec.message
         if not net.HasField("solver"):
-            raise SolverError(f"'{path}' is a net without solver settings", loc=SourceLoc(path, 1),
-                              hint="add a `solver:` section (base_lr, lr_policy, max_iter, ...) or give --solver FILE")
+            raise SolverError(
+                f"'{path}' is a net without solver settings",
+                loc=SourceLoc(path, 1),
+                hint="add a `solver:` section (base_lr, lr_policy, max_iter, ...) or give --solver FILE",
+            )
         param = pb.SolverParameter()
         param.CopyFrom(net.solver)
         smap = _sub_map(spec.smap, ("solver",))
@@ -100,8 +108,10 @@ def _yaml_tests(config: SolverConfig, spec: SpecFile) -> None:
     whole test data, when testing is on but test_iter is not given)."""
     p = config.param
     n = len(p.test_iter) or (1 if p.test_interval else 0)
-    config.tests = [NetSource(spec, tuple(_state(p, i).stage), _state(p, i).level if i < len(p.test_state) else None)
-                    for i in range(n)]
+    config.tests = [
+        NetSource(spec, tuple(_state(p, i).stage), _state(p, i).level if i < len(p.test_state) else None)
+        for i in range(n)
+    ]
     config.test_iters = [p.test_iter[i] if i < len(p.test_iter) else None for i in range(n)]
 
 
@@ -110,8 +120,11 @@ def _net_file(name: str, solver_path: str, smap: SourceMap, field_name: str) -> 
     for candidate in (Path(name), Path(solver_path).parent / name):
         if candidate.is_file():
             return read_net(str(candidate))
-    raise SolverError(f"{field_name} '{name}' does not exist", loc=smap.find((field_name,)),
-                      hint="paths are read from the working directory, then from the solver's folder")
+    raise SolverError(
+        f"{field_name} '{name}' does not exist",
+        loc=smap.find((field_name,)),
+        hint="paths are read from the working directory, then from the solver's folder",
+    )
 
 
 def _inline(param: pb.NetParameter, path: str, smap: SourceMap, prefix: tuple[str | int, ...]) -> SpecFile:
@@ -131,14 +144,19 @@ def _sub_map(smap: SourceMap, prefix: tuple[str | int, ...]) -> SourceMap:
 def _from_solver_file(path: str, p: pb.SolverParameter, smap: SourceMap) -> SolverConfig:
     """Caffe's rules: exactly one train net (train_net_param, train_net, net_param or net); test nets from
     test_net_param, then test_net, then net/net_param for the remaining test_iter entries."""
-    given = [f for f in ("train_net_param", "train_net", "net_param", "net")
-             if (p.HasField(f) if f.endswith("param") else bool(getattr(p, f)))]
+    given = [
+        f
+        for f in ("train_net_param", "train_net", "net_param", "net")
+        if (p.HasField(f) if f.endswith("param") else bool(getattr(p, f)))
+    ]
     if not given:
-        raise SolverError("the solver names no net: give net, net_param, train_net or train_net_param",
-                          loc=SourceLoc(path, 1))
+        raise SolverError(
+            "the solver names no net: give net, net_param, train_net or train_net_param", loc=SourceLoc(path, 1)
+        )
     if len(given) > 1:
-        raise SolverError(f"the solver names its train net more than once ({', '.join(given)}); give one",
-                          loc=smap.find((given[1],)))
+        raise SolverError(
+            f"the solver names its train net more than once ({', '.join(given)}); give one", loc=smap.find((given[1],))
+        )
     source = given[0]
     if source.endswith("param"):
         train = _inline(getattr(p, source), path, smap, (source,))
@@ -150,15 +168,24 @@ def _from_solver_file(path: str, p: pb.SolverParameter, smap: SourceMap) -> Solv
     if generic:
         tests += [train] * max(0, len(p.test_iter) - len(tests))
     if len(p.test_iter) != len(tests):
-        raise SolverError(f"{len(tests)} test net(s) but {len(p.test_iter)} test_iter value(s); give one test_iter "
-                          "per test net", loc=smap.find(("test_iter",)) if p.test_iter else SourceLoc(path, 1))
+        raise SolverError(
+            f"{len(tests)} test net(s) but {len(p.test_iter)} test_iter value(s); give one test_iter per test net",
+            loc=smap.find(("test_iter",)) if p.test_iter else SourceLoc(path, 1),
+        )
     if p.test_state and len(p.test_state) != len(tests):
-        raise SolverError(f"{len(p.test_state)} test_state entries for {len(tests)} test net(s)",
-                          loc=smap.find(("test_state",)))
-    config = SolverConfig(path, p, smap, NetSource(train, tuple(p.train_state.stage),
-                                                   p.train_state.level if p.HasField("train_state") else None))
-    config.tests = [NetSource(spec, tuple(_state(p, i).stage), _state(p, i).level if i < len(p.test_state) else None)
-                    for i, spec in enumerate(tests)]
+        raise SolverError(
+            f"{len(p.test_state)} test_state entries for {len(tests)} test net(s)", loc=smap.find(("test_state",))
+        )
+    config = SolverConfig(
+        path,
+        p,
+        smap,
+        NetSource(train, tuple(p.train_state.stage), p.train_state.level if p.HasField("train_state") else None),
+    )
+    config.tests = [
+        NetSource(spec, tuple(_state(p, i).stage), _state(p, i).level if i < len(p.test_state) else None)
+        for i, spec in enumerate(tests)
+    ]
     config.test_iters = list(p.test_iter)
     return config
 
@@ -173,8 +200,11 @@ def apply_overrides(config: SolverConfig, overrides: tuple[str, ...]) -> None:
         key, sep, value = item.partition("=")
         loc = SourceLoc(f"--set #{i + 1}", 1)
         if not sep or "." not in key:
-            raise SpecFieldError(f"--set takes KEY=VALUE with KEY like solver.base_lr or conv1.convolution_param."
-                                 f"num_output; got '{item}'", loc=loc)
+            raise SpecFieldError(
+                f"--set takes KEY=VALUE with KEY like solver.base_lr or conv1.convolution_param."
+                f"num_output; got '{item}'",
+                loc=loc,
+            )
         head, *path = key.split(".")
         tree = _set_value(value, loc)
         if head == "solver":
@@ -189,8 +219,11 @@ def apply_overrides(config: SolverConfig, overrides: tuple[str, ...]) -> None:
                     found = True
         if not found:
             names = [layer.name for s in specs for layer in s.message.layer]
-            raise SpecFieldError(f"--set names layer '{head}', which the net does not have", loc=loc,
-                                 hint=did_you_mean(head, names) or "use solver.FIELD for solver settings")
+            raise SpecFieldError(
+                f"--set names layer '{head}', which the net does not have",
+                loc=loc,
+                hint=did_you_mean(head, names) or "use solver.FIELD for solver settings",
+            )
 
 
 def _set_value(value: str, loc: SourceLoc) -> Node:
@@ -213,14 +246,20 @@ def _set_path(msg: Message, path: list[str], value: Node, loc: SourceLoc) -> Non
     for name in path[:-1]:
         fd = msg.DESCRIPTOR.fields_by_name.get(name)
         if fd is None or fd.type != FieldDescriptor.TYPE_MESSAGE or fd.is_repeated:
-            raise SpecFieldError(f"'{name}' is not a message field of {msg.DESCRIPTOR.name}", loc=loc,
-                                 hint=did_you_mean(name, msg.DESCRIPTOR.fields_by_name))
+            raise SpecFieldError(
+                f"'{name}' is not a message field of {msg.DESCRIPTOR.name}",
+                loc=loc,
+                hint=did_you_mean(name, msg.DESCRIPTOR.fields_by_name),
+            )
         msg = getattr(msg, name)
     last = path[-1]
     fd = msg.DESCRIPTOR.fields_by_name.get(last)
     if fd is None:
-        raise SpecFieldError(f"unknown field '{last}' in {msg.DESCRIPTOR.name}", loc=loc,
-                             hint=did_you_mean(last, msg.DESCRIPTOR.fields_by_name))
+        raise SpecFieldError(
+            f"unknown field '{last}' in {msg.DESCRIPTOR.name}",
+            loc=loc,
+            hint=did_you_mean(last, msg.DESCRIPTOR.fields_by_name),
+        )
     opts, smap = BuildOptions(quotes_mark_strings=False), SourceMap(loc.file)
     node = value if not isinstance(value, Scalar) else Scalar(value.text, value.quoted, loc)
     if fd.is_repeated:
@@ -253,13 +292,19 @@ def check_solver(config: SolverConfig) -> None:
     if not p.HasField("type") and p.HasField("solver_type"):
         p.type = _OLD_TYPES[p.solver_type]
     if p.type not in SOLVER_TYPES:
-        fail("type", f"unknown solver type '{p.type}'; netspec has {', '.join(SOLVER_TYPES)}",
-             did_you_mean(p.type, SOLVER_TYPES))
+        fail(
+            "type",
+            f"unknown solver type '{p.type}'; netspec has {', '.join(SOLVER_TYPES)}",
+            did_you_mean(p.type, SOLVER_TYPES),
+        )
     if not p.lr_policy:
         p.lr_policy = "fixed"
     if p.lr_policy not in LR_POLICIES:
-        fail("lr_policy", f"unknown lr_policy '{p.lr_policy}'; netspec has {', '.join(LR_POLICIES)}",
-             did_you_mean(p.lr_policy, LR_POLICIES))
+        fail(
+            "lr_policy",
+            f"unknown lr_policy '{p.lr_policy}'; netspec has {', '.join(LR_POLICIES)}",
+            did_you_mean(p.lr_policy, LR_POLICIES),
+        )
     if not p.HasField("base_lr"):
         fail("base_lr", "base_lr is not set", "e.g. base_lr: 0.01")
     if p.max_iter <= 0 and p.max_epoch <= 0:

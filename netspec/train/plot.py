@@ -50,8 +50,9 @@ def _panels(series: dict[str, list[tuple[float, float]]]) -> list[tuple[str, lis
     losses = [k for k in series if k == "loss" or k.endswith("/loss")]
     rates = [k for k in series if k == "lr"]
     others = [k for k in series if k not in losses and k not in rates]
-    return [(title, keys) for title, keys in (("loss", losses), ("test outputs", others), ("learning rate", rates))
-            if keys]
+    return [
+        (title, keys) for title, keys in (("loss", losses), ("test outputs", others), ("learning rate", rates)) if keys
+    ]
 
 
 def _ticks(lo: float, hi: float) -> list[float]:
@@ -83,8 +84,14 @@ def plot(path: str, out: str, log: bool = False) -> None:
     _draw(series, panels, out, log=log)
 
 
-def _draw(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str, list[str]]], out: str,
-          width: int = 900, panel_height: int = 260, log: bool = False) -> None:
+def _draw(
+    series: dict[str, list[tuple[float, float]]],
+    panels: list[tuple[str, list[str]]],
+    out: str,
+    width: int = 900,
+    panel_height: int = 260,
+    log: bool = False,
+) -> None:
     suffix = Path(out).suffix.lower()
     if suffix not in (".svg", ".png"):
         raise DataError(f"cannot draw '{out}': name the output *.svg or *.png")
@@ -105,8 +112,13 @@ def _range(values: list[float]) -> tuple[float, float]:
     return lo, hi
 
 
-def _layout(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str, list[str]]], width: int,
-            height: int, log: bool = False) -> list[tuple[str, ...]]:
+def _layout(
+    series: dict[str, list[tuple[float, float]]],
+    panels: list[tuple[str, list[str]]],
+    width: int,
+    height: int,
+    log: bool = False,
+) -> list[tuple[str, ...]]:
     """Drawing commands: ("line", color, x1, y1, x2, y2), ("text", color, x, y, text), ("poly", color, pts)."""
     cmds: list[tuple[str, ...]] = []
     left, right, top_pad, bottom_pad = 70, 20, 28, 30
@@ -123,8 +135,9 @@ def _layout(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str
         lo, hi = _range(values)
         plot_w, plot_h = width - left - right, height - top_pad - bottom_pad
 
-        def px(x: float, y: float, lo: float = lo, hi: float = hi, y0: int = y0, w: int = plot_w,
-               h: int = plot_h) -> tuple[float, float]:
+        def px(
+            x: float, y: float, lo: float = lo, hi: float = hi, y0: int = y0, w: int = plot_w, h: int = plot_h
+        ) -> tuple[float, float]:
             return left + (x - x_lo) / (x_hi - x_lo) * w, y0 + top_pad + (1 - (y - lo) / (hi - lo)) * h
 
         cmds.append(("text", "#000000", str(left), str(y0 + 18), title + (" (log scale)" if scaled else "")))
@@ -136,8 +149,9 @@ def _layout(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str
         for t in _ticks(x_lo, x_hi):
             x, _ = px(t, lo)
             cmds.append(("text", "#444444", str(x - 10), str(y0 + height - 10), f"{t:.0f}"))
-        cmds.append(("line", "#000000", str(left), str(y0 + top_pad + plot_h), str(left + plot_w),
-                      str(y0 + top_pad + plot_h)))
+        cmds.append(
+            ("line", "#000000", str(left), str(y0 + top_pad + plot_h), str(left + plot_w), str(y0 + top_pad + plot_h))
+        )
         for i, key in enumerate(keys):
             color = COLORS[i % len(COLORS)]
             pts = [px(x, y_of(v)) for x, v in series[key] if math.isfinite(y_of(v))]
@@ -147,8 +161,11 @@ def _layout(series: dict[str, list[tuple[float, float]]], panels: list[tuple[str
 
 
 def _svg(cmds: list[tuple[str, ...]], width: int, height: int) -> str:
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             'font-size="12">', f'<rect width="{width}" height="{height}" fill="white"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        'font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
     for c in cmds:
         if c[0] == "line":
             parts.append(f'<line x1="{c[2]}" y1="{c[3]}" x2="{c[4]}" y2="{c[5]}" stroke="{c[1]}"/>')

@@ -22,8 +22,13 @@ def _bar(done: int, total: int, epoch: float, loss: float, lr: float, samples_pe
     """The bar line, shorter than the terminal is wide: a line that wraps cannot be redrawn in place, and
     each redraw would leave a stale row. Fields are dropped from the right until it fits."""
     columns = shutil.get_terminal_size((80, 24)).columns - 1
-    fields = [f"loss {loss:.4g}", f"lr {lr:.3g}", f"ETA {_duration(eta)}", f"epoch {epoch:.2f}",
-              f"{samples_per_s:,.0f}/s"]
+    fields = [
+        f"loss {loss:.4g}",
+        f"lr {lr:.3g}",
+        f"ETA {_duration(eta)}",
+        f"epoch {epoch:.2f}",
+        f"{samples_per_s:,.0f}/s",
+    ]
     count = f"{done}/{total}"
 
     def rest() -> int:  # the columns left for the bar itself
@@ -42,8 +47,9 @@ class Progress:
     ETA) redrawn in place; elsewhere, a log line every `display` iterations. Messages (tests, snapshots)
     are lines in both cases, and all lines also go to the run's log file."""
 
-    def __init__(self, total: int, display: int, log_file: Path | None, quiet: bool = False,
-                 stream: IO[str] | None = None) -> None:
+    def __init__(
+        self, total: int, display: int, log_file: Path | None, quiet: bool = False, stream: IO[str] | None = None
+    ) -> None:
         self.total, self.display, self.quiet = total, display, quiet
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty() and not quiet
@@ -70,8 +76,10 @@ class Progress:
         done = it + 1
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done * (self.total - done)
-        text = (f"iteration {it}  epoch {epoch:.2f}  loss {loss:.4g}  lr {lr:.6g}  "
-                f"{samples_per_s:,.0f} samples/s  ETA {_duration(eta)}")
+        text = (
+            f"iteration {it}  epoch {epoch:.2f}  loss {loss:.4g}  lr {lr:.6g}  "
+            f"{samples_per_s:,.0f} samples/s  ETA {_duration(eta)}"
+        )
         due = self.display and it % self.display == 0
         if self.tty:
             now = time.perf_counter()

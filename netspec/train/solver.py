@@ -47,8 +47,9 @@ def pick_device(name: str | None) -> torch.device:
     except RuntimeError:
         raise SolverError(f"unknown device '{name}'", hint="use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SolverError(f"device '{name}' was asked for, but this machine has no usable CUDA device",
-                          hint="use --device cpu")
+        raise SolverError(
+            f"device '{name}' was asked for, but this machine has no usable CUDA device", hint="use --device cpu"
+        )
     return device
 
 
@@ -82,9 +83,18 @@ class Solver:
         out_dir: where snapshots, metrics and the log go (None: nothing is written but explicit snapshots).
     """
 
-    def __init__(self, source: str | SolverConfig, *, solver_file: str | None = None, overrides: tuple[str, ...] = (),
-                 device: str | None = None, amp: str | None = None, compile: bool = False,
-                 out_dir: str | Path | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        source: str | SolverConfig,
+        *,
+        solver_file: str | None = None,
+        overrides: tuple[str, ...] = (),
+        device: str | None = None,
+        amp: str | None = None,
+        compile: bool = False,
+        out_dir: str | Path | None = None,
+        quiet: bool = False,
+    ) -> None:
         if isinstance(source, SolverConfig):
             config = source
         elif solver_file is not None:
@@ -109,8 +119,12 @@ class Solver:
         for test in self.test_nets:
             test.share_weights(self.net)
         self._forward = torch.compile(self.net) if compile else self.net
-        self._loss_tops = [(t, w) for info in self.train_net.layers
-                           for t, w in zip(info.node.tops, info.node.loss_weights, strict=True) if w]
+        self._loss_tops = [
+            (t, w)
+            for info in self.train_net.layers
+            for t, w in zip(info.node.tops, info.node.loss_weights, strict=True)
+            if w
+        ]
         # a loss top that a later layer consumes is not a net output: read it from all the blobs
         self._all_blobs = any(t not in self.train_net.outputs for t, _ in self._loss_tops)
         self.updater = Updater(p, self._learnables())
@@ -158,8 +172,11 @@ class Solver:
     def _iterations_from_epochs(self) -> int:
         feeder = self.feeder
         if not feeder.sources:
-            raise SolverError("max_epoch needs a data layer (Dataset, Data, ImageData, HDF5Data) to count epochs",
-                              loc=self.config.loc("max_epoch"), hint="give max_iter instead")
+            raise SolverError(
+                "max_epoch needs a data layer (Dataset, Data, ImageData, HDF5Data) to count epochs",
+                loc=self.config.loc("max_epoch"),
+                hint="give max_iter instead",
+            )
         per_iter = feeder.batch * self.param.iter_size
         return max(1, math.ceil(self.param.max_epoch * feeder.records / per_iter))
 
@@ -169,9 +186,11 @@ class Solver:
         es = self.param.early_stopping
         outputs = [o for d in self.test_defs[:1] for o in d.outputs]
         if es.metric not in outputs:
-            raise SolverError(f"early_stopping.metric '{es.metric}' is not an output of the test net",
-                              loc=self.config.loc("early_stopping"),
-                              hint="test outputs: " + (", ".join(outputs) or "none"))
+            raise SolverError(
+                f"early_stopping.metric '{es.metric}' is not an output of the test net",
+                loc=self.config.loc("early_stopping"),
+                hint="test outputs: " + (", ".join(outputs) or "none"),
+            )
         maximize = es.mode == es.MAX or (es.mode == es.AUTO and "acc" in es.metric.lower())
         return EarlyStop(es.metric, maximize, es.patience, es.min_delta)
 
@@ -192,23 +211,29 @@ class Solver:
             valid = values if ignore is None else values[values != ignore]
             if valid.numel() and bool((valid != valid.round()).any()):
                 bad = float(valid[valid != valid.round()][0])
-                raise DataError(f"label {bad:g} in '{node.bottoms[1]}' is not a whole number, but layer "
-                                f"'{node.name}' ({node.type}) takes class indices")
+                raise DataError(
+                    f"label {bad:g} in '{node.bottoms[1]}' is not a whole number, but layer "
+                    f"'{node.name}' ({node.type}) takes class indices"
+                )
             if valid.numel() and (valid.min() < 0 or valid.max() >= classes):
                 bad = float(valid.max() if valid.max() >= classes else valid.min())
-                raise DataError(f"label {bad:g} in '{node.bottoms[1]}' is out of range: layer '{node.name}' "
-                                f"({node.type}) has {classes} classes (labels 0 to {classes - 1})",
-                                hint="check num_output of the last InnerProduct, or the labels of the data")
+                raise DataError(
+                    f"label {bad:g} in '{node.bottoms[1]}' is out of range: layer '{node.name}' "
+                    f"({node.type}) has {classes} classes (labels 0 to {classes - 1})",
+                    hint="check num_output of the last InnerProduct, or the labels of the data",
+                )
 
     # ---- one iteration ----------------------------------------------------------------------------
 
     def _inputs(self, given: dict[str, Any] | None) -> dict[str, torch.Tensor]:
         if given is None:
             if self.feeder.needs_inputs:
-                raise SolverError(f"the net's blobs {', '.join(self.feeder.needs_inputs)} come from Input (or "
-                                  "MemoryData) layers, so their values must be given",
-                                  hint="call solver.step(inputs={...}), or feed the net from a data layer "
-                                       f"({', '.join(t for t, d in all_types().items() if d.reads_records)})")
+                raise SolverError(
+                    f"the net's blobs {', '.join(self.feeder.needs_inputs)} come from Input (or "
+                    "MemoryData) layers, so their values must be given",
+                    hint="call solver.step(inputs={...}), or feed the net from a data layer "
+                    f"({', '.join(t for t, d in all_types().items() if d.reads_records)})",
+                )
             return self.feeder.next()
         out = {}
         for name, value in given.items():
@@ -225,8 +250,9 @@ class Solver:
             term = out[top].float().sum() * weight
             total = term if total is None else total + term
         if total is None:
-            raise SolverError("the TRAIN net has no loss (no top with a loss_weight)",
-                              hint="add a loss layer such as SoftmaxWithLoss")
+            raise SolverError(
+                "the TRAIN net has no loss (no top with a loss_weight)", hint="add a loss layer such as SoftmaxWithLoss"
+            )
         return total
 
     def step(self, inputs: dict[str, Any] | None = None) -> float:
@@ -286,17 +312,24 @@ class Solver:
                 if grad is None or bool(torch.isfinite(torch.linalg.vector_norm(grad.float()))):
                     continue
                 layer, _, index = b.key.rpartition(":")
-                what = ("became NaN or infinite" if not bool(torch.isfinite(grad).all()) else
-                        f"grew too large (largest value {float(grad.abs().max()):.3g}; its L2 norm overflows)")
-                where = (nodes[layer], f"the gradient of this layer's parameter blob {index} {what}, with the "
-                         f"loss at {loss:.6g}")
+                what = (
+                    "became NaN or infinite"
+                    if not bool(torch.isfinite(grad).all())
+                    else f"grew too large (largest value {float(grad.abs().max()):.3g}; its L2 norm overflows)"
+                )
+                where = (
+                    nodes[layer],
+                    f"the gradient of this layer's parameter blob {index} {what}, with the loss at {loss:.6g}",
+                )
                 break
         if saved is not None:
             self.snapshot(saved)
         node, what = where if where else (None, f"the loss became {loss:.6g}")
-        error = TrainingError(f"iteration {self.iter}: {what}; training stopped before updating the weights",
-                              hint="lower base_lr, set clip_gradients, or check the data for extreme values"
-                              + (f"; the weights so far are in {saved}" if saved else ""))
+        error = TrainingError(
+            f"iteration {self.iter}: {what}; training stopped before updating the weights",
+            hint="lower base_lr, set clip_gradients, or check the data for extreme values"
+            + (f"; the weights so far are in {saved}" if saved else ""),
+        )
         if node is not None:
             error.at(node.loc, node.name, node.type)
         raise error
@@ -320,8 +353,10 @@ class Solver:
             net.eval()
             feeder = self._test_feeder(i)
             if inputs is None and feeder.needs_inputs:
-                raise SolverError(f"the test net's blobs {', '.join(feeder.needs_inputs)} come from Input layers; "
-                                  "give them with solver.test(inputs={...})")
+                raise SolverError(
+                    f"the test net's blobs {', '.join(feeder.needs_inputs)} come from Input layers; "
+                    "give them with solver.test(inputs={...})"
+                )
             feeder.rewind()
             iters = self.config.test_iters[i] if i < len(self.config.test_iters) else None
             sizes: Sequence[int | None] = [None] * iters if iters else (feeder.one_pass() if feeder.sources else [None])
@@ -368,15 +403,22 @@ class Solver:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
-            "format": snapshot.FORMAT, "version": snapshot.VERSION, "iter": self.iter, "seed": self.seed,
-            "spec": str(self.config.path), "solver_type": self.param.type,
+            "format": snapshot.FORMAT,
+            "version": snapshot.VERSION,
+            "iter": self.iter,
+            "seed": self.seed,
+            "spec": str(self.config.path),
+            "solver_type": self.param.type,
             "blobs": {k: [t.detach().cpu().clone() for t in v] for k, v in self._owned_blobs().items()},
             "history": {b.key: [h.detach().cpu().clone() for h in b.history] for b in self.updater.blobs},
-            "current_step": self.schedule.current_step, "rng": rng,
+            "current_step": self.schedule.current_step,
+            "rng": rng,
             "data": self._feeder.state() if self._feeder is not None else [],
-            "losses": list(self._losses), "loss_scale": self._loss_scale,
-            "early": None if self.early is None else {"best": self.early.best, "best_iter": self.early.best_iter,
-                                                      "waited": self.early.waited},
+            "losses": list(self._losses),
+            "loss_scale": self._loss_scale,
+            "early": None
+            if self.early is None
+            else {"best": self.early.best, "best_iter": self.early.best_iter, "waited": self.early.waited},
         }
 
     def snapshot(self, path: str | Path | None = None) -> Path:
@@ -389,14 +431,18 @@ class Solver:
         """Continues from a snapshot: weights, solver history, iteration, random states and data position."""
         state = snapshot.load(path)
         if "history" not in state:
-            raise WeightsError(f"'{path}' holds weights only, not a training state to resume",
-                               hint="start from it with --weights instead of --resume")
+            raise WeightsError(
+                f"'{path}' holds weights only, not a training state to resume",
+                hint="start from it with --weights instead of --resume",
+            )
         expected = {f"{k}:{i}": tuple(t.shape) for k, v in self._owned_blobs().items() for i, t in enumerate(v)}
         saved = {f"{k}:{i}": list(t.shape) for k, v in state["blobs"].items() for i, t in enumerate(v)}
         snapshot.check_layout(path, saved, expected)
         if state.get("solver_type") != self.param.type:
-            raise NetspecError(f"snapshot '{path}' was written by a {state.get('solver_type')} solver; this one is "
-                               f"{self.param.type}", hint="resume with the solver settings it was trained with")
+            raise NetspecError(
+                f"snapshot '{path}' was written by a {state.get('solver_type')} solver; this one is {self.param.type}",
+                hint="resume with the solver settings it was trained with",
+            )
         with torch.no_grad():
             for layer, blobs in self._owned_blobs().items():
                 for target, value in zip(blobs, state["blobs"][layer], strict=True):
@@ -443,8 +489,12 @@ class Solver:
 
     def _test_due(self) -> bool:
         p = self.param
-        return bool(self.test_nets) and p.test_interval > 0 and self.iter % p.test_interval == 0 and (
-            self.iter > 0 or p.test_initialization)
+        return (
+            bool(self.test_nets)
+            and p.test_interval > 0
+            and self.iter % p.test_interval == 0
+            and (self.iter > 0 or p.test_initialization)
+        )
 
     def solve(self, resume: str | Path | None = None) -> dict[str, Any]:
         """Trains to max_iter (or until stopped), as `netspec train` does; returns a summary."""
@@ -460,16 +510,28 @@ class Solver:
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             snapshot.remove_leftovers(out)
-        columns = [_column(i, name, len(self.test_defs)) for i, d in enumerate(self.test_defs) for name in d.outputs
-                   if math.prod(d.shapes[name]) == 1]
+        columns = [
+            _column(i, name, len(self.test_defs))
+            for i, d in enumerate(self.test_defs)
+            for name in d.outputs
+            if math.prod(d.shapes[name]) == 1
+        ]
         metrics = Metrics(out / "metrics.csv", columns, append=resume is not None) if out is not None else None
-        progress = Progress(self.max_iter, p.display or max(1, self.max_iter // 20),
-                            out / "train.log" if out is not None else None, quiet=self.quiet)
-        progress.line(f"training '{self.train_net.name}' on {self.device.type} for {self.max_iter} iterations "
-                      f"(seed {self.seed})" + (f", from iteration {self.iter}" if self.iter else ""))
+        progress = Progress(
+            self.max_iter,
+            p.display or max(1, self.max_iter // 20),
+            out / "train.log" if out is not None else None,
+            quiet=self.quiet,
+        )
+        progress.line(
+            f"training '{self.train_net.name}' on {self.device.type} for {self.max_iter} iterations "
+            f"(seed {self.seed})" + (f", from iteration {self.iter}" if self.iter else "")
+        )
         if not any(b.tensor.requires_grad for b in self.updater.blobs):
-            progress.line("note: the TRAIN net has no parameters to learn (none, or all with lr_mult 0): the "
-                          "iterations run forward passes only, as Caffe's do, and change no weights")
+            progress.line(
+                "note: the TRAIN net has no parameters to learn (none, or all with lr_mult 0): the "
+                "iterations run forward passes only, as Caffe's do, and change no weights"
+            )
         last_snapshot, stopped = None, None
         tested_at = -1
         window_start, window_iter = _now(), self.iter
@@ -502,8 +564,11 @@ class Solver:
                     break
             if stopped is None and self.test_nets and tested_at != self.iter:
                 self._run_test(progress, metrics)
-            if out is not None and p.snapshot_after_train and (last_snapshot is None or
-                                                               last_snapshot != self._snapshot_path()):
+            if (
+                out is not None
+                and p.snapshot_after_train
+                and (last_snapshot is None or last_snapshot != self._snapshot_path())
+            ):
                 last_snapshot = self.snapshot()  # before the best weights come back: _iter_N holds N's
             if self.early is not None and self.early.best_blobs:
                 self._restore_best(progress)
@@ -513,10 +578,16 @@ class Solver:
                 metrics.close()
             self.close()
         best = self.early.best_iter if self.early is not None and self.early.best_blobs else None
-        return {"iterations": self.iter, "stopped": stopped, "test": self.last_test, "tested_at": self.tested_at,
-                "best_iteration": best, "snapshot": str(last_snapshot) if last_snapshot else None,
-                "best": f"{self._prefix()}_best.pt" if best is not None and out is not None else None,
-                "metrics": str(out / "metrics.csv") if out is not None else None}
+        return {
+            "iterations": self.iter,
+            "stopped": stopped,
+            "test": self.last_test,
+            "tested_at": self.tested_at,
+            "best_iteration": best,
+            "snapshot": str(last_snapshot) if last_snapshot else None,
+            "best": f"{self._prefix()}_best.pt" if best is not None and out is not None else None,
+            "metrics": str(out / "metrics.csv") if out is not None else None,
+        }
 
     def close(self) -> None:
         """Stops the worker processes that read streamed data (solve() does it when it ends); stepping or
@@ -558,8 +629,10 @@ class Solver:
             return None
         es.waited += 1
         if es.waited >= es.patience:
-            progress.line(f"early stopping: {es.metric} has not improved for {es.patience} tests "
-                          f"(best {es.best:.5g} at iteration {es.best_iter})")
+            progress.line(
+                f"early stopping: {es.metric} has not improved for {es.patience} tests "
+                f"(best {es.best:.5g} at iteration {es.best_iter})"
+            )
             return "early stopping"
         return None
 
@@ -597,4 +670,3 @@ def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
             raise SolverError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16")
         return torch.float16
     raise SolverError(f"--amp takes bf16 or fp16, got '{amp}'")
-

@@ -69,10 +69,10 @@ class Range:
         if self.type == "choice":
             return str(trial.suggest_categorical(self.path, list(self.values)))
         if self.type == "int":
-            return str(trial.suggest_int(self.path, int(self.low), int(self.high), step=int(self.step or 1),
-                                         log=self.log))
-        return repr(trial.suggest_float(self.path, self.low, self.high, step=self.step,
-                                        log=self.type == "loguniform"))
+            return str(
+                trial.suggest_int(self.path, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+            )
+        return repr(trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.type == "loguniform"))
 
 
 @dataclass(frozen=True)
@@ -105,13 +105,17 @@ def read_sweep(spec: str, sweep_file: str | None = None) -> Sweep:
         return _checked(param, smap, (), sweep_file)
     fmt = spec_format(spec)
     if fmt == "prototxt" and _is_solver_file(spec):
-        raise SweepError(f"'{spec}' is a solver file; give the sweep in its own file with --sweep",
-                         loc=SourceLoc(spec, 1))
+        raise SweepError(
+            f"'{spec}' is a solver file; give the sweep in its own file with --sweep", loc=SourceLoc(spec, 1)
+        )
     source = read_net(spec)
     if not source.message.HasField("sweep"):
-        raise SweepError(f"'{spec}' has no sweep section", loc=SourceLoc(spec, 1),
-                         hint="add `sweep: {metric: accuracy, trials: 12, parameters: {solver.base_lr: "
-                              "{type: loguniform, low: 0.0001, high: 0.1}}}` or give --sweep FILE")
+        raise SweepError(
+            f"'{spec}' has no sweep section",
+            loc=SourceLoc(spec, 1),
+            hint="add `sweep: {metric: accuracy, trials: 12, parameters: {solver.base_lr: "
+            "{type: loguniform, low: 0.0001, high: 0.1}}}` or give --sweep FILE",
+        )
     return _checked(source.message.sweep, source.smap, ("sweep",), spec)
 
 
@@ -128,21 +132,26 @@ def _checked(p: pb.SweepParameter, smap: SourceMap, prefix: tuple[str | int, ...
     def one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
         low = value.lower()
         if low not in allowed:
-            raise SweepError(f"sweep {name} must be one of {', '.join(allowed)}; got '{value}'", loc=loc(name),
-                             hint=did_you_mean(low, allowed))
+            raise SweepError(
+                f"sweep {name} must be one of {', '.join(allowed)}; got '{value}'",
+                loc=loc(name),
+                hint=did_you_mean(low, allowed),
+            )
         return low
 
     if not p.metric:
-        raise SweepError("the sweep needs a metric: the test output to optimise (e.g. accuracy or loss)",
-                         loc=loc("metric"))
+        raise SweepError(
+            "the sweep needs a metric: the test output to optimise (e.g. accuracy or loss)", loc=loc("metric")
+        )
     goal = one_of("goal", p.goal, GOALS) if p.goal else ("maximize" if "acc" in p.metric.lower() else "minimize")
     if p.trials < 1:
         raise SweepError(f"sweep trials must be at least 1, got {p.trials}", loc=loc("trials"))
     if p.parallel < 1:
         raise SweepError(f"sweep parallel must be at least 1, got {p.parallel}", loc=loc("parallel"))
     if not p.parameters:
-        raise SweepError("the sweep varies nothing: give parameters (dotted paths as --set takes them)",
-                         loc=loc("parameters"))
+        raise SweepError(
+            "the sweep varies nothing: give parameters (dotted paths as --set takes them)", loc=loc("parameters")
+        )
     ranges = tuple(_range(r, lambda *f, i=i: loc("parameters", i, *f)) for i, r in enumerate(p.parameters))
     seen: set[str] = set()
     for r in ranges:
@@ -154,27 +163,38 @@ def _checked(p: pb.SweepParameter, smap: SourceMap, prefix: tuple[str | int, ...
     if sampler == "grid":
         for r in ranges:
             if r.type not in ("choice", "int"):
-                raise SweepError(f"the grid sampler needs choice or int parameters; '{r.path}' is {r.type}",
-                                 loc=r.loc, hint="give it as {type: choice, values: [...]}")
+                raise SweepError(
+                    f"the grid sampler needs choice or int parameters; '{r.path}' is {r.type}",
+                    loc=r.loc,
+                    hint="give it as {type: choice, values: [...]}",
+                )
         trials = min(trials, math.prod(len(r.grid()) for r in ranges))
-    return Sweep(p.metric, goal == "maximize", trials, sampler, p.seed, one_of("pruner", p.pruner, PRUNERS),
-                 p.parallel, ranges)
+    return Sweep(
+        p.metric, goal == "maximize", trials, sampler, p.seed, one_of("pruner", p.pruner, PRUNERS), p.parallel, ranges
+    )
 
 
 def _range(r: pb.SweepRange, loc: Callable[..., SourceLoc]) -> Range:
     where = loc("path")
     if "." not in r.path:
-        raise SweepError(f"sweep parameter '{r.path}' is not a dotted path such as solver.base_lr or "
-                         "fc1.inner_product_param.num_output", loc=where)
+        raise SweepError(
+            f"sweep parameter '{r.path}' is not a dotted path such as solver.base_lr or "
+            "fc1.inner_product_param.num_output",
+            loc=where,
+        )
     kind = r.type.lower()
     if kind not in RANGE_TYPES:
-        raise SweepError(f"sweep parameter '{r.path}' has type '{r.type}'; give one of {', '.join(RANGE_TYPES)}",
-                         loc=loc("type") if r.type else where, hint=did_you_mean(kind, RANGE_TYPES))
+        raise SweepError(
+            f"sweep parameter '{r.path}' has type '{r.type}'; give one of {', '.join(RANGE_TYPES)}",
+            loc=loc("type") if r.type else where,
+            hint=did_you_mean(kind, RANGE_TYPES),
+        )
     step = r.step if r.HasField("step") else None
     if kind == "choice":
         if not r.values:
-            raise SweepError(f"sweep parameter '{r.path}' is a choice without values", loc=where,
-                             hint="values: [64, 128, 256]")
+            raise SweepError(
+                f"sweep parameter '{r.path}' is a choice without values", loc=where, hint="values: [64, 128, 256]"
+            )
         if r.HasField("low") or r.HasField("high"):
             raise SweepError(f"sweep parameter '{r.path}' is a choice: give values, not low/high", loc=where)
         return Range(r.path, kind, 0.0, 0.0, None, False, tuple(r.values), where)
@@ -183,25 +203,27 @@ def _range(r: pb.SweepRange, loc: Callable[..., SourceLoc]) -> Range:
     if not (r.HasField("low") and r.HasField("high")):
         raise SweepError(f"sweep parameter '{r.path}' needs low and high", loc=where)
     if not (math.isfinite(r.low) and math.isfinite(r.high)) or r.low > r.high:
-        raise SweepError(f"sweep parameter '{r.path}' needs finite low <= high; got {r.low:g} and {r.high:g}",
-                         loc=where)
+        raise SweepError(
+            f"sweep parameter '{r.path}' needs finite low <= high; got {r.low:g} and {r.high:g}", loc=where
+        )
     if kind == "loguniform" and r.low <= 0:
-        raise SweepError(f"sweep parameter '{r.path}' is loguniform, so low must be positive; got {r.low:g}",
-                         loc=where)
+        raise SweepError(f"sweep parameter '{r.path}' is loguniform, so low must be positive; got {r.low:g}", loc=where)
     if step is not None and (step <= 0 or kind == "loguniform"):
-        raise SweepError(f"sweep parameter '{r.path}': step must be positive and is not used with loguniform",
-                         loc=where)
+        raise SweepError(
+            f"sweep parameter '{r.path}': step must be positive and is not used with loguniform", loc=where
+        )
     if kind == "int":
         for name, value in (("low", r.low), ("high", r.high), ("step", step or 1)):
             if value != int(value):
-                raise SweepError(f"sweep parameter '{r.path}' is int, so {name} must be a whole number; "
-                                 f"got {value:g}", loc=where)
+                raise SweepError(
+                    f"sweep parameter '{r.path}' is int, so {name} must be a whole number; got {value:g}", loc=where
+                )
         if r.log and (r.low < 1 or step not in (None, 1)):
-            raise SweepError(f"sweep parameter '{r.path}': an int range on a log scale needs low >= 1 and "
-                             "no step", loc=where)
+            raise SweepError(
+                f"sweep parameter '{r.path}': an int range on a log scale needs low >= 1 and no step", loc=where
+            )
     elif r.log:
-        raise SweepError(f"sweep parameter '{r.path}': log applies to int ranges; use type loguniform",
-                         loc=where)
+        raise SweepError(f"sweep parameter '{r.path}': log applies to int ranges; use type loguniform", loc=where)
     return Range(r.path, kind, r.low, r.high, step, r.log, (), where)
 
 
@@ -224,8 +246,10 @@ def _optuna() -> Any:
     try:
         import optuna
     except ImportError:
-        raise SweepError("netspec sweep needs Optuna, which is not installed",
-                         hint="pip install 'netspec[sweep]' (or pip install optuna)") from None
+        raise SweepError(
+            "netspec sweep needs Optuna, which is not installed",
+            hint="pip install 'netspec[sweep]' (or pip install optuna)",
+        ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
@@ -249,8 +273,9 @@ def _study(job: Job, create: bool, worker: int = 0) -> optuna.Study:
     storage = JournalStorage(JournalFileBackend(str(job.out / JOURNAL)))
     direction = "maximize" if s.maximize else "minimize"
     if create:
-        return optuna.create_study(storage=storage, study_name=STUDY, direction=direction, sampler=sampler,
-                                   pruner=pruner)
+        return optuna.create_study(
+            storage=storage, study_name=STUDY, direction=direction, sampler=sampler, pruner=pruner
+        )
     return optuna.load_study(storage=storage, study_name=STUDY, sampler=sampler, pruner=pruner)
 
 
@@ -289,9 +314,18 @@ def _recover(study: optuna.Study) -> int:
     return len(stale)
 
 
-def sweep(spec: str, *, out: str | None = None, trials: int | None = None, resume: bool = False,
-          solver_file: str | None = None, sweep_file: str | None = None, overrides: tuple[str, ...] = (),
-          device: str | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def sweep(
+    spec: str,
+    *,
+    out: str | None = None,
+    trials: int | None = None,
+    resume: bool = False,
+    solver_file: str | None = None,
+    sweep_file: str | None = None,
+    overrides: tuple[str, ...] = (),
+    device: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Runs a sweep to its number of finished trials; returns the best trial (what `netspec sweep`
     prints). Every range is checked against the spec before the first trial starts."""
     s = read_sweep(spec, sweep_file)
@@ -304,18 +338,22 @@ def sweep(spec: str, *, out: str | None = None, trials: int | None = None, resum
     _check_job(job)
     journal = out_dir / JOURNAL
     if resume and not journal.is_file():
-        raise SweepError(f"there is no sweep to resume in '{out_dir}' (no {JOURNAL})",
-                         hint="run without --resume to start one")
+        raise SweepError(
+            f"there is no sweep to resume in '{out_dir}' (no {JOURNAL})", hint="run without --resume to start one"
+        )
     if not resume and journal.exists():
-        raise SweepError(f"'{out_dir}' already holds a sweep", hint="pass --resume to continue it, or choose "
-                         "another --out")
+        raise SweepError(
+            f"'{out_dir}' already holds a sweep", hint="pass --resume to continue it, or choose another --out"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     study = _study(job, create=not resume)
     if resume:
         n = _recover(study)
         done = sum(1 for t in study.get_trials(deepcopy=False) if _finished(t))
-        echo(f"resuming the sweep in {out_dir}: {done} trial(s) finished" +
-             (f", {n} interrupted one(s) to run again" if n else ""))
+        echo(
+            f"resuming the sweep in {out_dir}: {done} trial(s) finished"
+            + (f", {n} interrupted one(s) to run again" if n else "")
+        )
     names = [r.path for r in s.ranges]
     echo(_row("trial", "state", s.metric, names, widths := _widths(s)))
     if s.parallel == 1:
@@ -340,17 +378,26 @@ def _check_job(job: Job) -> None:
         except NetspecError as e:
             r = job.sweep.ranges[i]
             msg = e.msg.removeprefix("--set ")  # the path was written in the sweep, not given to --set
-            raise SweepError(f"sweep parameter '{r.path}' {msg}" if msg.startswith("names ") else
-                             f"sweep parameter '{r.path}': {msg}", loc=r.loc, hint=e.hint) from None
+            raise SweepError(
+                f"sweep parameter '{r.path}' {msg}"
+                if msg.startswith("names ")
+                else f"sweep parameter '{r.path}': {msg}",
+                loc=r.loc,
+                hint=e.hint,
+            ) from None
     config = _config(job, ())
     if not config.tests:
-        raise SweepError("a sweep needs testing to measure its metric: the solver has no test_interval",
-                         hint="set solver.test_interval (and test_iter), or pass --set solver.test_interval=N")
+        raise SweepError(
+            "a sweep needs testing to measure its metric: the solver has no test_interval",
+            hint="set solver.test_interval (and test_iter), or pass --set solver.test_interval=N",
+        )
     test = config.tests[0]
     outputs = build_net(test.spec, "TEST", test.stages, test.level).outputs
     if job.sweep.metric not in outputs:
-        raise SweepError(f"the sweep's metric '{job.sweep.metric}' is not an output of the test net",
-                         hint=did_you_mean(job.sweep.metric, outputs) or "test outputs: " + ", ".join(outputs))
+        raise SweepError(
+            f"the sweep's metric '{job.sweep.metric}' is not an output of the test net",
+            hint=did_you_mean(job.sweep.metric, outputs) or "test outputs: " + ", ".join(outputs),
+        )
 
 
 def _config(job: Job, overrides: tuple[str, ...]) -> Any:
@@ -364,8 +411,15 @@ def _work(job: Job, widths: list[int], echo: Callable[[str], None], worker: int 
     study = _study(job, create=False, worker=worker)
     while (trial := _next_trial(study, job)) is not None:
         row = _run_trial(study, trial, job)
-        echo(_row(str(trial.number), row["state"], row["value"],
-                  [r.shown(row["params"][r.path]) for r in job.sweep.ranges], widths))
+        echo(
+            _row(
+                str(trial.number),
+                row["state"],
+                row["value"],
+                [r.shown(row["params"][r.path]) for r in job.sweep.ranges],
+                widths,
+            )
+        )
         if row["state"] == "interrupted":
             raise KeyboardInterrupt
 
@@ -497,20 +551,38 @@ def _finish(study: optuna.Study, job: Job) -> dict[str, Any]:
                 best = value if best is None else pick(best, value)
             elif t.intermediate_values:  # a pruned trial: its last test
                 value = t.intermediate_values[max(t.intermediate_values)]
-            w.writerow([t.number, t.state.name.lower(), value, "" if best is None else best,
-                        *[t.params.get(r.path, "") for r in s.ranges], t.user_attrs.get("seconds", ""),
-                        t.user_attrs.get("folder", ""), t.user_attrs.get("error", "")])
+            w.writerow(
+                [
+                    t.number,
+                    t.state.name.lower(),
+                    value,
+                    "" if best is None else best,
+                    *[t.params.get(r.path, "") for r in s.ranges],
+                    t.user_attrs.get("seconds", ""),
+                    t.user_attrs.get("folder", ""),
+                    t.user_attrs.get("error", ""),
+                ]
+            )
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    summary: dict[str, Any] = {"out": str(job.out), "trials": sum(1 for t in trials if _finished(t)),
-                               "complete": len(complete), "best": None}
+    summary: dict[str, Any] = {
+        "out": str(job.out),
+        "trials": sum(1 for t in trials if _finished(t)),
+        "complete": len(complete),
+        "best": None,
+    }
     if not complete:
         return summary
     winner = study.best_trial
     spec = job.out / winner.user_attrs["folder"] / "spec.yaml"
     best_yaml = job.out / "best.yaml"
     shutil.copyfile(spec, best_yaml)
-    summary["best"] = {"trial": winner.number, "value": winner.value, "params": dict(winner.params),
-                       "spec": str(best_yaml), "metric": s.metric}
+    summary["best"] = {
+        "trial": winner.number,
+        "value": winner.value,
+        "params": dict(winner.params),
+        "spec": str(best_yaml),
+        "metric": s.metric,
+    }
     return summary
 
 

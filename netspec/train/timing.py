@@ -30,8 +30,9 @@ class _Stamp(torch.autograd.Function):
         return g, None
 
 
-def time_net(module: NetModule, inputs: dict[str, torch.Tensor], iterations: int,
-             backward: bool) -> list[tuple[str, str, float, float]]:
+def time_net(
+    module: NetModule, inputs: dict[str, torch.Tensor], iterations: int, backward: bool
+) -> list[tuple[str, str, float, float]]:
     """(layer, type, forward ms, backward ms) per layer, averaged over the iterations (after one warm-up)."""
     fwd: dict[str, float] = defaultdict(float)
     bwd: dict[str, float] = defaultdict(float)

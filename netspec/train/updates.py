@@ -191,8 +191,25 @@ def _nadam(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> t
     return (first + second) / denom
 
 
-RULES: dict[str, Rule] = {"SGD": _sgd, "Nesterov": _nesterov, "AdaGrad": _adagrad, "RMSProp": _rmsprop,
-                          "AdaDelta": _adadelta, "Adam": _adam, "AdamW": _adamw, "Adamax": _adamax,
-                          "NAdam": _nadam}
-SLOTS = {"SGD": 1, "Nesterov": 1, "AdaGrad": 1, "RMSProp": 1, "AdaDelta": 2, "Adam": 2, "AdamW": 2,
-         "Adamax": 2, "NAdam": 3}
+RULES: dict[str, Rule] = {
+    "SGD": _sgd,
+    "Nesterov": _nesterov,
+    "AdaGrad": _adagrad,
+    "RMSProp": _rmsprop,
+    "AdaDelta": _adadelta,
+    "Adam": _adam,
+    "AdamW": _adamw,
+    "Adamax": _adamax,
+    "NAdam": _nadam,
+}
+SLOTS = {
+    "SGD": 1,
+    "Nesterov": 1,
+    "AdaGrad": 1,
+    "RMSProp": 1,
+    "AdaDelta": 2,
+    "Adam": 2,
+    "AdamW": 2,
+    "Adamax": 2,
+    "NAdam": 3,
+}

@@ -66,8 +66,9 @@ def in_process(model: str, clients: int, duration: float, x: np.ndarray) -> tupl
     return len(flat) / duration, flat
 
 
-def _client(port: int, model: str, body: bytes, headers: dict[str, str], begin: float, until: float,
-            out: mp.Queue) -> None:
+def _client(
+    port: int, model: str, body: bytes, headers: dict[str, str], begin: float, until: float, out: mp.Queue
+) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     latencies, errors = [], 0
     time.sleep(max(0.0, begin - time.monotonic()))
@@ -81,14 +82,17 @@ def _client(port: int, model: str, body: bytes, headers: dict[str, str], begin: 
     out.put((latencies, errors))
 
 
-def over_http(port: int, model: str, clients: int, duration: float, body: bytes, headers: dict[str, str]
-              ) -> tuple[float, list[float], int]:
+def over_http(
+    port: int, model: str, clients: int, duration: float, body: bytes, headers: dict[str, str]
+) -> tuple[float, list[float], int]:
     """Client processes (no shared GIL with each other) start together, after the processes are up."""
     out: mp.Queue = mp.Queue()
     for run_for in (1.0, duration):  # a warm-up, then the measurement
         begin = time.monotonic() + 1.0
-        procs = [mp.Process(target=_client, args=(port, model, body, headers, begin, begin + run_for, out))
-                 for _ in range(clients)]
+        procs = [
+            mp.Process(target=_client, args=(port, model, body, headers, begin, begin + run_for, out))
+            for _ in range(clients)
+        ]
         for p in procs:
             p.start()
         results = [out.get() for _ in procs]
@@ -130,8 +134,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--model", help="an ONNX model with one FP32 input (default: LeNet exported by netspec)")
-    parser.add_argument("--serve-args", action="append", help="options for `netspec serve` (repeatable: one "
-                        "server configuration each; default: none)")
+    parser.add_argument(
+        "--serve-args",
+        action="append",
+        help="options for `netspec serve` (repeatable: one server configuration each; default: none)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,8 +156,10 @@ def main() -> None:
 
         rate, lat = in_process(model, args.clients, args.duration, x)
         p50, p99 = _percentiles(lat)
-        print(f"model {Path(model).name}, input {spec.name} {shape}, {args.clients} concurrent clients, "
-              f"{args.duration:g} s each")
+        print(
+            f"model {Path(model).name}, input {spec.name} {shape}, {args.clients} concurrent clients, "
+            f"{args.duration:g} s each"
+        )
         print(f"in-process onnxruntime: {rate:9.1f} requests/s  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms")
 
         name = Path(model).stem
@@ -160,16 +169,33 @@ def main() -> None:
         ceiling, lat, _ = over_http(ports.get(), name, args.clients, args.duration, b"{}", {})
         noop.terminate()
         p50, p99 = _percentiles(lat)
-        print(f"no-op stdlib server:    {ceiling:9.1f} requests/s  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  "
-              "(the ceiling the clients allow)", flush=True)
-        as_json = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
-                                          "data": x.ravel().tolist()}]}).encode()
-        header = json.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32",
-                                         "parameters": {"binary_data_size": x.nbytes}}],
-                             "parameters": {"binary_data_output": True}}).encode()
+        print(
+            f"no-op stdlib server:    {ceiling:9.1f} requests/s  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  "
+            "(the ceiling the clients allow)",
+            flush=True,
+        )
+        as_json = json.dumps(
+            {"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32", "data": x.ravel().tolist()}]}
+        ).encode()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": spec.name,
+                        "shape": shape,
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
         for serve_args in args.serve_args or [""]:
-            proc = subprocess.Popen([sys.executable, "-m", "netspec.cli", "serve", model, "--port", "0",
-                                     *shlex.split(serve_args)], stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "netspec.cli", "serve", model, "--port", "0", *shlex.split(serve_args)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 assert proc.stderr is not None
                 line = proc.stderr.readline()
@@ -178,13 +204,17 @@ def main() -> None:
                     raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
                 port = int(found.group(1))
                 for mode, body, headers in (
-                        ("JSON", as_json, {"Content-Type": "application/json"}),
-                        ("binary", header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})):
+                    ("JSON", as_json, {"Content-Type": "application/json"}),
+                    ("binary", header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}),
+                ):
                     served, lat, errors = over_http(port, name, args.clients, args.duration, body, headers)
                     p50, p99 = _percentiles(lat)
-                    print(f"netspec serve {serve_args} ({mode:6}): {served:9.1f} requests/s  p50 {p50:6.3f} ms  "
-                          f"p99 {p99:6.3f} ms  errors {errors}  of in-process {served / rate:.2f}  of no-op "
-                          f"{served / ceiling:.2f}", flush=True)
+                    print(
+                        f"netspec serve {serve_args} ({mode:6}): {served:9.1f} requests/s  p50 {p50:6.3f} ms  "
+                        f"p99 {p99:6.3f} ms  errors {errors}  of in-process {served / rate:.2f}  of no-op "
+                        f"{served / ceiling:.2f}",
+                        flush=True,
+                    )
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)

@@ -56,8 +56,9 @@ def baseline(data: torch.Tensor, label: torch.Tensor):  # type: ignore[no-untype
     model = LeNet()
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    opt = torch.optim.SGD([{"params": weights}, {"params": biases, "lr": 0.02}], lr=0.01, momentum=0.9,
-                          weight_decay=0.0005)
+    opt = torch.optim.SGD(
+        [{"params": weights}, {"params": biases, "lr": 0.02}], lr=0.01, momentum=0.9, weight_decay=0.0005
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: (1 + 0.0001 * it) ** -0.75)
     target = label.long()
 
@@ -124,21 +125,27 @@ def main() -> None:
     command = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--trials", str(args.trials)]
     command += ["--threads", str(args.threads)] if args.threads else []
     ratios, all_times = [], {"netspec": [], "pytorch": []}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LeNet batch 64, {args.processes} processes "
-          f"x {args.trials} trials x {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, LeNet batch 64, {args.processes} processes "
+        f"x {args.trials} trials x {args.steps} steps"
+    )
     for i in range(args.processes):
         times = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
         ratio = statistics.median(a / b for a, b in zip(times["netspec"], times["pytorch"], strict=True))
         ratios.append(ratio)
         for name in all_times:
             all_times[name] += times[name]
-        print(f"  process {i + 1}: netspec {1000 * statistics.median(times['netspec']):7.3f} ms/step, pytorch "
-              f"{1000 * statistics.median(times['pytorch']):7.3f} ms/step, ratio {ratio:.3f}")
+        print(
+            f"  process {i + 1}: netspec {1000 * statistics.median(times['netspec']):7.3f} ms/step, pytorch "
+            f"{1000 * statistics.median(times['pytorch']):7.3f} ms/step, ratio {ratio:.3f}"
+        )
     for name, t in all_times.items():
         med = statistics.median(t)
         print(f"  {name:8s} {1000 * med:7.3f} ms/step  ({64 / med:,.0f} samples/s)")
-    print(f"ratio netspec / pytorch = {statistics.median(ratios):.3f} (median over processes; each is the median "
-          f"of its trials' ratios; range {min(ratios):.3f}-{max(ratios):.3f})")
+    print(
+        f"ratio netspec / pytorch = {statistics.median(ratios):.3f} (median over processes; each is the median "
+        f"of its trials' ratios; range {min(ratios):.3f}-{max(ratios):.3f})"
+    )
 
 
 if __name__ == "__main__":
