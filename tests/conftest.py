@@ -11,6 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples on every run (a red build then always means a change broke something);
+# a developer's runs keep exploring new ones. NETSPEC_FUZZ_CASES and the fuzzer's own seed are separate.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # One intra-op thread for torch, here and in the processes the tests start (set before torch is imported).
 # The suite's nets are tiny, so a second thread only adds synchronisation, and on a busy machine threads

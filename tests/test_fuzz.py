@@ -25,7 +25,7 @@ from netspec.spec.load import parse_message, parse_tree
 from tests.conftest import DATA
 from tests.fuzz_specs import Case, Generator, Seed, load_seeds, memory_limit, run_case, to_prototxt, to_yaml
 
-CASES = int(os.environ.get("NETSPEC_FUZZ_CASES", "2000"))
+CASES = int(os.environ.get("NETSPEC_FUZZ_CASES", "1000"))
 FUZZ = DATA / "fuzz"
 
 # signature -> owner: what; an entry is deleted when its fix lands (see the module docstring).

@@ -174,6 +174,8 @@ def _upgrade_layer(layer: pb.LayerParameter, path: Path, smap: SourceMap) -> Non
             raise SpecFieldError(
                 "ceil_mode and round_mode disagree; give only one of them",
                 loc=smap.find((*path, "pooling_param", "ceil_mode")),
+                layer=layer.name,
+                layer_type=layer.type,
             )
         p.ClearField("ceil_mode")
         p.round_mode = mode
