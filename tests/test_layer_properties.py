@@ -3,9 +3,8 @@ anything runs are the shapes the lowered module produces (or the spec is refused
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from netspec.errors import (
 from netspec.layers import all_types
 from netspec.layers.base import In
 from netspec.shapes import check_fits, footprint
+from tests.fuzz_specs import time_limit
 from tests.layer_harness import load_layer, run
 from tests.test_layers import NOT_RUN
 
@@ -280,22 +280,10 @@ REFUSALS = (ShapeError, ParamError, GraphError, DataError, SpecFieldError)
 HANG_GUARD_S = 5  # a thousand times a real rule's time; short enough that an O(values) rule stays within memory
 
 
-class ShapeRuleHang(BaseException):
-    """Raised by the hang guard (a BaseException, so no `except Exception` in the code under test stops it)."""
-
-
-@contextmanager
-def hang_guard() -> Iterator[None]:
-    def interrupt(signum: int, frame: object) -> None:
-        raise ShapeRuleHang(f"a shape rule ran for over {HANG_GUARD_S} s: O(values) work instead of O(axes)?")
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, HANG_GUARD_S)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def hang_guard() -> AbstractContextManager[None]:
+    """Interrupts a shape rule doing O(values) work instead of O(axes), with the fuzzer's SIGALRM limit (its
+    CaseTimeout is a BaseException, so no `except Exception` in the code under test stops it)."""
+    return time_limit(HANG_GUARD_S)
 
 
 def degenerate_dims() -> st.SearchStrategy[int]:
