@@ -5,6 +5,15 @@ moved to the training device, and batched by indexing there, with no per-record 
 Caffe sources (LMDB, LevelDB, image lists) stream through a torch DataLoader with workers. The order of
 the records is a function of (seed, epoch) and the augmentation of (seed, batch number), so a run
 resumed from a snapshot sees exactly the batches an uninterrupted run would have seen.
+
+Distributed training (rank r of N processes, each with batch_size B) reads the records as Caffe's
+DataLayer did, interleaved: every rank walks the same record stream (the epochs' permutations one after
+the other, shuffled with the same seed on every rank) in steps of N*B, and takes the positions p of each
+step with p % N == r. The ranks' batches at a step are therefore exactly the batch of N*B that one process
+reads at that step, wherever the epochs end: like one process, the stream runs on into the next epoch's
+order mid-step, so no record is dropped or padded. The position saved in snapshots is the stream's, the
+same on every rank. Rank r's crops and mirrors come from its own generator stream, seeded with
+seed*7919 + batch number + 1 + r*2**40 (rank 0 draws exactly what one process draws).
 """
 
 from __future__ import annotations
@@ -93,8 +102,11 @@ class Source:
         device: torch.device,
         records: Records | None = None,
         arrays: dict[str, np.ndarray] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.node, self.batch, self.shuffle, self.seed, self.device = node, batch, shuffle, seed, device
+        self.rank, self.world_size = rank, world_size
         self.tops = node.tops
         self.transform = Transform.of(node, device)
         self.records = records
@@ -117,7 +129,7 @@ class Source:
         return torch.randperm(self.size, generator=gen)
 
     def _indices(self, count: int | None) -> torch.Tensor:
-        idx, self.epoch, self.cursor, self._order = _next_indices(self, self.epoch, self.cursor, self._order, count)
+        idx, self.epoch, self.cursor, self._order = _rank_indices(self, self.epoch, self.cursor, self._order, count)
         return idx
 
     def next(self, count: int | None = None) -> dict[str, torch.Tensor]:
@@ -126,7 +138,7 @@ class Source:
         if streaming and self._stream is None:
             self._stream = self._open_stream()  # from the position before this batch
         idx = self._indices(count)
-        gen = torch.Generator().manual_seed(self.seed * 7919 + self.batches + 1)
+        gen = torch.Generator().manual_seed(self.seed * 7919 + self.batches + 1 + (self.rank << 40))
         self.batches += 1
         if self.arrays is not None:
             picked = {top: a[idx.to(self.device)] for top, a in self.arrays.items()}
@@ -147,7 +159,7 @@ class Source:
             _RecordSet(self.records),
             batch_sampler=_Batches(self),
             pin_memory=False,
-            num_workers=min(4, os.cpu_count() or 1),
+            num_workers=min(4, max(1, (os.cpu_count() or 1) // self.world_size)),  # the ranks share the CPUs
             persistent_workers=False,
         )
         return iter(loader)
@@ -200,6 +212,15 @@ def _next_indices(
     return torch.cat(parts), epoch, cursor, order
 
 
+def _rank_indices(
+    s: Source, epoch: int, cursor: int, order: torch.Tensor, count: int | None = None
+) -> tuple[torch.Tensor, int, int, torch.Tensor]:
+    """This rank's `count` (default: batch) records: its interleaved part of the next world_size*count
+    positions of the stream (the module docstring explains why), and the stream's position after them."""
+    idx, epoch, cursor, order = _next_indices(s, epoch, cursor, order, (count or s.batch) * s.world_size)
+    return idx[s.rank :: s.world_size], epoch, cursor, order
+
+
 class _Batches:
     """The batch order for a DataLoader: the same sequence the source consumes, from its position."""
 
@@ -209,7 +230,7 @@ class _Batches:
     def __iter__(self) -> Iterator[list[int]]:
         epoch, cursor, order = self.start
         while True:
-            idx, epoch, cursor, order = _next_indices(self.source, epoch, cursor, order)
+            idx, epoch, cursor, order = _rank_indices(self.source, epoch, cursor, order)
             yield idx.tolist()
 
 
@@ -226,9 +247,22 @@ class _RecordSet(torch.utils.data.Dataset[tuple[np.ndarray, float]]):
 
 
 class Feeder:
-    """Batches for every data layer of a net; the blobs of Input and MemoryData layers must be given."""
+    """Batches for every data layer of a net; the blobs of Input and MemoryData layers must be given.
+    In distributed training every rank builds one with the same seed and its own rank (the module
+    docstring says which records each rank reads); world_size 1 is one process."""
 
-    def __init__(self, net: Net, device: torch.device, seed: int, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        net: Net,
+        device: torch.device,
+        seed: int,
+        limit: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of world_size {world_size}'s ranks")
+        self.rank, self.world_size = rank, world_size
         self.sources: list[Source] = []
         self.needs_inputs = [
             t
@@ -247,7 +281,9 @@ class Feeder:
                 if records is not None and records.bytes_estimate() <= (limit or probe.memory_limit()):
                     arrays, records = _load_all(node, records), None
                 batch, shuffle = node.spec.p.batch_size, train and d.shuffles(node.spec)
-                self.sources.append(Source(node, batch, shuffle, seed + len(self.sources), device, records, arrays))
+                self.sources.append(
+                    Source(node, batch, shuffle, seed + len(self.sources), device, records, arrays, rank, world_size)
+                )
             except NetspecError as e:
                 raise e.at(node.loc, node.name, node.type) from None
 
@@ -258,9 +294,12 @@ class Feeder:
         return out
 
     def one_pass(self) -> list[int]:
-        """Batch sizes that read every record once: full batches and a shorter last one."""
-        full, rest = divmod(self.records, self.batch)
-        return [self.batch] * full + ([rest] if rest else [])
+        """Batch sizes that read every record once: full batches and a shorter last one. Distributed, the
+        sizes of this rank's part of that pass: the last step of world_size*batch positions may leave a
+        rank fewer records than the others, or none (then this rank has one batch fewer)."""
+        full, rest = divmod(self.records, self.batch * self.world_size)
+        last = len(range(self.rank, rest, self.world_size))
+        return [self.batch] * full + ([last] if last else [])
 
     @property
     def records(self) -> int:
