@@ -13,7 +13,8 @@ step with p % N == r. The ranks' batches at a step are therefore exactly the bat
 reads at that step, wherever the epochs end: like one process, the stream runs on into the next epoch's
 order mid-step, so no record is dropped or padded. The position saved in snapshots is the stream's, the
 same on every rank. Rank r's crops and mirrors come from its own generator stream, seeded with
-seed*7919 + batch number + 1 + r*2**40 (rank 0 draws exactly what one process draws).
+seed*7919 + batch number + 1 + r*0x9E3779B1 (torch's CPU generator keeps the low 32 bits of a seed, so the
+ranks' offsets lie far apart within them); rank 0 draws exactly what one process draws.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class Source:
         if streaming and self._stream is None:
             self._stream = self._open_stream()  # from the position before this batch
         idx = self._indices(count)
-        gen = torch.Generator().manual_seed(self.seed * 7919 + self.batches + 1 + (self.rank << 40))
+        gen = torch.Generator().manual_seed(self.seed * 7919 + self.batches + 1 + self.rank * 0x9E3779B1)
         self.batches += 1
         if self.arrays is not None:
             picked = {top: a[idx.to(self.device)] for top, a in self.arrays.items()}
