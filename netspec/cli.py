@@ -31,7 +31,8 @@ def user_errors(fn: F) -> F:
                 raise
             if ctx.params.get("as_json"):  # a program reading stdout gets the error in the form it asked for
                 click.echo(json.dumps({"error": _error_fields(e)}, indent=1))
-            click.echo(f"error: {e}" if e.loc is None and e.layer is None else str(e), err=True)
+            rank = f"rank {os.environ.get('RANK', '0')}: " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+            click.echo(rank + (f"error: {e}" if e.loc is None and e.layer is None else str(e)), err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature
@@ -119,6 +120,24 @@ def check(
     click.echo(table(net))
     for w in warnings:
         click.echo(str(w), err=True)
+
+
+def _command_line(ctx: click.Context, *leave_out: str) -> list[str]:
+    """The arguments that would run this command again, without the options named."""
+    args = ["--debug"] if ctx.find_root().params.get("debug") else []
+    args.append(ctx.info_name or "")
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if param.name in leave_out or value is None or value is False or value == ():
+            continue
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif isinstance(param, click.Option) and param.is_flag:
+            args.append(param.opts[0])
+        else:
+            for item in value if isinstance(value, tuple) else (value,):
+                args += [param.opts[0], str(item)]
+    return args
 
 
 def _parse_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -249,6 +268,12 @@ _device_option = click.option(
 )
 @click.option("--allow-missing", is_flag=True, help="With --weights, start mismatched layers from their fillers.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
+@click.option(
+    "--nproc-per-node",
+    type=int,
+    metavar="N",
+    help="Train with N processes on this machine (one per GPU) through torchrun; batch_size is per process.",
+)
 @user_errors
 def train(
     spec: str,
@@ -263,13 +288,19 @@ def train(
     overfit: int | None,
     allow_missing: bool,
     quiet: bool,
+    nproc_per_node: int | None,
 ) -> None:
-    """Train a net: a YAML spec with a solver section, or a Caffe solver prototxt."""
-    from netspec.train import commands
-
+    """Train a net: a YAML spec with a solver section, or a Caffe solver prototxt. Under torchrun
+    (`torchrun --nproc-per-node N -m netspec train ...`), or with --nproc-per-node, each process is one
+    rank of a distributed run (README: "Training on several GPUs or machines")."""
     _given_files(("--solver", solver_file), ("--weights", weights), ("--resume", resume))
-    summary = commands.train(
-        spec,
+    from netspec.train import commands, distributed
+
+    if nproc_per_node is not None:
+        if overfit is not None:
+            raise NetspecError("--overfit trains in one process; leave out --nproc-per-node")
+        sys.exit(distributed.launch(nproc_per_node, _command_line(click.get_current_context(), "nproc_per_node")))
+    options: dict[str, Any] = dict(
         solver_file=solver_file,
         weights=weights,
         resume=resume,
@@ -282,6 +313,14 @@ def train(
         allow_missing=allow_missing,
         quiet=quiet,
     )
+    world = distributed.from_env()
+    if world is not None:  # one rank of a distributed run
+        with distributed.worker(world):
+            summary = commands.train(spec, **options)
+        if world.rank > 0:
+            return  # rank 0 prints the summary
+    else:
+        summary = commands.train(spec, **options)
     if summary.get("weights"):
         click.echo(f"weights: {summary['weights']}")
     if "overfit" in summary:

@@ -115,6 +115,10 @@ class SolverError(NetspecError):
     """Solver settings that cannot be honoured."""
 
 
+class RankStopped(NetspecError):
+    """Distributed training: this rank stops because of a failure that another rank reports."""
+
+
 class WeightsError(NetspecError):
     """A weights file or snapshot that is corrupt or does not match the net."""
 

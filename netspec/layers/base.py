@@ -215,6 +215,12 @@ class LayerDef:
         lp = s.lp.loss_param
         return lp.ignore_label if lp.HasField("ignore_label") else None
 
+    def counted(self, s: LayerSpec, label: torch.Tensor) -> torch.Tensor | None:
+        """For a scalar top that is a mean over the predictions whose label (`label`, its second bottom)
+        is not ignore_label: how many of them count. Tests add such means up as sums and counts, so a mean
+        over batches (and ranks) is the mean over all those predictions. None: a mean over the batch."""
+        return None
+
     def int_inputs(self, s: LayerSpec, bottoms: Sequence[Shape]) -> dict[int, int]:
         """Bottoms that hold integer ids, by index, with the bound their values stay below."""
         return {}

@@ -50,6 +50,11 @@ def normalization(s: LayerSpec, default: int = L.VALID) -> int:
     return default
 
 
+def _kept(label: torch.Tensor, ignore: int | None) -> torch.Tensor | None:
+    """The number of labels that are not ignore_label (None without one: every prediction counts)."""
+    return None if ignore is None else (label != ignore).sum()
+
+
 def normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor | None) -> torch.Tensor | float:
     """What Caffe divides a summed loss by (never less than 1)."""
     if mode == L.FULL or (mode == L.VALID and valid is None):
@@ -133,6 +138,9 @@ class SoftmaxWithLoss(_Classifier):
 
     def class_axis(self, s: LayerSpec) -> int | None:
         return s.p.axis
+
+    def counted(self, s: LayerSpec, label: torch.Tensor) -> torch.Tensor | None:
+        return _kept(label, self.ignore_label(s)) if normalization(s) == L.VALID else None
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         _label_axis(s, bottoms[0], bottoms[1], s.p.axis)
@@ -345,6 +353,9 @@ class SigmoidCrossEntropyLoss(_Loss):
         Example("loss_param { ignore_label: -1 normalization: VALID }", (In((4, 3)), In((4, 3), "binary"))),
     )
 
+    def counted(self, s: LayerSpec, label: torch.Tensor) -> torch.Tensor | None:
+        return _kept(label.long(), self.ignore_label(s)) if normalization(s, L.BATCH_SIZE) == L.VALID else None
+
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         _batched(bottoms)
         a, b = bottoms
@@ -451,6 +462,9 @@ class Accuracy(LayerDef):
 
     def ignore_label(self, s: LayerSpec) -> int | None:
         return s.p.ignore_label if s.p.HasField("ignore_label") else None
+
+    def counted(self, s: LayerSpec, label: torch.Tensor) -> torch.Tensor | None:
+        return _kept(label, self.ignore_label(s))
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         axis, _, _ = _label_axis(s, bottoms[0], bottoms[1], s.p.axis)

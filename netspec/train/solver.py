@@ -23,11 +23,12 @@ import torch
 
 from netspec import snapshot
 from netspec.data.feeder import Feeder
-from netspec.errors import DataError, NetspecError, SolverError, WeightsError
+from netspec.errors import DataError, NetspecError, RankStopped, SolverError, WeightsError
 from netspec.files import output_folder
 from netspec.layers import all_types
 from netspec.lower.module import NetModule
 from netspec.net import Net, build_net
+from netspec.train import distributed
 from netspec.train.config import SolverConfig, load_config, with_solver_file
 from netspec.train.progress import Metrics, Progress
 from netspec.train.schedule import Schedule
@@ -103,11 +104,14 @@ class Solver:
             config = load_config(source, overrides)
         self.config, self.param = config, config.param
         p = self.param
-        self.seed = int(p.random_seed) if p.random_seed >= 0 else secrets.randbelow(2**31)
-        torch.manual_seed(self.seed)
         if device is None and p.HasField("solver_mode"):  # Caffe's own device settings, unless --device says
             device = "cpu" if p.solver_mode == p.CPU else (f"cuda:{p.device_id}" if torch.cuda.is_available() else None)
-        self.device = pick_device(device)
+        self.world = distributed.from_env()  # started by torchrun with several processes
+        self.device = pick_device(device) if self.world is None else distributed.start(self.world, device)
+        self.seed = int(p.random_seed) if p.random_seed >= 0 else secrets.randbelow(2**31)
+        if self.world is not None:
+            self.seed = distributed.same_seed(self.seed, self.device)
+        torch.manual_seed(self.seed)
         self.amp = _amp_dtype(amp, self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.quiet = quiet
@@ -127,6 +131,12 @@ class Solver:
         ]
         # a loss top that a later layer consumes is not a net output: read it from all the blobs
         self._all_blobs = any(t not in self.train_net.outputs for t, _ in self._loss_tops)
+        if self.world is not None:  # DDP's forward, which returns all the blobs when _all_blobs says so
+            unused = distributed.unused_parameters(self.train_net, [t for t, _ in self._loss_tops])
+            self._forward = distributed.wrap(self.net, self._all_blobs, self.device, p.iter_size, compile, unused)  # type: ignore[assignment]
+            self._all_blobs = False
+            torch.manual_seed(self.seed + self.world.rank)  # dropout: a random stream per rank
+        self._reporter = 0  # in distributed training, the rank that reports a NaN
         self.updater = Updater(p, self._learnables())
         self._feeder: Feeder | None = None
         self._test_feeders: list[Feeder | None] = [None] * len(self.test_nets)
@@ -165,9 +175,12 @@ class Solver:
     def feeder(self) -> Feeder:
         """The TRAIN net's data, loaded on first use."""
         if self._feeder is None:
-            self._feeder = Feeder(self.train_net, self.device, self.seed)
+            self._feeder = Feeder(self.train_net, self.device, self.seed, **self._ranks())
             self._check_labels(self._feeder, self.train_net)
         return self._feeder
+
+    def _ranks(self) -> dict[str, int]:
+        return {} if self.world is None else {"rank": self.world.rank, "world_size": self.world.size}
 
     def _iterations_from_epochs(self) -> int:
         feeder = self.feeder
@@ -177,7 +190,7 @@ class Solver:
                 loc=self.config.loc("max_epoch"),
                 hint="give max_iter instead",
             )
-        per_iter = feeder.batch * self.param.iter_size
+        per_iter = feeder.batch * self.param.iter_size * (self.world.size if self.world else 1)
         return max(1, math.ceil(self.param.max_epoch * feeder.records / per_iter))
 
     def _early_stopping(self) -> EarlyStop | None:
@@ -292,7 +305,11 @@ class Solver:
         return loss_value
 
     def _finite(self, loss: float) -> bool:
-        return math.isfinite(loss) and self.updater.gradients_finite()
+        ok = math.isfinite(loss) and self.updater.gradients_finite()
+        if self.world is not None:  # decided on all ranks together; the lowest failing rank reports it
+            bad = distributed.first_failing(self.world, ok, self.device)
+            self._reporter, ok = bad or 0, bad is None
+        return ok
 
     def _diverged(self, loss: float, batch: dict[str, torch.Tensor]) -> None:
         """Stops with the first layer whose output (or, failing that, gradient) is not finite."""
@@ -332,6 +349,8 @@ class Solver:
         )
         if node is not None:
             error.at(node.loc, node.name, node.type)
+        if self.world is not None and self.world.rank != self._reporter:
+            raise RankStopped(f"stopped: rank {self._reporter} found a NaN or infinity")
         raise error
 
     # ---- testing -----------------------------------------------------------------------------------
@@ -339,7 +358,7 @@ class Solver:
     def _test_feeder(self, i: int) -> Feeder:
         feeder = self._test_feeders[i]
         if feeder is None:
-            feeder = Feeder(self.test_defs[i], self.device, self.seed + 1000 * (i + 1))
+            feeder = Feeder(self.test_defs[i], self.device, self.seed + 1000 * (i + 1), **self._ranks())
             self._check_labels(feeder, self.test_defs[i])
             self._test_feeders[i] = feeder
         return feeder
@@ -347,7 +366,10 @@ class Solver:
     @torch.no_grad()
     def test(self, inputs: dict[str, Any] | None = None) -> list[dict[str, float]]:
         """Runs every test net for its test_iter batches (by default, one pass over its test data) and
-        returns the mean of each output, as Caffe's TestAll does."""
+        returns the mean of each output over the records, as Caffe's TestAll does. An output that skips
+        ignore_label (Accuracy, a loss normalised by the VALID predictions) is the mean over the
+        predictions that count, not over batches. Distributed, each rank tests its part of the records
+        and the sums and counts are added up over the ranks: the results are one process's."""
         results = []
         for i, net in enumerate(self.test_nets):
             net.eval()
@@ -360,20 +382,25 @@ class Solver:
             feeder.rewind()
             iters = self.config.test_iters[i] if i < len(self.config.test_iters) else None
             sizes: Sequence[int | None] = [None] * iters if iters else (feeder.one_pass() if feeder.sources else [None])
-            sums: dict[str, float] = {}
-            seen = 0
+            if self.world is not None and iters and feeder.sources:  # this rank's part of those records
+                sizes = distributed.share(iters * feeder.batch, feeder.batch, self.world)
+            counts = _counted_outputs(self.test_defs[i])
+            sums = dict.fromkeys(counts, 0.0)
+            seen = dict.fromkeys(counts, 0.0)
             for size in sizes:
                 batch = self._inputs(inputs) if inputs is not None else feeder.next(size)
-                weight = size or 1
                 ctx = torch.autocast(self.device.type, self.amp) if self.amp else contextlib.nullcontext()
                 with ctx:
                     out = net(**batch)
-                for name, value in out.items():
-                    if value.numel() == 1:  # scalar outputs: losses, accuracies
-                        sums[name] = sums.get(name, 0.0) + float(value.float()) * weight
-                seen += weight
+                for name, count in counts.items():
+                    weight = count(batch, size or 1)
+                    sums[name] += float(out[name].float()) * weight
+                    seen[name] += weight
             feeder.close()  # its workers would read ahead and idle until the next test
-            results.append({name: total / seen for name, total in sums.items()})
+            if self.world is not None:
+                totals = distributed.sum_up([*sums.values(), *seen.values()], self.device)
+                sums, seen = dict(zip(sums, totals, strict=False)), dict(zip(seen, totals[len(sums) :], strict=True))
+            results.append({name: sums[name] / seen[name] if seen[name] else math.nan for name in sums})
         self.last_test, self.tested_at = results, self.iter
         return results
 
@@ -402,7 +429,9 @@ class Solver:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        world = {} if self.world is None else {"world_size": self.world.size, "rank_rng": distributed.gather(rng)}
         return {
+            **world,
             "format": snapshot.FORMAT,
             "version": snapshot.VERSION,
             "iter": self.iter,
@@ -422,9 +451,12 @@ class Solver:
         }
 
     def snapshot(self, path: str | Path | None = None) -> Path:
-        """Writes a snapshot (atomically) and returns its path."""
+        """Writes a snapshot (atomically) and returns its path. Distributed, every rank calls it (each
+        gives its random state) and rank 0 writes it."""
         target = Path(path) if path is not None else Path(f"{self._prefix()}_iter_{self.iter}.pt")
-        snapshot.save_atomic(self.state(), target)
+        state = self.state()
+        if self.world is None or self.world.rank == 0:
+            snapshot.save_atomic(state, target)
         return target
 
     def restore(self, path: str | Path) -> None:
@@ -438,6 +470,14 @@ class Solver:
         expected = {f"{k}:{i}": tuple(t.shape) for k, v in self._owned_blobs().items() for i, t in enumerate(v)}
         saved = {f"{k}:{i}": list(t.shape) for k, v in state["blobs"].items() for i, t in enumerate(v)}
         snapshot.check_layout(path, saved, expected)
+        saved_world, world = int(state.get("world_size", 1)), self.world.size if self.world else 1
+        if saved_world != world:
+            raise NetspecError(
+                f"snapshot '{path}' was written by a run of {_processes(saved_world)}; this one has "
+                f"{_processes(world)}, whose batches would not continue that run's",
+                hint=f"resume it with {_processes(saved_world)} (--nproc-per-node {saved_world}), or start "
+                "from its weights with --weights",
+            )
         if state.get("solver_type") != self.param.type:
             raise NetspecError(
                 f"snapshot '{path}' was written by a {state.get('solver_type')} solver; this one is {self.param.type}",
@@ -453,9 +493,10 @@ class Solver:
                         target.copy_(value.to(target.device))
         self.iter = int(state["iter"])
         self.schedule.current_step = int(state["current_step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rng = state["rank_rng"][self.world.rank] if self.world is not None else state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         if state["data"]:
             self.feeder.load_state(state["data"])
         self._losses = deque(state["losses"], maxlen=self.param.average_loss)
@@ -506,27 +547,35 @@ class Solver:
             self.restore(resume)
         p = self.param
         out = self.out_dir
-        samples = self._batch_size() * p.iter_size  # loads the data first: its errors come before any file
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            snapshot.remove_leftovers(out)
+        ranks = self.world.size if self.world is not None else 1
+        samples = self._batch_size() * p.iter_size * ranks  # loads the data first: its errors come before any file
+        writes = out if self.world is None or self.world.rank == 0 else None  # only rank 0 writes and shows
+        if writes is not None:
+            writes.mkdir(parents=True, exist_ok=True)
+            snapshot.remove_leftovers(writes)
         columns = [
             _column(i, name, len(self.test_defs))
             for i, d in enumerate(self.test_defs)
             for name in d.outputs
             if math.prod(d.shapes[name]) == 1
         ]
-        metrics = Metrics(out / "metrics.csv", columns, append=resume is not None) if out is not None else None
+        metrics = Metrics(writes / "metrics.csv", columns, append=resume is not None) if writes is not None else None
         progress = Progress(
             self.max_iter,
             p.display or max(1, self.max_iter // 20),
-            out / "train.log" if out is not None else None,
-            quiet=self.quiet,
+            writes / "train.log" if writes is not None else None,
+            quiet=self.quiet or (self.world is not None and self.world.rank > 0),
         )
         progress.line(
             f"training '{self.train_net.name}' on {self.device.type} for {self.max_iter} iterations "
             f"(seed {self.seed})" + (f", from iteration {self.iter}" if self.iter else "")
         )
+        if self.world is not None:
+            progress.line(
+                f"{ranks} processes ({'NCCL' if self.device.type == 'cuda' else 'Gloo'}) x batch_size "
+                f"{self._batch_size()}" + (f" x iter_size {p.iter_size}" if p.iter_size > 1 else "")
+                + f": an effective batch of {samples}"
+            )
         if not any(b.tensor.requires_grad for b in self.updater.blobs):
             progress.line(
                 "note: the TRAIN net has no parameters to learn (none, or all with lr_mult 0): the "
@@ -543,6 +592,8 @@ class Solver:
                     if stopped:
                         break
                 self.step()
+                if self.world is not None:
+                    self._agree()
                 smoothed = sum(self._losses) / len(self._losses)
                 elapsed = _now() - window_start
                 speed = samples * (self.iter - window_iter) / elapsed if elapsed > 0 else 0.0
@@ -589,6 +640,15 @@ class Solver:
             "metrics": str(out / "metrics.csv") if out is not None else None,
         }
 
+    def _agree(self) -> None:
+        """After a distributed step: the loss of the whole batch (the mean over the ranks) and the
+        signals that any rank received, so that every rank snapshots and stops at the same iteration."""
+        asked = [float(r in self._requests) for r in ("stop", "snapshot")]
+        loss, *flags = distributed.sum_up([self._losses[-1] if self._losses else 0.0, *asked], self.device)
+        if self._losses:
+            self._losses[-1] = loss / (self.world.size if self.world else 1)
+        self._requests.update(r for r, f in zip(("stop", "snapshot"), flags, strict=True) if f)
+
     def close(self) -> None:
         """Stops the worker processes that read streamed data (solve() does it when it ends); stepping or
         testing again starts them anew."""
@@ -625,7 +685,7 @@ class Solver:
             es.best, es.best_iter, es.waited = value, self.iter, 0
             es.best_blobs = {k: [t.detach().clone() for t in v] for k, v in self._owned_blobs().items()}
             if self.out_dir is not None:
-                snapshot.save_atomic(self.state(), f"{self._prefix()}_best.pt")
+                self.snapshot(f"{self._prefix()}_best.pt")
             return None
         es.waited += 1
         if es.waited >= es.patience:
@@ -648,6 +708,33 @@ class Solver:
         if self.test_nets:
             self.test()
             self.tested_at = es.best_iter
+
+
+Count = Callable[[dict[str, torch.Tensor], int], float]
+
+
+def _counted_outputs(net: Net) -> dict[str, Count]:
+    """The scalar outputs of a net (losses, accuracies), each with what a batch's value is a mean over:
+    the predictions whose label is not ignored, when its layer says so and the label is an input, else
+    the batch's records."""
+    makers = {top: info.node for info in net.layers for top in info.node.tops}
+    out: dict[str, Count] = {}
+    for name in net.outputs:
+        if math.prod(net.shapes[name]) != 1:
+            continue
+        node = makers[name]
+        label = node.bottoms[1] if len(node.bottoms) > 1 else None
+
+        def count(batch: dict[str, torch.Tensor], size: int, node: Any = node, label: str | None = label) -> float:
+            n = node.definition.counted(node.spec, batch[label]) if label in batch else None
+            return size if n is None else float(n)
+
+        out[name] = count
+    return out
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
 
 
 def _column(i: int, name: str, n: int) -> str:
