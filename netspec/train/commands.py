@@ -17,7 +17,7 @@ from netspec.lower.module import NetModule, compile_net
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import Net, build_net
 from netspec.netfile import read_net
-from netspec.train.solver import Solver, pick_device
+from netspec.train.solver import Solver, counted_outputs, pick_device
 from netspec.train.timing import time_net
 
 
@@ -178,15 +178,17 @@ def evaluate(
     if not feeder.sources:
         raise SolverError("the net has no data layers to test on")
     sizes: list[int | None] = [None] * iterations if iterations else list(feeder.one_pass())
-    sums: dict[str, float] = {}
-    seen = 0
+    counts = counted_outputs(net)  # means over the records, as the solver's tests take them
+    sums, seen = dict.fromkeys(counts, 0.0), dict.fromkeys(counts, 0.0)
     with feeder, torch.no_grad(), output_folder(out or "."):  # the feeder stops its reading workers at the end
         for size in sizes:
-            for name, value in module(**feeder.next(size)).items():
-                if value.numel() == 1:
-                    sums[name] = sums.get(name, 0.0) + float(value.float()) * (size or 1)
-            seen += size or 1
-    means = {name: total / seen for name, total in sums.items()}
+            batch = feeder.next(size)
+            outputs = module(**batch)
+            for name, count in counts.items():
+                weight = count(batch, size or feeder.batch)
+                sums[name] += float(outputs[name].float()) * weight
+                seen[name] += weight
+    means = {name: sums[name] / seen[name] if seen[name] else math.nan for name in sums}
     terms = [
         (t, w)
         for info in net.layers

@@ -152,12 +152,11 @@ def sum_up(values: list[float], device: torch.device) -> list[float]:
     return [float(v) for v in t.cpu()]
 
 
-def first_failing(world: World, ok: bool, device: torch.device) -> int | None:
-    """The lowest rank for which `ok` is false, or None when it holds on every rank."""
-    t = torch.tensor([world.rank if not ok else world.size], dtype=torch.int64, device=device)
+def first_failing(world: World, checks: list[bool], device: torch.device) -> list[int | None]:
+    """For each check, the lowest rank on which it fails, or None when it holds on every rank."""
+    t = torch.tensor([world.size if ok else world.rank for ok in checks], dtype=torch.int64, device=device)
     _dist().all_reduce(t, op=_dist().ReduceOp.MIN)
-    bad = int(t.item())
-    return None if bad == world.size else bad
+    return [None if int(bad) == world.size else int(bad) for bad in t.cpu()]
 
 
 def gather(obj: Any) -> list[Any]:
@@ -223,10 +222,13 @@ def worker(world: World) -> Iterator[None]:
     except torch.OutOfMemoryError as e:
         first = (str(e).strip().splitlines() or ["out of memory"])[0]
         raise SolverError(f"out of memory: {first}", hint="lower batch_size, or use --amp") from None
-    except _dist().DistError as e:
-        time.sleep(LINGER_S)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RankStopped(f"lost contact with the other ranks ({first})") from None
+    except Exception as e:  # a collective that failed because another rank went away, or a bug
+        time.sleep(LINGER_S)  # torchrun stops this rank meanwhile when another one failed first
+        text = str(e).strip()
+        if isinstance(e, _dist().DistError) or any(w in text for w in ("gloo", "NCCL", "Connection")):
+            first = (text.splitlines() or [type(e).__name__])[0]
+            raise RankStopped(f"lost contact with the other ranks ({first})") from None
+        raise
     finally:
         close()
 

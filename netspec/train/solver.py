@@ -305,11 +305,15 @@ class Solver:
         return loss_value
 
     def _finite(self, loss: float) -> bool:
-        ok = math.isfinite(loss) and self.updater.gradients_finite()
-        if self.world is not None:  # decided on all ranks together; the lowest failing rank reports it
-            bad = distributed.first_failing(self.world, ok, self.device)
-            self._reporter, ok = bad or 0, bad is None
-        return ok
+        if self.world is None:
+            return math.isfinite(loss) and self.updater.gradients_finite()
+        # decided on all ranks together (the gradients are averaged already): the lowest rank whose own
+        # loss is not finite reports it, else rank 0
+        bad_loss, bad_grad = distributed.first_failing(
+            self.world, [math.isfinite(loss), self.updater.gradients_finite()], self.device
+        )
+        self._reporter = bad_loss or 0
+        return bad_loss is None and bad_grad is None
 
     def _diverged(self, loss: float, batch: dict[str, torch.Tensor]) -> None:
         """Stops with the first layer whose output (or, failing that, gradient) is not finite."""
@@ -384,7 +388,7 @@ class Solver:
             sizes: Sequence[int | None] = [None] * iters if iters else (feeder.one_pass() if feeder.sources else [None])
             if self.world is not None and iters and feeder.sources:  # this rank's part of those records
                 sizes = distributed.share(iters * feeder.batch, feeder.batch, self.world)
-            counts = _counted_outputs(self.test_defs[i])
+            counts = counted_outputs(self.test_defs[i])
             sums = dict.fromkeys(counts, 0.0)
             seen = dict.fromkeys(counts, 0.0)
             for size in sizes:
@@ -713,7 +717,7 @@ class Solver:
 Count = Callable[[dict[str, torch.Tensor], int], float]
 
 
-def _counted_outputs(net: Net) -> dict[str, Count]:
+def counted_outputs(net: Net) -> dict[str, Count]:
     """The scalar outputs of a net (losses, accuracies), each with what a batch's value is a mean over:
     the predictions whose label is not ignored, when its layer says so and the label is an input, else
     the batch's records."""
