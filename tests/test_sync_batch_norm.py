@@ -4,6 +4,7 @@ statistics and average_statistics makes the running ones the ranks' mean, the sa
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,8 @@ B = 3
 
 def spec(folder: Path, batch: int) -> str:
     path = folder / f"bn{batch}.prototxt"
+    if path.exists():
+        return str(path)
     path.write_text(
         f'input: "data" input_shape {{ dim: {batch} dim: 2 dim: 3 dim: 2 }}\n'
         'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }\n'
@@ -62,24 +65,31 @@ def rank_main(rank: int, folder: Path) -> None:
 
 
 def test_sync_bn_over_two_ranks_is_one_process_over_their_union(tmp_path: Path) -> None:
-    mp.start_processes(rank_main, args=(tmp_path,), nprocs=2, start_method="fork")  # no second import of torch
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    spec(tmp_path, B)  # written before the ranks read it
+    ranks = mp.start_processes(rank_main, args=(tmp_path,), nprocs=2, join=False, start_method="fork")  # torch loaded
+    deadline = time.monotonic() + 60  # a guard against a deadlock, not a measure of time
+    try:
+        while not ranks.join(timeout=max(0.0, deadline - time.monotonic())):  # True once all have ended
+            assert time.monotonic() < deadline, "the ranks hang"
+    finally:
+        for p in ranks.processes:
+            p.kill()
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     x, w = inputs()
     one = forward_backward(spec(tmp_path, 2 * B), x, w)
     # float32 against statistics summed in float64: a few units in the last place
     for key in ("out", "grad"):
-        got = torch.cat([r["synced"][key] for r in ranks])
+        got = torch.cat([r["synced"][key] for r in results])
         torch.testing.assert_close(got, one[key], rtol=1e-5, atol=1e-5)
-    for a, b, expected in zip(ranks[0]["synced"]["stats"], ranks[1]["synced"]["stats"], one["stats"], strict=True):
+    for a, b, expected in zip(results[0]["synced"]["stats"], results[1]["synced"]["stats"], one["stats"], strict=True):
         assert torch.equal(a, b)  # the same running statistics on both ranks
         torch.testing.assert_close(a, expected, rtol=1e-5, atol=1e-6)
     # per-rank statistics: each rank normalises its own batch; averaged, the running sums agree
     own = forward_backward(spec(tmp_path, B), x[B:], w[B:])
-    torch.testing.assert_close(ranks[1]["own"]["out"], own["out"], rtol=0, atol=0)
-    assert not torch.equal(ranks[0]["own"]["stats"][0], ranks[1]["own"]["stats"][0])
-    for a, b, s0, s1 in zip(
-        ranks[0]["averaged"], ranks[1]["averaged"], ranks[0]["own"]["stats"], ranks[1]["own"]["stats"], strict=True
-    ):
+    torch.testing.assert_close(results[1]["own"]["out"], own["out"], rtol=0, atol=0)
+    own0, own1 = (r["own"]["stats"] for r in results)
+    assert not torch.equal(own0[0], own1[0])
+    for a, b, s0, s1 in zip(results[0]["averaged"], results[1]["averaged"], own0, own1, strict=True):
         assert torch.equal(a, b)
         torch.testing.assert_close(a, (s0 + s1) / 2, rtol=0, atol=0)
 
