@@ -57,7 +57,8 @@ def stream(records: int, shuffle: bool, seed: int) -> Iterator[int]:
 
 def read(f: Feeder, count: int | None = None) -> list[int]:
     batch = f.next(count)
-    assert torch.equal(batch["data"].reshape(len(batch["label"]), -1)[:, 0], batch["label"])  # data and labels stay paired
+    values = batch["data"].reshape(len(batch["label"]), -1)[:, 0]
+    assert torch.equal(values, batch["label"])  # data and labels stay paired
     return [int(v) for v in batch["label"]]
 
 

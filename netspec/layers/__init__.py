@@ -20,6 +20,7 @@ from netspec.layers import (  # noqa: F401  (imported for their registrations)
     vision,
 )
 from netspec.layers.base import LayerDef
+from netspec.layers.norm import average_statistics, sync_batch_norm  # noqa: F401  (distributed training's BatchNorm)
 from netspec.layers.registry import REGISTRY
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import ParamError, ShapeError
@@ -29,6 +30,89 @@ if TYPE_CHECKING:
 
 def _zeros() -> pb.FillerParameter:
     return pb.FillerParameter(type="constant", value=0)
+
+
+# The solver's sync_bn, for this process: [enabled, process group (None: the default one)].
+_SYNC: list[Any] = [False, None]
+
+
+def sync_batch_norm(enabled: bool, group: Any = None) -> None:
+    """Makes every BatchNorm of this process (lowered before or after) compute its TRAIN statistics over
+    the batches of all the ranks of `group` (default: the whole job), as one process with their union
+    would: the solver's `sync_bn: true`. Off (the default), each rank normalises with its own batch's
+    statistics, as Caffe's multi-GPU training did. It applies only while torch.distributed is
+    initialised, so one process is unaffected; every rank must switch it alike."""
+    _SYNC[:] = [enabled, group]
+
+
+def _sync_group() -> tuple[bool, Any]:
+    """(whether statistics are synchronised now, the group)."""
+    import torch.distributed as dist
+
+    return bool(_SYNC[0]) and dist.is_available() and dist.is_initialized(), _SYNC[1]
+
+
+def average_statistics(buffers: Iterable[torch.Tensor]) -> None:
+    """Makes BatchNorm's running statistics (a net's buffers) the same on every rank after a training
+    step: with per-rank statistics, each rank's running sums become the mean of all ranks' (the same
+    scale factor everywhere, so the running means and variances are the ranks' averages); with sync_bn
+    they are the same already, and nothing is sent. One all-reduce for all the buffers; nothing to do in
+    one process."""
+    import torch
+    import torch.distributed as dist
+
+    synced, group = _sync_group()
+    tensors = [b for b in buffers if b.is_floating_point()]
+    if synced or not tensors or not (dist.is_available() and dist.is_initialized()):
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(part.reshape(t.shape))
+
+
+@functools.cache
+def _all_reduce_sum() -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """A sum over the ranks that autograd differentiates: every rank's input reaches every rank's output,
+    so its gradient is the sum of the ranks' output gradients. (torch.distributed.nn.functional's is
+    deprecated, and its successor private.) Built on first use: this module must not import torch."""
+    import torch
+    import torch.distributed as dist
+
+    class AllReduceSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+            ctx.group = group
+            y = x.clone(memory_format=torch.contiguous_format)
+            dist.all_reduce(y, group=group)
+            return y
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+            g = g.clone(memory_format=torch.contiguous_format)
+            dist.all_reduce(g, group=ctx.group)
+            return g, None
+
+    return AllReduceSum.apply
+
+
+def _moments(x: torch.Tensor, dims: list[int], group: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mean and (biased) variance over `dims` of the union of every rank's x, and the variance's
+    unbiasing factor m/(m-1) for its m values per channel: sums and counts all-reduced (in float64, so
+    counts stay exact), then the squared deviations from the common mean. The all-reduces are
+    differentiable, so each rank's input gradient includes what the other ranks' losses owe it through
+    the shared statistics. Tensors throughout: no wait for the device."""
+    import torch
+
+    all_reduce = _all_reduce_sum()
+    local = x.to(torch.float64).sum(dims, keepdim=True)
+    count = torch.full((1,), x.numel() // local.numel(), dtype=torch.float64, device=x.device)
+    total = all_reduce(torch.cat([local.reshape(-1), count]), group)
+    m = total[-1]
+    mean = (total[:-1] / m).reshape(local.shape).to(x.dtype)
+    var = all_reduce(((x - mean) ** 2).to(torch.float64).sum(dims, keepdim=True), group) / m
+    return mean, var.to(x.dtype), (m / (m - 1).clamp(min=1)).detach()
 
 
 @register
@@ -95,11 +179,16 @@ class BatchNorm(LayerDef):
 
         def training(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             x = xs[0]
-            mean = x.mean(reduce_dims, keepdim=True)
-            var = ((x - mean) ** 2).mean(reduce_dims, keepdim=True)
-            with torch.no_grad():  # Caffe's running sums: blob = batch_stat + maf * blob
+            synced, group = _sync_group()
+            correction: torch.Tensor | float
+            if synced:
+                mean, var, correction = _moments(x, reduce_dims, group)
+            else:
+                mean = x.mean(reduce_dims, keepdim=True)
+                var = ((x - mean) ** 2).mean(reduce_dims, keepdim=True)
                 m = x.numel() // x.shape[1] if ndim > 1 else x.numel()
                 correction = m / (m - 1) if m > 1 else 1.0
+            with torch.no_grad():  # Caffe's running sums: blob = batch_stat + maf * blob
                 params[0].mul_(maf).add_(mean.reshape(-1))
                 params[1].mul_(maf).add_(var.reshape(-1) * correction)
                 params[2].mul_(maf).add_(1)
