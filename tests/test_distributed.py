@@ -153,6 +153,7 @@ def test_two_ranks_of_b_train_as_one_process_of_2b(tmp_path: Path) -> None:
     and a BatchNorm net: weights after K iterations and the test results (Accuracy and a
     SoftmaxWithLoss that ignore label 3, over an uneven last batch) match one process."""
     nets = {name: (solver, "") for name, solver in SOLVERS.items()}
+    nets["batch-norm"] = (SOLVERS["sgd-momentum"] + ", sync_bn: true", BATCH_NORM)
     per_rank = {n: spec(tmp_path, n, B, s, extra) for n, (s, extra) in nets.items()}
     one = {n: spec(tmp_path, n, 2 * B, s, extra) for n, (s, extra) in nets.items()}
     threads = torch.get_num_threads()

@@ -25,7 +25,7 @@ from netspec import snapshot
 from netspec.data.feeder import Feeder
 from netspec.errors import DataError, NetspecError, RankStopped, SolverError, WeightsError
 from netspec.files import output_folder
-from netspec.layers import all_types
+from netspec.layers import all_types, average_statistics, sync_batch_norm
 from netspec.lower.module import NetModule
 from netspec.net import Net, build_net
 from netspec.train import distributed
@@ -132,6 +132,7 @@ class Solver:
         # a loss top that a later layer consumes is not a net output: read it from all the blobs
         self._all_blobs = any(t not in self.train_net.outputs for t, _ in self._loss_tops)
         if self.world is not None:  # DDP's forward, which returns all the blobs when _all_blobs says so
+            sync_batch_norm(p.sync_bn)
             unused = distributed.unused_parameters(self.train_net, [t for t, _ in self._loss_tops])
             self._forward = distributed.wrap(self.net, self._all_blobs, self.device, p.iter_size, compile, unused)  # type: ignore[assignment]
             self._all_blobs = False
@@ -645,8 +646,10 @@ class Solver:
         }
 
     def _agree(self) -> None:
-        """After a distributed step: the loss of the whole batch (the mean over the ranks) and the
-        signals that any rank received, so that every rank snapshots and stops at the same iteration."""
+        """After a distributed step: BatchNorm's running statistics, the loss of the whole batch (the
+        mean over the ranks) and the signals that any rank received, so that every rank snapshots and
+        stops at the same iteration."""
+        average_statistics(self.net.buffers())  # BatchNorm's running statistics: the same on every rank
         asked = [float(r in self._requests) for r in ("stop", "snapshot")]
         loss, *flags = distributed.sum_up([self._losses[-1] if self._losses else 0.0, *asked], self.device)
         if self._losses:
