@@ -64,6 +64,8 @@ def train(
     if weights is not None:
         report = apply_weights(solver.net.caffe_params(), read_weights(weights), weights, allow_missing)
     if overfit is not None:
+        if solver.world is not None:
+            raise SolverError("--overfit trains in one process, not in a distributed run")
         return _overfit(solver, overfit)
     summary = solver.solve(resume=resume)
     summary["out"] = str(out_dir)

@@ -107,7 +107,7 @@ class _Forward(nn.Module):
         self.net, self.all_blobs = net, all_blobs
 
     def forward(self, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net.run(batch) if self.all_blobs else self.net(**batch)  # type: ignore[operator, no-any-return]
+        return self.net.run(batch) if self.all_blobs else self.net(**batch)  # type: ignore[operator]
 
 
 class Synced:
@@ -122,7 +122,7 @@ class Synced:
         last = self.count == self.passes - 1
         self.count = (self.count + 1) % self.passes
         with contextlib.nullcontext() if last else self.ddp.no_sync():
-            return self.model(**batch)  # type: ignore[no-any-return]
+            return self.model(**batch)
 
 
 def wrap(net: Any, all_blobs: bool, device: torch.device, passes: int, compile: bool, unused: bool) -> Synced:
@@ -131,7 +131,7 @@ def wrap(net: Any, all_blobs: bool, device: torch.device, passes: int, compile: 
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     # torch renamed the option (2.13); either way buffers are synchronised once, at the start
-    no_buffer_sync = (
+    no_buffer_sync: dict[str, Any] = (
         {"forward_sync_buffers": False}
         if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
         else {"broadcast_buffers": False}
@@ -247,7 +247,8 @@ def launch(nproc: int, args: list[str]) -> int:
         raise SolverError("--nproc-per-node starts torchrun, but this process already is one of its ranks")
     # The processes share the machine's cores (torchrun would otherwise set 1 and warn)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its reports repeat ours
+    for name in ("torch.distributed.elastic", "torch.distributed.elastic.agent.server.api"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # its reports repeat ours
     config = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "netspec", *args])
     try:
         torchrun.run(config)

@@ -134,7 +134,7 @@ class Solver:
         if self.world is not None:  # DDP's forward, which returns all the blobs when _all_blobs says so
             sync_batch_norm(p.sync_bn)
             unused = distributed.unused_parameters(self.train_net, [t for t, _ in self._loss_tops])
-            self._forward = distributed.wrap(self.net, self._all_blobs, self.device, p.iter_size, compile, unused)  # type: ignore[assignment]
+            self._forward = distributed.wrap(self.net, self._all_blobs, self.device, p.iter_size, compile, unused)
             self._all_blobs = False
             torch.manual_seed(self.seed + self.world.rank)  # dropout: a random stream per rank
         self._reporter = 0  # in distributed training, the rank that reports a NaN
