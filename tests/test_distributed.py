@@ -280,17 +280,18 @@ def test_torchrun_trains_the_quick_start_as_one_process_does(tmp_path: Path) -> 
 def test_a_killed_rank_ends_the_job_with_a_message(tmp_path: Path) -> None:
     """`netspec train --nproc-per-node 2`, rank 1 killed with SIGKILL mid-run: the job ends within
     30 s, exit status 1, with one message naming the rank; the last snapshot is there to resume."""
-    settings = ["--set", "solver.max_iter=100000", "--set", "solver.snapshot=2", "--set", "solver.test_interval=100000"]
-    settings += ["--set", "solver.test_initialization=false"]
+    settings = ["--set", "solver.max_iter=100000000", "--set", "solver.snapshot=50"]
+    settings += ["--set", "solver.test_interval=100000000", "--set", "solver.test_initialization=false"]
+    settings += ["--nproc-per-node", "2", "--out", str(tmp_path)]
     job = subprocess.Popen(
-        [sys.executable, "-m", "netspec", "train", *QUICK, *settings, "--nproc-per-node", "2", "--out", str(tmp_path)],
+        [sys.executable, "-m", "netspec", "train", "models/xor_train.yaml", *settings],
         cwd=ROOT, env=netspec_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 180
-        while not list(tmp_path.glob("*_iter_2.pt")) and time.monotonic() < deadline and job.poll() is None:
-            time.sleep(0.2)
-        assert list(tmp_path.glob("*_iter_2.pt")), job.communicate()
+        while not list(tmp_path.glob("*_iter_50.pt")) and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.1)
+        assert list(tmp_path.glob("*_iter_50.pt")), job.communicate()
         os.kill(rank_pid(job.pid, 1), signal.SIGKILL)
         killed = time.monotonic()
         _, err = job.communicate(timeout=60)
