@@ -22,6 +22,7 @@ import inspect
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -209,7 +210,9 @@ def close() -> None:
 def worker(world: World) -> Iterator[None]:
     """Around a rank's training: errors become one message naming the rank (the command line adds
     "rank R:"), and a rank that only saw another rank fail stays quiet long enough for torchrun to stop
-    it after that rank has spoken."""
+    it after that rank has spoken. Warnings are rank 0's to show."""
+    if world.rank:
+        warnings.filterwarnings("ignore")
     try:
         yield
     except RankStopped:
