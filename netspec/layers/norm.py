@@ -41,7 +41,9 @@ def sync_batch_norm(enabled: bool, group: Any = None) -> None:
     the batches of all the ranks of `group` (default: the whole job), as one process with their union
     would: the solver's `sync_bn: true`. Off (the default), each rank normalises with its own batch's
     statistics, as Caffe's multi-GPU training did. It applies only while torch.distributed is
-    initialised, so one process is unaffected; every rank must switch it alike."""
+    initialised, so one process is unaffected, and only to passes autograd records (training steps: a
+    test net with use_global_stats: false keeps each rank's statistics, as the ranks' numbers of test
+    batches may differ by one). Every rank must switch it alike."""
     _SYNC[:] = [enabled, group]
 
 
@@ -54,17 +56,17 @@ def _sync_group() -> tuple[bool, Any]:
 
 def average_statistics(buffers: Iterable[torch.Tensor]) -> None:
     """Makes BatchNorm's running statistics (a net's buffers) the same on every rank after a training
-    step: with per-rank statistics, each rank's running sums become the mean of all ranks' (the same
-    scale factor everywhere, so the running means and variances are the ranks' averages); with sync_bn
-    they are the same already, and nothing is sent. One all-reduce for all the buffers; nothing to do in
-    one process."""
+    step: each rank's running sums become the mean of all ranks' (the scale factor is the same
+    everywhere, so the running means and variances are the ranks' averages). With sync_bn the training
+    steps keep them equal already; averaging anyway also covers test nets that update them with their
+    rank's batches, for one small all-reduce. Nothing to do in one process."""
     import torch
     import torch.distributed as dist
 
-    synced, group = _sync_group()
     tensors = [b for b in buffers if b.is_floating_point()]
-    if synced or not tensors or not (dist.is_available() and dist.is_initialized()):
+    if not tensors or not (dist.is_available() and dist.is_initialized()):
         return
+    group = _SYNC[1]
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat, group=group)
     flat /= dist.get_world_size(group)
@@ -181,7 +183,7 @@ class BatchNorm(LayerDef):
             x = xs[0]
             synced, group = _sync_group()
             correction: torch.Tensor | float
-            if synced:
+            if synced and torch.is_grad_enabled():  # test passes keep to their rank: their batch counts differ
                 mean, var, correction = _moments(x, reduce_dims, group)
             else:
                 mean = x.mean(reduce_dims, keepdim=True)
