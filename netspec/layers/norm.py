@@ -101,19 +101,21 @@ def _all_reduce_sum() -> Callable[[torch.Tensor, Any], torch.Tensor]:
 
 def _moments(x: torch.Tensor, dims: list[int], group: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mean and (biased) variance over `dims` of the union of every rank's x, and the variance's
-    unbiasing factor m/(m-1) for its m values per channel: sums and counts all-reduced (in float64, so
-    counts stay exact), then the squared deviations from the common mean. The all-reduces are
-    differentiable, so each rank's input gradient includes what the other ranks' losses owe it through
-    the shared statistics. Tensors throughout: no wait for the device."""
+    unbiasing factor m/(m-1) for its m values per channel: the ranks' sums (accumulated as x.mean does,
+    in at least float32, so no copy of x) and counts all-reduced in float64, where counts stay exact,
+    then the squared deviations from the common mean. The all-reduces are differentiable, so each rank's
+    input gradient includes what the other ranks' losses owe it through the shared statistics. Tensors
+    throughout: no wait for the device."""
     import torch
 
-    all_reduce = _all_reduce_sum()
-    local = x.to(torch.float64).sum(dims, keepdim=True)
+    all_reduce, acc = _all_reduce_sum(), torch.promote_types(x.dtype, torch.float32)
+    local = x.sum(dims, keepdim=True, dtype=acc).to(torch.float64)
     count = torch.full((1,), x.numel() // local.numel(), dtype=torch.float64, device=x.device)
     total = all_reduce(torch.cat([local.reshape(-1), count]), group)
     m = total[-1]
     mean = (total[:-1] / m).reshape(local.shape).to(x.dtype)
-    var = all_reduce(((x - mean) ** 2).to(torch.float64).sum(dims, keepdim=True), group) / m
+    squares = ((x - mean) ** 2).sum(dims, keepdim=True, dtype=acc).to(torch.float64)
+    var = all_reduce(squares, group) / m
     return mean, var.to(x.dtype), (m / (m - 1).clamp(min=1)).detach()
 
 
