@@ -53,6 +53,8 @@ def rank_main(rank: int, folder: Path) -> None:
         x, w = (t[rank * B : (rank + 1) * B] for t in inputs())
         sync_batch_norm(True)
         result = {"synced": forward_backward(spec(folder, B), x, w)}
+        with torch.no_grad():  # a test pass: the ranks may run different numbers of them
+            result["no_grad"] = compile_net(spec(folder, B), "TRAIN")(data=x)["bn"]
         sync_batch_norm(False)
         own = forward_backward(spec(folder, B), x, w)
         module = compile_net(spec(folder, B), "TRAIN")
@@ -87,6 +89,7 @@ def test_sync_bn_over_two_ranks_is_one_process_over_their_union(tmp_path: Path) 
     # per-rank statistics: each rank normalises its own batch; averaged, the running sums agree
     own = forward_backward(spec(tmp_path, B), x[B:], w[B:])
     torch.testing.assert_close(results[1]["own"]["out"], own["out"], rtol=0, atol=0)
+    torch.testing.assert_close(results[1]["no_grad"], own["out"], rtol=0, atol=0)  # never waits for another rank
     own0, own1 = (r["own"]["stats"] for r in results)
     assert not torch.equal(own0[0], own1[0])
     for a, b, s0, s1 in zip(results[0]["averaged"], results[1]["averaged"], own0, own1, strict=True):

@@ -134,7 +134,8 @@ class Source:
         return idx
 
     def next(self, count: int | None = None) -> dict[str, torch.Tensor]:
-        """The next batch (of `count` records instead of batch_size when given)."""
+        """The next batch (of `count` records instead of batch_size when given; distributed, this rank's
+        part of the next world_size*count records)."""
         streaming = self.arrays is None and count in (None, self.batch)
         if streaming and self._stream is None:
             self._stream = self._open_stream()  # from the position before this batch

@@ -41,7 +41,9 @@ def sync_batch_norm(enabled: bool, group: Any = None) -> None:
     the batches of all the ranks of `group` (default: the whole job), as one process with their union
     would: the solver's `sync_bn: true`. Off (the default), each rank normalises with its own batch's
     statistics, as Caffe's multi-GPU training did. It applies only while torch.distributed is
-    initialised, so one process is unaffected; every rank must switch it alike."""
+    initialised, so one process is unaffected, and only to passes autograd records (training steps: a
+    test net with use_global_stats: false keeps each rank's statistics, as the ranks' numbers of test
+    batches may differ by one). Every rank must switch it alike."""
     _SYNC[:] = [enabled, group]
 
 
@@ -54,17 +56,17 @@ def _sync_group() -> tuple[bool, Any]:
 
 def average_statistics(buffers: Iterable[torch.Tensor]) -> None:
     """Makes BatchNorm's running statistics (a net's buffers) the same on every rank after a training
-    step: with per-rank statistics, each rank's running sums become the mean of all ranks' (the same
-    scale factor everywhere, so the running means and variances are the ranks' averages); with sync_bn
-    they are the same already, and nothing is sent. One all-reduce for all the buffers; nothing to do in
-    one process."""
+    step: each rank's running sums become the mean of all ranks' (the scale factor is the same
+    everywhere, so the running means and variances are the ranks' averages). With sync_bn the training
+    steps keep them equal already; averaging anyway also covers test nets that update them with their
+    rank's batches, for one small all-reduce. Nothing to do in one process."""
     import torch
     import torch.distributed as dist
 
-    synced, group = _sync_group()
     tensors = [b for b in buffers if b.is_floating_point()]
-    if synced or not tensors or not (dist.is_available() and dist.is_initialized()):
+    if not tensors or not (dist.is_available() and dist.is_initialized()):
         return
+    group = _SYNC[1]
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat, group=group)
     flat /= dist.get_world_size(group)
@@ -99,19 +101,21 @@ def _all_reduce_sum() -> Callable[[torch.Tensor, Any], torch.Tensor]:
 
 def _moments(x: torch.Tensor, dims: list[int], group: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mean and (biased) variance over `dims` of the union of every rank's x, and the variance's
-    unbiasing factor m/(m-1) for its m values per channel: sums and counts all-reduced (in float64, so
-    counts stay exact), then the squared deviations from the common mean. The all-reduces are
-    differentiable, so each rank's input gradient includes what the other ranks' losses owe it through
-    the shared statistics. Tensors throughout: no wait for the device."""
+    unbiasing factor m/(m-1) for its m values per channel: the ranks' sums (accumulated as x.mean does,
+    in at least float32, so no copy of x) and counts all-reduced in float64, where counts stay exact,
+    then the squared deviations from the common mean. The all-reduces are differentiable, so each rank's
+    input gradient includes what the other ranks' losses owe it through the shared statistics. Tensors
+    throughout: no wait for the device."""
     import torch
 
-    all_reduce = _all_reduce_sum()
-    local = x.to(torch.float64).sum(dims, keepdim=True)
+    all_reduce, acc = _all_reduce_sum(), torch.promote_types(x.dtype, torch.float32)
+    local = x.sum(dims, keepdim=True, dtype=acc).to(torch.float64)
     count = torch.full((1,), x.numel() // local.numel(), dtype=torch.float64, device=x.device)
     total = all_reduce(torch.cat([local.reshape(-1), count]), group)
     m = total[-1]
     mean = (total[:-1] / m).reshape(local.shape).to(x.dtype)
-    var = all_reduce(((x - mean) ** 2).to(torch.float64).sum(dims, keepdim=True), group) / m
+    squares = ((x - mean) ** 2).sum(dims, keepdim=True, dtype=acc).to(torch.float64)
+    var = all_reduce(squares, group) / m
     return mean, var.to(x.dtype), (m / (m - 1).clamp(min=1)).detach()
 
 
@@ -181,7 +185,7 @@ class BatchNorm(LayerDef):
             x = xs[0]
             synced, group = _sync_group()
             correction: torch.Tensor | float
-            if synced:
+            if synced and torch.is_grad_enabled():  # test passes keep to their rank: their batch counts differ
                 mean, var, correction = _moments(x, reduce_dims, group)
             else:
                 mean = x.mean(reduce_dims, keepdim=True)
