@@ -65,9 +65,8 @@ BATCH_NORM = """
 SOLVERS = {
     "sgd-momentum": "type: SGD, base_lr: 0.1, momentum: 0.9, weight_decay: 0.001, lr_policy: step, stepsize: 2, gamma: 0.5",
     "adam": "type: Adam, base_lr: 0.01, lr_policy: fixed",
-    "iter-size-2": "type: SGD, base_lr: 0.1, momentum: 0.9, iter_size: 2, lr_policy: fixed",
-    "clip-l1": "type: SGD, base_lr: 0.5, clip_gradients: 0.05, weight_decay: 0.01, regularization_type: L1, "
-    "lr_policy: fixed",
+    "iter-size-2-clip-l1": "type: SGD, base_lr: 0.5, momentum: 0.9, iter_size: 2, clip_gradients: 0.05, "
+    "weight_decay: 0.01, regularization_type: L1, lr_policy: fixed",
 }
 
 
@@ -149,9 +148,10 @@ def close_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str)
 
 
 def test_two_ranks_of_b_train_as_one_process_of_2b(tmp_path: Path) -> None:
-    """SGD with momentum, a step policy and L2 decay; Adam; iter_size 2; clip_gradients with L1 decay;
-    and a BatchNorm net: weights after K iterations and the test results (Accuracy and a
-    SoftmaxWithLoss that ignore label 3, over an uneven last batch) match one process."""
+    """SGD with momentum, a step policy and L2 decay; Adam; iter_size 2 with clip_gradients (which
+    clips: the gradient norm is above 0.05) and L1 decay; and a BatchNorm net with sync_bn: the weights
+    after K iterations and the test results (Accuracy and a SoftmaxWithLoss that ignore label 3; for
+    SGD over the whole test set, with an uneven last batch) match one process's."""
     nets = {name: (solver, "") for name, solver in SOLVERS.items()}
     nets["batch-norm"] = (SOLVERS["sgd-momentum"] + ", sync_bn: true", BATCH_NORM)
     per_rank = {n: spec(tmp_path, n, B, s, extra) for n, (s, extra) in nets.items()}
