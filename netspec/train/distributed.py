@@ -8,7 +8,9 @@ weights; iter_size's passes but the last skip that synchronisation (DDP's no_syn
 interleaved part of the data (netspec.data.feeder), tests over its part of the TEST data, and the sums
 and counts of the test outputs are added up over the ranks, so a test means what it means in one process.
 Decisions that end or divert the loop (a NaN, Ctrl-C, SIGHUP, early stopping) are all-reduced, so no rank
-is left waiting in a collective; only rank 0 writes files and shows progress.
+is left waiting in a collective; only rank 0 writes files and shows progress. Solver.solve() is the
+distributed loop: a program calling step() itself gets the averaged gradients, but neither the averaged
+loss nor BatchNorm's averaged running statistics.
 
 The process group: NCCL on CUDA, one device per local rank; Gloo on the CPU; NETSPEC_DIST_TIMEOUT seconds
 (default 600) before a collective that a rank never joins fails. This module imports torch.distributed
