@@ -181,7 +181,8 @@ class Repository:
         if version:
             entry = versions.get(version)
             if entry is None:
-                has = f"version {', '.join(versions)}" if len(versions) == 1 else f"versions {', '.join(versions)}"
+                numbered = [v for v in versions if v]  # not "": a model file without a version
+                has = f"version{'s' if len(numbered) > 1 else ''} {', '.join(numbered)}"
                 raise ModelNotFound(f"unknown version '{version[:20]}' of model '{name}'; it has {has}")
             if entry.model is None:
                 raise ModelUnavailable(f"model '{name}' version {version} is unavailable: {entry.reason}")
