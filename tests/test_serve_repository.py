@@ -211,7 +211,7 @@ def test_what_a_folder_holds_and_what_is_skipped(tmp_path: Path) -> None:
         },
         {"name": "nofile", "version": "4", "state": "UNAVAILABLE", "reason": "nofile/4/ has no model.onnx"},
     ]
-    assert models.get("a").version == models.get("a", "1").version == "1"
+    assert models.get("a").version == models.get("a", "1").version == models.get("a", "01").version == "1"
     with pytest.raises(ModelUnavailable, match=r"^model 'nofile' has no version ready: nofile/4/ has no model\.onnx$"):
         models.get("nofile")
     with pytest.raises(ModelNotFound, match=r"^unknown version '2' of model 'a'; it has version 1$"):

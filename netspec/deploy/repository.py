@@ -179,6 +179,7 @@ class Repository:
             known = ", ".join(f"'{n}'" for n in self.entries) or "none"
             raise ModelNotFound(f"unknown model '{name[:80]}'; this server serves {known}")
         if version:
+            version = str(int(version)) if version.isdigit() else version  # "01" is version 1, as in Triton
             entry = versions.get(version)
             if entry is None:
                 numbered = [v for v in versions if v]  # not "": a model file without a version
