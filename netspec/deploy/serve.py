@@ -4,10 +4,9 @@ Open Inference Protocol (KServe V2) over HTTP.
 Endpoints: GET /v2/health/live, /v2/health/ready, /v2 (server metadata), /v2/models/{name}[/versions/{v}]
 (model metadata; without a version, the latest READY one), .../ready, POST .../infer, POST
 /v2/repository/index (Triton's list of model versions and their states), and GET /metrics (Prometheus
-text). Tensors travel as JSON
-(`data`, flat or nested, row-major) or with Triton's binary tensor extension (a JSON header of
-`Inference-Header-Content-Length` bytes, then raw little-endian tensors; `binary_data_output` or an
-output's `binary_data` asks for binary outputs).
+text). Tensors travel as JSON (`data`, flat or nested, row-major) or with Triton's binary tensor extension
+(a JSON header of `Inference-Header-Content-Length` bytes, then raw little-endian tensors;
+`binary_data_output` or an output's `binary_data` asks for binary outputs).
 
 HTTP/1.1 is parsed by httptools (llhttp, Node.js's parser: framing, chunked bodies, pipelining, Connection
 tokens, Content-Length and Transfer-Encoding conflicts); this module adds size and time limits and
@@ -980,8 +979,7 @@ def serve(
     from netspec.deploy.runtime import physical_cores
 
     workers = workers or physical_cores()
-    if not Path(model).is_file() and not Path(model).is_dir():  # before the port is taken: a worker would
-        # say the same, later
+    if not Path(model).exists():  # before the port is taken: a worker would say the same, later
         raise DataError(f"model file '{model}' does not exist")
     options: dict[str, Any] = {
         "model": model,
