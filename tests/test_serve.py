@@ -331,7 +331,14 @@ BAD_REQUESTS = [
         400,
         "Inference-Header-Content-Length 99 is beyond the 2-byte body",
     ),
-    ("POST", "/v2/models/digits/infer", b"[" * 10_000 + b"]" * 10_000, {}, 400, "the request's JSON is nested too deeply"),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        b"[" * 10_000 + b"]" * 10_000,
+        {},
+        400,
+        "the request's JSON is nested too deeply",
+    ),
     (
         "POST",
         "/v2/models/digits/infer",

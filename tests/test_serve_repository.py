@@ -222,7 +222,10 @@ def test_a_folder_that_cannot_be_served_is_a_clear_error(tmp_path: Path) -> None
     (tmp_path / "x").mkdir()
     with pytest.raises(NetspecError) as caught:
         Repository.load(str(tmp_path))
-    assert caught.value.msg == f"no model in '{tmp_path}' can be served; model 'x': x/ has no version folder (x/1/model.onnx)"
+    assert (
+        caught.value.msg
+        == f"no model in '{tmp_path}' can be served; model 'x': x/ has no version folder (x/1/model.onnx)"
+    )
     with pytest.raises(NetspecError) as caught:
         Repository.load(str(tmp_path), name="m")
     assert caught.value.msg == (
@@ -322,4 +325,3 @@ def test_a_repository_of_one_file_is_the_model_as_before(tmp_path: Path) -> None
     assert [(m.name, m.version) for m in models.models()] == [("s", "1")]
     assert models.metadata("s")["versions"] == ["1"]
     assert isinstance(models.get("s").runtime, Runtime)
-

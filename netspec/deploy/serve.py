@@ -1038,9 +1038,7 @@ def _serve_one(
     models = Repository.load(model, name, threads or max(1, share // instances), batching)
     if log:
         log_unavailable(models)
-    Server(models, max_body_mb * 2**20, max_connections, metrics_dir=metrics_dir).serve(
-        host, port, started, reuse_port
-    )
+    Server(models, max_body_mb * 2**20, max_connections, metrics_dir=metrics_dir).serve(host, port, started, reuse_port)
 
 
 class Supervisor:
