@@ -41,9 +41,10 @@ class Served:
             preexec_fn=preexec_fn,
         )
         assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        found = re.search(r"on http://127\.0\.0\.1:(\d+) ", line)
-        assert found, line
+        self.log: list[str] = []  # what it said before it listened (a repository's skipped models)
+        while not (found := re.search(r"on http://127\.0\.0\.1:(\d+) ", line := self.proc.stderr.readline())):
+            assert line, self.log
+            self.log.append(line)
         self.port = int(found.group(1))
 
     def request(

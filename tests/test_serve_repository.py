@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,21 +54,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(folder: Path) -> Iterator[tuple[Served, list[str]]]:
-    """The repository behind two worker processes, and what the server logged before it listened."""
-    served = Served.__new__(Served)
-    served.proc = subprocess.Popen(
-        [sys.executable, "-m", "netspec.cli", "serve", str(folder), "--port", "0", "--workers", "2"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert served.proc.stderr is not None
-    log = []
-    while not (found := re.search(r"on http://127\.0\.0\.1:(\d+) ", line := served.proc.stderr.readline())):
-        assert line, log
-        log.append(line)
-    served.port = int(found.group(1))
-    yield served, log
+def server(folder: Path) -> Iterator[Served]:
+    """The repository behind two worker processes."""
+    served = Served(folder, "--workers", "2")
+    yield served
     code, err = served.stop()
     assert code == 0 and "Traceback" not in err, err
 
@@ -81,8 +68,8 @@ def _infer(served: Served, path: str, rows: int = 1) -> tuple[int, dict]:
     return served.json("POST", path, doc)
 
 
-def test_the_index_lists_every_version_with_its_state(server: tuple[Served, list[str]], folder: Path) -> None:
-    served, log = server
+def test_the_index_lists_every_version_with_its_state(server: Served, folder: Path) -> None:
+    served = server
     status, index = served.json("POST", "/v2/repository/index")
     assert status == 200
     broken = index.pop(0)
@@ -99,11 +86,11 @@ def test_the_index_lists_every_version_with_its_state(server: tuple[Served, list
     ]
     assert served.json("POST", "/v2/repository/index", {"ready": True}) == (200, index)
     # the skipped model is logged once (by one worker of the two), before the server listens
-    assert log == [f"netspec serve: model 'broken' version 1 is not served: {broken['reason']}\n"]
+    assert served.log == [f"netspec serve: model 'broken' version 1 is not served: {broken['reason']}\n"]
 
 
-def test_each_version_answers_and_the_latest_is_the_default(server: tuple[Served, list[str]]) -> None:
-    served, _ = server
+def test_each_version_answers_and_the_latest_is_the_default(server: Served) -> None:
+    served = server
     for name, versions in FACTORS.items():
         for version, factor in versions.items():
             status, doc = _infer(served, f"/v2/models/{name}/versions/{version}/infer", rows=2)
@@ -124,8 +111,8 @@ def test_each_version_answers_and_the_latest_is_the_default(server: tuple[Served
     assert (status, doc["model_version"], doc["outputs"][0]["data"]) == (200, "1", [0.0, 7.0])
 
 
-def test_metadata_of_a_model_lists_its_versions(server: tuple[Served, list[str]]) -> None:
-    served, _ = server
+def test_metadata_of_a_model_lists_its_versions(server: Served) -> None:
+    served = server
     tensors = {
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
@@ -138,8 +125,8 @@ def test_metadata_of_a_model_lists_its_versions(server: tuple[Served, list[str]]
     )
 
 
-def test_unknown_and_unavailable_models_are_told_apart(server: tuple[Served, list[str]]) -> None:
-    served, _ = server
+def test_unknown_and_unavailable_models_are_told_apart(server: Served) -> None:
+    served = server
     known = "'broken', 'double', 'half', 'plain', 'triple'"
     assert _infer(served, "/v2/models/nope/infer") == (
         404,
@@ -164,10 +151,10 @@ def test_unknown_and_unavailable_models_are_told_apart(server: tuple[Served, lis
     )
 
 
-def test_tritonclient_against_a_repository_model(server: tuple[Served, list[str]]) -> None:
+def test_tritonclient_against_a_repository_model(server: Served) -> None:
     import tritonclient.http as triton
 
-    served, _ = server
+    served = server
     client = triton.InferenceServerClient(f"127.0.0.1:{served.port}")
     try:
         assert client.is_model_ready("half", "1") and client.is_model_ready("half")
