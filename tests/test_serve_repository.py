@@ -5,8 +5,10 @@ under it: how a folder is read, the session slots the models share, and the queu
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +177,23 @@ def test_tritonclient_against_a_repository_model(server: Served) -> None:
             assert result.get_response()["model_version"] == (version or "3")
     finally:
         client.close()
+
+
+def test_curl_with_a_large_json_body(server: Served, tmp_path: Path) -> None:
+    x = (np.arange(300_000, dtype=np.float32) % 7).reshape(-1, 2)  # over 1 MiB of JSON: curl sends Expect
+    doc = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    (tmp_path / "body").write_text(json.dumps(doc))
+    assert (tmp_path / "body").stat().st_size > 2**20
+    url = f"http://127.0.0.1:{server.port}/v2/models/triple/versions/10/infer"
+    run = subprocess.run(
+        ["curl", "-sS", "-v", "--data-binary", f"@{tmp_path / 'body'}", "-H", "Content-Type: application/json", url],
+        capture_output=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and b"< HTTP/1.1 100 Continue" in run.stderr, run.stderr
+    answer = json.loads(run.stdout)
+    assert (answer["model_version"], answer["outputs"][0]["shape"]) == ("10", [150_000, 2])
+    np.testing.assert_array_equal(np.array(answer["outputs"][0]["data"], dtype=np.float32), x.ravel() * 30)
 
 
 # ---- reading a folder ------------------------------------------------------------------------------------
