@@ -115,7 +115,7 @@ class Repository:
     ) -> Repository:
         """The models at `path`: one ONNX file (served as `name`, default its stem, version 1; a file that
         cannot be loaded is an error, as before repositories) or a repository folder (models that cannot be
-        loaded are recorded and skipped; a folder with no model at all is an error)."""
+        loaded are recorded and skipped; a folder where none can be loaded is an error)."""
         repository = cls(batching or Batching())
         root = Path(path)
         if not root.is_dir():
