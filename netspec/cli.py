@@ -240,7 +240,13 @@ _device_option = click.option(
 )
 @_device_option
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), help="Mixed precision for the forward pass.")
-@click.option("--compile", "use_compile", is_flag=True, help="Run the forward pass through torch.compile.")
+@click.option(
+    "--compile",
+    "use_compile",
+    is_flag=True,
+    help="Run the forward pass through torch.compile (see whether it pays with `netspec time --compile`).",
+)
+@click.option("--channels-last", is_flag=True, help="Hold images and weights channels-last (see `netspec time`).")
 @click.option(
     "--overfit",
     type=int,
@@ -260,6 +266,7 @@ def train(
     device: str | None,
     amp: str | None,
     use_compile: bool,
+    channels_last: bool,
     overfit: int | None,
     allow_missing: bool,
     quiet: bool,
@@ -278,6 +285,7 @@ def train(
         device=device,
         amp=amp,
         compile=use_compile,
+        channels_last=channels_last,
         overfit=overfit,
         allow_missing=allow_missing,
         quiet=quiet,
@@ -439,10 +447,19 @@ def test_command(spec: str, weights: str | None, iterations: int | None, out: st
     help="TRAIN times forward and backward; TEST only forward.",
 )
 @_device_option
+@click.option(
+    "--compile",
+    "use_compile",
+    is_flag=True,
+    help="Also time the whole step through torch.compile, beside eager (compile time shown apart).",
+)
+@click.option("--channels-last", is_flag=True, help="Also time the whole step in channels-last memory format.")
 @user_errors
-def time_command(spec: str, iterations: int, phase: str, device: str | None) -> None:
+def time_command(
+    spec: str, iterations: int, phase: str, device: str | None, use_compile: bool, channels_last: bool
+) -> None:
     """Time every layer's forward and backward pass (milliseconds per iteration), as Caffe's `time`."""
-    from netspec.train.commands import benchmark
+    from netspec.train.commands import benchmark, compare_speed
 
     rows = benchmark(spec, iterations, phase.upper(), device)
     width = max(len(r[0]) for r in rows) if rows else 5
@@ -454,6 +471,19 @@ def time_command(spec: str, iterations: int, phase: str, device: str | None) -> 
         f"{'total':<{width}}  {'':<16} {total_f:>10.3f} {total_b:>11.3f}   "
         f"forward + backward: {total_f + total_b:.3f} ms ({iterations} iterations)"
     )
+    if not (use_compile or channels_last):
+        return
+    what = "forward + backward" if phase.upper() == "TRAIN" else "forward"
+    click.echo(f"\nwhole step ({what}, no per-layer timing), median of 5 rounds taking turns:")
+    variants = compare_speed(
+        spec, iterations, phase.upper(), device, compile=use_compile, channels_last=channels_last
+    )
+    eager = variants[0][1]
+    for name, ms, compiling in variants:
+        note = "" if name == "eager" else f"  {ms / eager:.2f}x eager"
+        if compiling is not None:
+            note += f"; compiling took {compiling:.1f} s (once, not in the step time)"
+        click.echo(f"  {name:<25} {ms:>9.3f} ms{note}")
 
 
 @main.command()

@@ -1,0 +1,157 @@
+"""Running a net's training step faster than eager PyTorch: torch.compile (inductor) and the channels-last
+memory format. Neither is on by default: each pays on some nets and machines and costs on others (on a
+small CPU, compiling LeNet takes about 30 s and gains nothing measurable), so `netspec time --compile
+--channels-last` measures them on the user's own net and machine, side by side with eager, before they
+are asked for with `netspec train --compile --channels-last`. Both leave the numbers Caffe's, within
+float rounding: the same operations run, fused or laid out differently in memory.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from netspec.errors import SolverError
+from netspec.lower.module import NetModule
+
+Forward = Callable[..., dict[str, torch.Tensor]]
+
+
+def check_compile(device: torch.device) -> None:
+    """Refuses --compile, with the reason, where inductor cannot work: on the CPU it compiles C++ kernels
+    and needs a C++ compiler (g++, or the one CXX names). Without this check the first step would fail
+    deep inside torch with a long traceback."""
+    if device.type != "cpu":
+        return
+    from torch._inductor import cpp_builder, exc  # private, but the search inductor itself runs
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise SolverError(
+            "--compile needs a C++ compiler on the CPU (torch.compile's inductor builds C++ kernels), and "
+            "none was found (g++, or the compiler CXX names)",
+            hint="install g++ (Debian: apt-get install g++), or train without --compile",
+        ) from None
+
+
+def prepare(module: NetModule, *, compile: bool | str = False, channels_last: bool = False) -> Forward:
+    """The forward pass to train with: `module` itself, or through torch.compile, and/or with its 4-D
+    weights and inputs in channels-last layout. `compile` may name a torch.compile mode ("reduce-overhead"
+    adds CUDA graphs on a GPU, for nets whose shapes never change)."""
+    if channels_last:
+        _weights_channels_last(module)
+    forward: Forward = module
+    if compile:
+        check_compile(next((p.device for p in module.parameters()), torch.device("cpu")))
+        forward = torch.compile(module, mode=compile if isinstance(compile, str) else None)
+    if not channels_last and not compile:
+        return module
+    return _Forward(forward, channels_last, bool(compile))
+
+
+class _Forward:
+    """Calls a prepared forward pass: 4-D inputs turned channels-last, and a failure of torch.compile
+    told as one error instead of inductor's traceback."""
+
+    def __init__(self, forward: Forward, channels_last: bool, compiled: bool) -> None:
+        self.forward, self.channels_last = forward, channels_last
+        self.failed: type[Exception] = _NeverRaised
+        if compiled:  # importing dynamo takes seconds: only for --compile
+            from torch._dynamo.exc import BackendCompilerFailed
+
+            self.failed = BackendCompilerFailed
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.channels_last:
+            inputs = {k: _channels_last(v) for k, v in inputs.items()}
+        try:
+            return self.forward(**inputs)
+        except self.failed as e:
+            inner = getattr(e, "inner_exception", e)
+            reason = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+            raise SolverError(f"torch.compile failed: {reason}", hint="train without --compile") from None
+
+
+class _NeverRaised(Exception):
+    pass
+
+
+def _weights_channels_last(module: NetModule) -> None:
+    """Lays the 4-D weights out channels-last in place (the Parameter objects stay, so the test nets and
+    the solver that share them follow). A weight that another layer shares under another shape is left
+    as it is: that layer views it, and a view needs the plain layout."""
+    params, net = module.caffe_params(), module.net
+    viewed = {
+        id(params[b.owner[0]][b.owner[1]])
+        for info in net.layers
+        for b in info.blobs
+        if b.owner is not None and b.shape != net.layer(b.owner[0]).blobs[b.owner[1]].shape
+    }
+    for p in module.parameters():
+        if p.dim() == 4 and id(p) not in viewed:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+# ---- measuring them: `netspec time --compile --channels-last` ----------------------------------------
+
+
+def compare(
+    module_for: Callable[[], NetModule],
+    inputs: dict[str, torch.Tensor],
+    iterations: int,
+    backward: bool,
+    *,
+    compile: bool,
+    channels_last: bool,
+    rounds: int = 5,
+) -> list[tuple[str, float, float | None]]:
+    """(variant, median ms per step, seconds spent compiling or None) for eager and each variant asked
+    for. A step is the forward pass and, with `backward`, the backward pass of the summed outputs. Each
+    variant runs on a fresh module; the variants take turns in `rounds` rounds of the iterations, so that
+    a change in the machine's speed (a shared machine) favours none of them; the median round counts.
+    The first call of each, which compiles, is timed apart and left out."""
+    variants = [("eager", False, False)]
+    if channels_last:
+        variants.append(("channels-last", False, True))
+    if compile:
+        variants.append(("compiled", True, False))
+    if compile and channels_last:
+        variants.append(("compiled + channels-last", True, True))
+    runs: list[tuple[str, Callable[[], None], float | None]] = []
+    for name, comp, cl in variants:
+        run = _stepper(prepare(module_for(), compile=comp, channels_last=cl), inputs, backward)
+        t0 = time.perf_counter()
+        run()  # warms up; compiles
+        first = time.perf_counter() - t0
+        run()
+        runs.append((name, run, first if comp else None))
+    per_round = max(1, iterations // rounds)
+    times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    for _ in range(rounds):
+        for name, run, _ in runs:
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                run()
+            times[name].append(1000 * (time.perf_counter() - t0) / per_round)
+    return [(name, statistics.median(times[name]), first) for name, _, first in runs]
+
+
+def _stepper(forward: Forward, inputs: dict[str, torch.Tensor], backward: bool) -> Callable[[], None]:
+    def run() -> None:
+        with torch.set_grad_enabled(backward):
+            out = forward(**inputs)
+            total = sum(v.float().sum() for v in out.values() if v.is_floating_point())
+        if isinstance(total, torch.Tensor):
+            if backward and total.requires_grad:
+                total.backward()
+            float(total.detach())  # waits for the device, as reading the loss does
+
+    return run
