@@ -454,13 +454,23 @@ def test_command(spec: str, weights: str | None, iterations: int | None, out: st
     help="Also time the whole step through torch.compile, beside eager (compile time shown apart).",
 )
 @click.option("--channels-last", is_flag=True, help="Also time the whole step in channels-last memory format.")
+@click.option(
+    "--amp", type=click.Choice(["bf16", "fp16"]), help="Also time the whole step in mixed precision (the others too)."
+)
 @user_errors
 def time_command(
-    spec: str, iterations: int, phase: str, device: str | None, use_compile: bool, channels_last: bool
+    spec: str,
+    iterations: int,
+    phase: str,
+    device: str | None,
+    use_compile: bool,
+    channels_last: bool,
+    amp: str | None,
 ) -> None:
     """Time every layer's forward and backward pass (milliseconds per iteration), as Caffe's `time`."""
-    from netspec.train.commands import benchmark, compare_speed
+    from netspec.train.commands import benchmark, check_speed_options, compare_speed
 
+    check_speed_options(device, use_compile, amp)  # before the per-layer table: refused at once, not after it
     rows = benchmark(spec, iterations, phase.upper(), device)
     width = max(len(r[0]) for r in rows) if rows else 5
     click.echo(f"{'layer':<{width}}  {'type':<16} {'forward ms':>10} {'backward ms':>11}")
@@ -471,12 +481,12 @@ def time_command(
         f"{'total':<{width}}  {'':<16} {total_f:>10.3f} {total_b:>11.3f}   "
         f"forward + backward: {total_f + total_b:.3f} ms ({iterations} iterations)"
     )
-    if not (use_compile or channels_last):
+    if not (use_compile or channels_last or amp):
         return
     what = "forward + backward" if phase.upper() == "TRAIN" else "forward"
     click.echo(f"\nwhole step ({what}, no per-layer timing), median of 5 rounds taking turns:")
     variants = compare_speed(
-        spec, iterations, phase.upper(), device, compile=use_compile, channels_last=channels_last
+        spec, iterations, phase.upper(), device, compile=use_compile, channels_last=channels_last, amp=amp
     )
     eager = variants[0][1]
     for name, ms, compiling in variants:

@@ -1,11 +1,11 @@
 """Keeping the step fed: how streamed sources read ahead, and telling the user when they do not keep up.
 
-Data held in memory is already on the training device and a batch is one indexing there (tens of
-microseconds on the CPU for MNIST-sized batches; queued, not waited for, on a GPU), so it is ready before
-the step needs it. Streamed sources (LMDB, LevelDB, image lists too big for memory) decode records in
-DataLoader worker processes that run ahead of the step (two batches each), into pinned memory on CUDA so that
-the copy to the device overlaps the step. When the workers still fall behind, the time the step spends
-waiting for its batch says so (`waiting_note`).
+Data held in memory is already on the training device and a batch is one indexing there plus the
+transform: under 1% of a LeNet or CIFAR-10 quick step on the CPU (measured), and on a GPU queued behind
+the step rather than waited for, so reading it ahead would gain nothing. Streamed sources (LMDB,
+LevelDB, image lists too big for memory) decode records in DataLoader worker processes that run ahead of
+the step (two batches each), into pinned memory on CUDA so that the copy to the device overlaps the step.
+When the workers still fall behind, the time the steps spend waiting for their batches says so.
 """
 
 from __future__ import annotations

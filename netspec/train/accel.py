@@ -34,7 +34,7 @@ def check_compile(device: torch.device) -> None:
         raise SolverError(
             "--compile needs a C++ compiler on the CPU (torch.compile's inductor builds C++ kernels), and "
             "none was found (g++, or the compiler CXX names)",
-            hint="install g++ (Debian: apt-get install g++), or train without --compile",
+            hint="install g++ (Debian: apt-get install g++), or leave out --compile",
         ) from None
 
 
@@ -111,23 +111,22 @@ def compare(
     *,
     compile: bool,
     channels_last: bool,
+    amp: torch.dtype | None = None,
     rounds: int = 5,
 ) -> list[tuple[str, float, float | None]]:
-    """(variant, median ms per step, seconds spent compiling or None) for eager and each variant asked
-    for. A step is the forward pass and, with `backward`, the backward pass of the summed outputs. Each
-    variant runs on a fresh module; the variants take turns in `rounds` rounds of the iterations, so that
-    a change in the machine's speed (a shared machine) favours none of them; the median round counts.
-    The first call of each, which compiles, is timed apart and left out."""
-    variants = [("eager", False, False)]
-    if channels_last:
-        variants.append(("channels-last", False, True))
-    if compile:
-        variants.append(("compiled", True, False))
-    if compile and channels_last:
-        variants.append(("compiled + channels-last", True, True))
+    """(variant, median ms per step, seconds spent compiling or None) for eager and each way asked for
+    (with `amp`, every way but eager runs in that autocast dtype). A step is the forward pass and, with
+    `backward`, the backward pass of the summed outputs. Each variant runs on a fresh module; the variants
+    take turns in `rounds` rounds of the iterations, so that a change in the machine's speed (a shared
+    machine) favours none of them; the median round counts. The first call of each, which compiles, is
+    timed apart and left out."""
+    ways = [(comp, cl) for comp in {False, compile} for cl in {False, channels_last}]
+    variants = [("eager", False, False, None)] + [
+        (_name(comp, cl, amp), comp, cl, amp) for comp, cl in sorted(ways) if amp or comp or cl
+    ]
     runs: list[tuple[str, Callable[[], None], float | None]] = []
-    for name, comp, cl in variants:
-        run = _stepper(prepare(module_for(), compile=comp, channels_last=cl), inputs, backward)
+    for name, comp, cl, dtype in variants:
+        run = _stepper(prepare(module_for(), compile=comp, channels_last=cl), inputs, backward, dtype)
         t0 = time.perf_counter()
         run()  # warms up; compiles
         first = time.perf_counter() - t0
@@ -144,9 +143,25 @@ def compare(
     return [(name, statistics.median(times[name]), first) for name, _, first in runs]
 
 
-def _stepper(forward: Forward, inputs: dict[str, torch.Tensor], backward: bool) -> Callable[[], None]:
+def _name(compiled: bool, channels_last: bool, amp: torch.dtype | None) -> str:
+    parts = ["channels-last"] if channels_last else []
+    if compiled:
+        parts.insert(0, "compiled")
+    if amp is not None:
+        parts.append(f"amp {_AMP_NAMES[amp]}")
+    return " + ".join(parts)
+
+
+_AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _stepper(
+    forward: Forward, inputs: dict[str, torch.Tensor], backward: bool, amp: torch.dtype | None
+) -> Callable[[], None]:
+    device = next(iter(inputs.values())).device.type if inputs else "cpu"
+
     def run() -> None:
-        with torch.set_grad_enabled(backward):
+        with torch.set_grad_enabled(backward), torch.autocast(device, amp, enabled=amp is not None):
             out = forward(**inputs)
             total = sum(v.float().sum() for v in out.values() if v.is_floating_point())
         if isinstance(total, torch.Tensor):

@@ -18,7 +18,7 @@ from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import Net, build_net
 from netspec.netfile import read_net
 from netspec.train.accel import check_compile, compare
-from netspec.train.solver import Solver, pick_device
+from netspec.train.solver import Solver, _amp_dtype, pick_device
 from netspec.train.timing import time_net
 
 
@@ -211,13 +211,19 @@ def benchmark(spec: str, iterations: int, phase: str, device: str | None = None)
 
 
 def compare_speed(
-    spec: str, iterations: int, phase: str, device: str | None, *, compile: bool, channels_last: bool
+    spec: str,
+    iterations: int,
+    phase: str,
+    device: str | None,
+    *,
+    compile: bool,
+    channels_last: bool,
+    amp: str | None = None,
 ) -> list[tuple[str, float, float | None]]:
-    """`time --compile/--channels-last`: the whole step's milliseconds eager and in each way asked for,
-    and the seconds compiling took (see netspec.train.accel.compare)."""
+    """`time --compile/--channels-last/--amp`: the whole step's milliseconds eager and in each way asked
+    for, and the seconds compiling took (see netspec.train.accel.compare)."""
     net, dev, inputs = _timing_inputs(spec, iterations, phase, device)
-    if compile:
-        check_compile(dev)
+    dtype = _amp_dtype(amp, dev)
     with tempfile.TemporaryDirectory(prefix="netspec-time-") as scratch, output_folder(scratch):
         return compare(
             lambda: NetModule(net).to(dev),
@@ -226,7 +232,16 @@ def compare_speed(
             backward=phase == "TRAIN",
             compile=compile,
             channels_last=channels_last,
+            amp=dtype,
         )
+
+
+def check_speed_options(device: str | None, compile: bool, amp: str | None) -> None:
+    """Refuses a --compile or --amp that cannot run on the device, before anything is timed."""
+    dev = pick_device(device)
+    _amp_dtype(amp, dev)
+    if compile:
+        check_compile(dev)
 
 
 def _timing_inputs(
