@@ -68,6 +68,41 @@ def test_channels_last_trains_to_eagers_numbers(tmp_path: Path) -> None:
     assert_same_training(eager, laid_out)
 
 
+SHARED = """
+name: shared
+layer:
+  - {name: data, type: Input, input_param: {shape: [4, 3, 8, 8]}}
+  - {name: flat, type: Input, input_param: {shape: [4, 27]}}
+  - {name: label, type: Input, input_param: {shape: [4]}}
+  - {name: conv, type: Convolution, bottom: data, param: [{name: w, share_mode: PERMISSIVE}],
+     convolution_param: {num_output: 5, kernel_size: 3, bias_term: false, weight_filler: xavier}}
+  - {name: ipc, type: InnerProduct, bottom: conv, inner_product_param: {num_output: 3, weight_filler: xavier}}
+  - {name: ip, type: InnerProduct, bottom: flat, param: [{name: w, share_mode: PERMISSIVE}],
+     inner_product_param: {num_output: 5, bias_term: false}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ipc, label]}
+solver: {type: SGD, base_lr: 0.1, max_iter: 10, random_seed: 3}
+"""
+
+
+def test_channels_last_leaves_a_weight_shared_under_another_shape_alone(tmp_path: Path) -> None:
+    """The InnerProduct views the convolution's (5, 3, 3, 3) weight as (5, 27), which a channels-last
+    tensor cannot be viewed as: that weight keeps its layout, and the net trains as it does eager."""
+    path = tmp_path / "shared.yaml"
+    path.write_text(SHARED)
+    rng = np.random.default_rng(0)
+    batch = {
+        "data": rng.standard_normal((4, 3, 8, 8)).astype(np.float32),
+        "flat": rng.standard_normal((4, 27)).astype(np.float32),
+        "label": np.array([0, 1, 2, 1.0]),
+    }
+    runs = []
+    for channels_last in (False, True):
+        solver = Solver(str(path), channels_last=channels_last)
+        runs.append([solver.step(batch) for _ in range(2)])
+        assert solver.net.caffe_params()["conv"][0].is_contiguous()
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, from inside inductor's imports
 @pytest.mark.skipif(
