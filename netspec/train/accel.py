@@ -3,8 +3,9 @@ memory format. Neither is on by default, because neither paid on every net measu
 cores: compiled LeNet 0.65-0.97x eager, compiled CIFAR-10 quick 1.10-1.31x, after up to 3 minutes of
 compiling; channels-last about 1.1x on LeNet, 0.8-0.95x on CIFAR-10 quick). So `netspec time --compile
 --channels-last` measures them on the user's own net and machine, side by side with eager, before they
-are asked for with `netspec train --compile --channels-last`. Both leave the numbers Caffe's within float
-rounding: the same operations run, fused or laid out differently in memory.
+are asked for with `netspec train --compile --channels-last`. Both leave the numbers eager's within float
+rounding: the same operations run, fused or laid out differently in memory. (A Dropout on channels-last
+images draws its mask in memory order, so its masks differ from eager's; compiled Dropout draws eager's.)
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def prepare(module: NetModule, *, compile: bool | str = False, channels_last: bo
     forward: Forward = module
     if compile:
         check_compile(next((p.device for p in module.parameters()), torch.device("cpu")))
-        forward = torch.compile(module, mode=compile if isinstance(compile, str) else None)
+        # Dropout's masks drawn as eager draws them (inductor's own generator gives other ones); a mode
+        # string is passed as it is (torch.compile takes a mode or options, not both)
+        how = {"mode": compile} if isinstance(compile, str) else {"options": {"fallback_random": True}}
+        forward = torch.compile(module, **how)
     if not channels_last and not compile:
         return module
     return _Forward(forward, channels_last, bool(compile))
