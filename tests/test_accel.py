@@ -1,4 +1,4 @@
-"""Beyond eager PyTorch: training channels-last or through torch.compile keeps Caffe's numbers, `netspec
+"""Beyond eager PyTorch: training channels-last or through torch.compile keeps eager's numbers, `netspec
 time` compares them with eager, --compile without a C++ compiler fails with one message; and the training
 log says when streamed data, not the model, holds the steps up."""
 
@@ -45,7 +45,10 @@ def tiny_spec(tmp_path: Path, dropout: bool = False) -> str:
     return str(path)
 
 
-def trained(spec: str, steps: int = 3, **options: object) -> tuple[list[float], dict[str, list[torch.Tensor]]]:
+Trained = tuple[list[float], dict[str, list[torch.Tensor]]]  # the losses and the final weights
+
+
+def trained(spec: str, steps: int = 3, **options: object) -> Trained:
     solver = Solver(spec, **options)  # type: ignore[arg-type]
     rng = np.random.default_rng(0)
     losses = [
@@ -57,7 +60,7 @@ def trained(spec: str, steps: int = 3, **options: object) -> tuple[list[float], 
     return losses, {k: [t.detach().clone() for t in v] for k, v in solver.net.caffe_params().items()}
 
 
-def assert_same_training(a: tuple[list[float], dict], b: tuple[list[float], dict]) -> None:  # type: ignore[type-arg]
+def assert_same_training(a: Trained, b: Trained) -> None:
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
     assert a[1].keys() == b[1].keys()
     for layer in a[1]:
