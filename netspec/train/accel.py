@@ -1,7 +1,7 @@
 """Running a net's training step faster than eager PyTorch: torch.compile (inductor) and the channels-last
 memory format. Neither is on by default, because neither paid on every net measured (on two busy CPU
-cores: compiled LeNet 0.65-0.97x eager, compiled CIFAR-10 quick 1.10-1.31x, after up to 3 minutes of
-compiling; channels-last about 1.1x on LeNet, 0.8-0.95x on CIFAR-10 quick). So `netspec time --compile
+cores: compiled LeNet 0.65-0.97x eager, compiled CIFAR-10 quick 1.00-1.31x, after up to 3 minutes of
+compiling; channels-last mostly 0.96-1.29x on LeNet, 0.76-0.95x on CIFAR-10 quick). So `netspec time --compile
 --channels-last` measures them on the user's own net and machine, side by side with eager, before they
 are asked for with `netspec train --compile --channels-last`. Both leave the numbers eager's within float
 rounding: the same operations run, fused or laid out differently in memory. (A Dropout on channels-last
