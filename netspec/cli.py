@@ -259,7 +259,13 @@ _device_option = click.option(
 )
 @_device_option
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), help="Mixed precision for the forward pass.")
-@click.option("--compile", "use_compile", is_flag=True, help="Run the forward pass through torch.compile.")
+@click.option(
+    "--compile",
+    "use_compile",
+    is_flag=True,
+    help="Run the forward pass through torch.compile (see whether it pays with `netspec time --compile`).",
+)
+@click.option("--channels-last", is_flag=True, help="Hold images and weights channels-last (see `netspec time`).")
 @click.option(
     "--overfit",
     type=int,
@@ -285,6 +291,7 @@ def train(
     device: str | None,
     amp: str | None,
     use_compile: bool,
+    channels_last: bool,
     overfit: int | None,
     allow_missing: bool,
     quiet: bool,
@@ -309,6 +316,7 @@ def train(
         device=device,
         amp=amp,
         compile=use_compile,
+        channels_last=channels_last,
         overfit=overfit,
         allow_missing=allow_missing,
         quiet=quiet,
@@ -478,11 +486,30 @@ def test_command(spec: str, weights: str | None, iterations: int | None, out: st
     help="TRAIN times forward and backward; TEST only forward.",
 )
 @_device_option
+@click.option(
+    "--compile",
+    "use_compile",
+    is_flag=True,
+    help="Also time the whole step through torch.compile, beside eager (compile time shown apart).",
+)
+@click.option("--channels-last", is_flag=True, help="Also time the whole step in channels-last memory format.")
+@click.option(
+    "--amp", type=click.Choice(["bf16", "fp16"]), help="Also time the whole step in mixed precision (the others too)."
+)
 @user_errors
-def time_command(spec: str, iterations: int, phase: str, device: str | None) -> None:
+def time_command(
+    spec: str,
+    iterations: int,
+    phase: str,
+    device: str | None,
+    use_compile: bool,
+    channels_last: bool,
+    amp: str | None,
+) -> None:
     """Time every layer's forward and backward pass (milliseconds per iteration), as Caffe's `time`."""
-    from netspec.train.commands import benchmark
+    from netspec.train.commands import benchmark, check_speed_options, compare_speed
 
+    check_speed_options(device, use_compile, amp)  # before the per-layer table: refused at once, not after it
     rows = benchmark(spec, iterations, phase.upper(), device)
     width = max(len(r[0]) for r in rows) if rows else 5
     click.echo(f"{'layer':<{width}}  {'type':<16} {'forward ms':>10} {'backward ms':>11}")
@@ -493,6 +520,19 @@ def time_command(spec: str, iterations: int, phase: str, device: str | None) -> 
         f"{'total':<{width}}  {'':<16} {total_f:>10.3f} {total_b:>11.3f}   "
         f"forward + backward: {total_f + total_b:.3f} ms ({iterations} iterations)"
     )
+    if not (use_compile or channels_last or amp):
+        return
+    what = "forward + backward" if phase.upper() == "TRAIN" else "forward"
+    click.echo(f"\nwhole step ({what}, no per-layer timing), median of 5 rounds taking turns:")
+    variants = compare_speed(
+        spec, iterations, phase.upper(), device, compile=use_compile, channels_last=channels_last, amp=amp
+    )
+    eager = variants[0][1]
+    for name, ms, compiling in variants:
+        note = "" if name == "eager" else f"  {ms / eager:.2f}x eager"
+        if compiling is not None:
+            note += f"; compiling took {compiling:.1f} s (once, not in the step time)"
+        click.echo(f"  {name:<25} {ms:>9.3f} ms{note}")
 
 
 @main.command()

@@ -104,6 +104,7 @@ def _rank_main(rank: int, world: int, port: int, fn: Callable[..., Any], args: t
 def on_ranks(fn: Callable[..., Any], *args: Any, world: int = 2) -> list[Any]:
     """fn(*args) on `world` forked ranks of one Gloo process group; their results by rank."""
     import sklearn.datasets  # noqa: F401  # the digits' reader, imported once before the ranks fork
+
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     port = free_port()
@@ -211,7 +212,9 @@ def test_a_resumed_distributed_run_continues_exactly(tmp_path: Path) -> None:
     dropout = "- {name: drop1, type: Dropout, bottom: pool1, top: pool1, dropout_param: {dropout_ratio: 0.5}}"
     path = tmp_path / "resume.yaml"
     path.write_text(
-        LENET.format(batch=B, extra=dropout, iters=6, test_iter="test_iter: 2, ", solver="type: Adam, base_lr: 0.01, snapshot: 3")
+        LENET.format(
+            batch=B, extra=dropout, iters=6, test_iter="test_iter: 2, ", solver="type: Adam, base_lr: 0.01, snapshot: 3"
+        )
         .replace("test_interval: 1000", "test_interval: 3")
         .replace("name: SmallLeNet", "name: resume")
     )
@@ -263,7 +266,12 @@ def test_torchrun_trains_the_quick_start_as_one_process_does(tmp_path: Path) -> 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     run = subprocess.run(
         [*torchrun, "-m", "netspec", "train", *QUICK, *settings, "--out", str(tmp_path / "two")],
-        cwd=ROOT, env=netspec_env(), capture_output=True, text=True, timeout=240, check=False,
+        cwd=ROOT,
+        env=netspec_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
     assert run.stderr.count("training 'DigitsCNN' on cpu for 12 iterations") == 1
@@ -271,8 +279,15 @@ def test_torchrun_trains_the_quick_start_as_one_process_does(tmp_path: Path) -> 
     two = float(run.stdout.split("accuracy = ")[1].split(",")[0])
     one = commands.train(
         "models/digits_cnn.yaml",
-        overrides=("solver.max_epoch=0", "solver.max_iter=12", "solver.test_interval=12", "digits.dataset_param.batch_size=128"),
-        out=str(tmp_path / "one"), device="cpu", quiet=True,
+        overrides=(
+            "solver.max_epoch=0",
+            "solver.max_iter=12",
+            "solver.test_interval=12",
+            "digits.dataset_param.batch_size=128",
+        ),
+        out=str(tmp_path / "one"),
+        device="cpu",
+        quiet=True,
     )
     assert two == pytest.approx(one["test"][0]["accuracy"], abs=0.05)
 
@@ -285,7 +300,11 @@ def test_a_killed_rank_ends_the_job_with_a_message(tmp_path: Path) -> None:
     settings += ["--nproc-per-node", "2", "--out", str(tmp_path)]
     job = subprocess.Popen(
         [sys.executable, "-m", "netspec", "train", "models/xor_train.yaml", *settings],
-        cwd=ROOT, env=netspec_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=netspec_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 180

@@ -19,7 +19,7 @@ ranks' offsets lie far apart within them); rank 0 draws exactly what one process
 
 from __future__ import annotations
 
-import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,7 +28,7 @@ import torch
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.caffemodel import read_mean_file
-from netspec.data import probe
+from netspec.data import prefetch, probe
 from netspec.data.records import Records
 from netspec.errors import DataError, NetspecError
 from netspec.graph import Node
@@ -160,18 +160,16 @@ class Source:
         loader = DataLoader(
             _RecordSet(self.records),
             batch_sampler=_Batches(self),
-            pin_memory=False,
-            num_workers=min(4, max(1, (os.cpu_count() or 1) // self.world_size)),  # the ranks share the CPUs
-            persistent_workers=False,
+            **prefetch.loader_options(self.device, self.world_size),
         )
         return iter(loader)
 
     def _read(self) -> dict[str, torch.Tensor]:
         """The next batch from the DataLoader, which reads ahead in the same order with its workers."""
         data, labels = next(self._stream)  # type: ignore[arg-type]  # next() opened it when streaming
-        out = {self.tops[0]: data.to(self.device)}
+        out = {self.tops[0]: data.to(self.device, non_blocking=True)}  # from pinned memory on CUDA
         if len(self.tops) > 1:
-            out[self.tops[1]] = labels.to(self.device).float()
+            out[self.tops[1]] = labels.to(self.device, non_blocking=True).float()
         return out
 
     @property
@@ -266,6 +264,7 @@ class Feeder:
             raise ValueError(f"rank {rank} is not one of world_size {world_size}'s ranks")
         self.rank, self.world_size = rank, world_size
         self.sources: list[Source] = []
+        self.waited = 0.0  # seconds next() took for streamed sources: reading that the workers did not hide
         self.needs_inputs = [
             t
             for info in net.layers
@@ -290,10 +289,17 @@ class Feeder:
                 raise e.at(node.loc, node.name, node.type) from None
 
     def next(self, count: int | None = None) -> dict[str, torch.Tensor]:
+        start = time.perf_counter()
         out: dict[str, torch.Tensor] = {}
         for s in self.sources:
             out.update(s.next(count))
+        if self.streamed:
+            self.waited += time.perf_counter() - start
         return out
+
+    @property
+    def streamed(self) -> bool:
+        return any(s.arrays is None for s in self.sources)
 
     def one_pass(self) -> list[int]:
         """Batch sizes that read every record once: full batches and a shorter last one. Distributed, the

@@ -126,6 +126,7 @@ class NetModule(nn.Module):
             steps.append(Step(node.name, forward, tuple(refs), node.bottoms, node.tops, caffe_grad))
         self._steps = tuple(steps)
         self._plans: dict[tuple[tuple[str, ...] | None, str | None], _Plan] = {}
+        self._plan(None, None)  # the whole run's now: torch.compile guards on this cache; a later fill recompiles
         self._input_shapes = dict(net.inputs)
 
     @property

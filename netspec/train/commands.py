@@ -17,7 +17,8 @@ from netspec.lower.module import NetModule, compile_net
 from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import Net, build_net
 from netspec.netfile import read_net
-from netspec.train.solver import Solver, counted_outputs, pick_device
+from netspec.train.accel import check_compile, compare
+from netspec.train.solver import Solver, _amp_dtype, counted_outputs, pick_device
 from netspec.train.timing import time_net
 
 
@@ -42,6 +43,7 @@ def train(
     device: str | None = None,
     amp: str | None = None,
     compile: bool = False,
+    channels_last: bool = False,
     overfit: int | None = None,
     allow_missing: bool = False,
     quiet: bool = False,
@@ -57,6 +59,7 @@ def train(
         device=device,
         amp=amp,
         compile=compile,
+        channels_last=channels_last,
         out_dir=out_dir,
         quiet=quiet,
     )
@@ -205,11 +208,54 @@ def evaluate(
 
 def benchmark(spec: str, iterations: int, phase: str, device: str | None = None) -> list[tuple[str, str, float, float]]:
     """Caffe's `time`: per-layer forward and backward milliseconds on inputs of the spec's shapes."""
+    net, dev, inputs = _timing_inputs(spec, iterations, phase, device)
+    module = NetModule(net).to(dev)
+    with tempfile.TemporaryDirectory(prefix="netspec-time-") as scratch, output_folder(scratch):
+        return time_net(module, inputs, iterations, backward=phase == "TRAIN")  # what layers write is dropped
+
+
+def compare_speed(
+    spec: str,
+    iterations: int,
+    phase: str,
+    device: str | None,
+    *,
+    compile: bool,
+    channels_last: bool,
+    amp: str | None = None,
+) -> list[tuple[str, float, float | None]]:
+    """`time --compile/--channels-last/--amp`: the whole step's milliseconds eager and in each way asked
+    for, and the seconds compiling took (see netspec.train.accel.compare)."""
+    net, dev, inputs = _timing_inputs(spec, iterations, phase, device)
+    dtype = _amp_dtype(amp, dev)
+    with tempfile.TemporaryDirectory(prefix="netspec-time-") as scratch, output_folder(scratch):
+        return compare(
+            lambda: NetModule(net).to(dev),
+            inputs,
+            iterations,
+            backward=phase == "TRAIN",
+            compile=compile,
+            channels_last=channels_last,
+            amp=dtype,
+        )
+
+
+def check_speed_options(device: str | None, compile: bool, amp: str | None) -> None:
+    """Refuses a --compile or --amp that cannot run on the device, before anything is timed."""
+    dev = pick_device(device)
+    _amp_dtype(amp, dev)
+    if compile:
+        check_compile(dev)
+
+
+def _timing_inputs(
+    spec: str, iterations: int, phase: str, device: str | None
+) -> tuple[Net, torch.device, dict[str, torch.Tensor]]:
+    """The net, the device and inputs of the spec's shapes to time it on."""
     if iterations <= 0:
         raise NetspecError("--iterations must be positive")
     net = build_net(read_net(spec), phase)
     dev = pick_device(device)
-    module = NetModule(net).to(dev)
     inputs = {}
     ids = net.id_bounds()
     for blob, shape in net.inputs.items():
@@ -223,5 +269,4 @@ def benchmark(spec: str, iterations: int, phase: str, device: str | None = None)
         else:
             t = torch.zeros(shape, device=dev) if labels else torch.randn(shape, device=dev)
         inputs[blob] = t.requires_grad_(not labels and blob not in ids)
-    with tempfile.TemporaryDirectory(prefix="netspec-time-") as scratch, output_folder(scratch):
-        return time_net(module, inputs, iterations, backward=phase == "TRAIN")  # what layers write is dropped
+    return net, dev, inputs

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from netspec.errors import NetspecError, RankStopped, SolverError
+from netspec.train.accel import compiled
 
 TIMEOUT_S = 600
 # How long a rank that did not cause a failure waits before saying so: torchrun stops it first when the
@@ -128,7 +129,7 @@ class Synced:
             return self.model(**batch)
 
 
-def wrap(net: Any, all_blobs: bool, device: torch.device, passes: int, compile: bool, unused: bool) -> Synced:
+def wrap(net: Any, all_blobs: bool, device: torch.device, passes: int, compile: bool | str, unused: bool) -> Synced:
     """The train net in DistributedDataParallel (rank 0's weights broadcast to all). Buffers are not
     broadcast at each forward: a rank's BatchNorm statistics are its own unless sync_bn says otherwise."""
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -145,7 +146,7 @@ def wrap(net: Any, all_blobs: bool, device: torch.device, passes: int, compile: 
         find_unused_parameters=unused,
         **no_buffer_sync,
     )
-    return Synced(ddp, torch.compile(ddp) if compile else ddp, passes)
+    return Synced(ddp, compiled(ddp, compile) if compile else ddp, passes)
 
 
 def sum_up(values: list[float], device: torch.device) -> list[float]:

@@ -23,12 +23,14 @@ import torch
 
 from netspec import snapshot
 from netspec.data.feeder import Feeder
+from netspec.data.prefetch import waiting_note
 from netspec.errors import DataError, NetspecError, RankStopped, SolverError, WeightsError
 from netspec.files import output_folder
 from netspec.layers import all_types, average_statistics, sync_batch_norm
 from netspec.lower.module import NetModule
 from netspec.net import Net, build_net
 from netspec.train import distributed
+from netspec.train.accel import prepare
 from netspec.train.config import SolverConfig, load_config, with_solver_file
 from netspec.train.progress import Metrics, Progress
 from netspec.train.schedule import Schedule
@@ -80,7 +82,8 @@ class Solver:
         overrides: `--set` items (solver.base_lr=0.01, conv1.convolution_param.num_output=32).
         device: cpu, cuda, cuda:N, or None for CUDA when present.
         amp: None, "bf16" or "fp16": mixed precision for the forward pass.
-        compile: run the forward pass through torch.compile.
+        compile: run the forward pass through torch.compile (True), or with this torch.compile mode.
+        channels_last: hold 4-D weights and inputs in the channels-last memory format.
         out_dir: where snapshots, metrics and the log go (None: nothing is written but explicit snapshots).
     """
 
@@ -92,7 +95,8 @@ class Solver:
         overrides: tuple[str, ...] = (),
         device: str | None = None,
         amp: str | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
+        channels_last: bool = False,
         out_dir: str | Path | None = None,
         quiet: bool = False,
     ) -> None:
@@ -122,7 +126,7 @@ class Solver:
         self.test_nets = [NetModule(d).to(self.device) for d in self.test_defs]
         for test in self.test_nets:
             test.share_weights(self.net)
-        self._forward = torch.compile(self.net) if compile else self.net
+        self._forward = prepare(self.net, compile=compile, channels_last=channels_last)
         self._loss_tops = [
             (t, w)
             for info in self.train_net.layers
@@ -578,7 +582,8 @@ class Solver:
         if self.world is not None:
             progress.line(
                 f"{ranks} processes ({'NCCL' if self.device.type == 'cuda' else 'Gloo'}) x batch_size "
-                f"{self._batch_size()}" + (f" x iter_size {p.iter_size}" if p.iter_size > 1 else "")
+                f"{self._batch_size()}"
+                + (f" x iter_size {p.iter_size}" if p.iter_size > 1 else "")
                 + f": an effective batch of {samples}"
             )
         if not any(b.tensor.requires_grad for b in self.updater.blobs):
@@ -589,6 +594,7 @@ class Solver:
         last_snapshot, stopped = None, None
         tested_at = -1
         window_start, window_iter = _now(), self.iter
+        stepped, waited = 0.0, self._feeder.waited if self._feeder is not None else 0.0
         try:
             while self.iter < self.max_iter:
                 if self._test_due():
@@ -596,7 +602,9 @@ class Solver:
                     tested_at = self.iter
                     if stopped:
                         break
+                started = _now()
                 self.step()
+                stepped += _now() - started
                 if self.world is not None:
                     self._agree()
                 smoothed = sum(self._losses) / len(self._losses)
@@ -618,6 +626,8 @@ class Solver:
                 if "stop" in self._requests:
                     stopped = "interrupted"
                     break
+            if self._feeder is not None and (note := waiting_note(self._feeder.waited - waited, stepped)):
+                progress.line(note)
             if stopped is None and self.test_nets and tested_at != self.iter:
                 self._run_test(progress, metrics)
             if (
