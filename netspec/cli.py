@@ -630,6 +630,12 @@ def import_command(
     show_default=True,
     help="Requests waiting at most; beyond, 503.",
 )
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the protocol over gRPC on this port (Triton's is 8001; 0: a free one). Off unless given.",
+)
 @user_errors
 def serve(
     model: str,
@@ -644,14 +650,16 @@ def serve(
     max_batch_size: int,
     max_queue_delay_us: int,
     max_queue_size: int,
+    grpc_port: int | None,
 ) -> None:
-    """Serve an ONNX model over HTTP with the Open Inference Protocol (KServe V2)."""
+    """Serve an ONNX model over HTTP, and gRPC with --grpc-port, with the Open Inference Protocol (KServe V2)."""
     from netspec.deploy.serve import serve as run_server
 
-    def started(bound_host: str, bound_port: int) -> None:
+    def started(bound_host: str, bound_port: int, bound_grpc: int | None = None) -> None:
         model_name = name or Path(model).stem
+        grpc_text = f" and gRPC {bound_host}:{bound_grpc}" if bound_grpc is not None else ""
         click.echo(
-            f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port} "
+            f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port}{grpc_text} "
             f"(POST /v2/models/{model_name}/infer; GET /metrics); Ctrl-C or SIGTERM stops",
             err=True,
         )
@@ -670,6 +678,7 @@ def serve(
         max_queue_delay_us,
         max_queue_size,
         workers,
+        grpc_port,
     )
 
 
