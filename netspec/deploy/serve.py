@@ -17,7 +17,8 @@ costs far less per request than an event loop handing work to a thread pool (mea
 tools/bench/serve.py). At most --instances runs go at once; requests that wait for one are merged into
 batches (runtime.Batcher). Every bad request gets a 4xx JSON error that says what was wrong, and the server
 keeps serving; slow or idle clients make room for new ones at the connection limit. SIGTERM (or Ctrl-C)
-stops accepting connections, lets the requests in flight finish, and exits.
+stops accepting connections, lets the requests in flight finish, and exits. With --grpc-port, each worker
+also answers the protocol over gRPC (grpc_service), through the same batcher.
 """
 
 from __future__ import annotations
