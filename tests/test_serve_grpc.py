@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 import netspec
 from netspec._proto import grpc_predict_v2_pb2 as pb
 from tests.test_serve import GatedRuntime, _images, _wait_for, in_process
+from tests.test_serve_repository import FACTORS, _write_model
 
 Code = grpc.StatusCode
 
@@ -38,15 +39,18 @@ class GrpcServed:
     """A `netspec serve --grpc-port 0` process: its HTTP and gRPC ports, and a raw channel to the latter."""
 
     def __init__(self, model: Path, *args: str) -> None:
+        """Serves `model` (a file or a repository folder); what it logs before it listens is in `log`."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "netspec.cli", "serve", str(model), "--port", "0", "--grpc-port", "0", *args],
             stderr=subprocess.PIPE,
             text=True,
         )
         assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        found = re.search(r"on http://127\.0\.0\.1:(\d+) and gRPC 127\.0\.0\.1:(\d+) ", line)
-        assert found, line
+        self.log: list[str] = []
+        pattern = r"on http://127\.0\.0\.1:(\d+) and gRPC 127\.0\.0\.1:(\d+) "
+        while not (found := re.search(pattern, line := self.proc.stderr.readline())):
+            assert line, self.log
+            self.log.append(line)
         self.port, self.grpc_port = int(found.group(1)), int(found.group(2))
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
 
@@ -402,7 +406,7 @@ def test_grpc_and_http_requests_are_batched_and_answers_equal_unbatched_ones(dig
         rest = [threading.Thread(target=grpc_call if i != 2 else http_call, args=(i,)) for i in range(1, 5)]
         for t in rest:
             t.start()
-        _wait_for(lambda: len(server.batcher.queue) == 4)  # type: ignore[attr-defined]
+        _wait_for(lambda: len(server.models.get("m").batcher.queue) == 4)  # type: ignore[attr-defined]
         runtime.gate.set()
         for t in [blocker, *rest]:
             t.join(60)
@@ -419,3 +423,60 @@ def test_grpc_and_http_requests_are_batched_and_answers_equal_unbatched_ones(dig
         np.testing.assert_array_equal(got, want)
     assert 'netspec_requests_total{model="m",endpoint="grpc_model_infer",code="200"} 4' in metrics
     assert 'netspec_execution_count_total{model="m"} 2' in metrics
+
+
+# ---- a model repository ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServed]:
+    """Three models of two versions each (y = x * factor, a factor per version) and one that is not ONNX."""
+    root = tmp_path_factory.mktemp("grpc_repository")
+    for name, versions in FACTORS.items():
+        for version, factor in versions.items():
+            _write_model(root / name / version / "model.onnx", factor)
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "model.onnx").write_bytes(b"not a model")
+    served = GrpcServed(root, "--workers", "1")
+    yield served
+    code, err = served.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_tritonclient_reaches_every_model_and_version_of_a_repository(repository: GrpcServed) -> None:
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{repository.grpc_port}")
+    try:
+        x = np.arange(6, dtype=np.float32).reshape(3, 2)
+        value = triton.InferInput("x", [3, 2], "FP32")
+        value.set_data_from_numpy(x)
+        for name, versions in FACTORS.items():
+            for version, factor in versions.items():
+                assert client.is_model_ready(name, version)
+                result = client.infer(name, [value], model_version=version)
+                response = result.get_response()
+                assert (response.model_name, response.model_version) == (name, version)
+                np.testing.assert_array_equal(result.as_numpy("y"), x * np.float32(factor))
+            latest = max(versions, key=int)
+            assert client.infer(name, [value]).get_response().model_version == latest  # no version: the latest
+            meta = client.get_model_metadata(name, as_json=True)
+            assert meta["versions"] == sorted(versions, key=int)
+        assert not client.is_model_ready("broken")
+        with pytest.raises(triton.InferenceServerException) as refused:
+            client.infer("broken", [value])
+        assert refused.value.status() == "StatusCode.UNAVAILABLE"
+        assert refused.value.message().startswith("model 'broken' has no version ready: onnxruntime cannot load")
+        with pytest.raises(triton.InferenceServerException) as refused:
+            client.infer("double", [value], model_version="7")
+        assert (refused.value.status(), refused.value.message()) == (
+            "StatusCode.NOT_FOUND",
+            "unknown version '7' of model 'double'; it has versions 1, 2",
+        )
+        with pytest.raises(triton.InferenceServerException) as refused:
+            client.is_model_ready("nope")
+        assert (
+            refused.value.message() == "unknown model 'nope'; this server serves 'broken', 'double', 'half', 'triple'"
+        )
+    finally:
+        client.close()

@@ -1,11 +1,13 @@
 """The Open Inference Protocol (KServe V2) over gRPC: `GRPCInferenceService` on grpcio, in each worker beside its
-HTTP front (serve.Server), sharing that worker's session, batcher and metrics: a gRPC request and an HTTP one
-may be merged into one onnxruntime run.
+HTTP front (serve.Server), for every model and version of its repository (a request's model_name and
+model_version; no version: the latest ready one), sharing that worker's sessions, batchers and metrics: a
+gRPC request and an HTTP one may be merged into one onnxruntime run.
 
 Requests are parsed here rather than by grpcio, so that bytes that are no message get INVALID_ARGUMENT (grpcio
 would answer INTERNAL and log a traceback). Every refused request gets a status code and a message that says
 what was wrong: INVALID_ARGUMENT for a request the model cannot take, NOT_FOUND for an unknown model or
-version, UNAVAILABLE while the server drains or when its queue is full; RESOURCE_EXHAUSTED (from grpcio) for
+version, UNAVAILABLE for a model that could not be loaded, while the server drains, or when the queue is
+full or a request waited past --queue-timeout-ms; RESOURCE_EXHAUSTED (from grpcio) for
 a message over --max-body-mb. A bug in netspec is INTERNAL, with the traceback in the server's log only.
 
 Inputs come as typed `contents` (the field of their datatype) or all in `raw_input_contents` (little-endian,
@@ -28,7 +30,8 @@ from google.protobuf.message import DecodeError, Message
 
 from netspec import __version__
 from netspec._proto import grpc_predict_v2_pb2 as pb
-from netspec.deploy.runtime import NUMPY_OF, QueueFull, Tensor
+from netspec.deploy.repository import ModelNotFound, ModelUnavailable, ServedModel
+from netspec.deploy.runtime import NUMPY_OF, QueueFull, QueueTimeout, Tensor
 from netspec.errors import NetspecError
 
 if TYPE_CHECKING:
@@ -135,6 +138,10 @@ class InferenceService:
                     return method(request).SerializeToString()
             except Refused as e:
                 code, message = e.code, e.message
+            except ModelNotFound as e:
+                code, message = grpc.StatusCode.NOT_FOUND, str(e)
+            except ModelUnavailable as e:
+                code, message = grpc.StatusCode.UNAVAILABLE, str(e)
             except Exception:  # a bug in netspec: the client is told, the server keeps serving and logs it
                 traceback.print_exc(file=sys.stderr)
                 code, message = grpc.StatusCode.INTERNAL, "internal server error (the server's log has the details)"
@@ -157,46 +164,31 @@ class InferenceService:
         return pb.ServerMetadataResponse(name="netspec", version=__version__)
 
     def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
-        self._model(request.name, request.version)
+        """Ready or not; NOT_FOUND only for a model or version the repository does not have."""
+        try:
+            self.server.models.get(request.name, request.version)
+        except ModelUnavailable:
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.server.ready)
 
     def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        self._model(request.name, request.version)
-        runtime = self.server.runtime
-
-        def tensors(ts: list[Tensor]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-            return [
-                pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in ts
-            ]
-
+        meta = self.server.models.metadata(request.name, request.version)
         return pb.ModelMetadataResponse(
-            name=self.server.name,
-            versions=["1"],
-            platform="onnxruntime_onnx",
-            inputs=tensors(runtime.inputs),
-            outputs=tensors(runtime.outputs),
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
         )
-
-    def _model(self, name: str, version: str) -> None:
-        """Refuses a model or version this server does not serve."""
-        if name != self.server.name:
-            raise Refused(
-                grpc.StatusCode.NOT_FOUND, f"unknown model '{name[:80]}'; this server serves '{self.server.name}'"
-            )
-        if version not in ("", "1"):
-            raise Refused(
-                grpc.StatusCode.NOT_FOUND, f"unknown version '{version[:20]}' of model '{name}'; it has version 1"
-            )
 
     # ---- inference ----------------------------------------------------------------------------------------
 
     def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        self._model(request.model_name, request.model_version)
+        model = self.server.models.get(request.model_name, request.model_version)
         if not self.server.ready:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another")
-        feeds = self._feeds(request)
-        runtime = self.server.runtime
-        types = {t.name: t.datatype for t in runtime.outputs}
+        feeds = self._feeds(request, model)
+        types = {t.name: t.datatype for t in model.outputs}
         wanted = [o.name for o in request.outputs] or list(types)
         for name in wanted:
             if name not in types:
@@ -205,14 +197,14 @@ class InferenceService:
                     f"unknown output '{name[:80]}'; the model has: {', '.join(types)}",
                 )
         try:
-            results = self.server.batcher.run(feeds, wanted)
-        except QueueFull as e:
+            results = model.batcher.run(feeds, wanted)
+        except (QueueFull, QueueTimeout) as e:
             raise Refused(grpc.StatusCode.UNAVAILABLE, str(e)) from None
         except Exception as e:  # onnxruntime's errors for inputs it refuses
             raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT, f"inference failed: {str(e).splitlines()[0][:300]}"
             ) from None
-        response = pb.ModelInferResponse(model_name=self.server.name, model_version="1", id=request.id)
+        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         raw = bool(request.raw_input_contents) or any(types[name] not in CONTENTS for name in wanted)
         for name, value in zip(wanted, results, strict=True):
             value = np.asarray(value)
@@ -225,7 +217,7 @@ class InferenceService:
                 getattr(out.contents, CONTENTS[datatype]).extend(value.reshape(-1).tolist())
         return response
 
-    def _feeds(self, request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    def _feeds(self, request: pb.ModelInferRequest, model: ServedModel) -> dict[str, np.ndarray]:
         if not request.inputs:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the request has no inputs")
         raw = request.raw_input_contents
@@ -235,7 +227,7 @@ class InferenceService:
                 f"the request has {len(request.inputs)} inputs and {len(raw)} raw_input_contents; "
                 "give every input's values there, in the order of the inputs, or none",
             )
-        spec = {t.name: t for t in self.server.runtime.inputs}
+        spec = {t.name: t for t in model.inputs}
         feeds: dict[str, np.ndarray] = {}
         for i, item in enumerate(request.inputs):
             name = item.name
