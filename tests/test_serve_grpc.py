@@ -480,3 +480,39 @@ def test_tritonclient_reaches_every_model_and_version_of_a_repository(repository
         )
     finally:
         client.close()
+
+
+def _small(rows: int) -> pb.ModelInferRequest:
+    x = np.ones((rows, 2), dtype=np.float32)
+    value = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=x.shape)
+    return pb.ModelInferRequest(model_name="m", inputs=[value], raw_input_contents=[x.tobytes()])
+
+
+def test_a_full_queue_is_unavailable_and_a_stop_lets_the_call_in_flight_finish() -> None:
+    runtime = GatedRuntime()
+    with (
+        in_process(runtime, instances=1, max_queue_size=1, grpc_port=0) as (server, _),
+        _channel(server.grpc_port) as infer,
+    ):  # type: ignore[attr-defined]
+        answers: list[Any] = []
+        calls = [threading.Thread(target=lambda: answers.append(infer(_small(1), timeout=60))) for _ in range(2)]
+        calls[0].start()
+        _wait_for(lambda: server.metrics.in_flight == 1)  # type: ignore[attr-defined]
+        calls[1].start()
+        _wait_for(lambda: len(server.models.get("m").batcher.queue) == 1)  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(_small(1), timeout=60)
+        assert (refused.value.code(), refused.value.details()) == (  # type: ignore[attr-defined]
+            Code.UNAVAILABLE,
+            "the server's queue holds 1 requests (--max-queue-size); retry later",
+        )
+        server.stopping.set()  # type: ignore[attr-defined]
+        _wait_for(lambda: not server.ready)  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as refused:  # a stopping server takes no new call
+            infer(_small(1), timeout=60)
+        assert refused.value.code() == Code.UNAVAILABLE  # type: ignore[attr-defined]
+        runtime.gate.set()
+        for call in calls:
+            call.join(60)
+    assert [list(a.outputs[0].shape) for a in answers] == [[1, 2], [1, 2]]
+    assert [np.frombuffer(a.raw_output_contents[0], "<f4").tolist() for a in answers] == [[2.0, 2.0]] * 2
