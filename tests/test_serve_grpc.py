@@ -26,9 +26,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import netspec
 from netspec._proto import grpc_predict_v2_pb2 as pb
+from netspec.deploy.grpc_service import CONTENTS
 from tests.test_serve import GatedRuntime, _images, _wait_for, in_process
 from tests.test_serve_repository import FACTORS, _write_model
 
@@ -516,3 +520,100 @@ def test_a_full_queue_is_unavailable_and_a_stop_lets_the_call_in_flight_finish()
             call.join(60)
     assert [list(a.outputs[0].shape) for a in answers] == [[1, 2], [1, 2]]
     assert [np.frombuffer(a.raw_output_contents[0], "<f4").tolist() for a in answers] == [[2.0, 2.0]] * 2
+
+
+# ---- every datatype ----------------------------------------------------------------------------------------
+
+ONNX_TYPES = {
+    "BOOL": "BOOL",
+    "INT8": "INT8",
+    "INT16": "INT16",
+    "INT32": "INT32",
+    "INT64": "INT64",
+    "UINT8": "UINT8",
+    "UINT16": "UINT16",
+    "UINT32": "UINT32",
+    "UINT64": "UINT64",
+    "FP16": "FLOAT16",
+    "FP32": "FLOAT",
+    "FP64": "DOUBLE",
+}
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A server of one model per datatype, named after it: y = x, of shape [-1, 3]."""
+    from onnx import TensorProto, helper
+
+    from netspec.deploy.repository import Batching, Repository
+    from netspec.deploy.runtime import Runtime
+    from netspec.deploy.serve import Server
+
+    models = Repository(Batching(instances=2))
+    for datatype, onnx_type in ONNX_TYPES.items():
+        kind = getattr(TensorProto, onnx_type)
+        x, y = (helper.make_tensor_value_info(n, kind, ["n", 3]) for n in "xy")
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        path = tmp_path_factory.mktemp("identity") / f"{datatype}.onnx"
+        path.write_bytes(model.SerializeToString())
+        models.add(datatype, "1", Runtime(str(path)))
+    server = Server(models, 1 << 20, grpc_port=0)
+    thread = threading.Thread(target=server.serve, args=("127.0.0.1", 0))
+    thread.start()
+    _wait_for(lambda: server.grpc is not None)
+    with _channel(server.grpc_port) as infer:  # type: ignore[arg-type]
+        yield infer
+    server.stopping.set()
+    thread.join(30)
+
+
+def infer(channel: Any, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    return channel(request, timeout=30)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_datatype_travels_exactly_typed_and_raw(identities: Any, data: st.DataObject) -> None:
+    from netspec.deploy.runtime import NUMPY_OF
+
+    datatype = data.draw(st.sampled_from(sorted(ONNX_TYPES)), "datatype")
+    dtype = np.dtype(NUMPY_OF[datatype])
+    x = data.draw(hnp.arrays(dtype, st.tuples(st.integers(0, 4), st.just(3))), "x")
+    raw = datatype == "FP16" or data.draw(st.booleans(), "raw")
+    request = pb.ModelInferRequest(model_name=datatype)
+    value = request.inputs.add(name="x", datatype=datatype, shape=x.shape)
+    if raw:
+        request.raw_input_contents.append(x.astype(dtype.newbyteorder("<")).tobytes())
+    else:
+        getattr(value.contents, CONTENTS[datatype]).extend(x.ravel().tolist())
+    answer = infer(identities, request)
+    [out] = answer.outputs
+    assert (out.datatype, list(out.shape)) == (datatype, list(x.shape))
+    if raw:
+        got = np.frombuffer(answer.raw_output_contents[0], dtype=dtype.newbyteorder("<")).reshape(x.shape)
+    else:
+        assert not answer.raw_output_contents
+        got = np.array(getattr(out.contents, CONTENTS[datatype]), dtype=dtype).reshape(x.shape)
+    np.testing.assert_array_equal(got, x)  # NaNs in the same places
+    if dtype.kind == "f":
+        assert np.array_equal(np.signbit(got), np.signbit(x))  # -0.0 as -0.0
+
+
+@pytest.mark.parametrize(
+    ("datatype", "contents", "message"),
+    [
+        ("INT8", pb.InferTensorContents(int_contents=[1, 300, 3]), "out of INT8's range [-128, 127]"),
+        ("UINT16", pb.InferTensorContents(uint_contents=[70000, 0, 0]), "out of UINT16's range [0, 65535]"),
+        ("FP16", pb.InferTensorContents(fp32_contents=[1, 2, 3]), "FP16, which has no typed contents"),
+    ],
+)
+def test_typed_values_a_datatype_cannot_hold_are_refused(
+    identities: Any, datatype: str, contents: pb.InferTensorContents, message: str
+) -> None:
+    value = pb.ModelInferRequest.InferInputTensor(name="x", datatype=datatype, shape=[1, 3], contents=contents)
+    with pytest.raises(grpc.RpcError) as refused:
+        infer(identities, pb.ModelInferRequest(model_name=datatype, inputs=[value]))
+    assert refused.value.code() == Code.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert message in refused.value.details()  # type: ignore[attr-defined]

@@ -131,7 +131,7 @@ class InferenceService:
                 with self.server._in_flight():
                     try:
                         request = request_type.FromString(data)
-                    except (DecodeError, RuntimeWarning):
+                    except DecodeError:
                         raise Refused(
                             grpc.StatusCode.INVALID_ARGUMENT, f"the request is not an inference.{name}Request message"
                         ) from None
@@ -298,10 +298,15 @@ def _from_contents(name: str, tensor: Tensor, shape: list[int], contents: pb.Inf
             f"input '{name}' of shape {shape} needs {count} values in contents.{field}; "
             f"it holds {len(values)}{elsewhere}",
         )
-    try:
-        return np.array(values, dtype=tensor.dtype).reshape(shape)
-    except OverflowError:
+    dtype = np.dtype(tensor.dtype)
+    if dtype.kind not in "iu" or not count:
+        return np.array(values, dtype=dtype).reshape(shape)
+    # the fields are 32 or 64 bits wide: narrower types are checked here, not wrapped around
+    wide = np.array(values, dtype=np.int64 if dtype.kind == "i" else np.uint64)
+    info = np.iinfo(dtype)
+    if wide.min() < info.min or wide.max() > info.max:
         raise Refused(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"input '{name}': a value in contents.{field} is out of {tensor.datatype}'s range",
-        ) from None
+            f"input '{name}': a value in contents.{field} is out of {tensor.datatype}'s range [{info.min}, {info.max}]",
+        )
+    return wide.astype(dtype).reshape(shape)
