@@ -41,9 +41,10 @@ class Served:
             preexec_fn=preexec_fn,
         )
         assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        found = re.search(r"on http://127\.0\.0\.1:(\d+) ", line)
-        assert found, line
+        self.log: list[str] = []  # what it said before it listened (a repository's skipped models)
+        while not (found := re.search(r"on http://127\.0\.0\.1:(\d+) ", line := self.proc.stderr.readline())):
+            assert line, self.log
+            self.log.append(line)
         self.port = int(found.group(1))
 
     def request(
@@ -331,7 +332,14 @@ BAD_REQUESTS = [
         400,
         "Inference-Header-Content-Length 99 is beyond the 2-byte body",
     ),
-    ("POST", "/v2/models/digits/infer", b"[" * 10_000 + b"]" * 10_000, {}, 400, "the request's JSON is nested too deeply"),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        b"[" * 10_000 + b"]" * 10_000,
+        {},
+        400,
+        "the request's JSON is nested too deeply",
+    ),
     (
         "POST",
         "/v2/models/digits/infer",
