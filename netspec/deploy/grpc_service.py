@@ -72,7 +72,7 @@ class Refused(Exception):
 
 
 def start(server: Server, host: str, port: int, reuse_port: bool) -> tuple[grpc.Server, int]:
-    """A running gRPC server for `server`'s model on host:port, and the port it took (port 0: a free one).
+    """A running gRPC server for `server`'s models on host:port, and the port it took (port 0: a free one).
     With `reuse_port` it joins the other workers' sockets on the port (SO_REUSEPORT); without, a port that is
     taken is an error rather than shared."""
     service = InferenceService(server)

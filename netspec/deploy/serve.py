@@ -21,7 +21,7 @@ one are merged into batches per model version (runtime.Batcher), and leave the q
 --queue-timeout-ms. Every bad request gets a 4xx JSON error that says what was wrong, and the server
 keeps serving; slow or idle clients make room for new ones at the connection limit. SIGTERM (or Ctrl-C)
 stops accepting connections, lets the requests in flight finish, and exits. With --grpc-port, each worker
-also answers the protocol over gRPC (grpc_service), through the same batcher.
+also answers the protocol over gRPC (grpc_service), through the same batchers.
 """
 
 from __future__ import annotations
