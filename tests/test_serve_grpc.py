@@ -353,8 +353,8 @@ def _listening(server: GrpcServed) -> dict[str, bool]:
     out = {}
     for pid in children:
         sockets = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):  # closed meanwhile
+        with contextlib.suppress(OSError):  # a process that ended, or a file closed meanwhile
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
                 sockets.add(fd.readlink().name)
         out[pid] = bool(inodes & sockets)
     return out
@@ -368,6 +368,7 @@ def test_every_worker_serves_grpc_on_the_port(server: GrpcServed) -> None:
 def test_a_killed_worker_is_replaced_and_grpc_keeps_answering(server: GrpcServed) -> None:
     victim, survivor = _listening(server)
     os.kill(int(victim), signal.SIGKILL)
+    _wait_for(lambda: not _listening(server).get(victim))  # connections queued on its socket die with it
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         live = channel.unary_unary(
             "/inference.GRPCInferenceService/ServerLive",
@@ -489,6 +490,15 @@ def test_tritonclient_reaches_every_model_and_version_of_a_repository(repository
             assert client.infer(name, [value]).get_response().model_version == latest  # no version: the latest
             meta = client.get_model_metadata(name, as_json=True)
             assert meta["versions"] == sorted(versions, key=int)
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert index[0]["name"] == "broken" and index[0]["state"] == "UNAVAILABLE"
+        assert index[0]["reason"].startswith("onnxruntime cannot load ")
+        ready = [{"name": n, "version": v, "state": "READY"} for n in sorted(FACTORS) for v in FACTORS[n]]
+        assert index[1:] == ready  # protobuf's JSON leaves out empty fields: no reason
+        only_ready = repository.call(
+            "RepositoryIndex", pb.RepositoryIndexRequest(ready=True), pb.RepositoryIndexResponse
+        )
+        assert [(m.name, m.version, m.state) for m in only_ready.models] == [tuple(r.values()) for r in ready]
         assert not client.is_model_ready("broken")
         with pytest.raises(triton.InferenceServerException) as refused:
             client.infer("broken", [value])

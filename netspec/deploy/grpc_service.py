@@ -113,6 +113,7 @@ class InferenceService:
             "ServerMetadata": (pb.ServerMetadataRequest, self.server_metadata),
             "ModelMetadata": (pb.ModelMetadataRequest, self.model_metadata),
             "ModelInfer": (pb.ModelInferRequest, self.model_infer),
+            "RepositoryIndex": (pb.RepositoryIndexRequest, self.repository_index),
         }
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -180,6 +181,10 @@ class InferenceService:
             inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
         )
+
+    def repository_index(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+        rows = self.server.models.index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     # ---- inference ----------------------------------------------------------------------------------------
 
