@@ -716,6 +716,12 @@ def import_command(
     type=click.IntRange(min=1),
     help="How long a request may wait in the queue, from its arrival; beyond, 503 (default: no limit).",
 )
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the protocol over gRPC on this port (Triton's is 8001; 0: a free one). Off unless given.",
+)
 @user_errors
 def serve(
     model: str,
@@ -731,15 +737,17 @@ def serve(
     max_queue_delay_us: int,
     max_queue_size: int,
     queue_timeout_ms: int | None,
+    grpc_port: int | None,
 ) -> None:
     """Serve an ONNX model, or every model of a repository folder (Triton's layout: NAME/VERSION/model.onnx
-    or NAME.onnx), over HTTP with the Open Inference Protocol (KServe V2)."""
+    or NAME.onnx), over HTTP, and gRPC with --grpc-port, with the Open Inference Protocol (KServe V2)."""
     from netspec.deploy.serve import serve as run_server
 
-    def started(bound_host: str, bound_port: int) -> None:
+    def started(bound_host: str, bound_port: int, bound_grpc: int | None = None) -> None:
+        grpc_text = f" and gRPC {bound_host}:{bound_grpc}" if bound_grpc is not None else ""
         if Path(model).is_dir():
             click.echo(
-                f"serving the models in {model} on http://{bound_host}:{bound_port} (POST "
+                f"serving the models in {model} on http://{bound_host}:{bound_port}{grpc_text} (POST "
                 "/v2/models/NAME/infer; POST /v2/repository/index lists them; GET /metrics); Ctrl-C or "
                 "SIGTERM stops",
                 err=True,
@@ -747,7 +755,7 @@ def serve(
             return
         model_name = name or Path(model).stem
         click.echo(
-            f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port} "
+            f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port}{grpc_text} "
             f"(POST /v2/models/{model_name}/infer; GET /metrics); Ctrl-C or SIGTERM stops",
             err=True,
         )
@@ -767,6 +775,7 @@ def serve(
         max_queue_size,
         workers,
         queue_timeout_ms,
+        grpc_port,
     )
 
 

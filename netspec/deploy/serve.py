@@ -20,7 +20,8 @@ tools/bench/serve.py). At most --instances runs go at once, whatever the model; 
 one are merged into batches per model version (runtime.Batcher), and leave the queue with a 503 after
 --queue-timeout-ms. Every bad request gets a 4xx JSON error that says what was wrong, and the server
 keeps serving; slow or idle clients make room for new ones at the connection limit. SIGTERM (or Ctrl-C)
-stops accepting connections, lets the requests in flight finish, and exits.
+stops accepting connections, lets the requests in flight finish, and exits. With --grpc-port, each worker
+also answers the protocol over gRPC (grpc_service), through the same batchers.
 """
 
 from __future__ import annotations
@@ -267,8 +268,11 @@ class Server:
         max_connections: int | None = None,
         read_timeout: float = READ_SECONDS,
         metrics_dir: str | None = None,
+        grpc_port: int | None = None,
     ) -> None:
         self.models = models
+        self.grpc_port = grpc_port  # None: no gRPC; once serving, the port its gRPC server took
+        self.grpc: Any = None  # the grpc.Server while serving
         self.metrics_dir = metrics_dir  # where the workers of one server share their counts
         self.read_timeout = read_timeout
         self.max_connections = max_connections or default_max_connections()
@@ -641,6 +645,14 @@ class Server:
                 f"cannot listen on {host}:{port}: {reason}", hint="pick another --port (0 takes a free one)"
             ) from None
         listener.settimeout(ACCEPT_POLL)  # to notice a stop between connections
+        if self.grpc_port is not None:
+            from netspec.deploy.grpc_service import start
+
+            try:
+                self.grpc, self.grpc_port = start(self, host, self.grpc_port, reuse_port)
+            except NetspecError:
+                listener.close()
+                raise
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -751,6 +763,7 @@ class Server:
         """Lets requests in flight finish (up to DRAIN_SECONDS) and closes idle connections."""
         self.ready = False
         self.stopping.set()
+        grpc_stopped = self.grpc.stop(DRAIN_SECONDS) if self.grpc is not None else None
         with self.lock:
             idle = [conn for conn, since in self.connections.items() if since is not None]
         for conn in idle:  # wakes their threads, blocked reading the next request
@@ -761,6 +774,8 @@ class Server:
             threads = list(self.threads)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if grpc_stopped is not None:
+            grpc_stopped.wait(max(0.0, deadline - time.monotonic()))
 
 
 def _response(
@@ -973,14 +988,25 @@ def serve(
     max_queue_size: int = 1024,
     workers: int | None = None,
     queue_timeout_ms: int | None = None,
+    grpc_port: int | None = None,
 ) -> None:
     """Serves an ONNX model, or the models of a repository folder, until SIGTERM or Ctrl-C: in this process
-    with one worker, else from `workers` processes on one port, watched by this one."""
+    with one worker, else from `workers` processes on one port, watched by this one. With `grpc_port`, every
+    worker also answers the protocol over gRPC on that port (`started` is then called with it as a third
+    argument)."""
     from netspec.deploy.runtime import physical_cores
 
     workers = workers or physical_cores()
     if not Path(model).exists():  # before the port is taken: a worker would say the same, later
         raise DataError(f"model file '{model}' does not exist")
+    if grpc_port is not None:  # both ports now: taken ones are clear errors, and two 0s are two free ports
+        port, grpc_port = _reserve(host, [(port, "--port"), (grpc_port, "--grpc-port")])
+        if started is not None:
+            announce, bound_grpc = started, grpc_port
+
+            def started(bound_host: str, bound_port: int) -> None:
+                announce(bound_host, bound_port, bound_grpc)
+
     options: dict[str, Any] = {
         "model": model,
         "name": name,
@@ -994,6 +1020,7 @@ def serve(
         "queue_timeout_ms": queue_timeout_ms,
         "workers": workers,
         "metrics_dir": None,
+        "grpc_port": grpc_port,
     }
     if workers == 1:
         _serve_one(host, port, started, reuse_port=False, log=True, **options)
@@ -1019,6 +1046,7 @@ def _serve_one(
     queue_timeout_ms: int | None,
     workers: int,
     metrics_dir: str | None,
+    grpc_port: int | None,
 ) -> None:
     """One worker: a session per model version and a server; `log`: say which models are skipped (one
     worker says it for all). The cores are shared among the workers, then among a worker's instances, which
@@ -1038,7 +1066,26 @@ def _serve_one(
     models = Repository.load(model, name, threads or max(1, share // instances), batching)
     if log:
         log_unavailable(models)
-    Server(models, max_body_mb * 2**20, max_connections, metrics_dir=metrics_dir).serve(host, port, started, reuse_port)
+    Server(models, max_body_mb * 2**20, max_connections, metrics_dir=metrics_dir, grpc_port=grpc_port).serve(
+        host, port, started, reuse_port
+    )
+
+
+def _reserve(host: str, ports: list[tuple[int, str]]) -> list[int]:
+    """Checks the ports are free (a socket without SO_REUSEPORT cannot join another server's group) and
+    picks one for each port 0, all distinct (their probes are open at once)."""
+    with contextlib.ExitStack() as probes:
+        bound = []
+        for port, flag in ports:
+            try:
+                probe = probes.enter_context(socket.create_server((host, port)))
+            except OSError as e:
+                reason = os.strerror(e.errno) if e.errno else str(e)
+                raise NetspecError(
+                    f"cannot listen on {host}:{port}: {reason}", hint=f"pick another {flag} (0 takes a free one)"
+                ) from None
+            bound.append(int(probe.getsockname()[1]))
+        return bound
 
 
 class Supervisor:
@@ -1049,22 +1096,9 @@ class Supervisor:
 
     def __init__(self, host: str, port: int, options: dict[str, Any]) -> None:
         self.host, self.options = host, options
-        self.port = self._reserve(host, port)
+        [self.port] = _reserve(host, [(port, "--port")])
         self.procs: list[subprocess.Popen[str]] = []
         self.stopping = threading.Event()
-
-    @staticmethod
-    def _reserve(host: str, port: int) -> int:
-        """Checks the port is free (a socket without SO_REUSEPORT cannot join another server's group) and
-        picks one for port 0."""
-        try:
-            with socket.create_server((host, port)) as probe:
-                return int(probe.getsockname()[1])
-        except OSError as e:
-            reason = os.strerror(e.errno) if e.errno else str(e)
-            raise NetspecError(
-                f"cannot listen on {host}:{port}: {reason}", hint="pick another --port (0 takes a free one)"
-            ) from None
 
     def _start(self, log: bool = False) -> subprocess.Popen[str]:
         """A worker, once it listens; its error (a model it cannot load) is raised here. `log`: it says
