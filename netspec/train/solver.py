@@ -27,6 +27,7 @@ from netspec.errors import DataError, NetspecError, SolverError, WeightsError
 from netspec.files import output_folder
 from netspec.layers import all_types
 from netspec.lower.module import NetModule
+from netspec.lower.weights import stored_with_weights
 from netspec.net import Net, build_net
 from netspec.train.config import SolverConfig, load_config, with_solver_file
 from netspec.train.progress import Metrics, Progress
@@ -419,6 +420,7 @@ class Solver:
             "early": None
             if self.early is None
             else {"best": self.early.best, "best_iter": self.early.best_iter, "waited": self.early.waited},
+            **stored_with_weights(self.train_net),  # preprocessing statistics, data shapes
         }
 
     def snapshot(self, path: str | Path | None = None) -> Path:
