@@ -56,6 +56,14 @@ def write_spec(tmp_path: Path) -> Callable[[str, str], str]:
     return write
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """pyproject's `-n auto`: the whole suite (`python -m pytest`, no arguments) runs in a worker per CPU this
+    process may use (pytest-xdist's count); a run of named files or tests stays in one process, where
+    starting workers (each imports torch and builds the session's fixtures again) costs more than it saves."""
+    return 0 if config.args_source == pytest.Config.ArgsSource.ARGS else None
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     random.seed(0)
