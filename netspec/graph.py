@@ -7,8 +7,9 @@ Errors name the file, line and layer, with the closest blob or field as a hint.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from netspec._proto import netspec_pb2 as pb
 from netspec.errors import GraphError, NetspecError, ParamError, SourceLoc, did_you_mean
@@ -16,6 +17,9 @@ from netspec.layers import get as get_layer
 from netspec.layers.base import LayerDef, LayerSpec
 from netspec.spec.build import Path, SourceMap
 from netspec.spec.upgrade import SourcedLayer
+
+if TYPE_CHECKING:
+    from netspec.data.datasets import Statistics
 
 _LAYER_FIELDS = set(pb.LayerParameter.DESCRIPTOR.fields_by_name)
 
@@ -125,8 +129,16 @@ def included(layer: pb.LayerParameter, state: NetState) -> bool:
     return not any(meets_rule(state, r) for r in layer.exclude)
 
 
-def build_graph(name: str, layers: Sequence[SourcedLayer], state: NetState, smap: SourceMap, base_dir: str) -> Graph:
-    """Filters the layers for `state` and wires them; raises a located NetspecError on any mistake."""
+def build_graph(
+    name: str,
+    layers: Sequence[SourcedLayer],
+    state: NetState,
+    smap: SourceMap,
+    base_dir: str,
+    stored: Mapping[str, Statistics] | None = None,
+) -> Graph:
+    """Filters the layers for `state` and wires them; raises a located NetspecError on any mistake.
+    `stored`: a trained model's statistics by data top (SpecFile.stored), handed to the layers feeding them."""
     nodes: list[Node] = []
     producers: dict[str, Node | None] = {}  # blob -> the node that last wrote it
     dropped_tops: dict[str, pb.LayerParameter] = {}  # blobs produced only by layers this phase leaves out
@@ -157,7 +169,8 @@ def build_graph(name: str, layers: Sequence[SourcedLayer], state: NetState, smap
         if definition.loss and not lp.top:  # Caffe gives a loss without tops an anonymous one
             lp.top.append(lp.name if lp.name not in producers else f"{lp.name} (automatic)")
         phase = lp.phase if lp.HasField("phase") else state.phase
-        spec = LayerSpec(lp, definition.params(lp), phase, base_dir)
+        kept = (stored or {}).get(lp.top[0]) if definition.feeds and lp.top else None
+        spec = LayerSpec(lp, definition.params(lp), phase, base_dir, kept)
         node = Node(
             lp.name,
             lp.type,

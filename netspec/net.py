@@ -125,7 +125,7 @@ def build_net(
 def net_from_layers(
     spec: SpecFile, name: str, layers: list[SourcedLayer], state: NetState, fed: dict[str, Shape] | None = None
 ) -> Net:
-    graph = build_graph(name, layers, state, spec.smap, spec.base_dir)
+    graph = build_graph(name, layers, state, spec.smap, spec.base_dir, spec.stored)
     infos, shapes = infer_shapes(graph, fed)
     # the shapes the feeding layers give, not the blobs' last values: an opaque layer in place on an input
     # leaves its last shape unknown

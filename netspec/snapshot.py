@@ -1,6 +1,8 @@
 """Snapshots: `<prefix>_iter_<N>.pt` with the weights, the solver's history, the random-number states,
 the data positions and the iteration, written atomically, checksummed, and read without unpickling
-arbitrary objects.
+arbitrary objects. Beside the weights: the data layers' preprocessing statistics (`statistics`, by data
+top) and the data tops' shapes (`inputs`), so that the model is tested and exported as it was trained;
+snapshots written before these were stored load too (the statistics then come from the source again).
 
 A snapshot is a plain dict of tensors, numbers, strings, lists and dicts saved with torch.save and read
 with torch.load(weights_only=True), which refuses anything else. torch's zip container does not verify

@@ -56,6 +56,14 @@ def write_spec(tmp_path: Path) -> Callable[[str, str], str]:
     return write
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """pyproject's `-n auto`: the whole suite (`python -m pytest`, no arguments) runs in a worker per CPU this
+    process may use (pytest-xdist's count); a run of named files or tests stays in one process, where
+    starting workers (each imports torch and builds the session's fixtures again) costs more than it saves."""
+    return 0 if config.args_source == pytest.Config.ArgsSource.ARGS else None
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     random.seed(0)
@@ -70,8 +78,16 @@ def _seed() -> None:
 def _onnx_function_table_built_once() -> None:
     """torch's ONNX exporter rebuilds its table of ONNX functions for every export (about 1 s of CPU,
     half of exporting a small net); the suite exports dozens of nets, so once the exporter is loaded each
-    opset's table is built once. The exporter only reads the table."""
+    opset's table is built once. The exporter only reads the table.
+
+    Likewise torch.export looks up every operator the dispatcher knows, twice per export and once per
+    operator namespace (about 0.25 s), to find the composite ones it may keep: torch does not cache the
+    list because a custom operator registered later would be missed, and no test registers any."""
     registration = sys.modules.get("torch.onnx._internal.exporter._registration")
     registry = getattr(registration, "ONNXRegistry", None)
     if isinstance(inspect.getattr_static(registry, "from_torchlib", None), classmethod):  # not yet replaced
         registry.from_torchlib = staticmethod(functools.cache(registry.from_torchlib))  # type: ignore[union-attr]
+    exported, decomp = (sys.modules.get(f"torch.export.{m}") for m in ("exported_program", "decomp_utils"))
+    collect = getattr(exported, "_collect_all_valid_cia_ops", None)
+    if collect is not None and decomp is not None and not hasattr(collect, "cache_info"):  # not yet replaced
+        exported._collect_all_valid_cia_ops = decomp._collect_all_valid_cia_ops = functools.cache(collect)  # type: ignore[union-attr]

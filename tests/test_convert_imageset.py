@@ -4,6 +4,8 @@ and exit status 1, and a Data layer trains from what it writes."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import io
 import json
 import random
@@ -27,23 +29,30 @@ TOOL = ROOT / "tools" / "convert_imageset.py"
 SCALE = 1 / 255
 
 
+def _tool() -> Any:
+    spec = importlib.util.spec_from_file_location("convert_imageset", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+TOOL_MAIN = _tool().main
+
+
 def run_all(*calls: Sequence[object]) -> list[subprocess.CompletedProcess[str]]:
-    """Runs the tool once per argument list, all at the same time (a run is mostly Python starting up)."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(TOOL), *map(str, args)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args in calls
-    ]
+    """Runs the tool's main once per argument list, in this process (a run of its own would be mostly Python
+    starting up), with its exit status and what it printed."""
     results = []
-    for args, proc in zip(calls, procs, strict=True):
-        out, err = proc.communicate(timeout=120)
-        assert "Traceback" not in err, err
-        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    for args in calls:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = TOOL_MAIN([str(a) for a in args])
+            except SystemExit as e:  # argparse's refusals
+                code = e.code
+        results.append(subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue()))
     return results
 
 

@@ -1,9 +1,13 @@
-"""The README's shell examples, run in order as a reader would run them, so that the two cannot drift.
+"""The README's shell and Python examples, run in order as a reader would run them, so that the two cannot
+drift.
 
 Extracted from README.md itself: every line of a fenced ```bash block (a trailing backslash joins lines)
 is a command that must exit 0; in a plain ``` block that starts with `$ `, each `$ ` line is a command and
 the lines after it are its output, which must match line for line (`...` stands for any text). An output
-that begins with a location (`path:line:col:`) or `error:` shows a mistake: exit status 1.
+that begins with a location (`path:line:col:`) or `error:` shows a mistake: exit status 1. A ```python
+block runs whole, in this interpreter, in the same folder and at its place among the shell examples; one
+that talks to `netspec serve` at 127.0.0.1:8000 gets a server of the `digits.onnx` the shell examples
+exported, on a free port put in place of 8000.
 
 They run in a temporary folder holding a copy of models/ and examples/, with `netspec` meaning this tree's CLI.
 Skipped, by these rules only (SKIPPED):
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,19 +44,23 @@ SKIPPED = {
     r"^netspec serve\b|^curl\b": "a server that runs until stopped",
 }
 LOCATION = re.compile(r"^(error:|\S+:\d+:\d+: )")
+SERVER = "127.0.0.1:8000"  # where the README's clients find `netspec serve digits.onnx`
 
 
 @dataclass
 class Example:
-    command: str
+    command: str  # a ```python block's code when `python`
     output: list[str] | None  # None: only the exit status is checked
+    python: bool = False
 
 
 def examples(text: str) -> list[Example]:
     found = []
     for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", text, re.M | re.S):
         lines = body.replace("\\\n", " ").splitlines()
-        if lang == "bash":
+        if lang == "python":
+            found.append(Example(body, None, python=True))
+        elif lang == "bash":
             found += [Example(line.strip(), None) for line in lines if line.strip() and not line.startswith("#")]
         elif lang == "" and lines and lines[0].startswith("$ "):
             for line in lines:
@@ -77,6 +86,8 @@ def test_the_readme_has_examples_of_every_kind() -> None:
     assert any(c.startswith("python3 -m venv") and c.endswith(MAIN_JOB) for c in commands)  # the quick start
     assert any("pip install" in c and "python -m pytest" in c for c in commands)  # the tests
     assert sum(e.output is not None for e in found) >= 2 and len(found) >= 10
+    python = [e.command for e in found if e.python]
+    assert any("netspec.compile(" in c for c in python) and any(SERVER in c for c in python)
     assert MAIN_JOB_SNAPSHOT.split("/")[-1] in (ROOT / "tests" / "test_train.py").read_text()
 
 
@@ -109,7 +120,29 @@ def stand_in_for_the_main_job(cwd: Path, env: dict[str, str]) -> None:
     last.rename(cwd / MAIN_JOB_SNAPSHOT)
 
 
-def test_every_shell_example_in_the_readme_runs_as_shown(tmp_path: Path) -> None:
+def run_python(code: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A README Python block, executed as a script in `cwd`; a client of `netspec serve` is given one."""
+    monkeypatch.chdir(cwd)
+    if SERVER not in code:
+        exec(compile(code, "README.md (python block)", "exec"), {"__name__": "__main__"})
+        return
+    server = subprocess.Popen(
+        [sys.executable, "-m", "netspec", "serve", "digits.onnx", "--port", "0", "--workers", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        found = re.search(r"on http://(127\.0\.0\.1:\d+) ", line)
+        assert found, line
+        run_python(code.replace(SERVER, found.group(1)), cwd, monkeypatch)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+
+
+def test_every_example_in_the_readme_runs_as_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(MODELS, tmp_path / "models")
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     bin_dir = tmp_path / ".bin"
@@ -124,6 +157,10 @@ def test_every_shell_example_in_the_readme_runs_as_shown(tmp_path: Path) -> None
     }
     ran = 0
     for example in examples(README.read_text()):
+        if example.python:
+            run_python(example.command, tmp_path, monkeypatch)
+            ran += 1
+            continue
         if skipped(example.command):
             if MAIN_JOB in example.command and not (tmp_path / MAIN_JOB_SNAPSHOT).exists():
                 stand_in_for_the_main_job(tmp_path, env)

@@ -12,13 +12,23 @@ import onnxruntime as ort
 import pytest
 import sklearn.datasets
 import torch
+from click.testing import CliRunner
 
 import netspec
 from netspec._proto import netspec_pb2 as pb
+from netspec.cli import main
 from netspec.data.datasets import load_arrays, standardization
-from netspec.deploy.commands import spec_batch
+from netspec.data.feeder import Feeder
+from netspec.deploy.commands import predict, spec_batch
+from netspec.deploy.export import deploy_module
+from netspec.snapshot import save_weights
 from netspec.train.solver import Solver
 from tests.conftest import MODELS
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
 
 
 def test_statistics_come_from_the_training_part_only() -> None:
@@ -75,3 +85,66 @@ def test_first_mlp_reaches_95_percent_and_the_onnx_model_takes_raw_features(
     np.testing.assert_array_equal(onnx_prob.argmax(1), torch_prob.argmax(1))
     assert (onnx_prob.argmax(1) == labels).mean() >= 0.95
     assert len(raw) == round(len(getattr(sklearn.datasets, f"load_{source}")().target) * 0.2)
+
+
+def _wine_csv(path: Path, scale: float = 1.0) -> None:
+    """The wine set as a CSV file with the label last (a source that can change or disappear)."""
+    wine = sklearn.datasets.load_wine()
+    rows = np.column_stack([wine.data * scale, wine.target])
+    np.savetxt(path, rows, delimiter=",", fmt="%.6g")
+
+
+def test_the_statistics_are_stored_with_the_model_and_exported_without_the_data(tmp_path: Path) -> None:
+    """A snapshot holds the statistics training used; `export`, `predict` and `test` take them from it, so a
+    changed or missing source changes nothing in the exported model."""
+    _wine_csv(tmp_path / "wine.csv")
+    spec = tmp_path / "mlp.yaml"
+    spec.write_text(
+        (MODELS / "wine_mlp.yaml")
+        .read_text()
+        .replace("source: wine", "source: wine.csv")
+        .replace("max_epoch: 60", "max_iter: 20")
+    )
+    snap = Solver(str(spec), out_dir=tmp_path / "run", quiet=True).solve()["snapshot"]
+    layer = pb.DatasetParameter(source=str(tmp_path / "wine.csv"), standardize=True)
+    mean, std = standardization(layer, ".")
+    stored = torch.load(snap, weights_only=True)["statistics"]["data"]
+    np.testing.assert_array_equal(np.float32(stored["mean"]), mean)
+    np.testing.assert_array_equal(np.float32(stored["std"]), std)
+
+    _wine_csv(tmp_path / "wine.csv", scale=3.0)  # the source changed since training
+    raw, labels = load_arrays(pb.DatasetParameter(source=str(tmp_path / "wine.csv")), ".", pb.TEST)
+    module = netspec.compile(str(spec), "TEST", snap)
+    with Feeder(module.net, torch.device("cpu"), seed=0) as feeder:  # what `netspec test` feeds
+        np.testing.assert_allclose(feeder.sources[0].arrays["data"].numpy(), (raw - mean) / std, rtol=1e-5, atol=1e-5)
+    assert spec_batch(module.net) is not None
+    np.testing.assert_allclose(spec_batch(module.net, limit=None)["data"].numpy(), raw, rtol=1e-4)
+
+    (tmp_path / "wine.csv").unlink()  # and then it is gone
+    code, out = _cli("export", str(spec), "--weights", snap, "--onnx", str(tmp_path / "mlp.onnx"))
+    assert code == 0, out
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "mlp.onnx")).metadata_props}
+    assert json.loads(meta["netspec.preprocessing"])["data"]["standardize"] == stored
+    session = ort.InferenceSession(str(tmp_path / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    onnx_prob = session.run(["prob"], {"data": raw})[0]
+    module = netspec.compile(str(spec), "TEST", snap)
+    scaled = torch.from_numpy((raw - mean) / std)
+    with torch.no_grad():
+        torch_prob = module.blobs(data=scaled, label=torch.from_numpy(labels))["prob"].numpy()
+    np.testing.assert_allclose(onnx_prob, torch_prob, rtol=1e-4, atol=1e-6)
+
+    np.savetxt(tmp_path / "rows.csv", raw[:4], delimiter=",")
+    prediction = predict(str(spec), snap, str(tmp_path / "rows.csv"), 1, None)  # predict with the spec, too
+    assert [row[0][0] for row in prediction.classes or []] == list(torch_prob[:4].argmax(1))
+
+
+def test_a_snapshot_without_statistics_still_loads(tmp_path: Path) -> None:
+    """Snapshots written before the statistics were stored: the source gives them, as before."""
+    module = netspec.compile(str(MODELS / "wine_mlp.yaml"))
+    save_weights(module.caffe_params(), tmp_path / "old.pt")
+    loaded = netspec.compile(str(MODELS / "wine_mlp.yaml"), "TEST", str(tmp_path / "old.pt"))
+    expected = standardization(pb.DatasetParameter(source="wine", standardize=True), ".")
+    plan = deploy_module(loaded).plan.preprocessing["data"].standardize
+    assert plan is not None
+    np.testing.assert_allclose(np.float32(plan[0]), expected[0])
+    np.testing.assert_allclose(np.float32(plan[1]), expected[1])

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
     from netspec.data.images import Color
 
+# a `standardize` set's per-feature mean and standard deviation, flattened: what a trained model stores
+Statistics = tuple[tuple[float, ...], tuple[float, ...]]
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -262,8 +265,11 @@ def _image_channels(path: Path) -> int:
 # ---- loading ----------------------------------------------------------------------------------------
 
 
-def load_arrays(p: pb.DatasetParameter, base_dir: str, phase: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The records (float32) and labels of the part of the source this phase reads."""
+def load_arrays(
+    p: pb.DatasetParameter, base_dir: str, phase: int, stats: Statistics | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The records (float32) and labels of the part of the source this phase reads; a `standardize` set is
+    scaled with `stats` when given (a trained model's own), else with its training part's statistics."""
     import numpy as np
 
     data, labels, presplit = _load_all(p, base_dir)
@@ -275,10 +281,12 @@ def load_arrays(p: pb.DatasetParameter, base_dir: str, phase: int) -> tuple[np.n
     else:
         test = _test_part(p, len(data), presplit)
         keep = test if split == p.TEST else ~test
-    stats = _statistics(p, data, presplit) if p.standardize else None
-    data = data[keep]
-    if stats is not None:
-        data = (data - stats[0]) / stats[1]
+    if p.standardize:
+        mean, std = _statistics(p, data, presplit) if stats is None else _fitted(stats, data.shape[1:])
+        data = data[keep]
+        data = (data - mean) / std
+    else:
+        data = data[keep]
     labels = None if labels is None else labels[keep]
     if p.HasField("record_shape"):
         shape = tuple(int(d) for d in p.record_shape.dim)
@@ -317,6 +325,21 @@ def _statistics(p: pb.DatasetParameter, data: np.ndarray, presplit: np.ndarray |
     std = train.std(axis=0, dtype=np.float64)
     std[std < 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _fitted(stats: Statistics, record: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Stored statistics as arrays shaped like a record of the source; a source whose records no longer
+    have as many features as the model was trained on is refused."""
+    import numpy as np
+
+    mean, std = (np.asarray(v, dtype=np.float32) for v in stats)
+    if mean.size != math.prod(record) or std.size != mean.size:
+        raise DataError(
+            f"the model was trained on records of {mean.size} features, standardized with their statistics; "
+            f"this source's records have {math.prod(record)}",
+            field="source",
+        )
+    return mean.reshape(record), std.reshape(record)
 
 
 def standardization(p: pb.DatasetParameter, base_dir: str) -> tuple[np.ndarray, np.ndarray]:

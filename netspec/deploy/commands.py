@@ -48,12 +48,9 @@ def spec_batch(net: Net, limit: int | None = 5) -> dict[str, torch.Tensor] | Non
             return None
         top = source.tops[0]
         x = source.arrays[top][:limit].float()
-        p = source.node.lp.dataset_param
-        if source.node.lp.HasField("dataset_param") and p.standardize:  # the graph takes records unscaled
-            from netspec.data.datasets import standardization
-
-            stats = standardization(p, source.node.spec.base_dir)
-            mean, std = (torch.from_numpy(a).reshape(x.shape[1:]) for a in stats)
+        stats = source.node.definition.statistics(source.node.spec)
+        if stats is not None:  # the graph takes records unscaled
+            mean, std = (torch.tensor(v).reshape(x.shape[1:]) for v in stats)
             x = x * std + mean
         k = source.transform.crop
         if k and x.dim() == 4:

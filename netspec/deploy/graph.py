@@ -115,20 +115,19 @@ def plan(net: Net) -> DeployPlan:
 
 
 def _standardization(node: Any, shape: Shape) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The training part's statistics of a `standardize` Dataset, read from its source again (the split is
-    seeded, so they are the ones training used)."""
-    if not (node.lp.HasField("dataset_param") and node.lp.dataset_param.standardize):
+    """The statistics a data layer applies to every record (a `standardize` Dataset's): the ones a snapshot
+    stored with the model, else its training part's, read from the source again (the split is seeded, so
+    they are the ones training used)."""
+    found = node.definition.statistics(node.spec)
+    if found is None:
         return None
-    from netspec.data.datasets import standardization
-
-    mean, std = standardization(node.lp.dataset_param, node.spec.base_dir)
-    if mean.size != math.prod(shape[1:]):
+    if len(found[0]) != math.prod(shape[1:]):
         raise ExportError(
-            f"'{node.name}' standardizes records of {mean.size} values, but the net's input "
+            f"'{node.name}' standardizes records of {len(found[0])} values, but the net's input "
             f"'{node.tops[0]}' has {math.prod(shape[1:])} (resized or cropped records)",
             hint="standardize tabular records; scale images with transform_param instead",
         )
-    return tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel())
+    return found
 
 
 def _needed(layers: list[LayerInfo], outputs: tuple[str, ...]) -> list[LayerInfo]:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from netspec.data.datasets import Statistics
     from netspec.data.records import Records
 
 Shape = tuple[int, ...]
@@ -73,6 +74,9 @@ class LayerSpec:
     p: Any
     phase: int
     base_dir: str = "."
+    # what a trained model stored of this data layer's preprocessing (a snapshot's), used instead of
+    # computing it from the source again; None for a spec alone
+    stored: Statistics | None = None
 
     @property
     def num_bottoms(self) -> int:
@@ -229,6 +233,12 @@ class LayerDef:
         """A `reads_records` data layer's source: whole arrays by top when the source is array-shaped, else
         random access to its records. Reads files; never imports torch."""
         raise NotImplementedError(f"{self.type} reads no records")
+
+    def statistics(self, s: LayerSpec) -> Statistics | None:
+        """What a data layer computes from its whole source and applies to every record (a `standardize`
+        Dataset's mean and std): the trained model depends on it, so a snapshot stores it and the export
+        moves it into the graph. None for layers that compute nothing so."""
+        return None
 
     def shuffles(self, s: LayerSpec) -> bool:
         """Whether the solver reads a `reads_records` layer's records in a shuffled order when training."""

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from netspec.data.datasets import Statistics
     from netspec.data.records import Records
 
 
@@ -450,11 +451,21 @@ class Dataset(_SourceLayer):
     def records(self, s: LayerSpec) -> dict[str, np.ndarray]:
         from netspec.data.datasets import load_arrays
 
-        data, labels = load_arrays(s.p, s.base_dir, s.phase)
+        data, labels = load_arrays(s.p, s.base_dir, s.phase, s.stored)
         arrays = {s.lp.top[0]: data}
         if len(s.lp.top) > 1 and labels is not None:
             arrays[s.lp.top[1]] = labels
         return arrays
+
+    def statistics(self, s: LayerSpec) -> Statistics | None:
+        if not s.p.standardize:
+            return None
+        if s.stored is not None:
+            return s.stored
+        from netspec.data.datasets import standardization
+
+        mean, std = standardization(s.p, s.base_dir)
+        return tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel())
 
     def infer(self, s: LayerSpec, bottoms: Sequence[Shape]) -> list[Shape]:
         from netspec.data.datasets import describe

@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
-from netspec.errors import NetspecError, ShapeError, did_you_mean
+from netspec.errors import DataError, NetspecError, ShapeError, did_you_mean
 from netspec.fillers import fill
 from netspec.graph import stale_reads
 from netspec.layers.base import Forward, Shape, fmt
 from netspec.net import Net
 from netspec.shapes import check_fits
+
+if TYPE_CHECKING:
+    from netspec.lower.weights import Weights
+    from netspec.spec.load import SpecFile
 
 
 def _key(layer: str, index: int) -> str:
@@ -324,15 +328,33 @@ class NetModule(nn.Module):
 def compile_net(net_or_path: Net | str, phase: str | None = None, weights: str | None = None) -> NetModule:
     """A Net (or the spec at a path) as a torch module, with the weights of a file; see netspec.compile."""
     from netspec.lower.weights import apply_weights, read_weights
-    from netspec.net import build_net, load
+    from netspec.netfile import read_net
 
+    given = read_weights(weights) if weights is not None else None
     if isinstance(net_or_path, Net):
         net = net_or_path
-        if phase is not None and phase.upper() != net.phase:
-            net = build_net(net.spec, phase, net.state.stages, net.state.level)
+        if (phase is not None and phase.upper() != net.phase) or (given is not None and given.stored):
+            net = _built(net.spec, phase or net.phase, net.state.stages, net.state.level, given)
     else:
-        net = load(str(net_or_path), phase or "TEST")
+        net = _built(read_net(str(net_or_path)), phase or "TEST", (), None, given)
     module = NetModule(net)
-    if weights is not None:
-        apply_weights(module.caffe_params(), read_weights(weights), str(weights))
+    if given is not None:
+        apply_weights(module.caffe_params(), given, str(weights))
     return module
+
+
+def _built(spec: SpecFile, phase: str, stages: tuple[str, ...], level: int | None, given: Weights | None) -> Net:
+    """The net of a spec with what a snapshot stored beside the weights: its data layers use the model's
+    statistics, and where a data source cannot be read, the data tops take the shapes the model was
+    trained with (so that a trained model exports without its training data)."""
+    from netspec.net import build_net
+
+    if given is None or not (given.stored or given.inputs):
+        return build_net(spec, phase, stages, level)
+    spec = replace(spec, stored=given.stored)
+    try:
+        return build_net(spec, phase, stages, level)
+    except DataError:
+        if not given.inputs:
+            raise
+        return build_net(spec, phase, stages, level, shapes=given.inputs)

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from netspec.caffemodel import is_caffe_weights, legacy_fits, read_caffemodel
 from netspec.errors import WeightsError
-from netspec.layers.base import fmt
+from netspec.layers.base import Shape, fmt
+
+if TYPE_CHECKING:
+    from netspec.data.datasets import Statistics
+    from netspec.net import Net
 
 ACCEPTED = "a netspec snapshot (*.pt, written by netspec train or import) or a Caffe .caffemodel / .caffemodel.h5"
 
@@ -26,6 +31,9 @@ class Weights:
 
     blobs: dict[str, list[torch.Tensor]]
     legacy: frozenset[tuple[str, int]] = frozenset()
+    # a netspec snapshot's: the data layers' preprocessing statistics and the data tops' shapes, by top
+    stored: dict[str, Statistics] = field(default_factory=dict)
+    inputs: dict[str, Shape] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,7 +73,21 @@ def read_weights(path: str | Path) -> Weights:
         if "is not a readable netspec snapshot" not in e.msg and "is not a netspec snapshot" not in e.msg:
             raise  # a netspec snapshot that is damaged or of another version says so
         raise WeightsError(f"'{path}' is not a netspec snapshot; --weights takes {ACCEPTED}") from None
-    return Weights(state["blobs"])
+    stored = {top: (tuple(v["mean"]), tuple(v["std"])) for top, v in state.get("statistics", {}).items()}
+    inputs = {top: tuple(int(d) for d in shape) for top, shape in state.get("inputs", {}).items()}
+    return Weights(state["blobs"], stored=stored, inputs=inputs)
+
+
+def stored_with_weights(net: Net) -> dict[str, Any]:
+    """What a snapshot holds beside the weights so that the model can be tested, exported and served as it
+    was trained, even where its data source is not at hand: the preprocessing statistics its data layers
+    computed from their sources (a `standardize` Dataset's), and the shapes of the data tops."""
+    statistics = {}
+    for info in net.layers:
+        node = info.node
+        if node.definition.feeds and (found := node.definition.statistics(node.spec)) is not None:
+            statistics[node.tops[0]] = {"mean": list(found[0]), "std": list(found[1])}
+    return {"statistics": statistics, "inputs": {top: list(shape) for top, shape in net.inputs.items()}}
 
 
 def apply_weights(

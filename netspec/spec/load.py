@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
@@ -17,6 +18,9 @@ from netspec.spec.yamltree import parse_yaml
 
 PROTOTXT = "prototxt"
 YAML = "yaml"
+if TYPE_CHECKING:
+    from netspec.data.datasets import Statistics
+
 _SUFFIXES = {".prototxt": PROTOTXT, ".pbtxt": PROTOTXT, ".yaml": YAML, ".yml": YAML}
 
 
@@ -28,6 +32,9 @@ class SpecFile:
     format: str
     message: Message
     smap: SourceMap
+    # by data top: the preprocessing statistics a trained model stored (a snapshot's), which its data
+    # layers use instead of computing them from their sources; empty for a spec alone
+    stored: dict[str, Statistics] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> str:

@@ -28,6 +28,7 @@ from netspec.errors import DataError, NetspecError, RankStopped, SolverError, We
 from netspec.files import output_folder
 from netspec.layers import all_types, average_statistics, sync_batch_norm
 from netspec.lower.module import NetModule
+from netspec.lower.weights import stored_with_weights
 from netspec.net import Net, build_net
 from netspec.train import distributed
 from netspec.train.accel import prepare
@@ -457,6 +458,7 @@ class Solver:
             "early": None
             if self.early is None
             else {"best": self.early.best, "best_iter": self.early.best_iter, "waited": self.early.waited},
+            **stored_with_weights(self.train_net),  # preprocessing statistics, data shapes
         }
 
     def snapshot(self, path: str | Path | None = None) -> Path:
