@@ -118,7 +118,7 @@ class Updater:
         p = self.p
         for (lr_mult, decay_mult), (weights, history) in groups.items():
             local = rate * lr_mult
-            grads = [w.grad for w in weights]
+            grads = [cast(torch.Tensor, w.grad) for w in weights]  # apply() gave each one
             decay = p.weight_decay * decay_mult
             if p.type == "SGD":
                 inverse = 1.0 / (local * scale) if local * scale else math.inf  # g / inf = 0: no step from g
