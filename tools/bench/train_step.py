@@ -15,7 +15,9 @@ the processes in a shuffled order:
   caffe  real Caffe's `caffe train` on the same net (its data layer replaced by DummyData; netspec-only
          fillers and the cosine policy replaced by Caffe's xavier and fixed): the time between successive
          "Iteration N" lines of its log. Only with --caffe (see tools/crosscheck_caffe.py for unpacking
-         Debian's caffe package; LD_LIBRARY_PATH must name its libraries).
+         Debian's caffe package; LD_LIBRARY_PATH must name its libraries). That package's libblas.so.3 is
+         the slow reference BLAS: unpack libopenblas0-pthread too and put its openblas-pthread folder
+         first in LD_LIBRARY_PATH, to time Caffe as it is built to run.
 
 Each process warms up, then times blocks of steps; its figure is the median block. The table gives the
 median over processes and the ratios of the medians; `noise` is the largest spread (max - min over
