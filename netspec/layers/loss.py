@@ -159,19 +159,21 @@ class SoftmaxWithLoss(_Classifier):
         def forward(params: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             scores, labels = xs[0], xs[1]
             outer, inner = outer_inner(scores, axis)
-            logp = torch.log_softmax(scores, axis)
-            logp = caffe_grad_clamp(logp, log_min).reshape(outer, classes, inner)
+            logp = torch.log_softmax(scores, axis).reshape(outer, classes, inner)
             y = _labels_moved(labels.detach(), outer, inner)
             valid = None
             if ignore is not None:
                 keep = y != ignore
                 y = torch.where(keep, y, torch.zeros_like(y))
-                picked = logp.gather(1, y.unsqueeze(1)).squeeze(1) * keep
+            # Caffe's log(max(p, FLT_MIN)) on the picked entries only: the clamp needs no pass over all classes
+            picked = caffe_grad_clamp(logp.gather(1, y.unsqueeze(1)).squeeze(1), log_min)
+            if ignore is not None:
+                picked = picked * keep
                 valid = keep.sum().to(scores.dtype)
-            else:
-                picked = logp.gather(1, y.unsqueeze(1)).squeeze(1)
             loss = -picked.sum() / normalizer(mode, outer, inner, valid)
-            return [loss, torch.exp(logp).reshape(scores.shape)] if with_prob else [loss]
+            if not with_prob:
+                return [loss]
+            return [loss, torch.exp(caffe_grad_clamp(logp, log_min)).reshape(scores.shape)]
 
         return forward
 

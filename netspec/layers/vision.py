@@ -432,17 +432,24 @@ def _torch_pooled_size(size: int, k: int, s: int, pad: int, ceil: bool) -> int:
     return out
 
 
-def _native_pooling(hw: Sequence[int], g: PoolGeometry, out_hw: Sequence[int], ceil: bool, method: int) -> bool:
-    """Whether torch's own pooling pools exactly Caffe's windows, and exports to ONNX pooling that does too.
+def _native_pooling(
+    hw: Sequence[int], g: PoolGeometry, out_hw: Sequence[int], ceil: bool, method: int, train: bool = False
+) -> bool:
+    """Whether torch's own pooling pools exactly Caffe's windows, and (but for a TRAIN net, which is never
+    exported) exports to ONNX pooling that does too.
 
     It needs the same output size from torch (whose ceil mode drops a last window starting past the
-    input and its left padding, even without padding), from ONNX's formula (which drops none) and from
-    Caffe; torch also needs pad <= kernel / 2; and for AVE no window may overhang the padded input, where
-    the divisors of torch and ONNX Runtime differ. Otherwise pool2d pads explicitly."""
+    input and its left padding, even without padding) and from Caffe, and pad <= kernel / 2; torch then
+    divides an AVE window that overhangs the input by its size clipped at the padded input's end, as Caffe
+    does. ONNX also needs its own formula's size (which drops no window) and, for AVE, no overhanging
+    window, where the divisors of torch and ONNX Runtime differ. Otherwise pool2d pads explicitly."""
     for size, k, s, pd, o in zip(hw, g.kernel, g.stride, g.pad, out_hw, strict=True):
+        if _torch_pooled_size(size, k, s, pd, ceil) != o or pd > k // 2:
+            return False
+        if train:
+            continue
         span = size + 2 * pd - k
-        onnx_size = (-(-span // s) if ceil else span // s) + 1
-        if _torch_pooled_size(size, k, s, pd, ceil) != o or onnx_size != o or pd > k // 2:
+        if (-(-span // s) if ceil else span // s) + 1 != o:
             return False
         if method == pb.PoolingParameter.AVE and (o - 1) * s + k > size + 2 * pd:
             return False
@@ -480,7 +487,7 @@ def pool2d(
 
     P = pb.PoolingParameter
     hw = (x.shape[2], x.shape[3])
-    native = _native_pooling(hw, g, out_hw, ceil, method)
+    native = _native_pooling(hw, g, out_hw, ceil, method, train)
     if method in (P.MAX, P.AVE) and not native:
         (right_h, div_h), (right_w, div_w) = (
             _window_extent(size, k, s, pd, o)

@@ -266,7 +266,10 @@ class Solver:
             out = self.net.run(batch) if self._all_blobs else self._forward(**batch)
         total = None
         for top, weight in self._loss_tops:
-            term = out[top].float().sum() * weight
+            term = out[top]  # a scalar float loss with weight 1 (the usual case) is taken as it is: no extra ops
+            term = term.float() if term.dtype != torch.float32 else term
+            term = term.sum() if term.dim() else term
+            term = term * weight if weight != 1 else term
             total = term if total is None else total + term
         if total is None:
             raise SolverError(
@@ -287,7 +290,7 @@ class Solver:
             batches.append(batch)
             loss = self._loss(batch)
             if loss.requires_grad:  # else nothing learnable feeds the loss: Caffe runs the passes all the same
-                (loss * self._loss_scale).backward()
+                (loss * self._loss_scale if self._loss_scale != 1.0 else loss).backward()
             total += float(loss.detach())
         if self._loss_scale != 1.0:
             for b in self.updater.blobs:

@@ -34,6 +34,8 @@ class Learnable:
         return cast(torch.Tensor, self.tensor.grad)
 
 
+Groups = dict[tuple[float, float], tuple[list[torch.Tensor], list[list[torch.Tensor]]]]
+"""Blobs by (lr_mult, decay_mult): their weights and, per history slot, their histories."""
 Rule = Callable[["Updater", Learnable, torch.Tensor, float, int], torch.Tensor]
 
 
@@ -48,6 +50,18 @@ class Updater:
         self.decoupled = p.decoupled_weight_decay or p.type == "AdamW"
         for b in blobs:
             b.history = [torch.zeros_like(b.tensor) for _ in range(self.slots)]
+        # The common cases, Caffe's SGD with momentum and Adam with L2 decay, run on torch's fused kernels,
+        # per group of equal multipliers (the kernel's SGD keeps no history without momentum, which snapshots
+        # hold: that case runs per blob, as the others do)
+        self._groups: Groups | None = None
+        fused = p.type == "Adam" or (p.type == "SGD" and p.momentum)
+        if fused and p.regularization_type == "L2" and not self.decoupled:
+            self._groups = {}
+            for b in blobs:
+                weights, history = self._groups.setdefault((b.lr_mult, b.decay_mult), ([], [[] for _ in b.history]))
+                weights.append(b.tensor)
+                for slot, h in zip(history, b.history, strict=True):
+                    slot.append(h)
 
     def grad_norm(self) -> float:
         grads = [b.tensor.grad for b in self.blobs if b.tensor.grad is not None]
@@ -73,12 +87,12 @@ class Updater:
         for b in self.blobs:
             if b.tensor.grad is None:
                 b.tensor.grad = torch.zeros_like(b.tensor)
+        if self._groups is not None:
+            self._fused(self._groups, rate, scale, it)
+            return
         grads = [b.grad for b in self.blobs]
         if scale != 1.0:
             torch._foreach_mul_(grads, scale)
-        if p.type == "SGD" and p.regularization_type == "L2" and not self.decoupled:
-            self._sgd_l2(rate)
-            return
         for b in self.blobs:
             w, g = b.tensor, b.grad
             decay = p.weight_decay * b.decay_mult
@@ -92,23 +106,57 @@ class Updater:
                 w.mul_(1 - local_rate * decay)  # decoupled: shrink the weights directly
             w.sub_(self.rule(self, b, g, local_rate, it))
 
-    def _sgd_l2(self, rate: float) -> None:
-        """Caffe's SGD with L2 decay for all blobs at once, grouped by their multipliers: the common case,
-        done with a few fused (foreach) kernels rather than several per blob."""
-        groups: dict[tuple[float, float], list[Learnable]] = {}
-        for b in self.blobs:
-            groups.setdefault((b.lr_mult, b.decay_mult), []).append(b)
-        momentum = self.p.momentum
-        for (lr_mult, decay_mult), blobs in groups.items():
-            weights = [b.tensor for b in blobs]
-            grads = [b.grad for b in blobs]
-            history = [b.history[0] for b in blobs]
-            decay = self.p.weight_decay * decay_mult
-            if decay:
-                torch._foreach_add_(grads, weights, alpha=decay)
-            torch._foreach_mul_(history, momentum)
-            torch._foreach_add_(history, grads, alpha=rate * lr_mult)
-            torch._foreach_sub_(weights, history)
+    def _fused(self, groups: Groups, rate: float, scale: float, it: int) -> None:
+        """Caffe's SGD or Adam with L2 decay for each group of blobs in one pass of torch's fused kernel,
+        which reads each weight, gradient and history once where separate ops read them several times.
+
+        SGD: the kernel computes buf = m buf + (g / grad_scale + wd w); w -= lr buf, so Caffe's v = m v +
+        rate (scale g + decay w); w -= v is lr 1, wd = rate * decay and grad_scale = 1 / (rate * scale).
+        Adam: the kernel divides by sqrt(v / c2) + eps, Caffe by (sqrt(v) + delta) / sqrt(c2) (its epsilon
+        is not bias-corrected), so eps = delta / sqrt(c2), with c2 = 1 - momentum2^t. The sums are Caffe's,
+        rounded differently by a unit in the last place."""
+        p = self.p
+        for (lr_mult, decay_mult), (weights, history) in groups.items():
+            local = rate * lr_mult
+            grads = [cast(torch.Tensor, w.grad) for w in weights]  # apply() gave each one
+            decay = p.weight_decay * decay_mult
+            if p.type == "SGD":
+                inverse = 1.0 / (local * scale) if local * scale else math.inf  # g / inf = 0: no step from g
+                torch._fused_sgd_(
+                    weights,
+                    grads,
+                    history[0],
+                    weight_decay=local * decay,
+                    momentum=p.momentum,
+                    lr=1.0,
+                    dampening=0.0,
+                    nesterov=False,
+                    maximize=False,
+                    is_first_step=False,
+                    grad_scale=_scalar(inverse, weights[0]),
+                )
+                continue
+            t = it + 1
+            torch._fused_adam_(
+                weights,
+                grads,
+                history[0],
+                history[1],
+                [],
+                [_scalar(float(t), weights[0])] * len(weights),
+                lr=local,
+                beta1=p.momentum,
+                beta2=p.momentum2,
+                weight_decay=decay,
+                eps=p.delta / math.sqrt(1 - p.momentum2**t),
+                amsgrad=False,
+                maximize=False,
+                grad_scale=_scalar(1.0 / scale, weights[0]) if scale != 1.0 else None,
+            )
+
+
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32, device=like.device)
 
 
 def _sgd(u: Updater, b: Learnable, g: torch.Tensor, rate: float, it: int) -> torch.Tensor:
