@@ -588,7 +588,7 @@ def import_command(
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port.")
 @click.option("--threads", type=int, help="onnxruntime threads per run (default: a worker's cores / instances).")
@@ -602,7 +602,9 @@ def import_command(
     type=click.IntRange(min=1),
     help="onnxruntime runs at once per worker (default: its share of the cores, at least 2).",
 )
-@click.option("--name", help="The model's name in the URLs (default: the file name without .onnx).")
+@click.option(
+    "--name", help="The model's name in the URLs (default: the file name without .onnx; not for a repository)."
+)
 @click.option("--max-body-mb", type=int, default=64, show_default=True, help="The largest request accepted.")
 @click.option(
     "--max-connections",
@@ -628,7 +630,18 @@ def import_command(
     type=click.IntRange(min=1),
     default=1024,
     show_default=True,
-    help="Requests waiting at most; beyond, 503.",
+    help="Requests waiting at most per model version; beyond, 503.",
+)
+@click.option(
+    "--queue-timeout-ms",
+    type=click.IntRange(min=1),
+    help="How long a request may wait in the queue, from its arrival; beyond, 503 (default: no limit).",
+)
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the protocol over gRPC on this port (Triton's is 8001; 0: a free one). Off unless given.",
 )
 @user_errors
 def serve(
@@ -644,14 +657,27 @@ def serve(
     max_batch_size: int,
     max_queue_delay_us: int,
     max_queue_size: int,
+    queue_timeout_ms: int | None,
+    grpc_port: int | None,
 ) -> None:
-    """Serve an ONNX model over HTTP with the Open Inference Protocol (KServe V2)."""
+    """Serve an ONNX model, or every model of a repository folder (Triton's layout: NAME/VERSION/model.onnx
+    or NAME.onnx), over HTTP, and gRPC with --grpc-port, with the Open Inference Protocol (KServe V2)."""
     from netspec.deploy.serve import serve as run_server
 
-    def started(bound_host: str, bound_port: int) -> None:
+    def started(bound_host: str, bound_port: int, bound_grpc: int | None = None) -> None:
+        grpc_text = f" and gRPC {bound_host}:{bound_grpc}" if bound_grpc is not None else ""
+        if Path(model).is_dir():
+            click.echo(
+                f"serving the models in {model} on http://{bound_host}:{bound_port}{grpc_text} (POST "
+                "/v2/models/NAME/infer; POST /v2/repository/index lists them; GET /metrics); Ctrl-C or "
+                "SIGTERM stops",
+                err=True,
+            )
+            return
         model_name = name or Path(model).stem
+        grpc_text = f" and gRPC {bound_host}:{bound_grpc}" if bound_grpc is not None else ""
         click.echo(
-            f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port} "
+            f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port}{grpc_text} "
             f"(POST /v2/models/{model_name}/infer; GET /metrics); Ctrl-C or SIGTERM stops",
             err=True,
         )
@@ -670,6 +696,8 @@ def serve(
         max_queue_delay_us,
         max_queue_size,
         workers,
+        queue_timeout_ms,
+        grpc_port,
     )
 
 

@@ -255,7 +255,7 @@ def test_label_values_are_escaped_in_the_scrape() -> None:
 GOOD = {"name": "data", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
 BAD_REQUESTS = [
     ("GET", "/v2/models/nope", None, {}, 404, "unknown model 'nope'; this server serves 'digits'"),
-    ("GET", "/v2/models/digits/versions/2", None, {}, 404, "unknown version of model 'digits'; it has version 1"),
+    ("GET", "/v2/models/digits/versions/2", None, {}, 404, "unknown version '2' of model 'digits'; it has version 1"),
     (
         "GET",
         "/v3/health",
@@ -358,7 +358,14 @@ BAD_REQUESTS = [
         400,
         "Inference-Header-Content-Length 99 is beyond the 2-byte body",
     ),
-    ("POST", "/v2/models/digits/infer", b"[" * 1000 + b"]" * 1000, {}, 400, "the request's JSON is nested too deeply"),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        b"[" * 10_000 + b"]" * 10_000,
+        {},
+        400,
+        "the request's JSON is nested too deeply",
+    ),
     (
         "POST",
         "/v2/models/digits/infer",
@@ -835,9 +842,16 @@ class GatedRuntime:
 
 @contextlib.contextmanager
 def in_process(runtime: object, name: str = "m", **options: object) -> Iterator[tuple[object, int]]:
+    """A server of `runtime` as model `name` version 1 on a free port; `options`: Batching's and Server's."""
+    import dataclasses
+
+    from netspec.deploy.repository import Batching, Repository
     from netspec.deploy.serve import Server
 
-    server = Server(runtime, name, **{"instances": 4, "max_body": 1 << 20, **options})  # type: ignore[arg-type]
+    fields = {f.name for f in dataclasses.fields(Batching)}
+    models = Repository(Batching(**{"instances": 4, **{k: v for k, v in options.items() if k in fields}}))  # type: ignore[arg-type]
+    models.add(name, "1", runtime)  # type: ignore[arg-type]
+    server = Server(models, **{"max_body": 1 << 20, **{k: v for k, v in options.items() if k not in fields}})  # type: ignore[arg-type]
     bound: list[int] = []
     thread = threading.Thread(target=server.serve, args=("127.0.0.1", 0, lambda host, port: bound.append(port)))
     thread.start()
@@ -956,7 +970,7 @@ def _queued(server: object, runtime: GatedRuntime, first: bytes, rest: list[byte
     replies: list[tuple[int, dict]] = []
     sender = threading.Thread(target=lambda: replies.extend(_send_all(port, rest)))
     sender.start()
-    _wait_for(lambda: len(server.batcher.queue) == len(rest))  # type: ignore[attr-defined]
+    _wait_for(lambda: len(server.models.get("m").batcher.queue) == len(rest))  # type: ignore[attr-defined]
     runtime.gate.set()
     sender.join(60)
     assert _reply(blocker)[0] == 200
@@ -1036,7 +1050,7 @@ def test_a_full_queue_answers_503_at_once() -> None:
         _wait_for(lambda: server.metrics.value("netspec_requests_in_flight") == 1)
         waiting = threading.Thread(target=_send_all, args=(port, [_doc("x", np.ones((1, 2)))] * 2))
         waiting.start()
-        _wait_for(lambda: len(server.batcher.queue) == 2)
+        _wait_for(lambda: len(server.models.get("m").batcher.queue) == 2)
         assert _send_all(port, [_doc("x", np.ones((1, 2)))]) == [
             (503, {"error": "the server's queue holds 2 requests (--max-queue-size); retry later"})
         ]

@@ -11,7 +11,7 @@ supervisor drops its share of the in-flight gauge (mark_process_dead)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -67,6 +67,7 @@ class Metrics:
         # labelled series by their label values: looking one up in the library costs a lock and a check of
         # every value on each request
         self._requests: dict[tuple[str, str, str, int], tuple[Counter, Counter | None]] = {}
+        self._runs: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     def request(self, model: str, version: str, endpoint: str, status: int) -> None:
         key = (model, version, endpoint, status)
@@ -78,23 +79,26 @@ class Metrics:
         if series[1] is not None:
             series[1].inc()
 
-    def observer(self, model: str, version: str) -> Callable[[Execution], None]:
-        """What the batcher of one model version calls after each session run."""
-        inferences = self.inferences.labels(model, version)
-        executions = self.executions.labels(model, version)
-        batch_size = self.batch_size.labels(model, version)
-        queue_seconds = self.queue_seconds.labels(model, version)
-        compute_seconds = self.compute_seconds.labels(model, version)
+    def model(self, name: str, version: str) -> tuple[Any, ...]:
+        """The series of a model version's runs; the server makes them for each model it serves before the
+        first request, so that they are there from the first scrape (at 0), as rate() wants them."""
+        series = self._runs.get((name, version))
+        if series is None:
+            series = self._runs[(name, version)] = tuple(
+                m.labels(name, version)
+                for m in (self.inferences, self.executions, self.batch_size, self.queue_seconds, self.compute_seconds)
+            )
+        return series
 
-        def observe(run: Execution) -> None:
-            inferences.inc(run.requests)
-            executions.inc()
-            batch_size.observe(run.rows)
-            compute_seconds.observe(run.compute_seconds)
-            for seconds in run.queue_seconds:
-                queue_seconds.observe(seconds)
-
-        return observe
+    def execution(self, model: str, version: str, run: Execution) -> None:
+        """One session run of a model version, as its batcher reports it."""
+        inferences, executions, batch_size, queue_seconds, compute_seconds = self.model(model, version)
+        inferences.inc(run.requests)
+        executions.inc()
+        batch_size.observe(run.rows)
+        compute_seconds.observe(run.compute_seconds)
+        for seconds in run.queue_seconds:
+            queue_seconds.observe(seconds)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's value (0 when the series has no sample yet)."""

@@ -147,6 +147,21 @@ class QueueFull(Exception):
     """The batcher's queue holds --max-queue-size requests already."""
 
 
+class QueueTimeout(Exception):
+    """A request waited in the queue longer than --queue-timeout-ms, counted from its own arrival."""
+
+
+class Slots:
+    """The session runs a worker may have going at once (--instances), shared by the batchers of all the
+    models it serves: a worker with many models computes no more runs at once than a worker with one, so
+    instances x threads per run stays within its share of the cores however many models it holds. The
+    batchers also share the lock and the condition that hand the slots out."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self.cond = threading.Condition()
+
+
 @dataclass(eq=False)
 class _Pending:
     feeds: dict[str, np.ndarray]
@@ -170,40 +185,44 @@ class Execution:
 
 
 class Batcher:
-    """Dynamic batching with Triton's semantics. Requests wait in one queue; whenever one of `instances`
-    session slots is free, the thread of a waiting request takes the oldest request and every later one
-    whose inputs agree with it in everything but the first axis (names, datatypes, other dimensions), up to
-    `max_batch_size` rows, concatenates them, runs the session once and splits the outputs back by row. With
-    `max_queue_delay` 0 nothing waits on purpose: a request that finds a slot free runs at once, alone. A
-    merged run that fails is retried request by request, so that each request gets its own answer or error.
-    `batchable` False (a model without a free first axis on every input and output) runs requests one by one
-    through the same queue."""
+    """Dynamic batching with Triton's semantics. Requests wait in one queue; whenever one of the session
+    slots (`instances`: a count, or Slots shared with other models' batchers) is free, the thread of a
+    waiting request takes the oldest request and every later one whose inputs agree with it in everything
+    but the first axis (names, datatypes, other dimensions), up to `max_batch_size` rows, concatenates them,
+    runs the session once and splits the outputs back by row. With `max_queue_delay` 0 nothing waits on
+    purpose: a request that finds a slot free runs at once, alone. A merged run that fails is retried
+    request by request, so that each request gets its own answer or error. With `queue_timeout` (Triton's
+    default_queue_policy timeout), a request still queued that long after its own arrival leaves the queue
+    with QueueTimeout, whatever the requests around it do. `batchable` False (a model without a free first
+    axis on every input and output) runs requests one by one through the same queue."""
 
     def __init__(
         self,
         runtime: Runtime,
-        instances: int,
+        instances: int | Slots,
         max_batch_size: int = 64,
         max_queue_delay: float = 0.0,
         max_queue_size: int = 1024,
         batchable: bool | None = None,
         observe: Callable[[Execution], None] | None = None,
+        queue_timeout: float | None = None,
     ) -> None:
         self.runtime = runtime
-        self.free = instances
+        self.slots = instances if isinstance(instances, Slots) else Slots(instances)
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self.max_queue_size = max_queue_size
+        self.queue_timeout = queue_timeout
         if batchable is None:
             batchable = all(t.shape[:1] == (-1,) for t in [*runtime.inputs, *runtime.outputs])
         self.batchable = batchable and max_batch_size > 1
         self.observe = observe
         self.queue: deque[_Pending] = deque()
-        self.cond = threading.Condition()
+        self.cond = self.slots.cond
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        """The outputs for one request, run alone or merged with others. Raises QueueFull, or what the
-        session raised for this request."""
+        """The outputs for one request, run alone or merged with others. Raises QueueFull, QueueTimeout, or
+        what the session raised for this request."""
         rows = {len(a) for a in feeds.values() if a.ndim > 0}
         mergeable = self.batchable and len(rows) == 1 and 0 < (n := rows.pop()) <= self.max_batch_size
         key = tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items())) if mergeable else None
@@ -217,31 +236,55 @@ class Batcher:
             if self.max_queue_delay > 0:
                 self.cond.notify_all()  # a run waiting to fill up may take this one
             while not item.done:
-                if self.free > 0 and self.queue:
-                    self.free -= 1
+                if self.slots.free > 0 and self.queue:
+                    self.slots.free -= 1
                     batch = self._take()
                     self.cond.release()
                     try:
                         self._execute(batch)
                     finally:
                         self.cond.acquire()
-                        self.free += 1
+                        self.slots.free += 1
                         for done in batch:
                             done.done = True
                         self.cond.notify_all()
-                else:
+                elif self.queue_timeout is None:
                     self.cond.wait()
+                else:
+                    self._expire()
+                    if not item.done:
+                        self.cond.wait(max(0.0, item.arrival + self.queue_timeout - time.monotonic()))
         if item.error is not None:
             raise item.error
         return item.results or []
 
+    def _expire(self) -> None:
+        """Ends the wait of every queued request older than queue_timeout (the lock is held)."""
+        if self.queue_timeout is None:
+            return
+        now = time.monotonic()
+        late = [item for item in self.queue if now - item.arrival >= self.queue_timeout]
+        for item in late:
+            self.queue.remove(item)
+            item.error = QueueTimeout(
+                f"the request waited {(now - item.arrival) * 1000:.0f} ms in the queue, longer than "
+                f"{self.queue_timeout * 1000:g} ms (--queue-timeout-ms); retry later"
+            )
+            item.done = True
+        if late:
+            self.cond.notify_all()
+
     def _take(self) -> list[_Pending]:
         """The next run's requests (the lock is held; waits up to max_queue_delay for a fuller batch)."""
+        self._expire()
+        if not self.queue:
+            return []
         head = self.queue[0]
         if head.key is not None and self.max_queue_delay > 0:
             deadline = head.arrival + self.max_queue_delay
             while (left := deadline - time.monotonic()) > 0 and self._fill(head) < self.max_batch_size:
                 self.cond.wait(left)
+            self._expire()
             if not self.queue:
                 return []
             head = self.queue[0]
