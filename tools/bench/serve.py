@@ -5,14 +5,15 @@ For each number of concurrent clients (--clients, default 1,4,16,64), the client
 each with one keep-alive connection, sending requests back to back for --duration seconds after a warm-up:
 
 - a no-op HTTP server (the standard library's, answering a fixed body): the ceiling the clients and the
-  machine allow, which every other row is divided by;
+  machine allow, which every other column is divided by;
 - `netspec serve` (each --serve-args, repeatable: one server configuration each) with the input as JSON,
   as Triton's binary tensors over HTTP, and over KServe V2 gRPC when the server has --grpc-port (the
   gRPC clients send one serialized ModelInferRequest with raw_input_contents through raw grpcio);
 - onnxruntime called in this process from as many threads, on a session set up as a server worker's is.
 
-Printed: a Markdown table of requests/s, latency p50/p99 (per request, as the client sees it), errors and
-the ratio to the no-op server; then the issue's targets. --quick runs shorter cells (about a minute in all).
+Printed: a Markdown table, a row per number of clients, a column per server: requests/s, the share of the
+no-op server's, latency p50/p99 (per request, as the client sees it) and errors if any; then the issue's
+targets. --quick runs shorter cells (about a minute in all).
 
     python tools/bench/serve.py [--quick] [--clients 1,4,16,64] [--duration 5] [--model FILE.onnx]
         [--serve-args "--workers 1" --serve-args "--workers 2 --max-batch-size 1"]
@@ -228,6 +229,13 @@ class Served:
         self.proc.wait(60)
 
 
+def _cell(cell: Cell | str, ceiling: float) -> str:
+    if isinstance(cell, str):
+        return cell
+    errors = f", {cell.errors} errors" if cell.errors else ""
+    return f"{cell.rate:.0f} ({cell.rate / ceiling:.2f}), {cell.p50:.2f} / {cell.p99:.1f}{errors}"
+
+
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
@@ -293,52 +301,50 @@ def main() -> None:
         for c in counts:
             cell = drive(_http_client, c, warmup, duration, noop_port, path, b"{}", {})
             ceiling[c] = cell.rate
-            rows.append((c, "no-op HTTP server (the ceiling)", cell))
+            rows.append((c, "no-op server (the ceiling)", cell))
         noop.terminate()
 
         for serve_args in args.serve_args or [""]:
-            label = f"netspec serve {serve_args}".rstrip()
+            label = f" ({serve_args})" if serve_args else ""
             served = Served(model, [*shlex.split(serve_args), *([] if no_grpc else ["--grpc-port", "0"])])
             try:
                 for c in counts:
                     json_http = (served.port, path, as_json, {"Content-Type": "application/json"})
-                    rows.append((c, f"{label}, JSON", drive(_http_client, c, warmup, duration, *json_http)))
+                    rows.append((c, f"JSON{label}", drive(_http_client, c, warmup, duration, *json_http)))
                     binary_http = (served.port, path, *binary)
-                    rows.append((c, f"{label}, binary", drive(_http_client, c, warmup, duration, *binary_http)))
+                    rows.append((c, f"binary{label}", drive(_http_client, c, warmup, duration, *binary_http)))
                     if served.grpc_port is None:
-                        rows.append((c, f"{label}, gRPC", f"{NOT_AVAILABLE} ({no_grpc or 'no gRPC port printed'})"))
+                        rows.append((c, f"gRPC{label}", f"{NOT_AVAILABLE} ({no_grpc or 'no gRPC port printed'})"))
                         continue
                     grpc_args = (served.grpc_port, name, spec.name, x)
-                    rows.append((c, f"{label}, gRPC", drive(_grpc_client, c, warmup, duration, *grpc_args)))
+                    rows.append((c, f"gRPC{label}", drive(_grpc_client, c, warmup, duration, *grpc_args)))
             finally:
                 served.stop()
 
         for c in counts:
-            rows.append((c, "onnxruntime in-process, a thread per client", in_process(model, c, warmup, duration, x)))
+            rows.append((c, "onnxruntime in-process", in_process(model, c, warmup, duration, x)))
 
-    print("| clients | server | requests/s | p50 ms | p99 ms | errors | of no-op |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for c, what, cell in sorted(rows, key=lambda row: row[0]):  # stable: each count's rows in the order run
-        if isinstance(cell, str):
-            print(f"| {c} | {what} | {cell} | | | | |")
-        else:
-            print(
-                f"| {c} | {what} | {cell.rate:.0f} | {cell.p50:.3f} | {cell.p99:.3f} | {cell.errors} | "
-                f"{cell.rate / ceiling[c]:.2f} |"
-            )
+    columns = list(dict.fromkeys(what for _, what, _ in rows))
+    print("requests/s (share of the no-op server's), p50 / p99 latency in ms\n")
+    print(f"| clients | {' | '.join(columns)} |")
+    print(f"| ---: |{' --- |' * len(columns)}")
+    for c in dict.fromkeys(counts):
+        cells = {what: cell for n, what, cell in rows if n == c}
+        print(f"| {c} | {' | '.join(_cell(cells[what], ceiling[c]) for what in columns)} |")
     print()
     for c, what, cell in rows:
-        mode = what.rpartition(", ")[2]
+        mode = what.split(" ")[0]
         if mode not in TARGETS or isinstance(cell, str):
             continue
         share, p50 = TARGETS[mode]
         if c == 16:
             ratio, tail = cell.rate / ceiling[c], cell.p99 / cell.p50
             print(
-                f"{what} at 16 clients: {ratio:.2f} of the no-op server (aim >= {share}), p99/p50 {tail:.1f} (aim <= 3)"
+                f"{what} at 16 clients: {ratio:.2f} of the no-op server's requests/s (aim >= {share}), "
+                f"p99/p50 {tail:.1f} (aim <= 3)"
             )
         if c == 1:
-            print(f"{what} at 1 client: p50 {cell.p50:.3f} ms (aim <= {p50})")
+            print(f"{what} at 1 client: p50 {cell.p50:.3f} ms (aim <= {p50} ms)")
 
 
 if __name__ == "__main__":
