@@ -250,6 +250,16 @@ def test_label_values_are_escaped_in_the_scrape() -> None:
     assert {s.labels.get("model") for f in families for s in f.samples} == {None, name}  # None: the gauge
 
 
+def test_a_metrics_folder_that_is_not_one_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from netspec.deploy.metrics import Metrics
+    from netspec.errors import DataError
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "none"))
+    with pytest.raises(DataError) as caught:
+        Metrics()
+    assert caught.value.msg == f"PROMETHEUS_MULTIPROC_DIR names '{tmp_path / 'none'}', which is not a folder"
+
+
 # ---- bad requests ----------------------------------------------------------------------------------------
 
 GOOD = {"name": "data", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from netspec.deploy.runtime import Execution
+from netspec.errors import DataError
 
 SHARED = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's name for the workers' shared folder
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
@@ -37,6 +38,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         shared = os.environ.get(SHARED)
         if shared:
+            if not os.path.isdir(shared):
+                raise DataError(
+                    f"{SHARED} names '{shared}', which is not a folder",
+                    hint="make it, or unset it (with --workers N, netspec serve gives the workers a folder itself)",
+                )
             MultiProcessCollector(self.registry, shared)
         own = None if shared else self.registry
         self.requests = Counter(
