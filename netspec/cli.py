@@ -675,7 +675,6 @@ def serve(
             )
             return
         model_name = name or Path(model).stem
-        grpc_text = f" and gRPC {bound_host}:{bound_grpc}" if bound_grpc is not None else ""
         click.echo(
             f"serving {model} as '{model_name}' on http://{bound_host}:{bound_port}{grpc_text} "
             f"(POST /v2/models/{model_name}/infer; GET /metrics); Ctrl-C or SIGTERM stops",

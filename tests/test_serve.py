@@ -41,11 +41,10 @@ class Served:
             preexec_fn=preexec_fn,
         )
         assert self.proc.stderr is not None
-        line = ""
-        while not (found := re.search(r"on http://127\.0\.0\.1:(\d+) ", line)):  # a --name may hold newlines
-            more = self.proc.stderr.readline()
-            assert more, line
-            line += more
+        self.log: list[str] = []  # what it said before it listened (a repository's skipped models)
+        while not (found := re.search(r"on http://127\.0\.0\.1:(\d+) ", line := self.proc.stderr.readline())):
+            assert line, self.log
+            self.log.append(line)
         self.port = int(found.group(1))
 
     def request(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import random
 import re
 import signal
@@ -340,22 +341,45 @@ def test_hundreds_of_malformed_messages_get_codes_and_the_server_stays_up(server
     assert server.call("ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
 
 
-def test_every_worker_serves_grpc_on_the_port(server: GrpcServed) -> None:
-    """Each worker process has a listening socket of its own on the gRPC port (SO_REUSEPORT)."""
+def _listening(server: GrpcServed) -> dict[str, bool]:
+    """The server's worker processes, and whether each has a listening socket of its own on the gRPC port."""
     children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
-    assert len(children) == 2
-    listening = set()
+    inodes = set()
     table = Path("/proc/net/tcp").read_text().splitlines()[1:] + Path("/proc/net/tcp6").read_text().splitlines()[1:]
     for line in table:  # grpcio listens on 127.0.0.1 through an IPv6 socket (::ffff:127.0.0.1)
         fields = line.split()
         if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == server.grpc_port:  # 0A: LISTEN
-            listening.add(fields[9])  # the socket's inode
-    assert len(listening) == 2
+            inodes.add(f"socket:[{fields[9]}]")
+    out = {}
     for pid in children:
-        sockets = {
-            p.readlink().name for p in Path(f"/proc/{pid}/fd").iterdir() if p.readlink().name.startswith("socket:")
-        }
-        assert {f"socket:[{inode}]" for inode in listening} & sockets, pid
+        sockets = set()
+        with contextlib.suppress(OSError):  # a process that ended, or a file closed meanwhile
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                sockets.add(fd.readlink().name)
+        out[pid] = bool(inodes & sockets)
+    return out
+
+
+def test_every_worker_serves_grpc_on_the_port(server: GrpcServed) -> None:
+    listening = _listening(server)
+    assert list(listening.values()) == [True, True], listening
+
+
+def test_a_killed_worker_is_replaced_and_grpc_keeps_answering(server: GrpcServed) -> None:
+    victim, survivor = _listening(server)
+    os.kill(int(victim), signal.SIGKILL)
+    _wait_for(lambda: not _listening(server).get(victim))  # connections queued on its socket die with it
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        live = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerLive",
+            request_serializer=pb.ServerLiveRequest.SerializeToString,
+            response_deserializer=pb.ServerLiveResponse.FromString,
+        )
+        assert live(pb.ServerLiveRequest(), timeout=30, wait_for_ready=True).live  # the survivor answers
+    _wait_for(lambda: len(after := _listening(server)) == 2 and all(after.values()) and victim not in after)
+    assert survivor in _listening(server)
+    answer = server.call("ModelInfer", _raw_request(_images(2)))
+    assert list(answer.outputs[0].shape) == [2, 10]
 
 
 def test_a_taken_grpc_port_is_a_clear_error(server: GrpcServed, digits_onnx: Path) -> None:
@@ -467,6 +491,15 @@ def test_tritonclient_reaches_every_model_and_version_of_a_repository(repository
             assert client.infer(name, [value]).get_response().model_version == latest  # no version: the latest
             meta = client.get_model_metadata(name, as_json=True)
             assert meta["versions"] == sorted(versions, key=int)
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert index[0]["name"] == "broken" and index[0]["state"] == "UNAVAILABLE"
+        assert index[0]["reason"].startswith("onnxruntime cannot load ")
+        ready = [{"name": n, "version": v, "state": "READY"} for n in sorted(FACTORS) for v in FACTORS[n]]
+        assert index[1:] == ready  # protobuf's JSON leaves out empty fields: no reason
+        only_ready = repository.call(
+            "RepositoryIndex", pb.RepositoryIndexRequest(ready=True), pb.RepositoryIndexResponse
+        )
+        assert [(m.name, m.version, m.state) for m in only_ready.models] == [tuple(r.values()) for r in ready]
         assert not client.is_model_ready("broken")
         with pytest.raises(triton.InferenceServerException) as refused:
             client.infer("broken", [value])

@@ -5,10 +5,10 @@ under it: how a folder is read, the session slots the models share, and the queu
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,21 +56,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(folder: Path) -> Iterator[tuple[Served, list[str]]]:
-    """The repository behind two worker processes, and what the server logged before it listened."""
-    served = Served.__new__(Served)
-    served.proc = subprocess.Popen(
-        [sys.executable, "-m", "netspec.cli", "serve", str(folder), "--port", "0", "--workers", "2"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert served.proc.stderr is not None
-    log = []
-    while not (found := re.search(r"on http://127\.0\.0\.1:(\d+) ", line := served.proc.stderr.readline())):
-        assert line, log
-        log.append(line)
-    served.port = int(found.group(1))
-    yield served, log
+def server(folder: Path) -> Iterator[Served]:
+    """The repository behind two worker processes."""
+    served = Served(folder, "--workers", "2")
+    yield served
     code, err = served.stop()
     assert code == 0 and "Traceback" not in err, err
 
@@ -81,8 +70,8 @@ def _infer(served: Served, path: str, rows: int = 1) -> tuple[int, dict]:
     return served.json("POST", path, doc)
 
 
-def test_the_index_lists_every_version_with_its_state(server: tuple[Served, list[str]], folder: Path) -> None:
-    served, log = server
+def test_the_index_lists_every_version_with_its_state(server: Served, folder: Path) -> None:
+    served = server
     status, index = served.json("POST", "/v2/repository/index")
     assert status == 200
     broken = index.pop(0)
@@ -99,11 +88,11 @@ def test_the_index_lists_every_version_with_its_state(server: tuple[Served, list
     ]
     assert served.json("POST", "/v2/repository/index", {"ready": True}) == (200, index)
     # the skipped model is logged once (by one worker of the two), before the server listens
-    assert log == [f"netspec serve: model 'broken' version 1 is not served: {broken['reason']}\n"]
+    assert served.log == [f"netspec serve: model 'broken' version 1 is not served: {broken['reason']}\n"]
 
 
-def test_each_version_answers_and_the_latest_is_the_default(server: tuple[Served, list[str]]) -> None:
-    served, _ = server
+def test_each_version_answers_and_the_latest_is_the_default(server: Served) -> None:
+    served = server
     for name, versions in FACTORS.items():
         for version, factor in versions.items():
             status, doc = _infer(served, f"/v2/models/{name}/versions/{version}/infer", rows=2)
@@ -124,8 +113,8 @@ def test_each_version_answers_and_the_latest_is_the_default(server: tuple[Served
     assert (status, doc["model_version"], doc["outputs"][0]["data"]) == (200, "1", [0.0, 7.0])
 
 
-def test_metadata_of_a_model_lists_its_versions(server: tuple[Served, list[str]]) -> None:
-    served, _ = server
+def test_metadata_of_a_model_lists_its_versions(server: Served) -> None:
+    served = server
     tensors = {
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
@@ -138,8 +127,8 @@ def test_metadata_of_a_model_lists_its_versions(server: tuple[Served, list[str]]
     )
 
 
-def test_unknown_and_unavailable_models_are_told_apart(server: tuple[Served, list[str]]) -> None:
-    served, _ = server
+def test_unknown_and_unavailable_models_are_told_apart(server: Served) -> None:
+    served = server
     known = "'broken', 'double', 'half', 'plain', 'triple'"
     assert _infer(served, "/v2/models/nope/infer") == (
         404,
@@ -164,10 +153,10 @@ def test_unknown_and_unavailable_models_are_told_apart(server: tuple[Served, lis
     )
 
 
-def test_tritonclient_against_a_repository_model(server: tuple[Served, list[str]]) -> None:
+def test_tritonclient_against_a_repository_model(server: Served) -> None:
     import tritonclient.http as triton
 
-    served, _ = server
+    served = server
     client = triton.InferenceServerClient(f"127.0.0.1:{served.port}")
     try:
         assert client.is_model_ready("half", "1") and client.is_model_ready("half")
@@ -188,6 +177,23 @@ def test_tritonclient_against_a_repository_model(server: tuple[Served, list[str]
             assert result.get_response()["model_version"] == (version or "3")
     finally:
         client.close()
+
+
+def test_curl_with_a_large_json_body(server: Served, tmp_path: Path) -> None:
+    x = (np.arange(300_000, dtype=np.float32) % 7).reshape(-1, 2)  # over 1 MiB of JSON: curl sends Expect
+    doc = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    (tmp_path / "body").write_text(json.dumps(doc))
+    assert (tmp_path / "body").stat().st_size > 2**20
+    url = f"http://127.0.0.1:{server.port}/v2/models/triple/versions/10/infer"
+    run = subprocess.run(
+        ["curl", "-sS", "-v", "--data-binary", f"@{tmp_path / 'body'}", "-H", "Content-Type: application/json", url],
+        capture_output=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and b"< HTTP/1.1 100 Continue" in run.stderr, run.stderr
+    answer = json.loads(run.stdout)
+    assert (answer["model_version"], answer["outputs"][0]["shape"]) == ("10", [150_000, 2])
+    np.testing.assert_array_equal(np.array(answer["outputs"][0]["data"], dtype=np.float32), x.ravel() * 30)
 
 
 # ---- reading a folder ------------------------------------------------------------------------------------
@@ -211,7 +217,7 @@ def test_what_a_folder_holds_and_what_is_skipped(tmp_path: Path) -> None:
         },
         {"name": "nofile", "version": "4", "state": "UNAVAILABLE", "reason": "nofile/4/ has no model.onnx"},
     ]
-    assert models.get("a").version == models.get("a", "1").version == "1"
+    assert models.get("a").version == models.get("a", "1").version == models.get("a", "01").version == "1"
     with pytest.raises(ModelUnavailable, match=r"^model 'nofile' has no version ready: nofile/4/ has no model\.onnx$"):
         models.get("nofile")
     with pytest.raises(ModelNotFound, match=r"^unknown version '2' of model 'a'; it has version 1$"):
@@ -222,7 +228,10 @@ def test_a_folder_that_cannot_be_served_is_a_clear_error(tmp_path: Path) -> None
     (tmp_path / "x").mkdir()
     with pytest.raises(NetspecError) as caught:
         Repository.load(str(tmp_path))
-    assert caught.value.msg == f"no model in '{tmp_path}' can be served; model 'x': x/ has no version folder (x/1/model.onnx)"
+    assert (
+        caught.value.msg
+        == f"no model in '{tmp_path}' can be served; model 'x': x/ has no version folder (x/1/model.onnx)"
+    )
     with pytest.raises(NetspecError) as caught:
         Repository.load(str(tmp_path), name="m")
     assert caught.value.msg == (
@@ -322,4 +331,3 @@ def test_a_repository_of_one_file_is_the_model_as_before(tmp_path: Path) -> None
     assert [(m.name, m.version) for m in models.models()] == [("s", "1")]
     assert models.metadata("s")["versions"] == ["1"]
     assert isinstance(models.get("s").runtime, Runtime)
-

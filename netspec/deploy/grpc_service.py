@@ -72,7 +72,7 @@ class Refused(Exception):
 
 
 def start(server: Server, host: str, port: int, reuse_port: bool) -> tuple[grpc.Server, int]:
-    """A running gRPC server for `server`'s model on host:port, and the port it took (port 0: a free one).
+    """A running gRPC server for `server`'s models on host:port, and the port it took (port 0: a free one).
     With `reuse_port` it joins the other workers' sockets on the port (SO_REUSEPORT); without, a port that is
     taken is an error rather than shared."""
     service = InferenceService(server)
@@ -113,6 +113,7 @@ class InferenceService:
             "ServerMetadata": (pb.ServerMetadataRequest, self.server_metadata),
             "ModelMetadata": (pb.ModelMetadataRequest, self.model_metadata),
             "ModelInfer": (pb.ModelInferRequest, self.model_infer),
+            "RepositoryIndex": (pb.RepositoryIndexRequest, self.repository_index),
         }
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -196,6 +197,10 @@ class InferenceService:
             inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
         )
+
+    def repository_index(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+        rows = self.server.models.index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     # ---- inference ----------------------------------------------------------------------------------------
 

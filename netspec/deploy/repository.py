@@ -115,7 +115,7 @@ class Repository:
     ) -> Repository:
         """The models at `path`: one ONNX file (served as `name`, default its stem, version 1; a file that
         cannot be loaded is an error, as before repositories) or a repository folder (models that cannot be
-        loaded are recorded and skipped; a folder with no model at all is an error)."""
+        loaded are recorded and skipped; a folder where none can be loaded is an error)."""
         repository = cls(batching or Batching())
         root = Path(path)
         if not root.is_dir():
@@ -179,6 +179,7 @@ class Repository:
             known = ", ".join(f"'{n}'" for n in self.entries) or "none"
             raise ModelNotFound(f"unknown model '{name[:80]}'; this server serves {known}")
         if version:
+            version = str(int(version)) if version.isdigit() else version  # "01" is version 1, as in Triton
             entry = versions.get(version)
             if entry is None:
                 numbered = [v for v in versions if v]  # not "": a model file without a version

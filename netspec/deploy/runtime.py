@@ -169,6 +169,7 @@ class _Pending:
     key: tuple[Any, ...] | None  # requests with equal keys may share a run; None: runs alone
     rows: int
     arrival: float = field(default_factory=time.monotonic)
+    taken: bool = False  # into a run: its queue deadline no longer applies
     done: bool = False
     results: list[np.ndarray] | None = None
     error: Exception | None = None
@@ -190,7 +191,8 @@ class Batcher:
     waiting request takes the oldest request and every later one whose inputs agree with it in everything
     but the first axis (names, datatypes, other dimensions), up to `max_batch_size` rows, concatenates them,
     runs the session once and splits the outputs back by row. With `max_queue_delay` 0 nothing waits on
-    purpose: a request that finds a slot free runs at once, alone. A merged run that fails is retried
+    purpose: a request that finds a slot free runs at once, alone (a run waiting up to max_queue_delay for
+    a fuller batch holds its slot meanwhile). A merged run that fails is retried
     request by request, so that each request gets its own answer or error. With `queue_timeout` (Triton's
     default_queue_policy timeout), a request still queued that long after its own arrival leaves the queue
     with QueueTimeout, whatever the requests around it do. `batchable` False (a model without a free first
@@ -253,7 +255,8 @@ class Batcher:
                 else:
                     self._expire()
                     if not item.done:
-                        self.cond.wait(max(0.0, item.arrival + self.queue_timeout - time.monotonic()))
+                        left = item.arrival + self.queue_timeout - time.monotonic()
+                        self.cond.wait(None if item.taken else max(0.0, left))
         if item.error is not None:
             raise item.error
         return item.results or []
@@ -289,6 +292,7 @@ class Batcher:
                 return []
             head = self.queue[0]
         batch = [self.queue.popleft()]
+        head.taken = True
         if head.key is None:
             return batch
         rows = head.rows
@@ -297,6 +301,7 @@ class Batcher:
                 break
             if item.key == head.key and rows + item.rows <= self.max_batch_size:
                 self.queue.remove(item)
+                item.taken = True
                 batch.append(item)
                 rows += item.rows
         return batch

@@ -1,24 +1,27 @@
-"""`netspec serve`: an ONNX model behind the Open Inference Protocol (KServe V2) over HTTP.
+"""`netspec serve`: an ONNX model, or the models of a repository folder (repository.Repository), behind the
+Open Inference Protocol (KServe V2) over HTTP.
 
 Endpoints: GET /v2/health/live, /v2/health/ready, /v2 (server metadata), /v2/models/{name}[/versions/{v}]
-(model metadata), .../ready, POST .../infer, and GET /metrics (Prometheus text). Tensors travel as JSON
-(`data`, flat or nested, row-major) or with Triton's binary tensor extension (a JSON header of
-`Inference-Header-Content-Length` bytes, then raw little-endian tensors; `binary_data_output` or an
-output's `binary_data` asks for binary outputs).
+(model metadata; without a version, the latest READY one), .../ready, POST .../infer, POST
+/v2/repository/index (Triton's list of model versions and their states), and GET /metrics (Prometheus
+text). Tensors travel as JSON (`data`, flat or nested, row-major) or with Triton's binary tensor extension
+(a JSON header of `Inference-Header-Content-Length` bytes, then raw little-endian tensors;
+`binary_data_output` or an output's `binary_data` asks for binary outputs).
 
 HTTP/1.1 is parsed by httptools (llhttp, Node.js's parser: framing, chunked bodies, pipelining, Connection
 tokens, Content-Length and Transfer-Encoding conflicts); this module adds size and time limits and
 Expect: 100-continue, and writes the answers itself. h11 was measured too: its pure-Python parsing cost
 about ten times as much per request. With --workers N, a supervisor process (Supervisor) runs N worker
-processes, each with its own onnxruntime session and its own SO_REUSEPORT socket on the port. In a worker,
+processes, each with its own onnxruntime sessions and its own SO_REUSEPORT socket on the port. In a worker,
 each connection has a thread that reads a request, runs it and writes the answer with blocking calls:
 onnxruntime and socket I/O release the GIL, so connections run in parallel, and for small models this
 costs far less per request than an event loop handing work to a thread pool (measured in
-tools/bench/serve.py). At most --instances runs go at once; requests that wait for one are merged into
-batches (runtime.Batcher). Every bad request gets a 4xx JSON error that says what was wrong, and the server
+tools/bench/serve.py). At most --instances runs go at once, whatever the model; requests that wait for
+one are merged into batches per model version (runtime.Batcher), and leave the queue with a 503 after
+--queue-timeout-ms. Every bad request gets a 4xx JSON error that says what was wrong, and the server
 keeps serving; slow or idle clients make room for new ones at the connection limit. SIGTERM (or Ctrl-C)
 stops accepting connections, lets the requests in flight finish, and exits. With --grpc-port, each worker
-also answers the protocol over gRPC (grpc_service), through the same batcher.
+also answers the protocol over gRPC (grpc_service), through the same batchers.
 """
 
 from __future__ import annotations
@@ -828,8 +831,7 @@ def serve(
     from netspec.deploy.runtime import physical_cores
 
     workers = workers or physical_cores()
-    if not Path(model).is_file() and not Path(model).is_dir():  # before the port is taken: a worker would
-        # say the same, later
+    if not Path(model).exists():  # before the port is taken: a worker would say the same, later
         raise DataError(f"model file '{model}' does not exist")
     if grpc_port is not None:  # both ports now: taken ones are clear errors, and two 0s are two free ports
         port, grpc_port = _reserve(host, [(port, "--port"), (grpc_port, "--grpc-port")])
