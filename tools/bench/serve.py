@@ -67,14 +67,11 @@ class Cell:
 # ---- clients ---------------------------------------------------------------------------------------------
 
 
-def _http_client(
-    port: int, path: str, body: bytes, headers: dict[str, str], times: tuple[float, float, float], out: mp.Queue
-) -> None:
-    begin, measure, until = times
+def _http_client(port: int, path: str, body: bytes, headers: dict[str, str], start: Start, out: mp.Queue) -> None:
     latencies, errors = [], 0
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    time.sleep(max(0.0, begin - time.monotonic()))
-    while (start := time.monotonic()) < until:
+    measure, until = start.wait()
+    while (sent := time.monotonic()) < until:
         try:
             conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
@@ -84,8 +81,8 @@ def _http_client(
             conn.close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             ok = False
-        if start >= measure:
-            latencies.append(time.monotonic() - start)
+        if sent >= measure:
+            latencies.append(time.monotonic() - sent)
             errors += not ok
     conn.close()
     out.put((latencies, errors))
@@ -102,36 +99,47 @@ def _grpc_request(model: str, name: str, x: np.ndarray) -> bytes:
     return request.SerializeToString()
 
 
-def _grpc_client(
-    port: int, model: str, name: str, x: np.ndarray, times: tuple[float, float, float], out: mp.Queue
-) -> None:
+def _grpc_client(port: int, model: str, name: str, x: np.ndarray, start: Start, out: mp.Queue) -> None:
     import grpc  # here, not in the parent: grpcio's state must not cross a fork
 
     request = _grpc_request(model, name, x)
-    begin, measure, until = times
     latencies, errors = [], 0
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
-        time.sleep(max(0.0, begin - time.monotonic()))
-        while (start := time.monotonic()) < until:
+        measure, until = start.wait()
+        while (sent := time.monotonic()) < until:
             try:
                 infer(request, timeout=60)
                 ok = True
             except grpc.RpcError:
                 ok = False
-            if start >= measure:
-                latencies.append(time.monotonic() - start)
+            if sent >= measure:
+                latencies.append(time.monotonic() - sent)
                 errors += not ok
     out.put((latencies, errors))
 
 
+class Start:
+    """Lets client processes start together once all of them are up (however long forking them took), warm
+    up, then measure."""
+
+    def __init__(self, clients: int, warmup: float, duration: float) -> None:
+        self.barrier = _FORK.Barrier(clients)
+        self.warmup, self.duration = warmup, duration
+
+    def wait(self) -> tuple[float, float]:
+        """When to begin measuring and when to stop (the clock is the machine's, the same in every process)."""
+        self.barrier.wait()
+        measure = time.monotonic() + self.warmup
+        return measure, measure + self.duration
+
+
 def drive(client: object, clients: int, warmup: float, duration: float, *args: object) -> Cell:
-    """Client processes (no shared GIL) that start together once all are up, warm up, then measure."""
+    """Client processes (no shared GIL) that start together, warm up, then measure."""
     out: mp.Queue = _FORK.Queue()
-    begin = time.monotonic() + 1.0 + 0.03 * clients
-    times = (begin, begin + warmup, begin + warmup + duration)
-    procs = [_FORK.Process(target=client, args=(*args, times, out)) for _ in range(clients)]
+    start = Start(clients, warmup, duration)
+    procs = [_FORK.Process(target=client, args=(*args, start, out)) for _ in range(clients)]
     for p in procs:
         p.start()
     results = [out.get() for _ in procs]
