@@ -249,6 +249,28 @@ def test_label_values_are_escaped_in_the_scrape() -> None:
     assert {s.labels.get("model") for f in families for s in f.samples} == {None, name}  # None: the gauge
 
 
+def test_label_values_survive_the_workers_shared_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Multiprocess mode keeps label values in its files' keys and reads them back for every scrape."""
+    from prometheus_client import values
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from netspec.deploy.metrics import Metrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())  # what a worker's import chooses
+    name = 'say "hi"\\now\n'
+    metrics = Metrics()
+    metrics.model(name, "1")
+    metrics.request(name, "1", "infer", 200)
+    text = metrics.text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{kind}_{os.getpid()}.db" for kind in ("counter", "gauge_livesum", "histogram")
+    ]
+    families = list(text_string_to_metric_families(text.decode()))
+    assert {s.labels.get("model") for f in families for s in f.samples} == {None, name}
+    assert _metric(text, "netspec_requests_total", model=name, version="1", endpoint="infer", code="200") == 1
+
+
 def test_a_metrics_folder_that_is_not_one_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from netspec.deploy.metrics import Metrics
     from netspec.errors import DataError
