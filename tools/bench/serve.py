@@ -13,7 +13,7 @@ each with one keep-alive connection, sending requests back to back for --duratio
 
 Printed: a Markdown table, a row per number of clients, a column per server: requests/s, the share of the
 no-op server's, latency p50/p99 (per request, as the client sees it) and errors if any; then the issue's
-targets. --quick runs shorter cells (about a minute in all).
+targets. A run takes about three minutes; --quick, with shorter cells, about two.
 
     python tools/bench/serve.py [--quick] [--clients 1,4,16,64] [--duration 5] [--model FILE.onnx]
         [--serve-args "--workers 1" --serve-args "--workers 2 --max-batch-size 1"]
@@ -251,7 +251,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="1,4,16,64", help="numbers of concurrent clients, comma-separated")
     parser.add_argument("--duration", type=float, help="seconds measured per cell (default 5; --quick 1.5)")
-    parser.add_argument("--quick", action="store_true", help="short cells: the whole run in about a minute")
+    parser.add_argument("--quick", action="store_true", help="shorter cells: the whole run in about two minutes")
     parser.add_argument("--model", help="an ONNX model with one FP32 input (default: LeNet exported by netspec)")
     parser.add_argument(
         "--serve-args", action="append", help="options for `netspec serve` (repeatable: one configuration each)"
