@@ -352,12 +352,23 @@ def _listening(server: GrpcServed) -> dict[str, bool]:
             inodes.add(f"socket:[{fields[9]}]")
     out = {}
     for pid in children:
+        fds: list[Path] = []
+        with contextlib.suppress(OSError):  # a process that has ended
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
         sockets = set()
-        with contextlib.suppress(OSError):  # a process that ended, or a file closed meanwhile
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
+        for fd in fds:
+            with contextlib.suppress(OSError):  # closed meanwhile
                 sockets.add(fd.readlink().name)
         out[pid] = bool(inodes & sockets)
     return out
+
+
+def _dead(pid: str) -> bool:
+    """Whether a process has ended (a zombie not yet reaped, or gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_every_worker_serves_grpc_on_the_port(server: GrpcServed) -> None:
@@ -368,8 +379,11 @@ def test_every_worker_serves_grpc_on_the_port(server: GrpcServed) -> None:
 def test_a_killed_worker_is_replaced_and_grpc_keeps_answering(server: GrpcServed) -> None:
     victim, survivor = _listening(server)
     os.kill(int(victim), signal.SIGKILL)
-    _wait_for(lambda: not _listening(server).get(victim))  # connections queued on its socket die with it
-    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+    _wait_for(lambda: _dead(victim))  # connections queued on its socket die with it
+    # a connection of its own: grpcio shares connections among a process's channels, and one made earlier to
+    # the killed worker fails its next call (UNAVAILABLE, which clients retry)
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=own) as channel:
         live = channel.unary_unary(
             "/inference.GRPCInferenceService/ServerLive",
             request_serializer=pb.ServerLiveRequest.SerializeToString,
@@ -378,8 +392,9 @@ def test_a_killed_worker_is_replaced_and_grpc_keeps_answering(server: GrpcServed
         assert live(pb.ServerLiveRequest(), timeout=30, wait_for_ready=True).live  # the survivor answers
     _wait_for(lambda: len(after := _listening(server)) == 2 and all(after.values()) and victim not in after)
     assert survivor in _listening(server)
-    answer = server.call("ModelInfer", _raw_request(_images(2)))
-    assert list(answer.outputs[0].shape) == [2, 10]
+    with _channel(server.grpc_port, own) as infer:
+        request = _raw_request(_images(2))
+        assert [list(infer(request, timeout=30).outputs[0].shape) for _ in range(8)] == [[2, 10]] * 8
 
 
 def test_a_taken_grpc_port_is_a_clear_error(server: GrpcServed, digits_onnx: Path) -> None:
@@ -394,8 +409,8 @@ def test_a_taken_grpc_port_is_a_clear_error(server: GrpcServed, digits_onnx: Pat
 
 
 @contextlib.contextmanager
-def _channel(port: int) -> Iterator[Any]:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+def _channel(port: int, options: list[tuple[str, Any]] | None = None) -> Iterator[Any]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
     try:
         yield channel.unary_unary(
             "/inference.GRPCInferenceService/ModelInfer",
@@ -548,7 +563,8 @@ def test_a_full_queue_is_unavailable_and_a_stop_lets_the_call_in_flight_finish()
         _wait_for(lambda: not server.ready)  # type: ignore[attr-defined]
         with pytest.raises(grpc.RpcError) as refused:  # a stopping server takes no new call
             infer(_small(1), timeout=60)
-        assert refused.value.code() == Code.UNAVAILABLE  # type: ignore[attr-defined]
+        # grpcio cancels a call that arrives while its server stops, and refuses one that arrives after
+        assert refused.value.code() in (Code.UNAVAILABLE, Code.CANCELLED)  # type: ignore[attr-defined]
         runtime.gate.set()
         for call in calls:
             call.join(60)
