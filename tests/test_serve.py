@@ -90,6 +90,18 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 16, (n, 1, 8, 8)).astype(np.float32)
 
 
+def _metric(text: str | bytes, name: str, **labels: str) -> float:
+    """One sample of a /metrics page, read with prometheus-client's parser (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = text.decode() if isinstance(text, bytes) else text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
 def _infer_doc(x: np.ndarray, **extra: object) -> dict:
     return {
         "inputs": [{"name": "data", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
@@ -194,22 +206,23 @@ def test_tritonclient(server: Served, reference: ort.InferenceSession) -> None:
 
 
 def test_metrics_count_requests_errors_and_latency(server: Served) -> None:
-    def value(text: str, name: str) -> float:
-        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-        return float(found.group(1)) if found else 0.0
-
-    status, headers, body = server.request("GET", "/metrics")
-    before = body.decode()
+    _, _, before = server.request("GET", "/metrics")
     for _ in range(3):
         server.json("POST", "/v2/models/digits/infer", _infer_doc(_images(1)))
     server.request("POST", "/v2/models/digits/infer", b"{")
-    status, headers, body = server.request("GET", "/metrics")
-    after = body.decode()
-    assert status == 200 and headers["content-type"].startswith("text/plain")
-    ok = 'netspec_requests_total{model="digits",endpoint="infer",code="200"}'
-    assert value(after, ok) - value(before, ok) == 3
-    errors = 'netspec_request_errors_total{model="digits"}'
-    assert value(after, errors) - value(before, errors) == 1
+    server.request("GET", "/v2/models/nope")
+    status, headers, after = server.request("GET", "/metrics")
+    assert status == 200 and headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+    def change(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    digits = {"model": "digits", "version": "1"}
+    assert change("netspec_requests_total", **digits, endpoint="infer", code="200") == 3
+    assert change("netspec_requests_total", **digits, endpoint="error", code="400") == 1
+    assert change("netspec_requests_total", model="", version="", endpoint="error", code="404") == 1  # no model
+    assert change("netspec_request_errors_total", **digits) == 1
+    assert change("netspec_request_errors_total", model="", version="") == 1
     for name in (
         "netspec_inference_count_total",
         "netspec_execution_count_total",
@@ -217,11 +230,55 @@ def test_metrics_count_requests_errors_and_latency(server: Served) -> None:
         "netspec_compute_seconds_count",
         "netspec_batch_size_count",
     ):
-        count = name + '{model="digits"}'
-        assert value(after, count) - value(before, count) == 3, name  # one client: nothing to batch
-    ones = 'netspec_batch_size_bucket{model="digits",le="1"}'
-    assert value(after, ones) - value(before, ones) == 3
-    assert "# TYPE netspec_compute_seconds histogram" in after
+        assert change(name, **digits) == 3, name  # one client: nothing to batch
+    assert change("netspec_batch_size_bucket", **digits, le="1.0") == 3
+    assert change("netspec_batch_size_sum", **digits) == 3
+    assert "# TYPE netspec_compute_seconds histogram" in after.decode()
+
+
+def test_label_values_are_escaped_in_the_scrape() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    name = 'say "hi"\\now\n'  # a quote, a backslash and a newline
+    runtime = GatedRuntime()
+    runtime.gate.set()
+    with in_process(runtime, name) as (_, port):
+        head, _, body = _raw(port, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    families = list(text_string_to_metric_families(body.decode()))
+    assert {s.labels.get("model") for f in families for s in f.samples} == {None, name}  # None: the gauge
+
+
+def test_label_values_survive_the_workers_shared_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Multiprocess mode keeps label values in its files' keys and reads them back for every scrape."""
+    from prometheus_client import values
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from netspec.deploy.metrics import Metrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())  # what a worker's import chooses
+    name = 'say "hi"\\now\n'
+    metrics = Metrics()
+    metrics.model(name, "1")
+    metrics.request(name, "1", "infer", 200)
+    text = metrics.text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{kind}_{os.getpid()}.db" for kind in ("counter", "gauge_livesum", "histogram")
+    ]
+    families = list(text_string_to_metric_families(text.decode()))
+    assert {s.labels.get("model") for f in families for s in f.samples} == {None, name}
+    assert _metric(text, "netspec_requests_total", model=name, version="1", endpoint="infer", code="200") == 1
+
+
+def test_a_metrics_folder_that_is_not_one_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from netspec.deploy.metrics import Metrics
+    from netspec.errors import DataError
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "none"))
+    with pytest.raises(DataError) as caught:
+        Metrics()
+    assert caught.value.msg == f"PROMETHEUS_MULTIPROC_DIR names '{tmp_path / 'none'}', which is not a folder"
 
 
 # ---- bad requests ----------------------------------------------------------------------------------------
@@ -677,13 +734,6 @@ def test_nan_outputs_are_refused_as_json_and_sent_as_binary(server: Served) -> N
             assert status == 200 and np.isnan(np.frombuffer(body[n:], dtype="<f4")).all()
 
 
-def test_metrics_label_values_are_escaped() -> None:
-    from netspec.deploy.serve import Metrics
-
-    text = Metrics().text('say "hi"\\now\n')
-    assert 'netspec_compute_seconds_count{model="say \\"hi\\"\\\\now\\n"} 0' in text.splitlines()
-
-
 def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort.InferenceSession) -> None:
     errors: list[str] = []
     done = [0]
@@ -750,7 +800,7 @@ def test_sigterm_lets_the_request_in_flight_finish(model: Path) -> None:
     answering = False
     while not answering and time.monotonic() < deadline:  # wait until the request is being answered
         _, _, metrics = served.request("GET", "/metrics")
-        answering = re.search(rb"^netspec_requests_in_flight 2$", metrics, re.M) is not None  # it and this one
+        answering = _metric(metrics, "netspec_requests_in_flight") == 2  # it and this one
     assert answering
     code, err = served.stop()
     thread.join(30)
@@ -822,8 +872,8 @@ class GatedRuntime:
 
 
 @contextlib.contextmanager
-def in_process(runtime: object, **options: object) -> Iterator[tuple[object, int]]:
-    """A server of `runtime` as model 'm' version 1 on a free port; `options`: Batching's and Server's."""
+def in_process(runtime: object, name: str = "m", **options: object) -> Iterator[tuple[object, int]]:
+    """A server of `runtime` as model `name` version 1 on a free port; `options`: Batching's and Server's."""
     import dataclasses
 
     from netspec.deploy.repository import Batching, Repository
@@ -831,7 +881,7 @@ def in_process(runtime: object, **options: object) -> Iterator[tuple[object, int
 
     fields = {f.name for f in dataclasses.fields(Batching)}
     models = Repository(Batching(**{"instances": 4, **{k: v for k, v in options.items() if k in fields}}))  # type: ignore[arg-type]
-    models.add("m", "1", runtime)  # type: ignore[arg-type]
+    models.add(name, "1", runtime)  # type: ignore[arg-type]
     server = Server(models, **{"max_body": 1 << 20, **{k: v for k, v in options.items() if k not in fields}})  # type: ignore[arg-type]
     bound: list[int] = []
     thread = threading.Thread(target=server.serve, args=("127.0.0.1", 0, lambda host, port: bound.append(port)))
@@ -900,7 +950,7 @@ def test_every_client_over_the_limit_gets_a_readable_503() -> None:
         busy = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
         for s in busy:
             s.sendall(_small_infer(1))
-        _wait_for(lambda: server.metrics.in_flight == 4)
+        _wait_for(lambda: server.metrics.value("netspec_requests_in_flight") == 4)
         replies: list[bytes] = [b""] * 40
         threads = [
             threading.Thread(target=lambda i: replies.__setitem__(i, _raw(port, _small_infer(3))), args=(i,))
@@ -947,7 +997,7 @@ def _queued(server: object, runtime: GatedRuntime, first: bytes, rest: list[byte
     port = server.port  # type: ignore[attr-defined]
     blocker = socket.create_connection(("127.0.0.1", port), timeout=30)
     blocker.sendall(first)
-    _wait_for(lambda: server.metrics.in_flight == 1)  # type: ignore[attr-defined]
+    _wait_for(lambda: server.metrics.value("netspec_requests_in_flight") == 1)  # type: ignore[attr-defined]
     replies: list[tuple[int, dict]] = []
     sender = threading.Thread(target=lambda: replies.extend(_send_all(port, rest)))
     sender.start()
@@ -992,7 +1042,7 @@ def test_a_failing_request_in_a_batch_fails_alone() -> None:
     with in_process(runtime, instances=1) as (server, port):
         server.port = port  # type: ignore[attr-defined]
         replies = _queued(server, runtime, _doc("x", np.ones((1, 2))), [_doc("x", x) for x in xs])
-        metrics = server.metrics.text("m")  # type: ignore[attr-defined]
+        metrics = server.metrics.text()  # type: ignore[attr-defined]
     assert runtime.runs[:2] == [1, 6] and sorted(runtime.runs[2:]) == [1, 2, 3]  # the merged run failed; each
     # request was retried alone (the queue's order is the order the requests arrived in, which varies)
     assert replies[0] == (
@@ -1005,8 +1055,9 @@ def test_a_failing_request_in_a_batch_fails_alone() -> None:
     )
     assert replies[1] == (400, {"error": "inference failed: negative values"})
     assert replies[2][0] == 200 and replies[2][1]["outputs"][0]["data"] == [6.0] * 6
-    assert 'netspec_inference_count_total{model="m"} 3' in metrics  # successful runs only, as Triton counts
-    assert 'netspec_execution_count_total{model="m"} 3' in metrics
+    m = {"model": "m", "version": "1"}
+    assert _metric(metrics, "netspec_inference_count_total", **m) == 3  # successful runs only, as Triton counts
+    assert _metric(metrics, "netspec_execution_count_total", **m) == 3
 
 
 def test_only_requests_that_agree_are_merged() -> None:
@@ -1027,7 +1078,7 @@ def test_a_full_queue_answers_503_at_once() -> None:
         server.port = port  # type: ignore[attr-defined]
         blocker = socket.create_connection(("127.0.0.1", port), timeout=30)
         blocker.sendall(_doc("x", np.ones((1, 2))))
-        _wait_for(lambda: server.metrics.in_flight == 1)
+        _wait_for(lambda: server.metrics.value("netspec_requests_in_flight") == 1)
         waiting = threading.Thread(target=_send_all, args=(port, [_doc("x", np.ones((1, 2)))] * 2))
         waiting.start()
         _wait_for(lambda: len(server.models.get("m").batcher.queue) == 2)
@@ -1086,6 +1137,14 @@ def _workers(pid: int) -> set[int]:
     return children
 
 
+def _metrics_folder(worker: int) -> Path:
+    """The folder where a server's workers keep their metrics (the supervisor's private one)."""
+    environ = dict(
+        item.split(b"=", 1) for item in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0") if b"=" in item
+    )
+    return Path(environ[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+
+
 def _dead(pid: int) -> bool:
     """Exited, all its threads too (its sockets closed), whether or not reaped yet."""
     try:
@@ -1102,20 +1161,48 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(model: Path) -
         first = _workers(served.proc.pid)
         assert len(first) == 2
         victim = min(first)
+        assert (_metrics_folder(victim) / f"gauge_livesum_{victim}.db").exists()  # its share of the in-flight gauge
         os.kill(victim, signal.SIGKILL)
         _wait_for(lambda: _dead(victim))
         for _ in range(20):  # the dead worker's socket left the port's group with it
             assert served.json("GET", "/v2/health/ready") == (200, {"ready": True})
         _wait_for(lambda: len(_workers(served.proc.pid) - {victim}) == 2)
-        for _ in range(20):
-            assert served.json("POST", "/v2/models/digits/infer", _infer_doc(_images(1)))[0] == 200
-        # every worker's /metrics counts the requests of all (each shares its counts within half a second)
-        count = rb'^netspec_inference_count_total\{model="digits"\} 20$'
-        _wait_for(lambda: all(re.search(count, served.request("GET", "/metrics")[2], re.M) for _ in range(4)))
+        folder = _metrics_folder(max(first))
+        assert not (folder / f"gauge_livesum_{victim}.db").exists()  # dropped with its worker
+        # a connection each: the kernel spreads them over the workers once the new one listens
+        digits, workers, sent, shares = {"model": "digits", "version": "1"}, _workers(served.proc.pid), 0, [0.0]
+        while min(shares) == 0 and sent < 1000:
+            for _ in range(10):
+                assert served.json("POST", "/v2/models/digits/infer", _infer_doc(_images(1)))[0] == 200
+            sent += 10
+            shares = _shares(folder, workers, "netspec_inference_count_total", digits)
+        assert sum(shares) == sent and min(shares) > 0, shares
+        for _ in range(4):  # and every worker's /metrics counts the requests of all
+            metrics = served.request("GET", "/metrics")[2]
+            assert _metric(metrics, "netspec_inference_count_total", **digits) == sent
     finally:
         code, err = served.stop()
     assert code == 0 and f"worker {victim} exited with status -9; starting another" in err, err
     assert "Traceback" not in err, err
+    assert not folder.exists()  # the supervisor's private folder is gone with it
+
+
+def _shares(folder: Path, workers: set[int], name: str, labels: dict[str, str]) -> list[float]:
+    """Each worker's own value of a sample, read by prometheus-client from that worker's files alone."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    shares = []
+    for pid in workers:
+        own = folder.parent / f"{folder.name}-{pid}"
+        own.mkdir()
+        for path in folder.glob(f"*_{pid}.db"):
+            shutil.copy(path, own)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, str(own))
+        shares.append(registry.get_sample_value(name, labels) or 0.0)
+        shutil.rmtree(own)
+    return shares
 
 
 def test_sigterm_drains_every_worker(model: Path) -> None:
@@ -1147,10 +1234,8 @@ def test_sigterm_drains_every_worker(model: Path) -> None:
         )
     )
     thread.start()
-    # the worker answering it says so when /metrics reaches it (connections are spread over the workers)
-    _wait_for(
-        lambda: re.search(rb"^netspec_requests_in_flight 2$", served.request("GET", "/metrics")[2], re.M) is not None
-    )
+    # it and the /metrics request, whichever workers answer them
+    _wait_for(lambda: _metric(served.request("GET", "/metrics")[2], "netspec_requests_in_flight") == 2)
     code, err = served.stop()
     thread.join(30)
     status, headers, body = result["reply"]  # type: ignore[misc]

@@ -34,7 +34,7 @@ from hypothesis.extra import numpy as hnp
 import netspec
 from netspec._proto import grpc_predict_v2_pb2 as pb
 from netspec.deploy.grpc_service import CONTENTS
-from tests.test_serve import GatedRuntime, _images, _wait_for, in_process
+from tests.test_serve import GatedRuntime, _images, _metric, _wait_for, in_process
 from tests.test_serve_repository import FACTORS, _write_model
 
 Code = grpc.StatusCode
@@ -445,7 +445,7 @@ def test_grpc_and_http_requests_are_batched_and_answers_equal_unbatched_ones(dig
 
         blocker = threading.Thread(target=grpc_call, args=(0,))
         blocker.start()
-        _wait_for(lambda: server.metrics.in_flight == 1)  # type: ignore[attr-defined]
+        _wait_for(lambda: server.metrics.value("netspec_requests_in_flight") == 1)  # type: ignore[attr-defined]
         rest = [threading.Thread(target=grpc_call if i != 2 else http_call, args=(i,)) for i in range(1, 5)]
         for t in rest:
             t.start()
@@ -453,7 +453,7 @@ def test_grpc_and_http_requests_are_batched_and_answers_equal_unbatched_ones(dig
         runtime.gate.set()
         for t in [blocker, *rest]:
             t.join(60)
-        metrics = server.metrics.text("m")  # type: ignore[attr-defined]
+        metrics = server.metrics.text()  # type: ignore[attr-defined]
     assert runtime.runs == [1, 11]  # the blocker alone, then three gRPC requests and an HTTP one in one run
     for i, x in enumerate(inputs):
         want = real.run({"data": x})[0]
@@ -464,8 +464,9 @@ def test_grpc_and_http_requests_are_batched_and_answers_equal_unbatched_ones(dig
                 list(answers[i].outputs[0].shape)
             )
         np.testing.assert_array_equal(got, want)
-    assert 'netspec_requests_total{model="m",endpoint="grpc_model_infer",code="200"} 4' in metrics
-    assert 'netspec_execution_count_total{model="m"} 2' in metrics
+    m = {"model": "m", "version": "1"}
+    assert _metric(metrics, "netspec_requests_total", **m, endpoint="grpc_model_infer", code="200") == 4
+    assert _metric(metrics, "netspec_execution_count_total", **m) == 2
 
 
 # ---- a model repository ------------------------------------------------------------------------------------
@@ -549,7 +550,7 @@ def test_a_full_queue_is_unavailable_and_a_stop_lets_the_call_in_flight_finish()
         answers: list[Any] = []
         calls = [threading.Thread(target=lambda: answers.append(infer(_small(1), timeout=60))) for _ in range(2)]
         calls[0].start()
-        _wait_for(lambda: server.metrics.in_flight == 1)  # type: ignore[attr-defined]
+        _wait_for(lambda: server.metrics.value("netspec_requests_in_flight") == 1)  # type: ignore[attr-defined]
         calls[1].start()
         _wait_for(lambda: len(server.models.get("m").batcher.queue) == 1)  # type: ignore[attr-defined]
         with pytest.raises(grpc.RpcError) as refused:

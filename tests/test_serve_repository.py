@@ -278,7 +278,7 @@ def test_a_request_queued_too_long_gets_503() -> None:
         sender = threading.Thread(target=lambda: replies.extend(_send_all(port, [_doc("x", np.ones((1, 2)))])))
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(blocker)
-            _wait_for(lambda: server.metrics.in_flight == 1)  # type: ignore[attr-defined]
+            _wait_for(lambda: server.metrics.value("netspec_requests_in_flight") == 1)  # type: ignore[attr-defined]
             sender.start()
             sender.join(30)
             [(status, doc)] = replies

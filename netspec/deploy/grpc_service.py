@@ -127,15 +127,16 @@ class InferenceService:
         endpoint = "grpc_" + "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
         def answer(data: bytes, context: grpc.ServicerContext) -> bytes:
-            code, message = grpc.StatusCode.OK, ""
+            code, message, labels = grpc.StatusCode.OK, "", ("", "")
             try:
-                with self.server._in_flight():
+                with self.server.metrics.in_flight.track_inprogress():
                     try:
                         request = request_type.FromString(data)
                     except DecodeError:
                         raise Refused(
                             grpc.StatusCode.INVALID_ARGUMENT, f"the request is not an inference.{name}Request message"
                         ) from None
+                    labels = self._labels(request)
                     return method(request).SerializeToString()
             except Refused as e:
                 code, message = e.code, e.message
@@ -147,11 +148,26 @@ class InferenceService:
                 traceback.print_exc(file=sys.stderr)
                 code, message = grpc.StatusCode.INTERNAL, "internal server error (the server's log has the details)"
             finally:
-                self.server.metrics.request(endpoint, HTTP_STATUS[code])
+                self.server.metrics.request(*labels, endpoint, HTTP_STATUS[code])
             context.abort(code, message)
             raise AssertionError("unreachable: abort raises")
 
         return answer
+
+    def _labels(self, request: Message) -> tuple[str, str]:
+        """The model version a request is for, as its metrics name it: ('', '') for none, or for one the server
+        cannot answer for (the names come from clients; only the repository's own become labels)."""
+        if isinstance(request, pb.ModelInferRequest):
+            name, version = request.model_name, request.model_version
+        elif isinstance(request, (pb.ModelReadyRequest, pb.ModelMetadataRequest)):
+            name, version = request.name, request.version
+        else:
+            return "", ""
+        try:
+            model = self.server.models.get(name, version)
+        except (ModelNotFound, ModelUnavailable):
+            return "", ""
+        return model.name, model.version
 
     # ---- health and metadata ------------------------------------------------------------------------------
 

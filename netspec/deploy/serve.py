@@ -26,7 +26,6 @@ also answers the protocol over gRPC (grpc_service), through the same batchers.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import json
@@ -43,17 +42,18 @@ import tempfile
 import threading
 import time
 import traceback
-from collections import defaultdict, deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import httptools
 import numpy as np
 import orjson
+from prometheus_client.multiprocess import mark_process_dead
 
 from netspec import __version__
+from netspec.deploy.metrics import CONTENT_TYPE, SHARED, Metrics
 from netspec.deploy.repository import (
     Batching,
     ModelNotFound,
@@ -91,13 +91,10 @@ READ_SECONDS = 30  # a request (headers and body) must arrive within this long o
 MAX_CONNECTIONS = 1000
 CLOSING = 512  # sockets being closed gracefully at once (an error sent, the client's rest read and dropped)
 LINGER_SECONDS = 1.0  # how long a closing socket's unread input is drained before it is closed anyway
-METRICS_SHARE_SECONDS = 0.5  # how stale another worker's counts in /metrics may be
 DRAIN_SECONDS = 30  # how long requests in flight may take to finish after SIGTERM
 SHED_AT_ONCE = 256  # connections told to retry per accept() that failed for want of file descriptors
 ACCEPT_POLL = 0.2  # seconds between checks for a stop while no connection arrives
 FD_RESERVE = 64  # open files kept free of connections: the model, logs, sockets being closed
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -120,122 +117,6 @@ class RequestError(Exception):
         super().__init__(message)
         self.status, self.message, self.close = status, message, close
         self.model: tuple[str, str] | None = None  # the model (name, version) it was for, once known
-
-
-class Histogram:
-    """A Prometheus histogram (cumulative buckets, sum, count); its owner holds the lock."""
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def lines(self, name: str, help_text: str, labels: str) -> list[str]:
-        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-        cumulative = 0
-        for bound, n in zip([*self.bounds, math.inf], self.counts, strict=True):
-            cumulative += n
-            le = "+Inf" if math.isinf(bound) else f"{bound:g}"
-            lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}')
-        return [*lines, f"{name}_sum{{{labels}}} {self.sum:.6f}", f"{name}_count{{{labels}}} {self.count}"]
-
-
-@dataclass
-class Metrics:
-    """What the server did, in Prometheus's text format: requests by endpoint and status, and what the
-    batcher did (requests inferred against session runs, rows per run, time queued and computing)."""
-
-    requests: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
-    inferences: int = 0
-    executions: int = 0
-    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
-    queue_seconds: Histogram = field(default_factory=lambda: Histogram(BUCKETS))
-    compute_seconds: Histogram = field(default_factory=lambda: Histogram(BUCKETS))
-    in_flight: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def request(self, endpoint: str, status: int) -> None:
-        with self.lock:
-            self.requests[(endpoint, status)] += 1
-
-    def execution(self, run: Execution) -> None:
-        with self.lock:
-            self.inferences += run.requests
-            self.executions += 1
-            self.batch_size.observe(run.rows)
-            self.compute_seconds.observe(run.compute_seconds)
-            for seconds in run.queue_seconds:
-                self.queue_seconds.observe(seconds)
-
-    def state(self) -> dict[str, Any]:
-        """The counts, as JSON, for the other workers to add to theirs."""
-        with self.lock:
-            return {
-                "requests": [[e, s, n] for (e, s), n in self.requests.items()],
-                "inferences": self.inferences,
-                "executions": self.executions,
-                "histograms": {name: [h.counts, h.sum, h.count] for name, h in self._histograms().items()},
-            }
-
-    def add(self, state: dict[str, Any]) -> None:
-        for endpoint, status, n in state["requests"]:
-            self.requests[(endpoint, status)] += n
-        self.inferences += state["inferences"]
-        self.executions += state["executions"]
-        for name, (counts, total, count) in state["histograms"].items():
-            h = self._histograms()[name]
-            h.counts = [a + b for a, b in zip(h.counts, counts, strict=True)]
-            h.sum += total
-            h.count += count
-
-    def _histograms(self) -> dict[str, Histogram]:
-        return {
-            "batch_size": self.batch_size,
-            "queue_seconds": self.queue_seconds,
-            "compute_seconds": self.compute_seconds,
-        }
-
-    def text(self, model: str, others: list[dict[str, Any]] | None = None) -> str:
-        """The text exposition; `others`: the states of the other workers, added to this one's (the
-        in-flight gauge stays this worker's)."""
-        if others:
-            total = Metrics(in_flight=self.in_flight)
-            for state in [self.state(), *others]:
-                total.add(state)
-            return total.text(model)
-        model = f'model="{_label(model)}"'
-        with self.lock:
-            lines = [
-                "# HELP netspec_requests_total HTTP requests by model, endpoint and status.",
-                "# TYPE netspec_requests_total counter",
-            ]
-            for (endpoint, status), n in sorted(self.requests.items()):
-                lines.append(f'netspec_requests_total{{{model},endpoint="{endpoint}",code="{status}"}} {n}')
-            errors = sum(n for (_, status), n in self.requests.items() if status >= 400)
-            lines += [
-                "# HELP netspec_request_errors_total Requests answered with an error status.",
-                "# TYPE netspec_request_errors_total counter",
-                f"netspec_request_errors_total{{{model}}} {errors}",
-                "# HELP netspec_inference_count_total Inference requests run (alone or batched).",
-                "# TYPE netspec_inference_count_total counter",
-                f"netspec_inference_count_total{{{model}}} {self.inferences}",
-                "# HELP netspec_execution_count_total onnxruntime runs (fewer than requests when batched).",
-                "# TYPE netspec_execution_count_total counter",
-                f"netspec_execution_count_total{{{model}}} {self.executions}",
-                *self.batch_size.lines("netspec_batch_size", "Rows per onnxruntime run.", model),
-                *self.queue_seconds.lines("netspec_queue_seconds", "Time a request waited for a run.", model),
-                *self.compute_seconds.lines("netspec_compute_seconds", "Time in onnxruntime per run.", model),
-                "# HELP netspec_requests_in_flight Requests being answered now.",
-                "# TYPE netspec_requests_in_flight gauge",
-                f"netspec_requests_in_flight {self.in_flight}",
-            ]
-        return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -267,18 +148,18 @@ class Server:
         max_body: int,
         max_connections: int | None = None,
         read_timeout: float = READ_SECONDS,
-        metrics_dir: str | None = None,
         grpc_port: int | None = None,
     ) -> None:
         self.models = models
         self.grpc_port = grpc_port  # None: no gRPC; once serving, the port its gRPC server took
         self.grpc: Any = None  # the grpc.Server while serving
-        self.metrics_dir = metrics_dir  # where the workers of one server share their counts
         self.read_timeout = read_timeout
         self.max_connections = max_connections or default_max_connections()
         self.closer = Closer()
         self.max_body = max_body
         self.metrics = Metrics()
+        for row in models.index(ready_only=True):
+            self.metrics.model(row["name"], row["version"])
         models.observe(self._executed)
         self.ready = True
         self.lock = threading.Lock()
@@ -302,7 +183,7 @@ class Server:
                 except RequestError as e:
                     if self._displaced(conn):
                         return
-                    self.metrics.request("invalid", e.status)
+                    self.metrics.request("", "", "invalid", e.status)
                     self.closer.close(conn, _response(e.status, _error(e.message), keep_alive=False))
                     handed_over = True
                     return
@@ -310,9 +191,9 @@ class Server:
                     return
                 self._busy(conn, True)
                 try:
-                    with self._in_flight():
+                    with self.metrics.in_flight.track_inprogress():
                         answer = self._route(request)
-                    self.metrics.request(answer.endpoint, answer.status)
+                    self.metrics.request(*(answer.model or ("", "")), answer.endpoint, answer.status)
                     keep_alive = request.keep_alive and not self.stopping.is_set()
                     body = answer.body
                     conn.sendall(
@@ -339,7 +220,7 @@ class Server:
 
     def _executed(self, model: ServedModel, run: Execution) -> None:
         """A batcher's report of one session run of `model`."""
-        self.metrics.execution(run)
+        self.metrics.execution(model.name, model.version, run)
 
     def _busy(self, conn: socket.socket, busy: bool) -> None:
         with self.lock:
@@ -349,18 +230,6 @@ class Server:
     def _displaced(self, conn: socket.socket) -> bool:
         with self.lock:
             return conn not in self.connections
-
-    @contextlib.contextmanager
-    def _in_flight(self) -> Iterator[None]:
-        """Counts a request while it is being answered (not while its answer is sent: a client that has
-        read its answer finds it no longer counted)."""
-        with self.metrics.lock:
-            self.metrics.in_flight += 1
-        try:
-            yield
-        finally:
-            with self.metrics.lock:
-                self.metrics.in_flight -= 1
 
     def _read(self, conn: socket.socket, http: _Parser) -> Request | None:
         """The next request on the connection (None when the client closes or idles out). A request must
@@ -389,13 +258,7 @@ class Server:
         try:
             if path == "/metrics":
                 self._method(request, "GET")
-                names = ",".join(self.models.entries)
-                return Answer(
-                    "metrics",
-                    200,
-                    self.metrics.text(names, self._others()).encode(),
-                    {"Content-Type": "text/plain; version=0.0.4"},
-                )
+                return Answer("metrics", 200, self.metrics.text(), {"Content-Type": CONTENT_TYPE})
             if parts[:1] != ["v2"]:
                 raise RequestError(
                     404, f"no endpoint '{path[:80]}'; this server speaks the Open Inference Protocol under /v2"
@@ -661,8 +524,6 @@ class Server:
             bound = listener.getsockname()
             if started is not None:
                 started(bound[0], bound[1])
-            if self.metrics_dir is not None:
-                threading.Thread(target=self._share_metrics, args=(self.metrics_dir,), daemon=True).start()
             with listener, self.closer:
                 while not self.stopping.is_set():
                     try:
@@ -679,28 +540,6 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-    def _share_metrics(self, folder: str) -> None:
-        """Writes this worker's counts for the others every METRICS_SHARE_SECONDS (a dead worker's file stays:
-        counters never go down)."""
-        path = Path(folder) / f"{os.getpid()}.json"
-        while True:
-            stopped = self.stopping.wait(METRICS_SHARE_SECONDS)
-            with contextlib.suppress(OSError):
-                path.with_suffix(".tmp").write_text(json.dumps(self.metrics.state()))
-                path.with_suffix(".tmp").replace(path)
-            if stopped:
-                return
-
-    def _others(self) -> list[dict[str, Any]]:
-        if self.metrics_dir is None:
-            return []
-        states = []
-        for path in Path(self.metrics_dir).glob("*.json"):
-            if path.stem != str(os.getpid()):
-                with contextlib.suppress(OSError, ValueError):
-                    states.append(json.loads(path.read_text()))
-        return states
 
     def _start(self, conn: socket.socket) -> None:
         """Gives a new connection a thread. When all --max-connections slots are taken, the connection that
@@ -735,7 +574,7 @@ class Server:
             self._refuse(conn, "the server cannot take more connections now; retry later")
 
     def _refuse(self, conn: socket.socket, message: str) -> None:
-        self.metrics.request("invalid", 503)
+        self.metrics.request("", "", "invalid", 503)
         self.closer.close(conn, _response(503, _error(message), keep_alive=False))
 
     def _shed(self, listener: socket.socket) -> None:
@@ -747,7 +586,7 @@ class Server:
         try:
             for _ in range(SHED_AT_ONCE):
                 conn, _ = listener.accept()
-                self.metrics.request("invalid", 503)
+                self.metrics.request("", "", "invalid", 503)
                 with contextlib.suppress(OSError):
                     conn.setblocking(False)
                     conn.send(_response(503, _error("the server is out of file descriptors; retry later"), False))
@@ -958,11 +797,6 @@ def default_max_connections() -> int:
     return max(1, min(MAX_CONNECTIONS, limit - FD_RESERVE))
 
 
-def _label(value: str) -> str:
-    """A Prometheus label value, escaped as the text exposition format requires."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def _shape(value: Any, name: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise RequestError(400, f"input '{name}' needs 'shape', a list of non-negative integers")
@@ -1019,7 +853,6 @@ def serve(
         "max_queue_size": max_queue_size,
         "queue_timeout_ms": queue_timeout_ms,
         "workers": workers,
-        "metrics_dir": None,
         "grpc_port": grpc_port,
     }
     if workers == 1:
@@ -1045,7 +878,6 @@ def _serve_one(
     max_queue_size: int,
     queue_timeout_ms: int | None,
     workers: int,
-    metrics_dir: str | None,
     grpc_port: int | None,
 ) -> None:
     """One worker: a session per model version and a server; `log`: say which models are skipped (one
@@ -1066,9 +898,7 @@ def _serve_one(
     models = Repository.load(model, name, threads or max(1, share // instances), batching)
     if log:
         log_unavailable(models)
-    Server(models, max_body_mb * 2**20, max_connections, metrics_dir=metrics_dir, grpc_port=grpc_port).serve(
-        host, port, started, reuse_port
-    )
+    Server(models, max_body_mb * 2**20, max_connections, grpc_port=grpc_port).serve(host, port, started, reuse_port)
 
 
 def _reserve(host: str, ports: list[tuple[int, str]]) -> list[int]:
@@ -1099,13 +929,17 @@ class Supervisor:
         [self.port] = _reserve(host, [(port, "--port")])
         self.procs: list[subprocess.Popen[str]] = []
         self.stopping = threading.Event()
+        self.metrics = ""  # the workers' folder for their metrics (PROMETHEUS_MULTIPROC_DIR), while they run
 
     def _start(self, log: bool = False) -> subprocess.Popen[str]:
         """A worker, once it listens; its error (a model it cannot load) is raised here. `log`: it says
         which models of a repository it skips."""
         config = json.dumps({"host": self.host, "port": self.port, "log": log, "options": self.options})
         proc = subprocess.Popen(
-            [sys.executable, "-m", "netspec.deploy.serve", config], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "netspec.deploy.serve", config],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, SHARED: self.metrics},
         )
         line = proc.stdout.readline() if proc.stdout else ""
         if proc.stdout:
@@ -1121,7 +955,7 @@ class Supervisor:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, lambda *_: self.stopping.set())
-        self.options["metrics_dir"] = tempfile.mkdtemp(prefix="netspec-metrics-")
+        self.metrics = tempfile.mkdtemp(prefix="netspec-metrics-")
         try:
             for i in range(self.options["workers"]):
                 self.procs.append(self._start(log=i == 0))
@@ -1135,10 +969,11 @@ class Supervisor:
                             file=sys.stderr,
                             flush=True,
                         )
+                        mark_process_dead(proc.pid, self.metrics)  # its share of the in-flight gauge
                         self.procs[i] = self._start()
         finally:
             self._stop()
-            shutil.rmtree(self.options["metrics_dir"], ignore_errors=True)
+            shutil.rmtree(self.metrics, ignore_errors=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
