@@ -249,6 +249,20 @@ def test_label_values_are_escaped_in_the_scrape() -> None:
     assert {s.labels.get("model") for f in families for s in f.samples} == {None, name}  # None: the gauge
 
 
+def test_a_model_name_is_percent_decoded_from_the_path() -> None:
+    """Clients quote a name's spaces and slashes in URLs (tritonclient does); each path segment is decoded
+    after the split, so an encoded slash stays inside the name."""
+    runtime = GatedRuntime()
+    runtime.gate.set()
+    name = "le net/v1"
+    with in_process(runtime, name) as (_, port):
+        head, _, body = _raw(port, b"GET /v2/models/le%20net%2Fv1 HTTP/1.1\r\nHost: a\r\n\r\n").partition(b"\r\n\r\n")
+        missing = _raw(port, b"GET /v2/models/le%20net/v1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert json.loads(body)["name"] == name
+    assert missing.startswith(b"HTTP/1.1 404 "), missing
+
+
 def test_label_values_survive_the_workers_shared_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Multiprocess mode keeps label values in its files' keys and reads them back for every scrape."""
     from prometheus_client import values

@@ -46,6 +46,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
+from urllib.parse import unquote
 
 import httptools
 import numpy as np
@@ -254,7 +255,7 @@ class Server:
 
     def _route(self, request: Request) -> Answer:
         path = request.path.rstrip("/") or "/"
-        parts = path.strip("/").split("/")
+        parts = [unquote(part) for part in path.strip("/").split("/")]  # a model name may hold any character
         try:
             if path == "/metrics":
                 self._method(request, "GET")
