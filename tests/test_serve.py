@@ -90,6 +90,12 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 16, (n, 1, 8, 8)).astype(np.float32)
 
 
+def _binary_header(x: np.ndarray, request: dict[str, object]) -> bytes:
+    """The JSON part of a Triton binary-tensor request carrying `x` as the input 'data' (its bytes follow)."""
+    data = {"name": "data", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+    return json.dumps({"inputs": [data], **request}).encode()
+
+
 def _metric(text: str | bytes, name: str, **labels: str) -> float:
     """One sample of a /metrics page, read with prometheus-client's parser (0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -155,19 +161,7 @@ def test_nested_data_is_accepted(server: Served, reference: ort.InferenceSession
 
 def test_binary_tensors_both_ways(server: Served, reference: ort.InferenceSession) -> None:
     x = _images(4, seed=2)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "data",
-                    "shape": [4, 1, 8, 8],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "prob", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
+    header = _binary_header(x, {"outputs": [{"name": "prob", "parameters": {"binary_data": True}}]})
     status, headers, body = server.request(
         "POST",
         "/v2/models/digits/infer",
@@ -627,19 +621,7 @@ def test_expect_100_continue(server: Served, reference: ort.InferenceSession) ->
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_with_a_large_body(server: Served, reference: ort.InferenceSession, tmp_path: Path) -> None:
     x = _images(4000, seed=8)  # curl asks before sending a body this large (1 MB), as it does over 1 MiB
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "data",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
+    header = _binary_header(x, {"parameters": {"binary_data_output": True}})
     (tmp_path / "body").write_bytes(header + x.tobytes())
     run = subprocess.run(
         [
@@ -715,19 +697,7 @@ def test_http_1_0_is_answered_and_closed(server: Served) -> None:
 def test_nan_outputs_are_refused_as_json_and_sent_as_binary(server: Served) -> None:
     x = np.full((1, 1, 8, 8), np.inf, dtype=np.float32)
     for binary in (False, True):
-        header = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "data",
-                        "shape": [1, 1, 8, 8],
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": x.nbytes},
-                    }
-                ],
-                "parameters": {"binary_data_output": binary},
-            }
-        ).encode()
+        header = _binary_header(x, {"parameters": {"binary_data_output": binary}})
         status, headers, body = server.request(
             "POST",
             "/v2/models/digits/infer",
@@ -785,19 +755,7 @@ def test_concurrent_clients_get_their_own_answers(server: Served, reference: ort
 def test_sigterm_lets_the_request_in_flight_finish(model: Path) -> None:
     served = Served(model, "--instances", "1", "--workers", "1")
     x = _images(20000)  # a batch that takes onnxruntime a noticeable time
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "data",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
+    header = _binary_header(x, {"parameters": {"binary_data_output": True}})
     result: dict[str, object] = {}
 
     def slow() -> None:
@@ -1223,19 +1181,7 @@ def test_sigterm_drains_every_worker(model: Path) -> None:
     served = Served(model, "--workers", "2")
     workers = _workers(served.proc.pid)
     x = _images(20000)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "data",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
+    header = _binary_header(x, {"parameters": {"binary_data_output": True}})
     result: dict[str, object] = {}
     thread = threading.Thread(
         target=lambda: result.update(
