@@ -18,7 +18,7 @@ from netspec.lower.weights import apply_weights, read_weights
 from netspec.net import Net, build_net
 from netspec.netfile import read_net
 from netspec.train.accel import check_compile, compare
-from netspec.train.solver import Solver, _amp_dtype, counted_outputs, pick_device
+from netspec.train.solver import Solver, amp_dtype, counted_outputs, pick_device
 from netspec.train.timing import time_net
 
 
@@ -227,7 +227,7 @@ def compare_speed(
     """`time --compile/--channels-last/--amp`: the whole step's milliseconds eager and in each way asked
     for, and the seconds compiling took (see netspec.train.accel.compare)."""
     net, dev, inputs = _timing_inputs(spec, iterations, phase, device)
-    dtype = _amp_dtype(amp, dev)
+    dtype = amp_dtype(amp, dev)
     with tempfile.TemporaryDirectory(prefix="netspec-time-") as scratch, output_folder(scratch):
         return compare(
             lambda: NetModule(net).to(dev),
@@ -243,7 +243,7 @@ def compare_speed(
 def check_speed_options(device: str | None, compile: bool, amp: str | None) -> None:
     """Refuses a --compile or --amp that cannot run on the device, before anything is timed."""
     dev = pick_device(device)
-    _amp_dtype(amp, dev)
+    amp_dtype(amp, dev)
     if compile:
         check_compile(dev)
 

@@ -117,7 +117,7 @@ class Solver:
         if self.world is not None:
             self.seed = distributed.same_seed(self.seed, self.device)
         torch.manual_seed(self.seed)
-        self.amp = _amp_dtype(amp, self.device)
+        self.amp = amp_dtype(amp, self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.quiet = quiet
 
@@ -769,7 +769,9 @@ def _now() -> float:
     return time.perf_counter()
 
 
-def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+def amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast type an --amp value names, or None; refused where the device cannot run it, before
+    any work (train and time both ask)."""
     if amp in (None, "none", "off"):
         return None
     if amp == "bf16":
